@@ -1,0 +1,1 @@
+"""Command-line entry point of rgb2thermal (`rgb2thermal --help`)."""

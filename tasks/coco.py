@@ -1,0 +1,179 @@
+"""COCO JSON reading, writing and validation.
+
+COCO files are the interface between stages (and the thing users open in other tools), so
+they are validated at the boundary: a bad file fails *here*, naming the file, the entry and
+the fix, instead of evaluating to a silent mAP of 0 later. ``bbox`` in files is COCO
+``[x, y, w, h]`` pixels; use ``boxes_by_image`` to get internal ``xyxy`` arrays.
+
+Extra keys on images/annotations are preserved (rgb2thermal uses them for provenance:
+``pair_id``, ``version`` on images; ``source``, ``refine`` on annotations).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import atomic
+from tasks.boxes import xywh_to_xyxy, xyxy_to_xywh
+from tasks.errors import InputError
+
+
+class CocoFormatError(InputError):
+    """A COCO file is malformed or inconsistent; the message says what, where and how to fix."""
+
+
+def categories_from_names(names: Sequence[str]) -> list[dict[str, Any]]:
+    """COCO categories with 1-based ids in the given order (``person`` -> 1, ``car`` -> 2)."""
+    return [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(names)]
+
+
+def new_dataset(images: list[dict], annotations: list[dict], categories: list[dict], info: dict | None = None) -> dict:
+    return {"info": info or {}, "images": images, "annotations": annotations, "categories": categories}
+
+
+def _fail(path: str | os.PathLike[str] | None, where: str, what: str, fix: str) -> CocoFormatError:
+    return CocoFormatError(what, f"{path}: {where}" if path is not None else where, fix)
+
+
+def _check_bbox(bbox: Any, path: Any, where: str) -> None:
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise _fail(path, where, f"bbox must be [x, y, w, h], got {bbox!r}", "write COCO xywh boxes")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
+        raise _fail(path, where, f"bbox has a non-finite value {bbox!r}", "drop or repair the box")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise _fail(path, where, f"bbox has negative size {bbox!r} (xyxy written as xywh?)",
+                    "COCO bbox is [x, y, width, height]; convert with tasks.boxes.xyxy_to_xywh")
+
+
+def validate_dataset(ds: dict, path: str | os.PathLike[str] | None = None) -> dict:
+    """Check structure, unique ids and references; return ``ds`` unchanged."""
+    for key in ("images", "annotations", "categories"):
+        if key not in ds or not isinstance(ds[key], list):
+            raise _fail(path, "top level", f"missing list '{key}'", "a COCO dataset needs images, annotations and categories")
+    image_ids: set[int] = set()
+    for i, im in enumerate(ds["images"]):
+        for k in ("id", "file_name", "width", "height"):
+            if k not in im:
+                raise _fail(path, f"images[{i}]", f"missing '{k}'", "every image needs id, file_name, width, height")
+        if im["id"] in image_ids:
+            raise _fail(path, f"images[{i}]", f"duplicate image id {im['id']}", "give every image a unique id")
+        image_ids.add(im["id"])
+    cat_ids: set[int] = set()
+    for i, c in enumerate(ds["categories"]):
+        if "id" not in c or "name" not in c:
+            raise _fail(path, f"categories[{i}]", "missing 'id' or 'name'", "categories need id and name")
+        if c["id"] in cat_ids:
+            raise _fail(path, f"categories[{i}]", f"duplicate category id {c['id']}", "give every category a unique id")
+        cat_ids.add(c["id"])
+    ann_ids: set[int] = set()
+    for i, a in enumerate(ds["annotations"]):
+        where = f"annotations[{i}]"
+        for k in ("id", "image_id", "category_id", "bbox"):
+            if k not in a:
+                raise _fail(path, where, f"missing '{k}'", "annotations need id, image_id, category_id, bbox")
+        if a["id"] in ann_ids:
+            raise _fail(path, where, f"duplicate annotation id {a['id']}", "renumber annotations")
+        ann_ids.add(a["id"])
+        if a["image_id"] not in image_ids:
+            raise _fail(path, where, f"image_id {a['image_id']} is not in images", "drop the annotation or add its image")
+        if a["category_id"] not in cat_ids:
+            raise _fail(path, where, f"category_id {a['category_id']} is not in categories {sorted(cat_ids)}",
+                        "map the class to one of the dataset's categories")
+        _check_bbox(a["bbox"], path, where)
+    return ds
+
+
+def load_dataset(path: str | os.PathLike[str]) -> dict:
+    """Read and validate a COCO dataset JSON."""
+    try:
+        ds = atomic.read_json(path)
+    except FileNotFoundError:
+        raise CocoFormatError("file not found", str(path), "check the path") from None
+    except ValueError as exc:
+        raise CocoFormatError(f"not valid JSON ({exc})", str(path), "re-export the file") from None
+    if not isinstance(ds, dict):
+        raise _fail(path, "top level", "expected a COCO dataset object, got a list (a results file?)",
+                    "pass the ground-truth dataset here and the results list as predictions")
+    return validate_dataset(ds, path)
+
+
+def save_dataset(path: str | os.PathLike[str], ds: dict) -> Path:
+    validate_dataset(ds, path)
+    return atomic.write_json(path, ds)
+
+
+def validate_results(results: list, path: str | os.PathLike[str] | None = None,
+                     gt: dict | None = None) -> list:
+    """Check a COCO results list (``image_id``, ``category_id``, ``bbox``, ``score``).
+
+    With ``gt`` given, every ``image_id``/``category_id`` must exist there: ids that do not
+    match are the usual cause of a silent mAP of 0.
+    """
+    if not isinstance(results, list):
+        raise _fail(path, "top level", "expected a list of detections", "write COCO results: [{image_id, category_id, bbox, score}]")
+    gt_images = {im["id"] for im in gt["images"]} if gt else None
+    gt_cats = {c["id"] for c in gt["categories"]} if gt else None
+    for i, r in enumerate(results):
+        where = f"results[{i}]"
+        for k in ("image_id", "category_id", "bbox", "score"):
+            if k not in r:
+                raise _fail(path, where, f"missing '{k}'", "each detection needs image_id, category_id, bbox, score")
+        _check_bbox(r["bbox"], path, where)
+        if gt_images is not None and r["image_id"] not in gt_images:
+            raise _fail(path, where, f"image_id {r['image_id']} is not an image of the ground truth",
+                        "predict on the same COCO file as the ground truth (ids must match)")
+        if gt_cats is not None and r["category_id"] not in gt_cats:
+            raise _fail(path, where, f"category_id {r['category_id']} is not a ground-truth category {sorted(gt_cats)}",
+                        "map predicted classes to the ground truth's category ids")
+    return results
+
+
+def load_results(path: str | os.PathLike[str], gt: dict | None = None) -> list:
+    try:
+        res = atomic.read_json(path)
+    except FileNotFoundError:
+        raise CocoFormatError("file not found", str(path), "check the path") from None
+    return validate_results(res, path, gt)
+
+
+@dataclass(frozen=True)
+class ImageBoxes:
+    """Boxes of one image in the internal convention (``xyxy`` pixels)."""
+
+    boxes: np.ndarray          # (N, 4) float64 xyxy
+    category_ids: np.ndarray   # (N,) int64 COCO category ids
+    scores: np.ndarray         # (N,) float64; 1.0 for ground truth
+
+
+def boxes_by_image(ds_or_results: dict | list, image_ids: Iterable[int] | None = None) -> dict[int, ImageBoxes]:
+    """Group annotations (dataset) or detections (results list) by image, as ``xyxy`` arrays."""
+    anns = ds_or_results["annotations"] if isinstance(ds_or_results, dict) else ds_or_results
+    grouped: dict[int, list[dict]] = {}
+    if image_ids is not None:
+        grouped = {i: [] for i in image_ids}
+    elif isinstance(ds_or_results, dict):
+        grouped = {im["id"]: [] for im in ds_or_results["images"]}
+    for a in anns:
+        grouped.setdefault(a["image_id"], []).append(a)
+    out: dict[int, ImageBoxes] = {}
+    for img_id, items in grouped.items():
+        out[img_id] = ImageBoxes(
+            boxes=xywh_to_xyxy([a["bbox"] for a in items]),
+            category_ids=np.asarray([a["category_id"] for a in items], dtype=np.int64),
+            scores=np.asarray([a.get("score", 1.0) for a in items], dtype=np.float64),
+        )
+    return out
+
+
+def annotation(ann_id: int, image_id: int, category_id: int, box_xyxy: Sequence[float], **extra: Any) -> dict:
+    """One COCO annotation from an internal ``xyxy`` box (area and iscrowd filled in)."""
+    x, y, w, h = (float(v) for v in xyxy_to_xywh([box_xyxy])[0])
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id,
+            "bbox": [round(x, 3), round(y, 3), round(w, 3), round(h, 3)],
+            "area": round(w * h, 3), "iscrowd": 0, **extra}

@@ -1,0 +1,39 @@
+"""Shared test fixtures: quiet, offline, CPU-only, isolated Prefect/DVC state."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Must be set before prefect is imported anywhere in the session.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="r2t-prefect-home-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the whole session (starting one costs ~6 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+@pytest.fixture(scope="session")
+def msrs20() -> Path:
+    """The real 20-pair MSRS sample beside the repo; tests using it skip cleanly without it."""
+    path = SHARED_DATA / "msrs-aligned-20"
+    if not (path / "rgb").is_dir():
+        pytest.skip(f"real sample data not found at {path} (it ships in ../shared/data beside the repo)")
+    return path
