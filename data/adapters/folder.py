@@ -1,0 +1,207 @@
+"""Generic paired-folder adapter.
+
+Layout (``../shared/data/msrs-aligned-20`` and :mod:`data.synthetic` output are examples)::
+
+    root/rgb/<stem>.<ext>            RGB images
+    root/thermal/<stem>.<ext>        thermal images (paired with RGB by file stem ...)
+    root/pairs.json                  (... or explicitly: [{"rgb": rel, "thermal": rel, "id"?, "rgb_time"?, "thermal_time"?}])
+    root/labels_rgb/                 optional: COCO JSON (*.json) or YOLO txt (<stem>.txt)
+    root/labels_thermal/             optional: same
+    root/classes.txt                 YOLO class names: lines "id name" or just "name" (line number = id)
+    root/split.csv                   optional: name,split[,daynight,...]
+
+YOLO rows are ``class cx cy w h`` normalised to the image size; COCO ``file_name`` is the
+image's path relative to its modality folder (or just its file name). An image without a
+YOLO file has no objects (YOLO's convention); a label file or COCO entry without an image is
+reported (``labels_missing_image``), never silently ignored.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.index import (DEFAULT_CLASSES, IMAGE_EXTENSIONS, BuildOptions, Candidate, PairedIndex, RawLabels,
+                        build_index as _build)
+from tasks.errors import InputError
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
+            out.setdefault(p.stem, p)
+    return out
+
+
+def read_yolo_classes(path: Path) -> dict[int, str]:
+    """``classes.txt``: ``id name`` per line, or just ``name`` (id = line number, 0-based)."""
+    names: dict[int, str] = {}
+    for n, line in enumerate(s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()):
+        parts = line.split(maxsplit=1)
+        if len(parts) == 2 and parts[0].lstrip("-").isdigit():
+            names[int(parts[0])] = parts[1].strip()
+        else:
+            names[n] = line.strip()
+    return names
+
+
+def read_yolo_file(path: Path, names: Mapping[int, str], issues: list[dict]) -> RawLabels:
+    rows_names: list[str] = []
+    rows: list[list[float]] = []
+    for ln, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            cid, vals = int(float(parts[0])), [float(v) for v in parts[1:5]]
+            if len(vals) != 4:
+                raise ValueError("need 5 numbers")
+        except (ValueError, IndexError):
+            issues.append({"kind": "label_file_unreadable", "item": str(path), "source": str(path),
+                           "detail": f"line {ln} is not 'class cx cy w h': {line.strip()!r}; line skipped"})
+            continue
+        rows_names.append(names.get(cid, f"class_{cid}"))
+        rows.append(vals)
+    return RawLabels(names=rows_names, boxes=np.asarray(rows, dtype=np.float64).reshape(-1, 4), fmt="cxcywh_norm",
+                     source=str(path))
+
+
+def read_coco_labels(path: Path, issues: list[dict]) -> dict[str, RawLabels]:
+    """COCO file -> labels keyed by image file name (as written in ``file_name``), boxes ``xyxy``."""
+    from tasks.boxes import xywh_to_xyxy
+    from tasks.coco import load_dataset
+
+    ds = load_dataset(path)
+    names = {c["id"]: c["name"] for c in ds["categories"]}
+    per: dict[int, list[dict]] = {im["id"]: [] for im in ds["images"]}
+    for a in ds["annotations"]:
+        per[a["image_id"]].append(a)
+    out: dict[str, RawLabels] = {}
+    for im in ds["images"]:
+        anns = per[im["id"]]
+        out[str(im["file_name"])] = RawLabels(
+            names=[names[a["category_id"]] for a in anns], boxes=xywh_to_xyxy([a["bbox"] for a in anns]),
+            fmt="xyxy", source=str(path), size=(int(im["width"]), int(im["height"])))
+    return out
+
+
+def _modality_labels(folder: Path, images: Mapping[str, Path], names: Mapping[int, str] | None, modality: str,
+                     issues: list[dict]) -> dict[str, RawLabels] | None:
+    """Labels of one modality keyed by stem (``None`` when the folder is absent)."""
+    if not folder.is_dir():
+        return None
+    jsons = sorted(folder.glob("*.json"))
+    txts = sorted(p for p in folder.glob("*.txt") if p.name != "classes.txt")
+    out: dict[str, RawLabels] = {}
+    if jsons:
+        by_name: dict[str, Path] = {p.name: p for p in images.values()}
+        for j in jsons:
+            for fname, lab in read_coco_labels(j, issues).items():
+                stem = Path(fname).stem
+                if Path(fname).name not in by_name and stem not in images:
+                    issues.append({"kind": "labels_missing_image", "item": fname, "source": str(j),
+                                   "detail": f"{modality} COCO labels list {fname!r}, which is not in {folder.parent / modality}"})
+                    continue
+                out[stem] = lab
+    if txts:
+        if names is None:
+            raise InputError("YOLO label files found but no classes.txt", str(folder),
+                             "add classes.txt (lines 'id name' or one name per line) to the dataset root or label folder")
+        for t in txts:
+            if t.stem not in images:
+                issues.append({"kind": "labels_missing_image", "item": t.name, "source": str(t),
+                               "detail": f"{modality} label file {t.name} has no image in {folder.parent / modality}"})
+                continue
+            if t.stem in out:
+                continue
+            out[t.stem] = read_yolo_file(t, names, issues)
+        for stem in images:  # YOLO convention: no file = no objects
+            out.setdefault(stem, RawLabels(names=[], boxes=np.zeros((0, 4)), fmt="cxcywh_norm", source="(no file)"))
+    return out
+
+
+def read_split_csv(path: Path) -> dict[str, tuple[str, str | None, dict[str, str]]]:
+    out: dict[str, tuple[str, str | None, dict[str, str]]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "name" not in reader.fieldnames:
+            raise InputError("split.csv needs a header with at least 'name' (and 'split', 'daynight')", str(path),
+                             "write name,split,daynight")
+        for row in reader:
+            dn = (row.get("daynight") or "").strip().lower() or None
+            if dn not in (None, "day", "night"):
+                raise InputError(f"daynight must be day/night/empty, got {dn!r} for {row['name']}", str(path),
+                                 "fix the row")
+            out[row["name"].strip()] = ((row.get("split") or "").strip(), dn,
+                                        {k: v for k, v in row.items() if k not in ("name", "split", "daynight") and v})
+    return out
+
+
+def _read_pairs_file(path: Path, root: Path) -> list[dict[str, Any]]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read pairs file ({exc})", str(path), "give a JSON list of {rgb, thermal} objects") from None
+    items = doc.get("pairs") if isinstance(doc, dict) else doc
+    if not isinstance(items, list) or not all(isinstance(i, dict) and "rgb" in i and "thermal" in i for i in items):
+        raise InputError("pairs file must be a list (or {'pairs': list}) of {\"rgb\": path, \"thermal\": path} objects",
+                         str(path), "paths are relative to the dataset root or absolute")
+    return items
+
+
+def candidates(root: str | Path, *, pairs_file: str | Path | None = None) -> tuple[list[Candidate], list[dict], dict]:
+    """Find the frames of a paired folder: ``(candidates, issues, meta)``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("dataset root is not a folder", str(root), "pass the folder that holds rgb/ and thermal/")
+    rgb, th = _images(root / "rgb"), _images(root / "thermal")
+    pf = Path(pairs_file) if pairs_file else (root / "pairs.json" if (root / "pairs.json").exists() else None)
+    if not rgb and not th and pf is None:
+        raise InputError("no images in rgb/ or thermal/", str(root), "use the layout rgb/, thermal/ (see data/adapters/folder.py)")
+    issues: list[dict] = []
+    classes_txt = next((p for p in (root / "classes.txt", root / "labels_rgb" / "classes.txt",
+                                    root / "labels_thermal" / "classes.txt") if p.exists()), None)
+    names = read_yolo_classes(classes_txt) if classes_txt else None
+    labels = {m: _modality_labels(root / f"labels_{m}", imgs, names, m, issues) for m, imgs in (("rgb", rgb), ("thermal", th))}
+    split = read_split_csv(root / "split.csv") if (root / "split.csv").exists() else {}
+    out: list[Candidate] = []
+    if pf is not None:
+        for k, item in enumerate(_read_pairs_file(pf, root)):
+            rp = Path(item["rgb"]) if Path(item["rgb"]).is_absolute() else root / item["rgb"]
+            tp = Path(item["thermal"]) if Path(item["thermal"]).is_absolute() else root / item["thermal"]
+            oid = str(item.get("id") or rp.stem)
+            sp, dn, _ = split.get(oid, (item.get("split", ""), item.get("daynight"), {}))
+            extra = {k2: item[k1] for k1, k2 in (("rgb_time", "rgb_timestamp"), ("thermal_time", "thermal_timestamp"))
+                     if k1 in item}
+            out.append(Candidate(oid, rp, tp, sp, dn,
+                                 (labels["rgb"] or {}).get(rp.stem) if labels["rgb"] is not None else None,
+                                 (labels["thermal"] or {}).get(tp.stem) if labels["thermal"] is not None else None, extra))
+    else:
+        for stem in sorted(set(rgb) | set(th)):
+            sp, dn, extra = split.get(stem, ("", None, {}))
+            out.append(Candidate(stem, rgb.get(stem), th.get(stem), sp, dn,
+                                 labels["rgb"].get(stem) if labels["rgb"] is not None else None,
+                                 labels["thermal"].get(stem) if labels["thermal"] is not None else None, dict(extra)))
+    meta: dict[str, Any] = {"adapter": "folder", "root": str(root.resolve()), "pairs_file": str(pf) if pf else None,
+                            "has_labels": [labels["rgb"] is not None, labels["thermal"] is not None]}
+    if (root / "homography.json").exists():
+        meta["homography"] = json.loads((root / "homography.json").read_text(encoding="utf-8"))
+    return out, issues, meta
+
+
+def build_index(root: str | Path, version: str, out_dir: str | Path, classes: Sequence[str] = DEFAULT_CLASSES,
+                class_map: Mapping[str, str | None] | str | Path | None = None, pairs_file: str | Path | None = None, *,
+                exclusions: str | Path | None = None, options: BuildOptions | None = None,
+                progress: bool = True) -> PairedIndex:
+    """Index a generic paired folder into ``out_dir/<version>.json`` (+ COCO side files)."""
+    cands, issues, meta = candidates(root, pairs_file=pairs_file)
+    return _build(cands, version, Path(out_dir) / f"{version}.json", classes=classes, class_map=class_map,
+                  issues=issues, exclusions=exclusions, options=options, meta=meta,
+                  has_labels=(meta["has_labels"][0], meta["has_labels"][1]), progress=progress)

@@ -1,0 +1,123 @@
+"""Estimate a version's homography and record it in the registry (what ``register estimate`` runs).
+
+Why a function and not CLI code: the Prefect flow and tests call the same thing. Inputs are
+either point correspondences (a CSV/JSON file) or the image pairs of one dataset version and
+RGB resolution taken from a paired index; the result goes into the registry with how it was
+obtained and its measured error, and an overlay PNG is written for a person to look at.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from registration.homography import Estimate, estimate_auto, estimate_from_points, save_overlay
+from registration.registry import HomographyEntry, save_entry
+from tasks.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def load_points(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Correspondences from CSV (``x_rgb,y_rgb,x_thermal,y_thermal`` header) or JSON
+    (``{"rgb": [[x, y], ...], "thermal": [[x, y], ...]}``); continuous pixel coordinates."""
+    p = Path(path)
+    try:
+        if p.suffix.lower() == ".json":
+            doc = json.loads(p.read_text(encoding="utf-8"))
+            rgb, th = np.asarray(doc["rgb"], dtype=np.float64), np.asarray(doc["thermal"], dtype=np.float64)
+        else:
+            with open(p, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            rgb = np.array([[float(r["x_rgb"]), float(r["y_rgb"])] for r in rows])
+            th = np.array([[float(r["x_thermal"]), float(r["y_thermal"])] for r in rows])
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot read correspondences ({type(exc).__name__}: {exc})", str(p),
+                         "CSV with header x_rgb,y_rgb,x_thermal,y_thermal, or JSON {\"rgb\": [[x,y],...], "
+                         "\"thermal\": [[x,y],...]}") from None
+    return rgb.reshape(-1, 2), th.reshape(-1, 2)
+
+
+@dataclass(frozen=True)
+class EstimateRun:
+    estimate: Estimate
+    entry: HomographyEntry
+    registry_file: Path | None
+    overlay: Path | None
+
+
+def _read(path: str, gray: bool) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+    if img is None:
+        raise InputError("image unreadable", path, "validate the dataset (rgb2thermal data validate)")
+    return img
+
+
+def estimate_for_version(version: str, *, points: str | Path | None = None, index: str | Path | None = None,
+                         rgb_size: tuple[int, int] | None = None, thermal_size: tuple[int, int] | None = None,
+                         registry_dir: str | Path | None = None, max_pairs: int = 20, holdout_fraction: float = 0.25,
+                         ransac_px: float = 3.0, overlay_path: str | Path | None = None, notes: str = "",
+                         write: bool = True, seed: int = 0) -> EstimateRun:
+    """Estimate the RGB->thermal homography of ``version`` (one RGB resolution) and register it.
+
+    ``points`` given: RANSAC fit on them (``holdout_fraction`` held out for the error). Else
+    automatic ECC estimation on up to ``max_pairs`` pairs of ``version`` from ``index`` whose
+    RGB size is ``rgb_size`` (default: the most common one). The overlay uses the first pair
+    of the index when one is given.
+    """
+    from collections import Counter
+
+    from data.index import load_index
+
+    pairs = []
+    if index is not None:
+        ix = load_index(index)
+        pairs = [p for p in ix.pairs if p.version == version]
+        if not pairs:
+            raise InputError(f"the index has no pairs of version '{version}' (it has {ix.versions})", str(index),
+                             "pass the right --version or index")
+        if rgb_size is None:
+            rgb_size = Counter(p.rgb_size for p in pairs).most_common(1)[0][0]
+        pairs = [p for p in pairs if p.rgb_size == tuple(rgb_size)]
+        if not pairs:
+            raise InputError(f"no pairs of version '{version}' with RGB size {rgb_size}", str(index), "check --rgb-size")
+        thermal_size = thermal_size or pairs[0].thermal_size
+    if rgb_size is None or thermal_size is None:
+        raise InputError("image sizes unknown", "register estimate", "give --rgb-size and --thermal-size, or --index")
+    rgb_size = (int(rgb_size[0]), int(rgb_size[1]))
+    thermal_size = (int(thermal_size[0]), int(thermal_size[1]))
+    if points is not None:
+        src, dst = load_points(points)
+        est = estimate_from_points(src, dst, rgb_size=rgb_size, thermal_size=thermal_size, ransac_px=ransac_px,
+                                   holdout_fraction=holdout_fraction, seed=seed)
+        how = f"{len(src)} correspondences from {Path(points).name}, {est.n_inliers} RANSAC inliers"
+    else:
+        if not pairs:
+            raise InputError("automatic estimation needs image pairs", "register estimate",
+                             "give --index (pairs of this version) or --points")
+        step = max(1, len(pairs) // max_pairs)
+        chosen = pairs[::step][:max_pairs]
+        imgs = [(_read(p.rgb_path, False), _read(p.thermal_path, True)) for p in chosen]
+        est = estimate_auto(imgs)
+        how = f"automatic ECC on gradients over {est.n_inliers}/{len(chosen)} pairs"
+    for w in est.warnings:
+        log.warning(w)
+    entry = HomographyEntry(H=est.H, rgb_size=rgb_size, thermal_size=thermal_size, method=est.method,
+                            error_px=est.error_px, error_kind=est.error_kind, version=version,
+                            notes=(notes + "; " if notes else "") + how)
+    reg_file = save_entry(registry_dir, version, entry) if write else None
+    ov = None
+    if overlay_path is not None and pairs:
+        ov = save_overlay(overlay_path, _read(pairs[0].rgb_path, False), _read(pairs[0].thermal_path, True), est.H)
+    return EstimateRun(estimate=est, entry=entry, registry_file=reg_file, overlay=ov)
+
+
+def describe(entry: HomographyEntry) -> dict[str, Any]:
+    return {"version": entry.version, **entry.to_yaml_dict()}
