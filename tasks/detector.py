@@ -1,0 +1,365 @@
+"""A loaded MMDetection detector, batched prediction, and COCO results at the edge.
+
+Why this module exists: every stage that runs a detector (RGB teacher inference, thermal
+student evaluation, ``rgb2thermal predict``) must load checkpoints the same safe way, feed
+images through the *config's own* test pipeline (a model trained on BGR 0-255 input with
+keep-ratio resize + 114 padding must be fed exactly that), and hand back boxes in the
+internal convention. Doing it once here keeps those from drifting apart.
+
+Conventions:
+- Input images are numpy ``uint8`` arrays, BGR (OpenCV order), ``H x W x 3``. A gray thermal
+  frame (``H x W`` or ``H x W x 1``) is replicated to 3 channels, which is what detectors
+  trained on RGB-like input expect.
+- Output boxes are ``xyxy`` float pixels in the ORIGINAL image (the pipeline's resize and
+  padding are undone by the model's ``rescale=True``), clipped to the image.
+- Labels are 0-based indices into ``Detector.classes``; COCO category ids appear only when
+  writing results (``detections_to_coco_results``).
+
+``mmdet``/``torch`` are imported inside functions so importing this module is cheap.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import hashing
+from tasks.boxes import clip, xyxy_to_xywh
+from tasks.coco import validate_results
+from tasks.errors import InputError
+
+log = logging.getLogger(__name__)
+
+RANDOM_INIT = "random-init"
+
+
+@dataclass
+class Detector:
+    """A loaded mmdet detector (eval mode) and what it is.
+
+    ``fingerprint`` identifies the exact weights + config: sha256 of the resolved config
+    (canonical JSON of every field; cheaper than mmengine's yapf-formatted text) and the
+    checkpoint file's bytes. Without a checkpoint it is ``"random-init:<sha256 of
+    config text + initial weights>"`` so a random model can never be mistaken for a trained one.
+    """
+
+    model: Any                 # torch.nn.Module (mmdet BaseDetector)
+    cfg: Any                   # mmengine.Config, fully resolved
+    classes: tuple[str, ...]
+    device: str
+    fingerprint: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one image in the internal convention.
+
+    ``boxes`` ``(N, 4)`` float64 ``xyxy`` pixels in the original image; ``scores`` ``(N,)``
+    in [0, 1]; ``labels`` ``(N,)`` int64 indices into ``Detector.classes``.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; an unavailable ``cuda`` is an input error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device '{device}' requested but CUDA is not available", "device",
+                         "use device 'cpu' or 'auto'")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InputError(f"unknown device '{device}'", "device", "use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
+def read_checkpoint(checkpoint: str | os.PathLike[str]) -> dict:
+    """Load a user-named checkpoint (trusted: see ``tasks.compat``) as a dict with ``state_dict``.
+
+    Accepts mmengine training checkpoints, slim inference checkpoints and bare state dicts.
+    """
+    import torch
+
+    from tasks.compat import trusted_checkpoints
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise InputError("checkpoint file not found", str(path), "check the path (a .pth file)")
+    with trusted_checkpoints(path):
+        ckpt = torch.load(path, map_location="cpu")
+    if not isinstance(ckpt, dict):
+        raise InputError(f"not a checkpoint (got {type(ckpt).__name__})", str(path), "pass a .pth saved by mmdet/mmengine")
+    if "state_dict" not in ckpt:
+        if ckpt and all(hasattr(v, "shape") for v in ckpt.values()):
+            ckpt = {"state_dict": ckpt, "meta": {}}
+        else:
+            raise InputError("checkpoint has no 'state_dict'", str(path), "pass a .pth saved by mmdet/mmengine")
+    sd = ckpt["state_dict"]
+    if sd and all(k.startswith("module.") for k in sd):
+        ckpt = {**ckpt, "state_dict": {k[len("module."):]: v for k, v in sd.items()}}
+    return ckpt
+
+
+def checkpoint_classes(ckpt: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """Class names stored in a checkpoint's ``meta.dataset_meta.classes`` (None when absent)."""
+    meta = ckpt.get("meta") or {}
+    classes = (meta.get("dataset_meta") or {}).get("classes")
+    return tuple(classes) if classes else None
+
+
+def _config_classes(cfg: Any) -> tuple[str, ...] | None:
+    for key in ("test_dataloader", "val_dataloader", "train_dataloader"):
+        dl = cfg.get(key)
+        ds = dl.get("dataset") if dl else None
+        while ds is not None:
+            meta = ds.get("metainfo")
+            if meta and meta.get("classes"):
+                return tuple(meta["classes"])
+            ds = ds.get("dataset")
+    return None
+
+
+def load_detector(config: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None,
+                  device: str = "auto", classes: Sequence[str] | None = None) -> Detector:
+    """Build the detector of ``config`` and load ``checkpoint`` into it (strictly).
+
+    ``config``: a path to an mmdet ``.py`` config or a bundled name (``yolox_tiny_8xb8-300e_coco``).
+    Class names come from the checkpoint's metadata, else ``classes``, else the config's
+    dataset ``metainfo``; when both checkpoint and ``classes`` name classes they must agree.
+    The head's ``num_classes`` is set to the number of classes. Missing or mismatched
+    weights are an ``InputError`` (a half-loaded detector silently predicts garbage).
+    """
+    import torch
+
+    from tasks.mmdet_utils import build_model, load_config
+
+    try:
+        cfg = load_config(config)
+    except FileNotFoundError as exc:
+        raise InputError(str(exc), str(config), "pass an mmdet config path or bundled config name") from None
+    dev = resolve_device(device)
+    ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None
+    ck_classes = checkpoint_classes(ckpt) if ckpt is not None else None
+    if classes is not None:
+        classes = tuple(classes)
+        if ck_classes is not None and classes != ck_classes:
+            raise InputError(f"classes {list(classes)} differ from the checkpoint's classes {list(ck_classes)}",
+                             str(checkpoint), "omit classes (they are read from the checkpoint) or pass the same list")
+    resolved = ck_classes or classes or _config_classes(cfg)
+    if not resolved:
+        raise InputError("the detector's class names are unknown (not in the checkpoint, the config or the call)",
+                         str(checkpoint or config), "pass classes=[...] (e.g. ['person', 'car'])")
+    head = cfg.model.get("bbox_head")
+    if head is None or "num_classes" not in head:
+        raise InputError("config has no model.bbox_head.num_classes (only single-stage heads are supported)",
+                         str(config), "use a YOLOX/RetinaNet-style config")
+    head.num_classes = len(resolved)
+    if "backbone" in cfg.model and "init_cfg" in cfg.model.backbone:
+        cfg.model.backbone.init_cfg = None  # never fetch pretrained backbone weights at load time
+    if ckpt is not None:
+        from mmdet.registry import MODELS
+
+        from tasks.mmdet_utils import register_mmdet
+
+        register_mmdet()
+        model = MODELS.build(cfg.model)  # no init_weights(): every weight comes from the checkpoint
+    else:
+        model = build_model(cfg.model)
+    if ckpt is not None:
+        _load_state_strict(model, ckpt["state_dict"], str(checkpoint))
+        fingerprint = hashing.json_sha256({"config": cfg.to_dict(), "checkpoint": hashing.file_sha256(checkpoint)})
+        description = (f"{Path(str(config)).name} + {Path(checkpoint)} "
+                       f"(sha256 {hashing.short(hashing.file_sha256(checkpoint), 12)}), classes {list(resolved)}")
+    else:
+        h = hashing.bytes_sha256(hashing.json_sha256(cfg.to_dict()).encode() + _state_bytes(model))
+        fingerprint = f"{RANDOM_INIT}:{h}"
+        description = f"{Path(str(config)).name} with RANDOM WEIGHTS (no checkpoint), classes {list(resolved)}"
+        log.warning("detector %s has random weights (no checkpoint given)", Path(str(config)).name)
+    model.cfg = cfg
+    model.dataset_meta = {"classes": tuple(resolved)}
+    model.to(torch.device(dev)).eval()
+    return Detector(model=model, cfg=cfg, classes=tuple(resolved), device=dev,
+                    fingerprint=fingerprint, description=description)
+
+
+def _state_bytes(model: Any) -> bytes:
+    return b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in model.state_dict().values())
+
+
+def _load_state_strict(model: Any, state_dict: Mapping[str, Any], where: str) -> None:
+    own = model.state_dict()
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatched:
+        raise InputError("checkpoint does not fit the config: " + "; ".join(mismatched[:4])
+                         + (f" (+{len(mismatched) - 4} more)" if len(mismatched) > 4 else ""),
+                         where, "use the config the checkpoint was trained with, and the same classes "
+                                "(to change classes, train with head transfer: rgb2thermal train)")
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise InputError(f"checkpoint lacks {len(missing)} weights of the model, e.g. {missing[:3]}", where,
+                         "use the config the checkpoint was trained with")
+    unexpected = [k for k in state_dict if k not in own]
+    if unexpected:
+        log.warning("%s: %d checkpoint keys are not used by the model, e.g. %s", where, len(unexpected), unexpected[:3])
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+
+
+def test_pipeline_cfg(cfg: Any) -> list[dict]:
+    """The config's test pipeline for in-memory images (no file loading, no annotations)."""
+    import copy
+
+    dl = cfg.get("test_dataloader") or cfg.get("val_dataloader")
+    pipeline = None
+    if dl is not None:
+        ds = dl.dataset
+        while ds is not None and "pipeline" not in ds:
+            ds = ds.get("dataset")
+        pipeline = ds.pipeline if ds is not None else None
+    pipeline = pipeline or cfg.get("test_pipeline")
+    if not pipeline:
+        raise InputError("config has no test pipeline", "config", "add test_dataloader.dataset.pipeline")
+    out = []
+    for step in copy.deepcopy(list(pipeline)):
+        t = str(step["type"]).split(".")[-1]
+        if t in ("LoadImageFromFile", "LoadImageFromNDArray"):
+            out.append(dict(type="mmdet.LoadImageFromNDArray"))
+        elif t in ("LoadAnnotations",):
+            continue
+        else:
+            out.append(dict(step))
+    if "LoadImageFromNDArray" not in str(out[0]["type"]):
+        out.insert(0, dict(type="mmdet.LoadImageFromNDArray"))
+    return out
+
+
+def _as_bgr3(img: np.ndarray, i: int) -> np.ndarray:
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
+        raise InputError(f"image {i} must be a uint8 numpy array, got {getattr(img, 'dtype', type(img))}",
+                         "predict_batch", "read images with cv2.imread (BGR uint8)")
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim == 3 and img.shape[2] == 1:
+        return np.repeat(img, 3, axis=2)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return img
+    raise InputError(f"image {i} has shape {img.shape}; expected HxW (gray) or HxWx3 (BGR)", "predict_batch",
+                     "convert to 8-bit gray or BGR")
+
+
+def predict_batch(detector: Detector, images: Sequence[np.ndarray]) -> list[Detections]:
+    """Detect objects in ``images`` (BGR uint8, gray replicated) with ONE batched forward pass.
+
+    Images go through the config's test pipeline and the model's data preprocessor (so
+    resize/pad/normalisation are exactly those the model was trained with), then
+    ``model.test_step``. Returned boxes are ``xyxy`` pixels in each original image.
+    """
+    import torch
+    from mmcv.transforms import Compose
+
+    from tasks.mmdet_utils import register_mmdet
+
+    if len(images) == 0:
+        return []
+    register_mmdet()
+    pipeline = Compose(test_pipeline_cfg(detector.cfg))
+    inputs, samples, sizes = [], [], []
+    for i, img in enumerate(images):
+        bgr = _as_bgr3(img, i)
+        sizes.append((bgr.shape[1], bgr.shape[0]))
+        packed = pipeline(dict(img=bgr, img_id=i))
+        inputs.append(packed["inputs"])
+        samples.append(packed["data_samples"])
+    with torch.no_grad():
+        results = detector.model.test_step(dict(inputs=inputs, data_samples=samples))
+    out = []
+    for res, (w, h) in zip(results, sizes):
+        inst = res.pred_instances
+        boxes = clip(inst.bboxes.detach().cpu().numpy().astype(np.float64), w, h)
+        out.append(Detections(boxes=boxes,
+                              scores=inst.scores.detach().cpu().numpy().astype(np.float64),
+                              labels=inst.labels.detach().cpu().numpy().astype(np.int64)))
+    return out
+
+
+def detections_to_coco_results(dets: Detections, image_id: int, label_to_category_id: Mapping[int, int]) -> list[dict]:
+    """COCO results entries (``bbox`` xywh pixels) for one image.
+
+    Labels absent from ``label_to_category_id`` are dropped on purpose: that is how an
+    80-class COCO teacher is restricted to the target classes (e.g. ``{0: 1, 2: 2}`` keeps
+    person and car). Boxes with zero width or height are dropped (COCO cannot score them).
+    """
+    out = []
+    xywh = xyxy_to_xywh(dets.boxes)
+    for box, score, label in zip(xywh, dets.scores, dets.labels):
+        cat = label_to_category_id.get(int(label))
+        if cat is None or box[2] <= 0 or box[3] <= 0:
+            continue
+        out.append({"image_id": int(image_id), "category_id": int(cat),
+                    "bbox": [round(float(v), 3) for v in box], "score": round(float(score), 5)})
+    return validate_results(out, "detections_to_coco_results")
+
+
+def label_map_by_name(classes: Sequence[str], categories: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+    """``{detector label: COCO category id}`` matching class names to the dataset's categories.
+
+    Detector classes without a category of the same name are not mapped (their detections
+    are dropped); when no class matches at all this is an input error.
+    """
+    by_name = {c["name"]: int(c["id"]) for c in categories}
+    mapping = {i: by_name[n] for i, n in enumerate(classes) if n in by_name}
+    if not mapping:
+        raise InputError(f"none of the detector's classes {list(classes)[:10]} is a category of the dataset "
+                         f"{sorted(by_name)}", "label mapping", "use a detector trained for these classes")
+    return mapping
+
+
+def predict_dataset(detector: Detector, ann_file: str | os.PathLike[str], image_root: str | os.PathLike[str],
+                    batch_size: int = 8, progress: bool = True) -> list[dict]:
+    """Run ``detector`` on every image of a COCO dataset; return a COCO results list.
+
+    Image ids and category ids are those of ``ann_file`` (matched by class name), so the
+    output can be scored against that file with ``rgb2thermal eval``.
+    """
+    import cv2
+    from tqdm import tqdm
+
+    from tasks.coco import load_dataset
+
+    ds = load_dataset(ann_file)
+    label_map = label_map_by_name(detector.classes, ds["categories"])
+    root = Path(image_root)
+    results: list[dict] = []
+    images = ds["images"]
+    bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        arrays = []
+        for im in chunk:
+            path = root / im["file_name"]
+            arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if arr is None:
+                raise InputError("image cannot be read", str(path), "check image_root and file_name")
+            if arr.dtype != np.uint8:
+                raise InputError(f"image is {arr.dtype}, expected 8-bit", str(path), "convert to 8-bit first")
+            if arr.ndim == 3 and arr.shape[2] == 4:
+                arr = arr[:, :, :3]
+            arrays.append(arr)
+        for im, dets in zip(chunk, predict_batch(detector, arrays)):
+            results.extend(detections_to_coco_results(dets, im["id"], label_map))
+        bar.update(len(chunk))
+    bar.close()
+    return validate_results(results, str(ann_file), ds)

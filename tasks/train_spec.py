@@ -1,0 +1,199 @@
+"""The typed training spec: everything a training run depends on, validated at the boundary.
+
+Why: users used to hand-edit ``yolox_s.py`` and lost track of which config produced which
+number. A run is now described by this small spec (YAML or flags); ``tasks.train_config``
+turns it into a fully resolved mmdet config written next to the run's results.
+
+Units: ``input_size`` is ``(width, height)`` in pixels (multiples of 32); ``lr`` is the
+optimizer's base learning rate; epochs count passes over the training images.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import InputError
+
+#: which YOLOX head losses can be overridden, and the mmdet loss types that fit each slot
+#: (YOLOX passes soft IoU-aware class targets and (N, 1) objectness targets, and xyxy boxes).
+LOSS_SLOTS: dict[str, tuple[str, ...]] = {
+    "loss_cls": ("CrossEntropyLoss", "FocalLoss", "QualityFocalLoss", "VarifocalLoss"),
+    "loss_obj": ("CrossEntropyLoss", "FocalLoss", "QualityFocalLoss", "VarifocalLoss"),
+    "loss_bbox": ("IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss"),
+    "loss_l1": ("L1Loss", "SmoothL1Loss", "BalancedL1Loss"),
+}
+
+#: SGD base lr at batch 64 (YOLOX's linear scaling rule: lr = 0.01 x batch / 64); AdamW likewise.
+BASE_LR_AT_64 = {"sgd": 0.01, "adamw": 0.004}
+
+
+class DatasetSpec(BaseModel):
+    """A COCO dataset: annotation JSON + the folder its ``file_name`` entries are relative to."""
+
+    model_config = ConfigDict(extra="forbid")
+    ann_file: Path
+    img_root: Path
+
+    @field_validator("ann_file")
+    @classmethod
+    def _ann_exists(cls, v: Path) -> Path:
+        if not v.is_file():
+            raise ValueError(f"annotation file {v} does not exist")
+        return v.resolve()
+
+    @field_validator("img_root")
+    @classmethod
+    def _root_exists(cls, v: Path) -> Path:
+        if not v.is_dir():
+            raise ValueError(f"image folder {v} does not exist")
+        return v.resolve()
+
+
+class LossSpec(BaseModel):
+    """One loss override: an mmdet loss ``type`` plus its keyword arguments (e.g. ``gamma``, ``alpha``).
+
+    ``loss_weight`` defaults to YOLOX's weight for the slot; ``reduction`` is forced to ``sum``
+    (YOLOX normalises by the number of positives itself).
+    """
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+class TrainSpec(BaseModel):
+    """A training run. Only ``base_model``, ``classes``, ``train`` and ``work_dir`` are required."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str = Field(description="mmdet bundled config name (yolox_tiny_8xb8-300e_coco, "
+                                        "yolox_s_8xb8-300e_coco) or a path to an mmdet .py config")
+    classes: list[str] = Field(default_factory=lambda: ["person", "car"], min_length=1)
+    train: DatasetSpec
+    val: DatasetSpec | None = Field(default=None, description="validation set; best checkpoint by its "
+                                                              "coco/bbox_mAP_50 (without it: the training set, with a warning)")
+    test: DatasetSpec | None = Field(default=None, description="after training, predict on it with the best model "
+                                                               "and write COCO results + an eval table")
+    work_dir: Path
+    input_size: tuple[int, int] = (416, 416)
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    lr: float | None = Field(default=None, gt=0, description="default: linear scaling rule (SGD 0.01 x batch/64)")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    min_lr_ratio: float = Field(default=0.05, ge=0, le=1)
+    grad_clip: float | None = Field(default=10.0, gt=0)
+    losses: dict[str, LossSpec] = Field(default_factory=dict)
+    augment: list[Literal["flip", "affine", "hsv"]] = Field(default_factory=lambda: ["flip", "affine"])
+    load_from: Path | None = None
+    head_init: Literal["transfer", "reinit"] = Field(default="transfer", description=(
+        "with load_from of other classes: carry the mapped classifier rows (transfer) or re-initialise the head"))
+    class_map: dict[str, list[str]] | None = Field(default=None, description=(
+        "target class -> checkpoint class name(s) for head transfer; default: same names"))
+    freeze_bn: bool = Field(default=False, description="keep BatchNorm in eval mode (frozen statistics)")
+    frozen_stages: int = Field(default=-1, ge=-1, description="backbone stages to freeze (0 = stem only)")
+    ema: bool = True
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool | None = Field(default=None, description="mixed precision; default on for CUDA, off on CPU")
+    early_stop_patience: int | None = Field(default=None, ge=1, description="stop after this many validations "
+                                                                             "without a better coco/bbox_mAP_50")
+    early_stop_min_delta: float = Field(default=0.001, ge=0, description=(
+        "smallest coco/bbox_mAP_50 gain that counts as better (mmengine's default 0.1 is far too coarse for mAP)"))
+    val_interval: int = Field(default=1, ge=1)
+    num_workers: int = Field(default=2, ge=0)
+    resume: bool = Field(default=False, description="continue from work_dir's last checkpoint")
+    progress: bool = True
+
+    @field_validator("input_size")
+    @classmethod
+    def _size32(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if any(s < 32 or s % 32 for s in v):
+            raise ValueError(f"input_size {v} must be (width, height) multiples of 32, at least 32")
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"classes {v} contain duplicates")
+        return v
+
+    @field_validator("losses")
+    @classmethod
+    def _slots(cls, v: dict[str, LossSpec]) -> dict[str, LossSpec]:
+        for slot, loss in v.items():
+            if slot not in LOSS_SLOTS:
+                raise ValueError(f"unknown loss slot '{slot}'; YOLOX has {sorted(LOSS_SLOTS)}")
+            if loss.type not in LOSS_SLOTS[slot]:
+                raise ValueError(f"{slot}: loss type '{loss.type}' does not fit this slot; "
+                                 f"use one of {list(LOSS_SLOTS[slot])}")
+        return v
+
+    @field_validator("load_from")
+    @classmethod
+    def _ckpt(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"load_from checkpoint {v} does not exist")
+        return v.resolve() if v is not None else None
+
+    @model_validator(mode="after")
+    def _cross(self) -> "TrainSpec":
+        if self.class_map is not None:
+            unknown = sorted(set(self.class_map) - set(self.classes))
+            if unknown:
+                raise ValueError(f"class_map names {unknown}, which are not target classes {self.classes}")
+        return self
+
+    @property
+    def effective_lr(self) -> float:
+        """The lr actually used: ``lr`` or the linear scaling rule ``base x batch_size / 64``."""
+        return self.lr if self.lr is not None else BASE_LR_AT_64[self.optimizer] * self.batch_size / 64
+
+
+def spec_from_dict(data: dict[str, Any], where: str = "train spec") -> TrainSpec:
+    """Validate a plain dict (from YAML or flags) into a ``TrainSpec``; errors become ``InputError``."""
+    try:
+        return TrainSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors())
+        raise InputError(problems, where, "fix the listed fields (see `rgb2thermal train --help`)") from None
+
+
+def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> TrainSpec:
+    """Read a YAML spec; relative paths in it are relative to the YAML file's folder."""
+    import yaml
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise InputError("spec file not found", str(p), "check the path") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML ({exc})", str(p), "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise InputError("spec must be a mapping of fields", str(p), "see `rgb2thermal train --help`")
+    data = _rebase(data, p.parent)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return spec_from_dict(data, str(p))
+
+
+def _rebase(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    def fix(v: Any) -> Any:
+        return str(base / v) if isinstance(v, str) and not Path(v).is_absolute() else v
+
+    out = dict(data)
+    for key in ("work_dir", "load_from"):
+        if key in out and out[key] is not None:
+            out[key] = fix(out[key])
+    for key in ("train", "val", "test"):
+        if isinstance(out.get(key), dict):
+            out[key] = {k: fix(v) if k in ("ann_file", "img_root") else v for k, v in out[key].items()}
+    if isinstance(out.get("base_model"), str) and out["base_model"].endswith(".py"):
+        out["base_model"] = fix(out["base_model"])
+    return out

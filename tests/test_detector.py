@@ -1,0 +1,131 @@
+"""Detector: save (a few real training iterations) -> load -> predict; batching and conventions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.errors import InputError
+
+pytest.importorskip("mmdet")
+
+NANO = Path(__file__).resolve().parents[2] / "shared" / "models" / "yolox-nano-coco"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core CI box: 2 torch threads thrash under load (measured ~2x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from data.synthetic import generate
+    from tasks.train import train
+    from tasks.train_spec import spec_from_dict
+
+    syn = tmp_path_factory.mktemp("syn")
+    generate(syn, 4, seed=7, rgb_size=(160, 128), thermal_size=(128, 96), progress=False)
+    data = {"ann_file": str(syn / "labels_rgb" / "coco.json"), "img_root": str(syn / "rgb")}
+    spec = spec_from_dict({"base_model": "yolox_tiny_8xb8-300e_coco", "train": data, "val": data,
+                           "work_dir": str(tmp_path_factory.mktemp("run")), "device": "cpu", "input_size": (128, 128),
+                           "batch_size": 2, "epochs": 1, "num_workers": 0, "progress": False, "ema": False})
+    return syn, train(spec)
+
+
+def test_save_load_predict(trained_run):
+    import cv2
+
+    from tasks.coco import load_dataset
+    from tasks.detector import detections_to_coco_results, load_detector, predict_batch
+
+    import torch
+
+    syn, result = trained_run
+    det = load_detector(result.config_path, result.slim_checkpoint, device="cpu")
+    saved = torch.load(result.slim_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    loaded = det.model.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    det.model.bbox_head.test_cfg["score_thr"] = 0.0  # 1 epoch from random init: keep its low-score boxes
+    assert det.classes == ("person", "car")
+    assert not det.fingerprint.startswith("random-init") and len(det.fingerprint) == 64
+    assert "best_slim.pth" in det.description
+    ds = load_dataset(syn / "labels_rgb" / "coco.json")
+    images = [cv2.imread(str(syn / "rgb" / im["file_name"])) for im in ds["images"]]
+    thermal = cv2.imread(str(next((syn / "thermal").glob("*.png"))), cv2.IMREAD_GRAYSCALE)
+    dets = predict_batch(det, images + [thermal])
+    assert len(dets) == len(images) + 1
+    for d, img in zip(dets, images + [thermal]):
+        h, w = img.shape[:2]
+        assert d.boxes.shape == (len(d), 4) and d.scores.shape == (len(d),)
+        assert (d.boxes[:, 0] >= 0).all() and (d.boxes[:, 2] <= w).all() and (d.boxes[:, 3] <= h).all()
+        assert ((d.labels >= 0) & (d.labels < 2)).all()
+    assert all(len(d) > 0 for d in dets)
+    res = detections_to_coco_results(dets[0], ds["images"][0]["id"], {0: 1, 1: 2})
+    assert res and all(r["bbox"][2] > 0 and r["category_id"] in (1, 2) for r in res)
+    # same weights, same config -> same fingerprint; a different checkpoint file -> a different one
+    assert load_detector(result.config_path, result.slim_checkpoint, device="cpu").fingerprint == det.fingerprint
+    if result.best_checkpoint is not None and result.best_checkpoint != result.last_checkpoint:
+        assert load_detector(result.config_path, result.last_checkpoint, device="cpu").fingerprint != det.fingerprint
+
+
+def test_gray_is_replicated_and_batch_equals_single(trained_run):
+    import cv2
+
+    from tasks.detector import load_detector, predict_batch
+
+    syn, result = trained_run
+    det = load_detector(result.config_path, result.last_checkpoint, device="cpu")
+    det.model.bbox_head.test_cfg["score_thr"] = 0.0
+    gray = cv2.imread(str(next((syn / "thermal").glob("*.png"))), cv2.IMREAD_GRAYSCALE)
+    rgb = cv2.imread(str(next((syn / "rgb").glob("*.png"))))
+    a = predict_batch(det, [gray])[0]
+    assert len(a) > 0
+    b = predict_batch(det, [np.repeat(gray[:, :, None], 3, axis=2)])[0]
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    single = predict_batch(det, [rgb])[0]
+    both = predict_batch(det, [gray, rgb])[1]
+    np.testing.assert_allclose(both.boxes, single.boxes, atol=1e-3)
+    np.testing.assert_allclose(both.scores, single.scores, atol=1e-5)
+    with pytest.raises(InputError, match="uint8"):
+        predict_batch(det, [rgb.astype(np.float32)])
+
+
+def test_random_init_is_marked_and_mismatch_refused(trained_run):
+    from tasks.detector import load_detector
+
+    syn, result = trained_run
+    rnd = load_detector("yolox_tiny_8xb8-300e_coco", None, device="cpu", classes=["person", "car"])
+    assert rnd.fingerprint.startswith("random-init:") and "RANDOM WEIGHTS" in rnd.description
+    with pytest.raises(InputError, match="differ from the checkpoint's classes"):
+        load_detector(result.config_path, result.slim_checkpoint, device="cpu", classes=["car", "person"])
+    with pytest.raises(InputError, match="does not fit the config"):
+        load_detector("yolox_s_8xb8-300e_coco", result.slim_checkpoint, device="cpu")
+
+
+@pytest.mark.skipif(not (NANO / "yolox_nano_coco.pth").is_file(), reason=f"shared nano teacher absent at {NANO}")
+def test_real_coco_teacher_matches_mmdet_inference_detector(trained_run):
+    """Our batched path gives mmdet's own ``inference_detector`` result for the real COCO nano."""
+    import cv2
+    from mmdet.apis import inference_detector
+
+    from tasks.detector import load_detector, predict_batch
+
+    syn, _ = trained_run
+    det = load_detector(NANO / "yolox_nano_coco.py", NANO / "yolox_nano_coco.pth", device="cpu")
+    assert len(det.classes) == 80 and det.classes[2] == "car"
+    img = cv2.imread(str(next((syn / "rgb").glob("*.png"))))
+    ours = predict_batch(det, [img])[0]
+    assert len(ours) > 0
+    ref = inference_detector(det.model, img).pred_instances
+    keep = ref.scores.numpy() > 0
+    np.testing.assert_allclose(ours.scores, ref.scores.numpy()[keep], atol=1e-6)
+    from tasks.boxes import clip
+
+    np.testing.assert_allclose(ours.boxes, clip(ref.bboxes.numpy()[keep].astype(np.float64), 160, 128), atol=1e-3)
