@@ -41,10 +41,19 @@ def _fail(path: str | os.PathLike[str] | None, where: str, what: str, fix: str) 
     return CocoFormatError(what, f"{path}: {where}" if path is not None else where, fix)
 
 
+_NUM = (int, float)
+
+
 def _check_bbox(bbox: Any, path: Any, where: str) -> None:
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         raise _fail(path, where, f"bbox must be [x, y, w, h], got {bbox!r}", "write COCO xywh boxes")
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox):
+    x, y, w, h = bbox  # unrolled: this runs once per box of every file (100k+ boxes per stage output)
+    try:
+        ok = (isinstance(x, _NUM) and isinstance(y, _NUM) and isinstance(w, _NUM) and isinstance(h, _NUM)
+              and math.isfinite(x) and math.isfinite(y) and math.isfinite(w) and math.isfinite(h))
+    except TypeError:
+        ok = False
+    if not ok:
         raise _fail(path, where, f"bbox has a non-finite value {bbox!r}", "drop or repair the box")
     if bbox[2] < 0 or bbox[3] < 0:
         raise _fail(path, where, f"bbox has negative size {bbox!r} (xyxy written as xywh?)",
@@ -103,9 +112,11 @@ def load_dataset(path: str | os.PathLike[str]) -> dict:
     return validate_dataset(ds, path)
 
 
-def save_dataset(path: str | os.PathLike[str], ds: dict) -> Path:
+def save_dataset(path: str | os.PathLike[str], ds: dict, *, indent: int | None = 2) -> Path:
+    """Validate and write atomically. ``indent=None`` writes compact JSON with the C encoder,
+    several times faster for stage outputs with 100k+ boxes (indented JSON is encoded in Python)."""
     validate_dataset(ds, path)
-    return atomic.write_json(path, ds)
+    return atomic.write_json(path, ds, indent=indent)
 
 
 def validate_results(results: list, path: str | os.PathLike[str] | None = None,
@@ -177,3 +188,21 @@ def annotation(ann_id: int, image_id: int, category_id: int, box_xyxy: Sequence[
     return {"id": ann_id, "image_id": image_id, "category_id": category_id,
             "bbox": [round(x, 3), round(y, 3), round(w, 3), round(h, 3)],
             "area": round(w * h, 3), "iscrowd": 0, **extra}
+
+
+def annotations(first_id: int, image_id: int, category_ids: Sequence[int], boxes_xyxy: Any,
+                extras: Sequence[dict] | None = None, **common: Any) -> list[dict]:
+    """Many annotations of one image at once, the same dicts ``annotation(...)`` gives per box.
+
+    Why: ``annotation`` converts one box through numpy per call, which costs more than the
+    detector per image when a stage writes tens of thousands of boxes. Ids are consecutive
+    from ``first_id``; ``extras[i]`` (optional) are per-box keys, ``common`` keys go on every box.
+    """
+    xywh = xyxy_to_xywh(boxes_xyxy)
+    bbox = np.round(xywh, 3).tolist()
+    area = np.round(xywh[:, 2] * xywh[:, 3], 3).tolist()
+    out = []
+    for i, (box, cat) in enumerate(zip(bbox, category_ids)):
+        out.append({"id": first_id + i, "image_id": image_id, "category_id": int(cat), "bbox": box,
+                    "area": area[i], "iscrowd": 0, **common, **(extras[i] if extras is not None else {})})
+    return out

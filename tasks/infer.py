@@ -1,0 +1,273 @@
+"""Stage ``infer``: batched detector inference over the images a COCO file lists.
+
+Why a stage of its own: inference is the expensive step of label transfer, and users re-run
+the cheap steps after it (thresholds, class maps, warps) many times. So results are cached
+per image under a key of
+
+    sha256(image file bytes) + detector fingerprint (config + checkpoint) + inference params
+
+which makes a re-run after *adding* images infer only the new ones, and a later change of a
+pseudo-label threshold (stage ``pseudo``) infer nothing. Paths and mtimes are not in the key:
+renaming a dataset folder keeps the cache, editing an image in place invalidates it.
+
+Nothing here assumes RGB: the same stage runs a teacher directly on thermal frames (gray
+images are decoded to 3 identical BGR channels), tagged ``source="thermal_teacher"``.
+
+Boxes: detections are ``xyxy`` float pixels in the ORIGINAL image (as decoded from the file);
+the COCO output is ``xywh`` (via ``tasks.coco.annotation``).
+
+Streaming: images are read, hashed and decoded one at a time, and only ``batch_size`` decoded
+images are held at once; per-image results are kept as small arrays until the COCO file is
+written, so memory does not grow with the number of images beyond the annotations themselves.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import atomic
+from tasks.coco import annotations, categories_from_names, load_dataset, new_dataset, save_dataset
+from tasks.errors import InputError
+from tasks.hashing import bytes_sha256, json_sha256
+from tasks.stage_report import StageReport, report_path
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever the cache entry format or its meaning changes.
+CACHE_SCHEMA = "rgb2thermal.infer-cache/1"
+SOURCES = ("rgb_teacher", "thermal_teacher")
+DEFAULT_CACHE_DIR = Path(".cache/rgb2thermal/infer")
+
+
+@dataclass(frozen=True)
+class InferParams:
+    """How to run the detector.
+
+    - ``config``: mmdet config file or a config name bundled with mmdet.
+    - ``checkpoint``: weights file (trusted: it is unpickled), or None for random weights
+      (smoke tests and timing only; the report says so).
+    - ``device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    - ``batch_size``: images per forward pass; does not change results (not in the cache key).
+    - ``min_score``: detections below it are not stored. Keep it below every pseudo-label
+      threshold you may try, so threshold changes never need re-inference.
+    - ``max_per_image``: keep at most this many detections per image (highest scores).
+    - ``source``: provenance tag on every box (``rgb_teacher`` or ``thermal_teacher``).
+    """
+
+    config: str
+    checkpoint: str | None = None
+    device: str = "auto"
+    batch_size: int = 8
+    min_score: float = 0.05
+    max_per_image: int = 100
+    source: str = "rgb_teacher"
+
+    def __post_init__(self) -> None:
+        where = "infer parameters"
+        if not str(self.config).strip():
+            raise InputError("no detector config given", where, "pass an mmdet config file or a bundled config name")
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise InputError(f"checkpoint {self.checkpoint} does not exist", where, "check the path of the .pth file")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InputError(f"batch_size must be an integer >= 1, got {self.batch_size!r}", where, "use e.g. 8")
+        if not 0.0 <= float(self.min_score) <= 1.0:
+            raise InputError(f"min_score must be in [0, 1], got {self.min_score}", where, "use e.g. 0.05")
+        if not isinstance(self.max_per_image, int) or self.max_per_image < 1:
+            raise InputError(f"max_per_image must be an integer >= 1, got {self.max_per_image!r}", where, "use e.g. 100")
+        if self.source not in SOURCES:
+            raise InputError(f"source must be one of {SOURCES}, got {self.source!r}", where,
+                             "rgb_teacher for RGB images, thermal_teacher for thermal frames")
+
+    def cache_params(self) -> dict[str, Any]:
+        """The parameters that change a stored result (batch size and device do not)."""
+        return {"min_score": round(float(self.min_score), 6), "max_per_image": int(self.max_per_image)}
+
+
+def cache_key(image_sha256: str, fingerprint: str, params: InferParams) -> str:
+    """Content-addressed key of one image's inference result."""
+    return json_sha256({"schema": CACHE_SCHEMA, "image": image_sha256, "model": fingerprint,
+                        "params": params.cache_params()})
+
+
+def _cache_file(cache_dir: Path, key: str) -> Path:
+    return cache_dir / key[:2] / f"{key}.json"
+
+
+def _read_cache(path: Path) -> dict | None:
+    """A cache entry, or None when absent or unreadable (then it is recomputed and rewritten)."""
+    try:
+        entry = atomic.read_json(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("cache entry %s is unreadable (%s); recomputing it", path, exc)
+        return None
+    if (not isinstance(entry, dict) or entry.get("schema") != CACHE_SCHEMA
+            or not all(k in entry for k in ("size", "boxes", "scores", "labels"))):
+        log.warning("cache entry %s has an unexpected format; recomputing it", path)
+        return None
+    return entry
+
+
+def _entry(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> dict:
+    return {"schema": CACHE_SCHEMA, "size": [int(size[0]), int(size[1])],
+            "boxes": np.round(boxes.astype(np.float64), 3).tolist(),
+            "scores": np.round(scores.astype(np.float64), 6).tolist(),
+            "labels": labels.astype(np.int64).tolist()}
+
+
+@dataclass
+class _Result:
+    """One image's kept detections, compact arrays: xyxy pixels (rounded to 1e-3), scores (rounded to
+    1e-6, as cached, so a cached and a fresh run write identical files), detector label indices."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def from_entry(cls, e: dict) -> _Result:
+        return cls(np.asarray(e["boxes"], np.float64).reshape(-1, 4), np.asarray(e["scores"], np.float64),
+                   np.asarray(e["labels"], np.int64))
+
+
+def _filter(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, params: InferParams) -> tuple[np.ndarray, ...]:
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    keep = np.flatnonzero(scores >= params.min_score)
+    keep = keep[np.argsort(-scores[keep], kind="stable")][: params.max_per_image]
+    return boxes[keep], scores[keep], labels[keep]
+
+
+def resolve_image_path(file_name: str, root: Path) -> Path:
+    """Absolute ``file_name``s are used as they are; relative ones are taken under ``root``."""
+    p = Path(file_name).expanduser()
+    return p if p.is_absolute() else root / p
+
+
+def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None = None,
+              cache_dir: Path | None = None, image_root: Path | None = None, detector: Any = None) -> StageReport:
+    """Run the detector over the images of COCO file ``inp``; write COCO detections to ``out``.
+
+    Output: the same images (minus skipped ones), ``categories`` = the detector's classes with
+    1-based ids in detector class order, one annotation per stored detection with ``score``,
+    ``source`` and ``detector_label`` (0-based class index). Returns the stage report, which is
+    also written to ``<out>.report.json``. ``index`` is accepted for the common stage signature
+    and unused: the COCO file already names the images.
+
+    ``detector`` (optional): an already loaded ``tasks.detector.Detector`` to use instead of
+    loading ``params.config``/``params.checkpoint``, so a flow or benchmark that infers several
+    files loads the model once (loading costs seconds). Its fingerprint keys the cache, so
+    results are shared with runs that load the same config + checkpoint.
+    """
+    import cv2
+    from tqdm import tqdm
+
+    from tasks.detector import RANDOM_INIT, load_detector, predict_batch
+
+    t0 = time.perf_counter()
+    inp, out = Path(inp), Path(out)
+    cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    root = Path(image_root) if image_root is not None else inp.parent
+    ds = load_dataset(inp)
+    report = StageReport(stage="infer", inputs={"coco": str(inp)}, params=asdict(params))
+    if index is not None:
+        report.inputs["index"] = str(index)
+
+    if detector is None:
+        detector = load_detector(params.config, params.checkpoint, params.device)
+    classes = tuple(detector.classes)
+    report.models["detector"] = detector.description
+    report.params["model_fingerprint"] = detector.fingerprint
+    report.params["cache_dir"] = str(cache_dir)
+    if str(detector.fingerprint).startswith(RANDOM_INIT):
+        msg = "no checkpoint given: the detector has RANDOM weights (its detections are meaningless)"
+        log.warning(msg)
+        report.fallbacks.append(msg)
+
+    results: dict[int, _Result] = {}
+    pending: list[tuple[int, np.ndarray, Path]] = []
+    n_missing = 0
+
+    def flush() -> None:
+        if not pending:
+            return
+        dets = predict_batch(detector, [img for _, img, _ in pending])
+        for (image_id, img, cpath), d in zip(pending, dets):
+            b, s, lab = _filter(d.boxes, d.scores, d.labels, params)
+            entry = _entry(b, s, lab, (img.shape[1], img.shape[0]))
+            # cache entries: atomic rename but no fsync (a torn entry after a crash is detected and
+            # recomputed; an fsync per image would cost as much as the detector)
+            atomic.write_bytes(cpath, json.dumps(entry, separators=(",", ":")).encode("utf-8"), fsync=False)
+            results[image_id] = _Result.from_entry(entry)
+        pending.clear()
+
+    for im in tqdm(ds["images"], desc="infer", unit="img", disable=None):
+        path = resolve_image_path(im["file_name"], root)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            n_missing += isinstance(exc, FileNotFoundError)
+            report.skip_image(path, f"cannot read file ({exc.__class__.__name__}: {exc.strerror or exc})")
+            continue
+        key = cache_key(bytes_sha256(data), detector.fingerprint, params)
+        cpath = _cache_file(cache_dir, key)
+        entry = _read_cache(cpath)
+        if entry is not None:
+            if tuple(entry["size"]) != (im["width"], im["height"]):
+                report.skip_image(path, f"image is {entry['size'][0]}x{entry['size'][1]} but the COCO file says "
+                                        f"{im['width']}x{im['height']}")
+                continue
+            report.cache_hits += 1
+            results[im["id"]] = _Result.from_entry(entry)
+            continue
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        del data
+        if img is None or img.size == 0:
+            report.skip_image(path, "corrupt or unsupported image (OpenCV could not decode it)")
+            continue
+        if (img.shape[1], img.shape[0]) != (im["width"], im["height"]):
+            report.skip_image(path, f"image is {img.shape[1]}x{img.shape[0]} but the COCO file says "
+                                    f"{im['width']}x{im['height']}")
+            continue
+        report.cache_misses += 1
+        pending.append((im["id"], img, cpath))
+        if len(pending) >= params.batch_size:
+            flush()
+    flush()
+
+    if ds["images"] and n_missing == len(ds["images"]):
+        raise InputError(f"none of the {n_missing} images exist (first: {resolve_image_path(ds['images'][0]['file_name'], root)})",
+                         str(inp), "relative file_names are resolved against --image-root (default: the COCO file's folder)")
+    for s in report.skipped_images:
+        log.warning("skipped %s: %s", s["image"], s["reason"])
+
+    images: list[dict] = []
+    anns: list[dict] = []
+    for im in ds["images"]:
+        r = results.pop(im["id"], None)
+        if r is None:
+            continue
+        images.append(im)
+        extras = [{"score": s, "detector_label": lab} for s, lab in zip(r.scores.tolist(), r.labels.tolist())]
+        anns.extend(annotations(len(anns) + 1, im["id"], (r.labels + 1).tolist(), r.boxes, extras,
+                                source=params.source))
+    info = {"stage": "infer", "source": params.source, "detector": detector.description,
+            "model_fingerprint": detector.fingerprint, "input": str(inp)}
+    save_dataset(out, new_dataset(images, anns, categories_from_names(classes), info), indent=None)
+
+    report.counts = {"images_in": len(ds["images"]), "images_out": len(images), "images_inferred": report.cache_misses,
+                     "images_cached": report.cache_hits, "images_skipped": len(report.skipped_images),
+                     "detections": len(anns)}
+    report.outputs = {"coco": str(out), "report": str(report_path(out))}
+    report.seconds = round(time.perf_counter() - t0, 3)
+    report.save(report_path(out))
+    return report
+

@@ -1,0 +1,245 @@
+"""Stage ``pseudo``: detector output -> target-class pseudo-labels.
+
+Why: a teacher's raw detections are in the detector's class space (80 COCO classes, say) with
+every score down to ``min_score``; training labels must be in the *target* classes (default
+``person``, ``car``), confident, de-duplicated and not absurd. This stage applies, per image
+and in this order (each drop counted under its reason in the report):
+
+1. class map, detector class name -> target class (``unmapped_class``);
+2. per-target-class score threshold (``below_threshold``) — users compare e.g. 0.5 vs 0.7;
+3. minimum box size: width or height below ``min_size`` pixels (``too_small``);
+4. class-wise NMS among the boxes of one target class (``nms``) — after mapping, so a
+   ``car`` and a ``truck`` box on the same vehicle become one ``car``;
+5. at most ``max_per_image`` boxes, highest scores first (``max_per_image``).
+
+Thresholds live here, not in ``infer``, so changing them never re-runs inference. A score
+histogram per target class (scores of the mapped boxes, threshold marked) is written as PNG
+beside the output so a user can see where the threshold cuts.
+
+Boxes: ``xyxy`` float pixels internally, COCO ``xywh`` in files. Input annotations without a
+``score`` (e.g. ground truth standing in for a perfect teacher) count as score 1.0.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tasks import atomic
+from tasks.boxes import xywh_to_xyxy
+from tasks.coco import annotations, categories_from_names, load_dataset, new_dataset, save_dataset
+from tasks.errors import InputError
+from tasks.stage_report import StageReport, report_path
+
+log = logging.getLogger(__name__)
+
+#: Extra class-map entries for ``vehicles_as_car`` (COCO detector class names).
+VEHICLES_AS_CAR: dict[str, str] = {"truck": "car", "bus": "car"}
+#: Histogram bins over the score range [0, 1].
+HIST_BINS = np.linspace(0.0, 1.0, 51)
+DROP_REASONS = ("unmapped_class", "below_threshold", "too_small", "nms", "max_per_image")
+
+
+@dataclass(frozen=True)
+class PseudoParams:
+    """Pseudo-labelling rules.
+
+    - ``target_classes``: output categories, ids 1-based in this order.
+    - ``class_map``: detector class name -> target class name. None = each target class maps
+      from the detector class of the same name (COCO ``person`` -> ``person``, ``car`` -> ``car``).
+    - ``vehicles_as_car``: also map ``truck`` and ``bus`` to ``car``.
+    - ``thresholds``: score threshold per target class; others use ``default_threshold``.
+      A box is kept when ``score >= threshold``.
+    - ``nms_iou``: class-wise NMS IoU threshold in (0, 1]; 1.0 disables NMS.
+    - ``min_size``: minimum box width and height in pixels.
+    - ``max_per_image``: cap on boxes per image (highest scores kept).
+    - ``histogram``: write the per-class score histogram PNGs.
+    """
+
+    target_classes: tuple[str, ...] = ("person", "car")
+    class_map: Mapping[str, str] | None = None
+    vehicles_as_car: bool = False
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    default_threshold: float = 0.5
+    nms_iou: float = 0.5
+    min_size: float = 4.0
+    max_per_image: int = 100
+    histogram: bool = True
+
+    def __post_init__(self) -> None:
+        where = "pseudo parameters"
+        object.__setattr__(self, "target_classes", tuple(self.target_classes))
+        if not self.target_classes or len(set(self.target_classes)) != len(self.target_classes):
+            raise InputError(f"target classes must be a non-empty list of unique names, got {list(self.target_classes)}",
+                             where, "e.g. person car")
+        for name, thr in {**dict(self.thresholds), "(default)": self.default_threshold}.items():
+            if name != "(default)" and name not in self.target_classes:
+                raise InputError(f"threshold given for '{name}', which is not a target class {list(self.target_classes)}",
+                                 where, "thresholds are per TARGET class (after the class map)")
+            if not 0.0 <= float(thr) <= 1.0:
+                raise InputError(f"threshold for {name} must be in [0, 1], got {thr}", where, "use e.g. 0.5")
+        for src, dst in self.resolved_class_map().items():
+            if dst not in self.target_classes:
+                raise InputError(f"class map sends '{src}' to '{dst}', which is not a target class {list(self.target_classes)}",
+                                 where, "map detector classes onto the target classes only")
+        if not 0.0 < float(self.nms_iou) <= 1.0:
+            raise InputError(f"nms_iou must be in (0, 1], got {self.nms_iou}", where, "use e.g. 0.5; 1.0 disables NMS")
+        if float(self.min_size) < 0:
+            raise InputError(f"min_size must be >= 0 pixels, got {self.min_size}", where, "use e.g. 4")
+        if not isinstance(self.max_per_image, int) or self.max_per_image < 1:
+            raise InputError(f"max_per_image must be an integer >= 1, got {self.max_per_image!r}", where, "use e.g. 100")
+
+    def resolved_class_map(self) -> dict[str, str]:
+        """Detector class name -> target class name, with the defaults applied."""
+        cmap = dict(self.class_map) if self.class_map is not None else {c: c for c in self.target_classes}
+        if self.vehicles_as_car:
+            cmap.update({k: v for k, v in VEHICLES_AS_CAR.items() if k not in cmap})
+        return cmap
+
+    def threshold(self, target_class: str) -> float:
+        return float(self.thresholds.get(target_class, self.default_threshold))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["class_map"] = self.resolved_class_map()
+        d["thresholds"] = {c: self.threshold(c) for c in self.target_classes}
+        return d
+
+
+def select_boxes(boxes: np.ndarray, scores: np.ndarray, target_idx: np.ndarray, thresholds: np.ndarray,
+                 params: PseudoParams) -> tuple[np.ndarray, dict[str, int]]:
+    """Apply steps 2-5 to one image's mapped boxes; return kept indices (best score first) and drops.
+
+    ``boxes`` ``(N, 4)`` xyxy pixels, ``scores`` ``(N,)``, ``target_idx`` ``(N,)`` 0-based target
+    class index, ``thresholds`` per target class index.
+    """
+    import torch
+    from torchvision.ops import batched_nms
+
+    dropped: dict[str, int] = {}
+    idx = np.arange(len(boxes))
+    ok = scores >= thresholds[target_idx]
+    dropped["below_threshold"] = int((~ok).sum())
+    idx = idx[ok]
+    wh = boxes[idx, 2:] - boxes[idx, :2]
+    ok = (wh >= params.min_size).all(axis=1)
+    dropped["too_small"] = int((~ok).sum())
+    idx = idx[ok]
+    if len(idx) and params.nms_iou < 1.0:
+        keep = batched_nms(torch.as_tensor(boxes[idx], dtype=torch.float32),
+                           torch.as_tensor(scores[idx], dtype=torch.float32),
+                           torch.as_tensor(target_idx[idx], dtype=torch.int64), float(params.nms_iou)).numpy()
+        dropped["nms"] = len(idx) - len(keep)
+        idx = idx[keep]
+    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    dropped["max_per_image"] = max(0, len(idx) - params.max_per_image)
+    return idx[: params.max_per_image], dropped
+
+
+def _save_histogram(path: Path, cls: str, counts: np.ndarray, threshold: float) -> None:
+    """Bar chart of the mapped boxes' scores for one class, kept region shaded (Agg, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    centres = (HIST_BINS[:-1] + HIST_BINS[1:]) / 2
+    width = HIST_BINS[1] - HIST_BINS[0]
+    kept = centres >= threshold
+    ax.bar(centres[~kept], counts[~kept], width=width, color="#bbbbbb", label="dropped (below threshold)")
+    ax.bar(centres[kept], counts[kept], width=width, color="#2a7ab0", label="kept by threshold")
+    ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"threshold {threshold:g}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("detector score")
+    ax.set_ylabel("boxes")
+    n_above = int(counts[kept].sum())
+    ax.set_title(f"{cls}: {int(counts.sum())} mapped boxes, ~{n_above} at/above threshold")
+    ax.legend(fontsize=7, loc="upper center")
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp)
+
+
+def histogram_path(out: Path, cls: str) -> Path:
+    """``<out stem>.score_hist.<class>.png`` beside the COCO output."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in cls)
+    return out.with_name(f"{out.stem}.score_hist.{safe}.png")
+
+
+def run_pseudo(inp: Path, out: Path, params: PseudoParams, *, index: Path | None = None,
+               cache_dir: Path | None = None) -> StageReport:
+    """Turn the detections in COCO file ``inp`` (output of ``infer``) into pseudo-labels at ``out``.
+
+    Output: same images; categories = ``params.target_classes``; annotations sorted by score
+    within each image, each keeping ``score``, ``source``, ``detector_class`` and
+    ``infer_ann_id`` (the input annotation's id). ``index``/``cache_dir`` are accepted for the
+    common stage signature and unused: this stage is cheaper than reading a cache.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    inp, out = Path(inp), Path(out)
+    ds = load_dataset(inp)
+    report = StageReport(stage="pseudo", inputs={"coco": str(inp)}, params=params.to_dict())
+    det_names = {c["id"]: c["name"] for c in ds["categories"]}
+    cmap = params.resolved_class_map()
+    used = [k for k in cmap if k in det_names.values()]
+    if not used:
+        raise InputError(f"no class-map entry matches the input's classes (map: {sorted(cmap)}; input classes: "
+                         f"{sorted(det_names.values())[:20]}{' ...' if len(det_names) > 20 else ''})", str(inp),
+                         "give --map DETECTOR_CLASS=TARGET_CLASS for the detector's class names")
+    unused = sorted(set(cmap) - set(used))
+    if unused:
+        log.warning("class-map entries %s match no class of %s; they map nothing", unused, inp)
+        report.params["class_map_unused"] = unused
+    tidx = {c: i for i, c in enumerate(params.target_classes)}
+    cat_to_target = {cid: tidx[cmap[name]] for cid, name in det_names.items() if name in cmap}
+    thresholds = np.asarray([params.threshold(c) for c in params.target_classes], dtype=np.float64)
+    hist = np.zeros((len(params.target_classes), len(HIST_BINS) - 1), dtype=np.int64)
+
+    by_image: dict[int, list[int]] = {im["id"]: [] for im in ds["images"]}
+    for i, a in enumerate(ds["annotations"]):
+        by_image[a["image_id"]].append(i)
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    kept_per_class = np.zeros(len(params.target_classes), dtype=np.int64)
+    anns: list[dict] = []
+    for im in tqdm(ds["images"], desc="pseudo", unit="img", disable=None):
+        items = [ds["annotations"][i] for i in by_image[im["id"]]]
+        mapped = [a for a in items if a["category_id"] in cat_to_target]
+        dropped["unmapped_class"] += len(items) - len(mapped)
+        if not mapped:
+            continue
+        boxes = xywh_to_xyxy([a["bbox"] for a in mapped])
+        scores = np.asarray([float(a.get("score", 1.0)) for a in mapped], dtype=np.float64)
+        target = np.asarray([cat_to_target[a["category_id"]] for a in mapped], dtype=np.int64)
+        for t in range(len(params.target_classes)):
+            hist[t] += np.histogram(np.clip(scores[target == t], 0.0, 1.0), bins=HIST_BINS)[0]
+        keep, drops = select_boxes(boxes, scores, target, thresholds, params)
+        for k, v in drops.items():
+            dropped[k] += v
+        kept_per_class += np.bincount(target[keep], minlength=len(params.target_classes))
+        extras = [{"score": round(float(scores[j]), 6), "source": mapped[j].get("source", "unknown"),
+                   "detector_class": det_names[mapped[j]["category_id"]], "infer_ann_id": mapped[j]["id"]}
+                  for j in keep.tolist()]
+        anns.extend(annotations(len(anns) + 1, im["id"], (target[keep] + 1).tolist(), boxes[keep], extras))
+    info = {"stage": "pseudo", "input": str(inp), "params": params.to_dict(), "input_info": ds.get("info", {})}
+    save_dataset(out, new_dataset(ds["images"], anns, categories_from_names(params.target_classes), info), indent=None)
+
+    report.outputs = {"coco": str(out), "report": str(report_path(out))}
+    if params.histogram:
+        for t, cls in enumerate(params.target_classes):
+            path = histogram_path(out, cls)
+            _save_histogram(path, cls, hist[t], float(thresholds[t]))
+            report.outputs[f"score_hist_{cls}"] = str(path)
+    report.dropped = {k: v for k, v in dropped.items() if v}
+    report.counts = {"images": len(ds["images"]), "boxes_in": len(ds["annotations"]), "boxes_out": len(anns),
+                     **{f"kept_{c}": int(kept_per_class[t]) for t, c in enumerate(params.target_classes)},
+                     **{f"mapped_{c}": int(hist[t].sum()) for t, c in enumerate(params.target_classes)}}
+    report.seconds = round(time.perf_counter() - t0, 3)
+    report.save(report_path(out))
+    return report

@@ -1,0 +1,400 @@
+"""Stage ``refine``: tighten warped pseudo-label boxes on the thermal image (SAM2 or classical).
+
+Why: a box warped from RGB through a homography is only as good as the registration and the
+RGB detector; on the thermal frame it is often loose or shifted. Segmenting the object inside
+the box and taking the mask's tight box fixes much of that — but a segmenter can also grab a
+whole road or a shadow, so every refined box goes through a policy:
+
+* **replace** the box by the mask's tight box when the refiner's score ≥ its threshold *and*
+  IoU(new box, prompt box) ≥ ``min_iou`` *and* the new box is at least ``min_size`` px wide
+  and high;
+* otherwise **keep** the prompt box or **drop** it (``on_reject``).
+
+Every output box records ``refine: {method, score, iou_to_prompt, decision, reason,
+prompt_bbox}`` (``prompt_bbox`` is the input COCO ``[x, y, w, h]``), so nothing is silently
+changed. Methods: ``sam2`` (:mod:`tasks.refine_sam2`, user's config + checkpoint) or
+``classical`` (:mod:`tasks.refine_classical`). With ``method="auto"`` and no SAM2 checkpoint
+the stage logs a WARNING, uses the classical refiner and records that fallback in the report
+(``fallbacks``, ``models``) and in every box (``method: "classical"``).
+
+Cache: per image, content-addressed: key = image bytes' sha256 + refiner fingerprint (model
+config + checkpoint hash, or the classical parameters) + the prompt boxes. The cached value is
+the refiner's *raw* output (new boxes + scores), before the policy, so changing
+``min_iou``/thresholds/``on_reject`` re-runs no model. Memory: images are decoded one batch at a
+time; only the COCO annotations are held for the whole dataset.
+
+Boxes are ``xyxy`` float pixels internally, COCO ``xywh`` in files (see ``tasks.boxes``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from tasks import atomic, coco
+from tasks.boxes import as_boxes, clip, iou_matrix, xywh_to_xyxy, xyxy_to_xywh
+from tasks.errors import InputError
+from tasks.hashing import bytes_sha256, json_sha256
+from tasks.refine_classical import ClassicalConfig
+from tasks.refine_sam2 import DEFAULT_CONFIG, Sam2Config
+from tasks.stage_report import StageReport, report_path
+
+log = logging.getLogger(__name__)
+
+STAGE = "refine"
+CACHE_VERSION = 1
+DEFAULT_CACHE_DIR = Path(".cache/rgb2thermal") / STAGE
+
+
+@dataclass(frozen=True)
+class RefineParams:
+    """Parameters of the refine stage (validated at construction).
+
+    - ``method``: ``auto`` (SAM2 when a checkpoint is given, else classical with a loud
+      WARNING + recorded fallback), ``sam2`` (error without a checkpoint), ``classical``.
+    - ``sam2_config``/``sam2_checkpoint``/``device``: the SAM2 model (see ``Sam2Config``).
+    - ``sam2_random_weights``: build SAM2 with random weights (tests/timing only; recorded).
+    - ``sam2_score_threshold``: minimum SAM2 predicted mask IoU (0..1) to replace a box.
+    - ``classical_score_threshold``: minimum Otsu separability (0..1) to replace a box.
+    - ``min_iou``: minimum IoU between the new box and the prompt box to replace it
+      (guards against SAM grabbing the road, a shadow or a neighbour).
+    - ``min_size``: minimum width and height (px) of a replacement box.
+    - ``on_reject``: what happens to a box that is not replaced: ``keep`` or ``drop``.
+    - ``image_batch_size``/``max_boxes_per_call``/``mask_threshold``: SAM2 batching/binarising.
+    - ``classical_enlarge``: how much the classical refiner enlarges the prompt box (factor).
+    - ``use_cache``: read/write the per-image cache.
+    - ``image_root``: folder that relative image ``file_name``s are relative to (default: the
+      input COCO file's folder).
+    """
+
+    method: Literal["auto", "sam2", "classical"] = "auto"
+    sam2_config: str = DEFAULT_CONFIG
+    sam2_checkpoint: str | None = None
+    sam2_random_weights: bool = False
+    device: str = "cpu"
+    sam2_score_threshold: float = 0.5
+    classical_score_threshold: float = 0.3
+    min_iou: float = 0.5
+    min_size: float = 2.0
+    on_reject: Literal["keep", "drop"] = "keep"
+    image_batch_size: int = 1
+    max_boxes_per_call: int = 64
+    mask_threshold: float = 0.0
+    classical_enlarge: float = 1.2
+    use_cache: bool = True
+    image_root: str | None = None
+
+    def __post_init__(self) -> None:
+        where = "refine params"
+        if self.method not in ("auto", "sam2", "classical"):
+            raise InputError(f"unknown method '{self.method}'", where, "use auto, sam2 or classical")
+        if self.on_reject not in ("keep", "drop"):
+            raise InputError(f"unknown on_reject '{self.on_reject}'", where, "use keep or drop")
+        for name in ("sam2_score_threshold", "classical_score_threshold", "min_iou"):
+            v = getattr(self, name)
+            if not (0.0 <= v <= 1.0):
+                raise InputError(f"{name} must be in [0, 1], got {v}", where, f"pass a value between 0 and 1 for {name}")
+        if self.min_size < 0:
+            raise InputError(f"min_size must be >= 0, got {self.min_size}", where, "use e.g. 2 (pixels)")
+        if self.method == "sam2" and self.sam2_checkpoint is None and not self.sam2_random_weights:
+            raise InputError("method 'sam2' needs a SAM2 checkpoint", where,
+                             "pass --sam2-checkpoint PATH, or --method auto/classical")
+        if self.method == "classical" and self.sam2_checkpoint is not None:
+            raise InputError("a SAM2 checkpoint was given but method is 'classical'", where,
+                             "drop the checkpoint or use --method sam2/auto")
+        self.classical_config()
+        if self.uses_sam2():
+            self.sam2_cfg()
+
+    def uses_sam2(self) -> bool:
+        return self.method == "sam2" or (self.method == "auto" and
+                                         (self.sam2_checkpoint is not None or self.sam2_random_weights))
+
+    def sam2_cfg(self) -> Sam2Config:
+        return Sam2Config(config=self.sam2_config, checkpoint=self.sam2_checkpoint, device=self.device,
+                          random_weights=self.sam2_random_weights and self.sam2_checkpoint is None,
+                          mask_threshold=self.mask_threshold, max_boxes_per_call=self.max_boxes_per_call,
+                          image_batch_size=self.image_batch_size)
+
+    def classical_config(self) -> ClassicalConfig:
+        return ClassicalConfig(enlarge=self.classical_enlarge)
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """Per-box outcome of :func:`apply_policy` (arrays of length N)."""
+
+    boxes: np.ndarray          # (N, 4) xyxy: the new box where replaced, else the prompt box
+    decisions: list[str]       # "replace" | "keep" | "drop"
+    reasons: list[str | None]  # why not replaced: empty_mask, low_score, low_iou, too_small
+    ious: np.ndarray           # (N,) IoU(new, prompt); 0 where no new box
+
+
+def apply_policy(prompt: np.ndarray, new: np.ndarray, scores: np.ndarray, *, score_threshold: float,
+                 min_iou: float, min_size: float, on_reject: str) -> PolicyResult:
+    """Replace/keep/drop each box (see module docstring). ``new`` has NaN rows where nothing was found."""
+    prompt, new = as_boxes(prompt), np.asarray(new, dtype=np.float64).reshape(-1, 4)
+    n = len(prompt)
+    found = np.isfinite(new).all(axis=1)
+    ious = np.zeros(n)
+    if found.any():
+        ious[found] = np.diag(iou_matrix(new[found], prompt[found]))
+    wh = np.where(found[:, None], new[:, 2:] - new[:, :2], 0.0)
+    out = prompt.copy()
+    decisions: list[str] = []
+    reasons: list[str | None] = []
+    for i in range(n):
+        if not found[i]:
+            reason = "empty_mask"
+        elif scores[i] < score_threshold:
+            reason = "low_score"
+        elif ious[i] < min_iou:
+            reason = "low_iou"
+        elif wh[i].min() < min_size:
+            reason = "too_small"
+        else:
+            reason = None
+        if reason is None:
+            out[i] = new[i]
+            decisions.append("replace")
+        else:
+            decisions.append(on_reject)
+        reasons.append(reason)
+    return PolicyResult(out, decisions, reasons, ious)
+
+
+class _Refiner:
+    """The chosen refiner behind one interface: ``run(images, boxes) -> [(new, scores)]``."""
+
+    def __init__(self, params: RefineParams, sam2_refiner: Any = None) -> None:
+        self.params = params
+        if params.uses_sam2():
+            from tasks.refine_sam2 import Sam2Refiner
+
+            self.sam2 = sam2_refiner or Sam2Refiner.load(params.sam2_cfg())
+            self.method = "sam2"
+            self.fingerprint = self.sam2.fingerprint
+            self.description = self.sam2.description
+            self.score_threshold = params.sam2_score_threshold
+            self.batch = params.image_batch_size
+        else:
+            self.sam2 = None
+            self.method = "classical"
+            cfg = asdict(params.classical_config())
+            self.fingerprint = json_sha256({"method": "classical", "version": 2, **cfg})
+            self.description = ("classical Otsu refiner (no model): deviation from the local background inside "
+                                f"the box enlarged x{params.classical_enlarge}, Otsu/noise threshold, components "
+                                "at the centre; score = Otsu separability")
+            self.score_threshold = params.classical_score_threshold
+            self.batch = 1
+
+    def run(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.sam2 is not None:
+            from tasks.refine_sam2 import to_rgb_u8
+
+            return self.sam2.refine_images([to_rgb_u8(im) for im in images], boxes)
+        from tasks.refine_classical import refine_boxes, to_gray_u8
+
+        cfg = self.params.classical_config()
+        return [refine_boxes(to_gray_u8(im), b, cfg) for im, b in zip(images, boxes)]
+
+
+def resolve_image_path(image: dict, coco_path: Path, image_root: str | None, pairs: dict[str, Path] | None) -> Path:
+    """Where an image's file is: the index's thermal path (by ``pair_id``), else ``file_name``
+    (absolute, or relative to ``image_root`` / the COCO file's folder)."""
+    if pairs is not None and image.get("pair_id") in pairs:
+        return pairs[image["pair_id"]]
+    p = Path(image["file_name"])
+    if p.is_absolute():
+        return p
+    return Path(image_root) / p if image_root else coco_path.parent / p
+
+
+def _index_thermal_paths(index: Path | None) -> dict[str, Path] | None:
+    if index is None:
+        return None
+    from data.index import load_index
+
+    return {p.pair_id: Path(p.thermal_path) for p in load_index(index).pairs}
+
+
+def _decode(path: Path) -> tuple[np.ndarray | None, str | None, str]:
+    """Read an image once: ``(image, sha256 of its bytes, error)``; ``image`` None on failure."""
+    import cv2
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, None, f"unreadable: {exc.strerror or exc}"
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if img is None or img.size == 0:
+        return None, bytes_sha256(data), "not a decodable image (corrupt or unsupported format)"
+    return img, bytes_sha256(data), ""
+
+
+def _cache_key(image_sha: str, fingerprint: str, boxes: np.ndarray) -> str:
+    return json_sha256({"v": CACHE_VERSION, "image": image_sha, "refiner": fingerprint,
+                        "boxes": np.round(boxes, 3).tolist()})
+
+
+def _cache_file(cache_dir: Path, key: str) -> Path:
+    return cache_dir / key[:2] / f"{key}.json"
+
+
+def _cache_get(cache_dir: Path, key: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    f = _cache_file(cache_dir, key)
+    try:
+        d = atomic.read_json(f)
+        new = np.array([[np.nan if v is None else v for v in row] for row in d["boxes"]], dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(d["scores"], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if len(new) != n or len(scores) != n:
+        return None
+    return new, scores
+
+
+def _cache_put(cache_dir: Path, key: str, new: np.ndarray, scores: np.ndarray) -> None:
+    rows = [[None if not np.isfinite(v) else float(v) for v in row] for row in new]
+    atomic.write_json(_cache_file(cache_dir, key), {"boxes": rows, "scores": [float(s) for s in scores]}, indent=None)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None = None,
+               cache_dir: Path | None = None, sam2_refiner: Any = None) -> StageReport:
+    """Refine the boxes of the thermal COCO file ``inp``; write ``out`` and ``<out>.report.json``.
+
+    ``index`` (optional): a paired index; image files are then found by ``pair_id``.
+    ``sam2_refiner`` (optional): an already loaded :class:`tasks.refine_sam2.Sam2Refiner`, so a
+    flow or benchmark that refines several files loads SAM2 once (its fingerprint keys the cache).
+    Images that cannot be read are skipped (with their boxes), listed in ``skipped_images``,
+    and the run continues.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    inp, out = Path(inp), Path(out)
+    ds = coco.load_dataset(inp)
+    report = StageReport(stage=STAGE, inputs={"coco": str(inp)}, outputs={"coco": str(out)},
+                         params=asdict(params))
+    if index is not None:
+        report.inputs["index"] = str(index)
+    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+
+    if params.method == "auto" and not params.uses_sam2():
+        msg = ("no SAM2 checkpoint configured: boxes are refined by the CLASSICAL Otsu refiner, not SAM2 "
+               "(pass --sam2-checkpoint to use SAM2)")
+        log.warning("%s", msg)
+        report.fallbacks.append(msg)
+    refiner = _Refiner(params, sam2_refiner)
+    report.models["refiner"] = refiner.description
+    report.params["refiner_fingerprint"] = refiner.fingerprint
+    if refiner.method == "sam2" and params.sam2_random_weights and params.sam2_checkpoint is None:
+        report.fallbacks.append("SAM2 ran with RANDOM weights (requested for testing): refined boxes are meaningless")
+
+    pairs = _index_thermal_paths(index)
+    anns_by_image: dict[int, list[dict]] = {im["id"]: [] for im in ds["images"]}
+    for a in ds["annotations"]:
+        anns_by_image[a["image_id"]].append(a)
+    n_boxes_in = len(ds["annotations"])
+    ds["annotations"] = []  # each input box is released once its image is done (memory: 10k-frame runs)
+
+    out_images: list[dict] = []
+    out_anns: list[dict] = []
+    n = {"images": len(ds["images"]), "images_refined": 0, "boxes_in": n_boxes_in,
+         "replace": 0, "keep": 0, "drop": 0}
+    todo = [im for im in ds["images"] if anns_by_image[im["id"]]]
+    for im in ds["images"]:
+        if not anns_by_image[im["id"]]:
+            out_images.append(im)
+
+    for batch in tqdm(list(_batches(todo, refiner.batch)), desc=f"refine ({refiner.method})", unit="batch",
+                      disable=None):
+        loaded: list[tuple[dict, np.ndarray, np.ndarray, str]] = []
+        for im in batch:
+            path = resolve_image_path(im, inp, params.image_root, pairs)
+            img, sha, err = _decode(path)
+            if img is None:
+                report.skip_image(path, err)
+                report.add_dropped("unreadable_image", len(anns_by_image[im["id"]]))
+                log.warning("refine: skipping %s (%s)", path, err)
+                continue
+            h, w = img.shape[:2]
+            if (w, h) != (im["width"], im["height"]):
+                reason = f"image is {w}x{h} but the COCO file says {im['width']}x{im['height']}"
+                report.skip_image(path, reason)
+                report.add_dropped("image_size_mismatch", len(anns_by_image[im["id"]]))
+                log.warning("refine: skipping %s (%s)", path, reason)
+                continue
+            prompts = clip(xywh_to_xyxy([a["bbox"] for a in anns_by_image[im["id"]]]), w, h)
+            loaded.append((im, img, prompts, sha))
+
+        results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        misses = []
+        for im, img, prompts, sha in loaded:
+            key = _cache_key(sha, refiner.fingerprint, prompts)
+            hit = _cache_get(cache, key, len(prompts)) if params.use_cache else None
+            if hit is not None:
+                report.cache_hits += 1
+                results[im["id"]] = hit
+            else:
+                report.cache_misses += 1
+                misses.append((im, img, prompts, key))
+        if misses:
+            computed = refiner.run([m[1] for m in misses], [m[2] for m in misses])
+            for (im, _, _, key), (new, scores) in zip(misses, computed):
+                results[im["id"]] = (new, scores)
+                if params.use_cache:
+                    _cache_put(cache, key, new, scores)
+        del loaded, misses
+
+        for im in batch:
+            if im["id"] not in results:
+                continue
+            anns = anns_by_image[im["id"]]
+            new, scores = results[im["id"]]
+            prompts = xywh_to_xyxy([a["bbox"] for a in anns])
+            clipped = clip(prompts, im["width"], im["height"])
+            pol = apply_policy(clipped, new, scores, score_threshold=refiner.score_threshold,
+                               min_iou=params.min_iou, min_size=params.min_size, on_reject=params.on_reject)
+            out_images.append(im)
+            n["images_refined"] += 1
+            for a, box, dec, reason, iou, s, prompt in zip(anns, pol.boxes, pol.decisions, pol.reasons, pol.ious,
+                                                          scores, prompts):
+                n[dec] += 1
+                if dec == "drop":
+                    report.add_dropped(reason or "rejected")
+                    continue
+                final = box if dec == "replace" else prompt
+                x, y, bw, bh = (round(float(v), 3) for v in xyxy_to_xywh([final])[0])
+                refine_info = {"method": refiner.method, "score": round(float(s), 4),
+                               "iou_to_prompt": round(float(iou), 4), "decision": dec, "reason": reason,
+                               "prompt_bbox": list(a["bbox"])}
+                out_anns.append({**a, "bbox": [x, y, bw, bh], "area": round(bw * bh, 3), "refine": refine_info})
+            anns_by_image[im["id"]] = []
+
+    order = {im["id"]: i for i, im in enumerate(ds["images"])}
+    out_images.sort(key=lambda im: order[im["id"]])
+    info = dict(ds.get("info") or {})
+    info["refine"] = {"method": refiner.method, "model": refiner.description,
+                      "fallback": bool(report.fallbacks)}
+    result = coco.new_dataset(out_images, out_anns, ds["categories"], info)
+    for k, v in ds.items():
+        if k not in result:
+            result[k] = v
+    coco.save_dataset(out, result)
+    n["boxes_out"] = len(out_anns)
+    n["images_skipped"] = len(report.skipped_images)
+    report.counts = {k: int(v) for k, v in n.items()}
+    report.seconds = round(time.perf_counter() - t0, 3)
+    report.save(report_path(out))
+    return report

@@ -1,0 +1,180 @@
+"""Stage ``warp``: pseudo-labels on RGB images -> boxes on the paired thermal images.
+
+Why per image: a merged dataset holds frames of several versions (FLIR v1, v2, ...) and, within
+a version, RGB frames of several resolutions, each with its own RGB->thermal homography. So
+every image looks up ITS pair in the index (thermal file, sizes, version) and ITS homography in
+the registry by ``(version, RGB size)``; mixing these up is the bug that cost the seed lab weeks.
+
+The box math is the registration module's (``registration.warp.warp_boxes``: 4 corners through
+H, enclosing box, clip, drop ``invalid``/``outside``/``too_small``); this stage only feeds it
+and keeps the books: dropped boxes counted by reason, and every kept box records its
+provenance (``source``, ``score``, the original RGB box ``rgb_bbox`` in COCO xywh, and ``warp``:
+version, RGB size, homography method and measured error, visible fraction).
+
+Boxes are ``xyxy`` float pixels internally (continuous coordinates, (0, 0) = top-left corner of
+the top-left pixel), COCO ``xywh`` in files. Paired images share one integer image id, so the
+output's image ids are the input's.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.boxes import xywh_to_xyxy
+from tasks.coco import annotations, load_dataset, new_dataset, save_dataset
+from tasks.errors import InputError
+from tasks.stage_report import StageReport, report_path
+
+log = logging.getLogger(__name__)
+
+#: Annotation keys rebuilt by the warp; every other key is provenance and is carried over.
+_REBUILT = {"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"}
+
+
+@dataclass(frozen=True)
+class WarpParams:
+    """Where the homographies are and when a warped box is dropped.
+
+    - ``registry_dir``: the homography registry folder (one YAML per dataset version); None =
+      the registry shipped in the package (``registration/homographies``).
+    - ``min_size``: minimum width and height of a warped, clipped box, in thermal pixels.
+    - ``min_visible_fraction``: minimum share of the warped box's area inside the thermal
+      image, in [0, 1].
+    """
+
+    registry_dir: Path | None = None
+    min_size: float = 2.0
+    min_visible_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.registry_dir is not None:
+            object.__setattr__(self, "registry_dir", Path(self.registry_dir))
+        where = "warp parameters"
+        if float(self.min_size) < 0:
+            raise InputError(f"min_size must be >= 0 thermal pixels, got {self.min_size}", where, "use e.g. 2")
+        if not 0.0 <= float(self.min_visible_fraction) <= 1.0:
+            raise InputError(f"min_visible_fraction must be in [0, 1], got {self.min_visible_fraction}", where,
+                             "use e.g. 0.5")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["registry_dir"] = str(self.registry_dir) if self.registry_dir is not None else None
+        return d
+
+
+def _size(v: Any) -> tuple[int, int]:
+    return int(v[0]), int(v[1])
+
+
+def _resolved(path: str) -> str:
+    try:
+        return str(Path(path).resolve())
+    except OSError:
+        return str(path)
+
+
+def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = None,
+             cache_dir: Path | None = None) -> StageReport:
+    """Warp the RGB pseudo-labels of COCO file ``inp`` onto the thermal images; write COCO ``out``.
+
+    ``index`` (required): the paired index, which gives each image's pair (matched by the
+    image's ``pair_id``, else by its RGB file path; never by bare image id, which another COCO
+    file may number differently). Output images are the thermal images
+    (same ids, thermal ``file_name``/``width``/``height``, ``pair_id``/``version``/``split``/
+    ``daynight`` carried), categories as in the input. ``cache_dir`` is accepted for the common
+    stage signature and unused: warping is cheaper than reading a cache (> 1M boxes/s).
+    """
+    from tqdm import tqdm
+
+    from data.index import load_index
+    from registration.registry import lookup
+    from registration.warp import warp_boxes
+
+    t0 = time.perf_counter()
+    inp, out = Path(inp), Path(out)
+    if index is None:
+        raise InputError("the warp stage needs the paired index (thermal files, sizes and versions)", "warp",
+                         "pass --index INDEX_JSON (written by 'rgb2thermal data ...')")
+    ds = load_dataset(inp)
+    pidx = load_index(index)
+    by_id = pidx.by_pair_id()
+    by_rgb = {_resolved(p.rgb_path): p for p in pidx.pairs}
+    report = StageReport(stage="warp", inputs={"coco": str(inp), "index": str(index),
+                                               "registry": str(params.registry_dir or "(package default)")}, params=params.to_dict())
+    entries: dict[tuple[str, tuple[int, int]], Any] = {}
+
+    def homography(version: str, rgb_size: tuple[int, int], thermal_size: tuple[int, int]) -> Any:
+        key = (version, rgb_size)
+        if key not in entries:
+            e = lookup(params.registry_dir, version, rgb_size)
+            if _size(e.thermal_size) != thermal_size:
+                raise InputError(f"the homography for version '{version}' at RGB {rgb_size[0]}x{rgb_size[1]} maps to a "
+                                 f"{e.thermal_size[0]}x{e.thermal_size[1]} thermal image, but the index's thermal images are "
+                                 f"{thermal_size[0]}x{thermal_size[1]}", str(params.registry_dir),
+                                 "re-estimate the homography for this thermal resolution (rgb2thermal register estimate)")
+            entries[key] = e
+            report.models[f"homography:{version}:{rgb_size[0]}x{rgb_size[1]}"] = (
+                f"{getattr(e, 'method', '?')}, error {getattr(e, 'error_px', None)} px")
+        return entries[key]
+
+    by_image: dict[int, list[dict]] = {im["id"]: [] for im in ds["images"]}
+    for a in ds["annotations"]:
+        by_image[a["image_id"]].append(a)
+
+    images: list[dict] = []
+    anns: list[dict] = []
+    n_other_ids = 0
+    for im in tqdm(ds["images"], desc="warp", unit="img", disable=None):
+        pair = by_id.get(im["pair_id"]) if im.get("pair_id") is not None else by_rgb.get(_resolved(im["file_name"]))
+        items = by_image.pop(im["id"])
+        if pair is None:
+            report.skip_image(im["file_name"], f"image id {im['id']} (pair_id {im.get('pair_id')!r}) is not a pair of the index")
+            report.add_dropped("image_not_in_index", len(items))
+            continue
+        rgb_size, th_size = _size(pair.rgb_size), _size(pair.thermal_size)
+        if (im["width"], im["height"]) != rgb_size:
+            report.skip_image(im["file_name"], f"COCO says {im['width']}x{im['height']} but the index's RGB image is "
+                                               f"{rgb_size[0]}x{rgb_size[1]}")
+            report.add_dropped("image_size_mismatch", len(items))
+            continue
+        e = homography(pair.version, rgb_size, th_size)
+        if pair.image_id and pair.image_id != im["id"]:
+            n_other_ids += 1
+        images.append({"id": im["id"], "file_name": str(pair.thermal_path), "width": th_size[0], "height": th_size[1],
+                       "pair_id": pair.pair_id, "version": pair.version, "original_id": pair.original_id,
+                       "split": pair.split, "daynight": pair.daynight, "modality": "thermal",
+                       "rgb_file_name": im["file_name"]})
+        if not items:
+            continue
+        res = warp_boxes(xywh_to_xyxy([a["bbox"] for a in items]), np.asarray(e.H, dtype=np.float64), th_size,
+                         min_size=params.min_size, min_visible_fraction=params.min_visible_fraction)
+        for reason, n in res.dropped.items():
+            report.add_dropped(reason, n)
+        warp_info = {"version": pair.version, "rgb_size": list(rgb_size), "method": getattr(e, "method", None),
+                     "error_px": getattr(e, "error_px", None)}
+        kept = [items[j] for j in res.keep.tolist()]
+        vis = np.round(res.visible_fraction[res.keep], 4).tolist()
+        extras = [{**{k: v for k, v in a.items() if k not in _REBUILT}, "rgb_bbox": a["bbox"],
+                   "warp": {**warp_info, "visible_fraction": v}} for a, v in zip(kept, vis)]
+        anns.extend(annotations(len(anns) + 1, im["id"], [a["category_id"] for a in kept], res.boxes, extras))
+    for s in report.skipped_images:
+        log.warning("skipped %s: %s", s["image"], s["reason"])
+    if n_other_ids:
+        log.warning("%d images have ids that differ from their pair's image id in the index; the output keeps the "
+                    "input's ids, so compare it with COCO files of the same id space", n_other_ids)
+
+    info = {"stage": "warp", "input": str(inp), "index": str(index), "params": params.to_dict(),
+            "input_info": ds.get("info", {})}
+    save_dataset(out, new_dataset(images, anns, ds["categories"], info), indent=None)
+    report.counts = {"images_in": len(ds["images"]), "images_out": len(images), "boxes_in": len(ds["annotations"]),
+                     "boxes_out": len(anns), "homographies": len(entries),
+                     "image_ids_not_index_ids": n_other_ids}
+    report.outputs = {"coco": str(out), "report": str(report_path(out))}
+    report.seconds = round(time.perf_counter() - t0, 3)
+    report.save(report_path(out))
+    return report
