@@ -37,3 +37,20 @@ def msrs20() -> Path:
     if not (path / "rgb").is_dir():
         pytest.skip(f"real sample data not found at {path} (it ships in ../shared/data beside the repo)")
     return path
+
+
+NANO_TEACHER = REPO.parent / "shared" / "models" / "yolox-nano-coco"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core box: 2 torch threads thrash under load (measured ~2x slower).
+
+    Use per module with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -166,7 +166,7 @@ def test_cli_infer(tmp_path: Path, synth: Path, tiny_detector, capsys) -> None:
     assert "batch_size" in capsys.readouterr().err
 
 
-TEACHER = Path(__file__).resolve().parents[2] / "shared" / "models" / "yolox-nano-coco"
+from conftest import NANO_TEACHER as TEACHER  # noqa: E402
 
 
 @pytest.mark.shared_data

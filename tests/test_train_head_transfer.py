@@ -10,7 +10,7 @@ from tasks.head_transfer import class_mapping, transfer_state_dict
 
 pytest.importorskip("mmdet")
 
-NANO = Path(__file__).resolve().parents[2] / "shared" / "models" / "yolox-nano-coco"
+from conftest import NANO_TEACHER as NANO  # noqa: E402
 CLS = "bbox_head.multi_level_conv_cls"
 
 

@@ -16,18 +16,10 @@ from tasks.errors import InputError
 
 pytest.importorskip("mmdet")
 
-NANO = Path(__file__).resolve().parents[2] / "shared" / "models" / "yolox-nano-coco"
+from conftest import NANO_TEACHER as NANO  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core CI box: 2 torch threads thrash under load (measured ~2x slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
