@@ -10,6 +10,7 @@ import importlib
 import logging
 import pkgutil
 import sys
+import warnings
 
 import rgb2thermal_cli
 
@@ -52,6 +53,10 @@ def configure_logging(verbose: int) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    if verbose == 0:
+        # deprecation notices that third-party packages raise about each other (torch.cuda.amp in
+        # mmdet, torch.jit in sam2): nothing a user of this tool can act on
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(mmdet|mmengine|mmcv|torch|sam2)(\.|$)")
 
 
 def main(argv: list[str] | None = None) -> int:
