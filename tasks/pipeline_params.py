@@ -1,0 +1,328 @@
+"""Pipeline parameters: one typed document (``params.yaml``) for the whole adaptation run.
+
+Why: the plain pipeline, the Prefect flow and DVC read the *same* parameters, and a bad value
+must stop a run before it spends an hour on inference. So ``params.yaml`` is validated here, up
+front, and every stage section is mapped onto the stage's own parameter class
+(:class:`tasks.infer.InferParams`, :class:`tasks.pseudo.PseudoParams`, :class:`tasks.warp.WarpParams`,
+:class:`tasks.refine.RefineParams`, :class:`tasks.train_spec.TrainSpec`): those classes own their
+fields' validation, this module only decides which fields a user may set (the pipeline fills
+the rest: file paths, the teacher's config/checkpoint, class names) and turns every failure into
+an :class:`~tasks.errors.InputError` naming the key (``pseudo.score_threshold``), the bad value
+and what is allowed.
+
+Sections mirror the stages: ``data``, ``teacher``, ``infer``, ``pseudo``, ``warp``, ``refine``,
+``student``, ``eval``. Overrides use dotted keys (``--set refine.classical_score_threshold=0.5``);
+values are parsed as YAML scalars (``0.5`` is a float, ``true`` a bool, ``[1, 2]`` a list).
+Relative paths in ``params.yaml`` are relative to the file's folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import InputError
+from tasks.infer import InferParams
+from tasks.pseudo import PseudoParams
+from tasks.refine import RefineParams
+from tasks.train_spec import DatasetSpec, TrainSpec
+from tasks.warp import WarpParams
+
+#: TrainSpec fields the pipeline sets itself (datasets, output folder, classes, initial weights).
+_TRAIN_PIPELINE_FIELDS = ("train", "val", "test", "work_dir", "classes", "load_from", "resume")
+#: Stage-dataclass fields the pipeline sets itself.
+_INFER_PIPELINE_FIELDS = ("config", "checkpoint", "source")
+_WARP_PIPELINE_FIELDS = ("registry_dir",)
+_REFINE_PIPELINE_FIELDS = ("image_root",)
+_PSEUDO_PIPELINE_FIELDS = ("target_classes",)
+
+
+class _TrainFields(TrainSpec):
+    """TrainSpec with the pipeline-owned fields made optional: validates a user's training
+    section with TrainSpec's own validators, before any dataset exists."""
+
+    train: DatasetSpec | None = None  # type: ignore[assignment]
+    work_dir: Path | None = None  # type: ignore[assignment]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataRoot(_Strict):
+    """A generic paired folder (``data.adapters.folder`` layout) and its dataset version name."""
+
+    path: Path
+    version: str
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, v: Path) -> Path:
+        if not v.is_dir():
+            raise ValueError(f"dataset folder {v} does not exist")
+        return v.resolve()
+
+
+class SyntheticData(_Strict):
+    """The deterministic synthetic paired-scene generator (demo and tests). Sizes ``(width, height)`` px."""
+
+    n_pairs: int = Field(default=40, ge=2)
+    seed: int = 0
+    rgb_size: tuple[int, int] = (320, 256)
+    thermal_size: tuple[int, int] = (256, 208)
+    night_fraction: float = Field(default=0.5, ge=0, le=1)
+    version: str = "synthetic"
+
+
+class DataSection(_Strict):
+    """Where the paired data comes from: ``roots`` (one or more paired folders) or ``synthetic``."""
+
+    roots: list[DataRoot] = Field(default_factory=list)
+    synthetic: SyntheticData | None = None
+    classes: list[str] = Field(default_factory=lambda: ["person", "car"], min_length=1)
+    adapt_split: str = "adapt"
+    test_split: str = "test"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSection":
+        if bool(self.roots) == (self.synthetic is not None):
+            raise ValueError("give exactly one of data.roots (paired folders) or data.synthetic (generated demo data)")
+        versions = [r.version for r in self.roots]
+        if len(set(versions)) != len(versions):
+            raise ValueError(f"data.roots versions must be unique, got {versions}")
+        return self
+
+
+class TeacherSection(_Strict):
+    """The RGB detector: the user's ``config`` + ``checkpoint``, or ``train`` one on the labelled
+    RGB adapt split (a TrainSpec section without datasets/work_dir/classes)."""
+
+    config: str | None = None
+    checkpoint: Path | None = None
+    train: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _mode(self) -> "TeacherSection":
+        if (self.config is not None) == (self.train is not None):
+            raise ValueError("give exactly one of teacher.config (+ teacher.checkpoint) or teacher.train")
+        if self.checkpoint is not None:
+            if self.config is None:
+                raise ValueError("teacher.checkpoint needs teacher.config")
+            if not self.checkpoint.is_file():
+                raise ValueError(f"teacher.checkpoint {self.checkpoint} does not exist")
+            self.checkpoint = self.checkpoint.resolve()
+        return self
+
+
+class StudentSection(_Strict):
+    """Thermal student training (a TrainSpec section) and whether it starts from the teacher's weights."""
+
+    init_from_teacher: bool = True
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvalSection(_Strict):
+    """Evaluation on the thermal test split (ground truth) with the baselines side by side."""
+
+    baselines: list[Literal["source_only", "no_refinement"]] = Field(
+        default_factory=lambda: ["source_only", "no_refinement"])
+    batch_size: int = Field(default=8, ge=1)
+    metrics: list[str] = Field(default_factory=lambda: ["mAP", "mAP_50"])
+
+
+class PipelineParams(_Strict):
+    """The whole ``params.yaml``. Stage sections are plain mappings validated by the stage classes."""
+
+    data: DataSection
+    teacher: TeacherSection
+    infer: dict[str, Any] = Field(default_factory=dict)
+    pseudo: dict[str, Any] = Field(default_factory=dict)
+    warp: dict[str, Any] = Field(default_factory=dict)
+    refine: dict[str, Any] = Field(default_factory=dict)
+    student: StudentSection = Field(default_factory=StudentSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    # ---- stage parameter objects (validated by their own classes) -----------------------
+    def infer_params(self, config: str, checkpoint: str | None, source: str = "rgb_teacher") -> InferParams:
+        return _dataclass(InferParams, self.infer, "infer", _INFER_PIPELINE_FIELDS,
+                          config=config, checkpoint=checkpoint, source=source)
+
+    def pseudo_params(self) -> PseudoParams:
+        section = dict(self.pseudo)
+        if "score_threshold" in section:
+            if "default_threshold" in section:
+                raise InputError("both pseudo.score_threshold and pseudo.default_threshold are set", "params pseudo",
+                                 "set only pseudo.score_threshold (it is the default per-class threshold)")
+            section["default_threshold"] = section.pop("score_threshold")
+        return _dataclass(PseudoParams, section, "pseudo", _PSEUDO_PIPELINE_FIELDS,
+                          target_classes=tuple(self.data.classes))
+
+    def warp_params(self, default_registry: Path | None) -> WarpParams:
+        reg = self.warp.get("registry_dir")
+        section = {k: v for k, v in self.warp.items() if k != "registry_dir"}
+        return _dataclass(WarpParams, section, "warp", _WARP_PIPELINE_FIELDS,
+                          registry_dir=Path(reg) if reg is not None else default_registry)
+
+    def refine_params(self) -> RefineParams:
+        return _dataclass(RefineParams, self.refine, "refine", _REFINE_PIPELINE_FIELDS)
+
+    def teacher_train_fields(self) -> dict[str, Any]:
+        return _train_fields(self.teacher.train or {}, "teacher.train")
+
+    def student_train_fields(self) -> dict[str, Any]:
+        fields = _train_fields(self.student.train, "student.train")
+        if "base_model" not in fields:
+            fields["base_model"] = (self.teacher.config if self.teacher.config is not None
+                                    else self.teacher_train_fields()["base_model"])
+        return fields
+
+    def validate_stages(self) -> None:
+        """Build every stage's parameter object once, so bad values fail before any work starts."""
+        self.infer_params("(set by the pipeline)", None)
+        self.pseudo_params()
+        self.warp_params(None)
+        self.refine_params()
+        if self.teacher.train is not None:
+            if "base_model" not in self.teacher.train:
+                raise InputError("teacher.train needs base_model", "params teacher.train",
+                                 "e.g. base_model: yolox_tiny_8xb8-300e_coco")
+            self.teacher_train_fields()
+        self.student_train_fields()
+        from tasks.evaluate import METRICS
+
+        bad = [m for m in self.eval.metrics if m not in METRICS]
+        if bad:
+            raise InputError(f"eval.metrics has unknown metrics {bad}", "params eval.metrics", f"choose from {list(METRICS)}")
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section as plain JSON values (the part of a stage key that comes from parameters)."""
+        return self.model_dump(mode="json")[name]
+
+
+def _train_fields(section: dict[str, Any], where: str) -> dict[str, Any]:
+    owned = sorted(set(section) & set(_TRAIN_PIPELINE_FIELDS))
+    if owned:
+        raise InputError(f"{where} sets {owned}, which the pipeline sets itself", f"params {where}",
+                         f"remove {owned}; allowed: {sorted(set(TrainSpec.model_fields) - set(_TRAIN_PIPELINE_FIELDS))}")
+    try:
+        _TrainFields.model_validate({"base_model": "(checked when training)", **section})
+    except ValidationError as exc:
+        raise _pydantic_error(exc, where) from None
+    return dict(section)
+
+
+def _dataclass(cls: type, section: dict[str, Any], where: str, owned: tuple[str, ...], **fixed: Any) -> Any:
+    """``cls(**section, **fixed)``; unknown or pipeline-owned keys name the allowed ones."""
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in owned]
+    unknown = sorted(k for k in section if k not in allowed)
+    if unknown:
+        raise InputError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}", f"params {where}",
+                         f"allowed keys in '{where}': {allowed}")
+    try:
+        return cls(**section, **fixed)
+    except InputError as exc:
+        raise InputError(f"{exc.what} (section '{where}', values {section})", f"params {where}", exc.fix) from None
+    except TypeError as exc:
+        raise InputError(f"bad value in '{where}': {exc}", f"params {where}", f"allowed keys: {allowed}") from None
+
+
+def _pydantic_error(exc: ValidationError, where: str) -> InputError:
+    problems = []
+    for e in exc.errors():
+        key = ".".join(str(p) for p in (where, *e["loc"]) if p != "")
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        problems.append(f"{key}: {e['msg']}{shown}")
+    return InputError("; ".join(problems), f"params {where}" if where else "params",
+                      "fix the listed keys (see params.yaml and flows/README.md)")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (``['a', 'b', 'c']``, YAML-parsed value)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+        raise InputError(f"bad override {item!r}", "--set", "write KEY=VALUE with a dotted key, e.g. pseudo.score_threshold=0.6")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise InputError(f"override {item!r}: value is not valid YAML ({exc})", "--set", "quote strings, e.g. a.b='x y'") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``a.b=value`` override applied (intermediate mappings created)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = out
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise InputError(f"override {item!r}: '{k}' is a value, not a section", "--set",
+                                 "override a leaf key of a section")
+            node = nxt
+        node[keys[-1]] = value
+    return out
+
+
+def _rebase_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths in params.yaml are relative to its folder (so `dvc repro` and a run agree)."""
+    def fix(v: Any) -> Any:
+        return str(base / v) if isinstance(v, str) and v and not Path(v).is_absolute() else v
+
+    d = dict(data)
+    data_sec = dict(d.get("data") or {})
+    if isinstance(data_sec.get("roots"), list):
+        data_sec["roots"] = [{**r, "path": fix(r.get("path"))} if isinstance(r, dict) else r for r in data_sec["roots"]]
+        d["data"] = data_sec
+    teacher = dict(d.get("teacher") or {})
+    if "checkpoint" in teacher:
+        teacher["checkpoint"] = fix(teacher["checkpoint"])
+    if isinstance(teacher.get("config"), str) and teacher["config"].endswith(".py"):
+        teacher["config"] = fix(teacher["config"])
+    if teacher:
+        d["teacher"] = teacher
+    for sec, keys in (("warp", ("registry_dir",)), ("refine", ("sam2_checkpoint",))):
+        if isinstance(d.get(sec), dict):
+            d[sec] = {k: fix(v) if k in keys else v for k, v in d[sec].items()}
+    return d
+
+
+def params_from_dict(data: dict[str, Any], where: str = "params") -> PipelineParams:
+    """Validate a plain mapping; every problem becomes one InputError before any work starts."""
+    if not isinstance(data, dict):
+        raise InputError("parameters must be a mapping of sections", where, "see params.yaml")
+    try:
+        params = PipelineParams.model_validate(data)
+    except ValidationError as exc:
+        raise _pydantic_error(exc, "") from None
+    params.validate_stages()
+    return params
+
+
+def load_params(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None,
+                data: dict[str, Any] | None = None) -> PipelineParams:
+    """Read ``params.yaml`` (or take ``data``), apply ``--set`` overrides, validate everything."""
+    if data is None:
+        if path is None:
+            raise InputError("no parameters given", "params", "pass --params params.yaml")
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise InputError("parameter file not found", str(p), "check the path (default: params.yaml)") from None
+        except yaml.YAMLError as exc:
+            raise InputError(f"not valid YAML ({exc})", str(p), "fix the YAML syntax") from None
+        if not isinstance(data, dict):
+            raise InputError("parameters must be a mapping of sections", str(p), "see params.yaml")
+        data = _rebase_paths(data, p.resolve().parent)
+    data = apply_overrides(data, overrides or [])
+    return params_from_dict(data, str(path) if path else "params")
