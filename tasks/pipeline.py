@@ -291,18 +291,9 @@ def _teacher_inputs(ctx: PipelineContext) -> dict[str, Path]:
 
 
 def _train(ctx: PipelineContext, out: Path, fields: dict[str, Any], ann_file: Path, load_from: Path | None) -> Any:
-    import uuid
-
-    from mmengine.logging import MMLogger
-
     from tasks.train import train
     from tasks.train_spec import spec_from_dict
 
-    # mmengine logs model initialisation to its *current* logger; after an earlier training in
-    # this process that is the finished Runner's logger, whose log file handler is closed
-    # (AttributeError: 'NoneType' object has no attribute 'write' in init_weights when load_from
-    # builds the model). A fresh console-only logger becomes the current one for this training.
-    MMLogger.get_instance(f"rgb2thermal-{out.name}-{uuid.uuid4().hex[:8]}", log_level="WARNING")
     spec = spec_from_dict({**fields, "classes": list(ctx.params.data.classes),
                            "train": {"ann_file": str(ann_file), "img_root": "/"},
                            "work_dir": str(out / "train"),

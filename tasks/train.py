@@ -270,6 +270,21 @@ def write_slim(checkpoint: Path, out: Path, extra_meta: dict[str, Any]) -> Path:
     return out
 
 
+def _fresh_mmengine_logger(work_dir: Path) -> None:
+    """Make a new console-only MMLogger the *current* one before building anything.
+
+    mmengine logs model initialisation to its current logger; after an earlier training in
+    this process that is the finished Runner's logger, whose log file handler is closed, so a
+    second training that builds a model for ``load_from`` fails in ``init_weights`` with
+    ``AttributeError: 'NoneType' object has no attribute 'write'``.
+    """
+    import uuid
+
+    from mmengine.logging import MMLogger
+
+    MMLogger.get_instance(f"rgb2thermal-{Path(work_dir).name}-{uuid.uuid4().hex[:8]}", log_level="WARNING")
+
+
 def train(spec: TrainSpec) -> TrainResult:
     """Train per ``spec`` and return what was produced (see module docstring).
 
@@ -282,6 +297,8 @@ def train(spec: TrainSpec) -> TrainResult:
 
     from tasks.compat import trusted_checkpoints
     from tasks.train_config import BEST_METRIC, build_config
+
+    _fresh_mmengine_logger(spec.work_dir)
 
     t_start = time.perf_counter()
     work_dir = Path(spec.work_dir).resolve()
