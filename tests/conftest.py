@@ -54,3 +54,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def quick_prefect():
+    """Prefect flow runs without the heartbeat thread (joining it costs ~1 s per flow run) and with
+    one torch thread. Use together with ``prefect_harness``."""
+    import torch
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+    torch.set_num_threads(before)

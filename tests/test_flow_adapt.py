@@ -11,17 +11,7 @@ pytest.importorskip("prefect")
 pytest.importorskip("mmdet")
 
 
-@pytest.fixture(autouse=True)
-def quick_prefect():
-    """No heartbeat thread (joining it costs ~1 s per flow run) and one torch thread."""
-    import torch
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("quick_prefect")
 
 
 @needs_nano

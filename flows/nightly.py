@@ -1,0 +1,135 @@
+"""Prefect 3 flow ``rgb2thermal-nightly``: retrain when the data changed, promote only a better model.
+
+Why: new thermal/RGB pairs arrive over time; retraining every night on unchanged data wastes
+hours, and a retrained model that scores worse must not replace the served one. So the flow
+
+1. fingerprints the watched datasets (:func:`tasks.champion.watched_fingerprints`) and, when they
+   equal the champion's, finishes at once with "no change" (no adapt run, no lock taken);
+2. else runs the adapt flow (:func:`flows.adapt.adapt_flow`, a subflow: the same steps and stage
+   caches as ``rgb2thermal run``) whose ``eval`` step scores the challenger on the thermal test split;
+3. compares on the same test set: when new data changed the thermal test split since the
+   champion's promotion, the champion's archived model (``<workspace>/champion/<run id>/``) is
+   re-scored on the current split (:func:`tasks.champion.rescore`);
+4. decides with :func:`tasks.champion.decide` and promotes (under the workspace lock, archiving the
+   student) only a winner. A failed challenger run leaves ``champion.json`` untouched; its report
+   says "failed" and the flow fails.
+
+Every night writes a Markdown report to ``<workspace>/nightly/<nightly id>.md`` and publishes it
+as the artifact ``nightly-decision``. The decision logic lives in :mod:`tasks.champion`.
+
+Limit: a champion without an archived model (e.g. a hand-written pointer) cannot be re-scored; its
+stored value is then used, logged at WARNING and said in the report.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.adapt import adapt_flow
+from tasks import atomic
+from tasks.champion import (DEFAULT_METRIC, Champion, archive_model, decide, format_report, gt_fingerprint,
+                            load_champion, promote, rescore, watched_fingerprints)
+from tasks.pipeline_params import load_params
+from tasks.runs import new_run_id, now
+from tasks.workspace_lock import workspace_lock
+
+REPORT_ARTIFACT = "nightly-decision"
+FLOW_NAME = "rgb2thermal-nightly"
+
+
+@task(name="nightly-fingerprints", cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=2)
+def fingerprints_task(params: Any) -> dict[str, str]:
+    return watched_fingerprints(params)
+
+
+@task(name="nightly-rescore-champion", cache_policy=NO_CACHE, persist_result=False)
+def rescore_task(champion: Champion, gt: str, metric: str, device: str, batch_size: int) -> tuple[Champion, str]:
+    return rescore(champion, gt, metric, device=device, batch_size=batch_size)
+
+
+def _stage_outputs(record: dict[str, Any], step: str) -> dict[str, str]:
+    return next((s["outputs"] for s in record["stages"] if s["name"] == step), {})
+
+
+def _publish(workspace: Path, nightly_id: str, markdown: str, outcome: str) -> Path:
+    path = atomic.write_text(workspace / "nightly" / f"{nightly_id}.md", markdown)
+    create_markdown_artifact(key=REPORT_ARTIFACT, markdown=markdown, description=f"nightly retraining: {outcome}")
+    return path
+
+
+@flow(name=FLOW_NAME, persist_result=False)
+def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "workspace",
+                 overrides: list[str] | None = None, metric: str = DEFAULT_METRIC, min_improvement: float = 0.0,
+                 params: dict[str, Any] | None = None, lock_wait_seconds: float = 600.0) -> dict[str, Any]:
+    """One nightly check. ``params`` (a mapping) replaces reading ``params_path`` (as in ``adapt_flow``).
+
+    Returns ``{"nightly_id", "outcome" (no change|promoted|kept), "reason", "challenger_run",
+    "champion_run", "report"}`` plus, when a challenger ran, ``"champion_value"``,
+    ``"challenger_value"`` (the metric of both on the current test set) and ``"comparison"``; raises when the challenger run fails (champion untouched).
+    """
+    p = load_params(None if params is not None else params_path, overrides, data=params)
+    ws = Path(workspace).resolve()
+    nightly_id = new_run_id("nightly")
+    fps = fingerprints_task(p)
+    champ = load_champion(ws)
+    result: dict[str, Any] = {"nightly_id": nightly_id, "challenger_run": None,
+                              "champion_run": champ.run_id if champ else None}
+    if champ is not None and champ.datasets == fps:
+        reason = "the watched datasets are unchanged since the champion's promotion: nothing to retrain"
+        md = format_report(nightly_id=nightly_id, outcome="no change", reason=reason, datasets=fps, champion=champ,
+                           metric=metric)
+        return {**result, "outcome": "no change", "reason": reason, "report": str(_publish(ws, nightly_id, md, "no change"))}
+
+    try:
+        record = adapt_flow(params_path=params_path, workspace=str(ws), overrides=overrides, params=params)
+    except Exception as exc:
+        reason = f"the challenger run failed ({exc.__class__.__name__}: {exc}); the champion is untouched"
+        md = format_report(nightly_id=nightly_id, outcome="failed", reason=reason, datasets=fps, champion=champ,
+                           metric=metric)
+        _publish(ws, nightly_id, md, "failed")
+        raise
+    metrics = {k: v for k, v in record["metrics"].items() if k != "table_markdown"}
+    gt = _stage_outputs(record, "index")["thermal_test"]
+    note = "no champion yet"
+    if champ is not None:
+        champ, note = rescore_task(champ, gt, metric, str(p.student.train.get("device", "auto")), p.eval.batch_size)
+    decision = decide(champ, metrics, metric, min_improvement)
+    outcome = "promoted" if decision.promote else "kept"
+    if decision.promote:
+        with workspace_lock(ws, nightly_id, wait_seconds=lock_wait_seconds):
+            model = archive_model(ws, record["run_id"], _stage_outputs(record, "student"))
+            promote(ws, Champion(run_id=record["run_id"], metric=metric, value=float(decision.challenger),
+                                 datasets=fps, promoted=now(), metrics=metrics, model=model,
+                                 test_set=gt_fingerprint(gt)))
+    md = format_report(nightly_id=nightly_id, outcome=outcome, reason=f"{decision.reason} ({note})", datasets=fps,
+                       champion=champ, challenger_run=record["run_id"], challenger_metrics=metrics, metric=metric)
+    return {**result, "outcome": outcome, "reason": decision.reason, "challenger_run": record["run_id"],
+            "champion_run": record["run_id"] if decision.promote else result["champion_run"],
+            "champion_value": decision.champion, "challenger_value": decision.challenger, "comparison": note,
+            "report": str(_publish(ws, nightly_id, md, outcome))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.nightly", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", default="params.yaml", help="pipeline parameters (default: params.yaml)")
+    ap.add_argument("--workspace", default="workspace", help="stage outputs, run records and champion.json (default: workspace)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one parameter (dotted key, YAML value); repeatable")
+    ap.add_argument("--metric", default=DEFAULT_METRIC,
+                    help=f"dotted metric path deciding promotion, higher is better (default: {DEFAULT_METRIC})")
+    ap.add_argument("--min-improvement", type=float, default=0.0,
+                    help="the challenger must beat the champion by more than this (metric units; default 0)")
+    args = ap.parse_args(argv)
+    out = nightly_flow(params_path=args.params, workspace=args.workspace, overrides=args.overrides,
+                       metric=args.metric, min_improvement=args.min_improvement)
+    print(f"nightly {out['nightly_id']}: {out['outcome']} — {out['reason']} (report: {out['report']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
