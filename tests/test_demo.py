@@ -1,0 +1,58 @@
+"""Fast checks of ``rgb2thermal demo`` (the 10-minute demo itself never runs in the test suite)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rgb2thermal_cli import demo
+from tasks.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_help_lists_options() -> None:
+    out = subprocess.run([sys.executable, "-m", "rgb2thermal_cli.main", "demo", "--help"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    for opt in ("--params", "--data", "--workspace", "--set", "--check"):
+        assert opt in out
+
+
+def test_demo_params_validate_and_point_at_data(tmp_path: Path) -> None:
+    params, synthetic = demo.demo_params(demo.DEFAULT_PARAMS, tmp_path, tmp_path / "reg")
+    assert params.data.synthetic is None
+    assert [r.path for r in params.data.roots] == [tmp_path.resolve()]
+    assert params.warp["registry_dir"] == str((tmp_path / "reg").resolve())
+    assert synthetic["n_pairs"] >= 2 and params.teacher.train is not None   # trains its own teacher: no downloads
+    assert params.teacher.checkpoint is None
+    assert set(params.eval.baselines) == {"source_only", "no_refinement"}
+
+
+def test_demo_params_reject_bad_override(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="pseudo"):
+        demo.demo_params(demo.DEFAULT_PARAMS, tmp_path, tmp_path, ["pseudo.score_threshold=2.0"])
+
+
+def test_demo_registry_from_generated_data(tmp_path: Path) -> None:
+    from data.synthetic import default_homography, generate
+    from registration.registry import lookup
+
+    import numpy as np
+
+    generate(tmp_path / "d", 2, seed=1, progress=False)
+    assert not demo.ensure_data(tmp_path / "d", {}, ["person", "car"])   # present: not regenerated
+    reg = demo.write_registry(tmp_path / "d", tmp_path / "reg", "synthetic")
+    entry = lookup(reg, "synthetic", (320, 256))
+    np.testing.assert_allclose(entry.H, default_homography(), rtol=1e-6)
+
+
+def test_format_summary_gain_and_missing() -> None:
+    metrics = {"source_only": {"person": {"mAP_50": 0.2}, "car": {"mAP_50": 0.4}, "all": {"mAP_50": 0.3}},
+               "no_refinement": {"person": {"mAP_50": 0.3}, "car": {"mAP_50": -1.0}, "all": {"mAP_50": 0.35}},
+               "adapted": {"person": {"mAP_50": 0.5}, "car": {"mAP_50": 0.45}, "all": {"mAP_50": 0.475}}}
+    table = demo.format_summary(metrics, ["person", "car"], "classical")
+    assert "| person | 0.200 | 0.300 | 0.500 | +0.300 |" in table
+    assert "| car | 0.400 | — | 0.450 | +0.050 |" in table
+    assert "Refinement: classical" in table
