@@ -63,17 +63,10 @@ def demo_params(params_path: Path, data_dir: Path, registry_dir: Path,
     ``data.roots = [data_dir]`` and ``warp.registry_dir = registry_dir`` instead. ``data_dir``
     and ``registry_dir`` must exist when this is called (``DataRoot`` checks the folder).
     """
-    import yaml
-
     from tasks.errors import InputError
-    from tasks.pipeline_params import SyntheticData, apply_overrides, load_params
+    from tasks.pipeline_params import SyntheticData, apply_overrides, load_params, read_params_file
 
-    try:
-        raw = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise InputError("demo parameter file not found", str(params_path), "pass --params params.yaml") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"not valid YAML ({exc})", str(params_path), "fix the YAML syntax") from None
+    raw = read_params_file(params_path)
     raw = apply_overrides(raw, overrides or [])
     data = dict(raw.get("data") or {})
     if not isinstance(data.get("synthetic"), dict) or data.get("roots"):

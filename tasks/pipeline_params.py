@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import InputError
+from tasks.yamlio import read_mapping
 from tasks.infer import InferParams
 from tasks.pseudo import PseudoParams
 from tasks.refine import RefineParams
@@ -308,21 +309,18 @@ def params_from_dict(data: dict[str, Any], where: str = "params") -> PipelinePar
     return params
 
 
+def read_params_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The raw parameter mapping of a YAML file, relative paths rebased onto the file's folder."""
+    p = Path(path)
+    return _rebase_paths(read_mapping(p, "parameter", "see params.yaml"), p.resolve().parent)
+
+
 def load_params(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None,
                 data: dict[str, Any] | None = None) -> PipelineParams:
     """Read ``params.yaml`` (or take ``data``), apply ``--set`` overrides, validate everything."""
     if data is None:
         if path is None:
             raise InputError("no parameters given", "params", "pass --params params.yaml")
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise InputError("parameter file not found", str(p), "check the path (default: params.yaml)") from None
-        except yaml.YAMLError as exc:
-            raise InputError(f"not valid YAML ({exc})", str(p), "fix the YAML syntax") from None
-        if not isinstance(data, dict):
-            raise InputError("parameters must be a mapping of sections", str(p), "see params.yaml")
-        data = _rebase_paths(data, p.resolve().parent)
+        data = read_params_file(path)
     data = apply_overrides(data, overrides or [])
     return params_from_dict(data, str(path) if path else "params")

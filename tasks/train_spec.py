@@ -167,17 +167,10 @@ def spec_from_dict(data: dict[str, Any], where: str = "train spec") -> TrainSpec
 
 def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> TrainSpec:
     """Read a YAML spec; relative paths in it are relative to the YAML file's folder."""
-    import yaml
+    from tasks.yamlio import read_mapping
 
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise InputError("spec file not found", str(p), "check the path") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"not valid YAML ({exc})", str(p), "fix the YAML syntax") from None
-    if not isinstance(data, dict):
-        raise InputError("spec must be a mapping of fields", str(p), "see `rgb2thermal train --help`")
+    data = read_mapping(p, "spec", "see `rgb2thermal train --help`")
     data = _rebase(data, p.parent)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return spec_from_dict(data, str(p))
