@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage", choices=STEP_NAMES, default=None, metavar="NAME",
                    help=f"run only this step (the steps before it must be current); one of: {', '.join(STEP_NAMES)}. "
                         "Used by dvc.yaml")
+    p.add_argument("--until", choices=STEP_NAMES, default=None, metavar="NAME",
+                   help="stop after this step, e.g. --until refine makes the thermal pseudo-labels without training")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another run holding the workspace to finish (default: fail at once)")
     p.add_argument("--check", action="store_true", help="only validate the parameters and exit")
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.params}: parameters OK")
         return 0
     record = run_pipeline(params, args.workspace, flow="dvc" if args.stage else "adapt", only=args.stage,
-                          lock_wait_seconds=args.wait)
+                          until=args.until, lock_wait_seconds=args.wait)
     print(format_show(record))
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,16 +21,19 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
 
     Use it for writers that want a filename (``cv2.imwrite``, ``torch.save``, matplotlib).
-    The temporary keeps the final suffix so such writers pick the right format.
+    The temporary has the final *name*, inside a fresh hidden folder next to ``path`` (same
+    file system, so the rename stays atomic): writers pick the format from the suffix, and
+    writers that embed the file name in the bytes stay reproducible (``torch.save`` names its zip
+    archive's top folder after the file's stem, so a random temporary name made every checkpoint,
+    its fingerprint and every stage key after training differ from run to run).
     ``fsync=False`` keeps the rename atomicity (readers never see a partial file) but skips the
     flush to disk: for bulk regenerable outputs (e.g. 10k synthetic images) where a per-file
     fsync would dominate the run time.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp_path = tmp_dir / final.name
     try:
         yield tmp_path
         if fsync:
@@ -37,8 +41,7 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator
                 os.fsync(fh.fileno())
         os.replace(tmp_path, final)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:

@@ -34,7 +34,7 @@ import numpy as np
 from tasks import atomic
 from tasks.coco import annotations, categories_from_names, load_dataset, new_dataset, save_dataset
 from tasks.errors import InputError
-from tasks.hashing import bytes_sha256, json_sha256
+from tasks.hashing import HashMemo, bytes_sha256, json_sha256
 from tasks.stage_report import StageReport, report_path
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,8 @@ def resolve_image_path(file_name: str, root: Path) -> Path:
 
 
 def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None = None,
-              cache_dir: Path | None = None, image_root: Path | None = None, detector: Any = None) -> StageReport:
+              cache_dir: Path | None = None, image_root: Path | None = None, detector: Any = None,
+              hash_memo: HashMemo | None = None) -> StageReport:
     """Run the detector over the images of COCO file ``inp``; write COCO detections to ``out``.
 
     Output: the same images (minus skipped ones), ``categories`` = the detector's classes with
@@ -166,6 +167,10 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
     loading ``params.config``/``params.checkpoint``, so a flow or benchmark that infers several
     files loads the model once (loading costs seconds). Its fingerprint keys the cache, so
     results are shared with runs that load the same config + checkpoint.
+
+    ``hash_memo`` (optional, :class:`tasks.hashing.HashMemo`): image hashes remembered by stat,
+    so a cached image whose file is unchanged is not even read (the pipeline passes its
+    workspace memo; 10k cached images then cost a stat and a cache read each).
     """
     import cv2
     from tqdm import tqdm
@@ -212,12 +217,19 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
     for im in tqdm(ds["images"], desc="infer", unit="img", disable=None):
         path = resolve_image_path(im["file_name"], root)
         try:
-            data = path.read_bytes()
+            st = path.stat()
+            sha = hash_memo.lookup(path, st) if hash_memo is not None else None
+            data = None
+            if sha is None:
+                data = path.read_bytes()
+                sha = bytes_sha256(data)
+                if hash_memo is not None:
+                    hash_memo.remember(path, st, sha)
         except OSError as exc:
             n_missing += isinstance(exc, FileNotFoundError)
             report.skip_image(path, f"cannot read file ({exc.__class__.__name__}: {exc.strerror or exc})")
             continue
-        key = cache_key(bytes_sha256(data), detector.fingerprint, params)
+        key = cache_key(sha, detector.fingerprint, params)
         cpath = _cache_file(cache_dir, key)
         entry = _read_cache(cpath)
         if entry is not None:
@@ -227,6 +239,11 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
                 continue
             report.cache_hits += 1
             results[im["id"]] = _Result.from_entry(entry)
+            continue
+        try:
+            data = data if data is not None else path.read_bytes()
+        except OSError as exc:
+            report.skip_image(path, f"cannot read file ({exc.__class__.__name__}: {exc.strerror or exc})")
             continue
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         del data

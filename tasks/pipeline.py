@@ -44,9 +44,10 @@ from typing import Any
 
 from tasks import atomic
 from tasks.errors import InputError
-from tasks.hashing import file_sha256, json_sha256
+from tasks.hashing import HashMemo, file_sha256, json_sha256
 from tasks.pipeline_params import PipelineParams
-from tasks.runs import RunRecord, StageRecord, dataset_fingerprint, git_revision, new_run_id, now, save_record
+from tasks.runs import (RunRecord, StageRecord, content_fingerprint, dataset_fingerprint, git_revision, new_run_id,
+                        now, save_record)
 from tasks.workspace_lock import workspace_lock
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class PipelineContext:
     record: RunRecord
     outputs: dict[str, StepOutput] = field(default_factory=dict)
     current: str = ""            # the step being executed (named in the record's error when it fails)
+    memo: HashMemo = field(default_factory=HashMemo)   # file hashes by stat (see tasks.hashing)
 
     def stage_dir(self, name: str) -> Path:
         return self.workspace / "stages" / name
@@ -124,7 +126,7 @@ def stage_key(ctx: PipelineContext, step: Step) -> str:
                          "re-run the earlier steps (rgb2thermal run)")
     return json_sha256({"schema": PIPELINE_SCHEMA, "step": step.name,
                         "params": {s: ctx.params.section(s) for s in step.sections},
-                        "inputs": {role: file_sha256(p) for role, p in sorted(inputs.items())},
+                        "inputs": {role: ctx.memo.sha256(p) for role, p in sorted(inputs.items())},
                         "extra": step.extra(ctx)})
 
 
@@ -181,6 +183,7 @@ def execute_step(ctx: PipelineContext, step: Step) -> StepOutput:
         out.seconds = time.perf_counter() - t0
         log.info("step %s: reused (inputs and parameters unchanged)", step.name)
     ctx.outputs[step.name] = out
+    ctx.memo.save()
     _note(ctx, step.name, out)
     return out
 
@@ -191,7 +194,12 @@ def _note(ctx: PipelineContext, name: str, out: StepOutput) -> None:
     rec.stages.append(StageRecord(name=name, seconds=round(out.seconds, 3), cache_hits=out.cache_hits,
                                   cache_misses=out.cache_misses, reused=out.reused,
                                   outputs={k: str(v) for k, v in out.files.items()}))
-    info = out.info
+    _merge_info(rec, name, out.info)
+    save_record(ctx.workspace, rec)
+
+
+def _merge_info(rec: RunRecord, name: str, info: dict[str, Any]) -> None:
+    """Carry a step's datasets, models, fallbacks and metrics into the run record."""
     rec.models.update(info.get("models", {}))
     rec.datasets.update(info.get("datasets", {}))
     for fb in info.get("fallbacks", []):
@@ -200,15 +208,15 @@ def _note(ctx: PipelineContext, name: str, out: StepOutput) -> None:
             rec.fallbacks.append(line)
     if "metrics" in info:
         rec.metrics = info["metrics"]
-    save_record(ctx.workspace, rec)
 
 
 # ---------------------------------------------------------------------------------------------
 # steps
 # ---------------------------------------------------------------------------------------------
 def _data_extra(ctx: PipelineContext) -> Any:
-    # the content of user folders is part of the key (DVC md5 when tracked, else our own hash)
-    return {r.version: dataset_fingerprint(r.path) for r in ctx.params.data.roots}
+    # the *content* of user folders is part of the key (not their DVC md5, which is only as fresh as
+    # the last `dvc add`); the memo makes this a stat per unchanged file
+    return {r.version: content_fingerprint(r.path, ctx.memo) for r in ctx.params.data.roots}
 
 
 def _run_data(ctx: PipelineContext, out: Path) -> StepOutput:
@@ -229,9 +237,10 @@ def _run_data(ctx: PipelineContext, out: Path) -> StepOutput:
         files["registry"] = out / "registry"
     else:
         roots = {r.version: str(r.path) for r in d.roots}
-    fps = {v: dataset_fingerprint(p) for v, p in roots.items()}
-    files["datasets"] = atomic.write_json(out / "datasets.json",
-                                          {v: {"path": roots[v], "fingerprint": fps[v]} for v in sorted(roots)})
+    fps = {v: dataset_fingerprint(p, ctx.memo) for v, p in roots.items()}
+    content = {v: content_fingerprint(p, ctx.memo) for v, p in roots.items()}
+    files["datasets"] = atomic.write_json(out / "datasets.json", {
+        v: {"path": roots[v], "fingerprint": fps[v], "content": content[v]} for v in sorted(roots)})
     return StepOutput(files=files, info={"datasets": fps})
 
 
@@ -345,7 +354,7 @@ def _run_infer(ctx: PipelineContext, out: Path) -> StepOutput:
 
     config, ck = teacher_model(ctx)
     rep = run_infer(ctx.file("index", "rgb_adapt"), out / "infer.json", ctx.params.infer_params(config, ck),
-                    cache_dir=ctx.cache_dir("infer"))
+                    cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo)
     return _from_report(rep, {"coco": out / "infer.json"})
 
 
@@ -390,14 +399,14 @@ def _run_warp(ctx: PipelineContext, out: Path) -> StepOutput:
 
 def _refine_extra(ctx: PipelineContext) -> Any:
     ck = ctx.params.refine.get("sam2_checkpoint")
-    return {"sam2_checkpoint": file_sha256(ck) if ck else None}
+    return {"sam2_checkpoint": ctx.memo.sha256(ck) if ck else None}
 
 
 def _run_refine(ctx: PipelineContext, out: Path) -> StepOutput:
     from tasks.refine import run_refine
 
     rep = run_refine(ctx.file("warp", "coco"), out / "refined.json", ctx.params.refine_params(),
-                     index=ctx.file("index", "index"), cache_dir=ctx.cache_dir("refine"))
+                     index=ctx.file("index", "index"), cache_dir=ctx.cache_dir("refine"), hash_memo=ctx.memo)
     return _from_report(rep, {"coco": out / "refined.json"})
 
 
@@ -482,7 +491,8 @@ def _run_eval(ctx: PipelineContext, out: Path) -> StepOutput:
     for name, (config, ck) in models.items():
         det = load_detector(config, ck, device=_device(ctx))
         preds[name] = atomic.write_json(out / f"predictions_{name}.json",
-                                        predict_dataset(det, gt, "/", batch_size=ev.batch_size, progress=False))
+                                        predict_dataset(det, gt, "/", batch_size=ev.batch_size, progress=False),
+                                        indent=None)
     report = evaluate_runs(gt, preds)
     md = format_markdown(report, ev.metrics)
     metrics: dict[str, Any] = {r.name: {**r.per_category, "all": r.overall} for r in report.runs}
@@ -549,7 +559,8 @@ def pipeline_run(params: PipelineParams, workspace: str | Path, flow: str = "ada
     record = RunRecord(run_id=new_run_id(flow), flow=flow, started=now(), git_revision=git_revision(),
                        params=params.model_dump(mode="json"))
     with workspace_lock(ws, record.run_id, wait_seconds=lock_wait_seconds):
-        ctx = PipelineContext(params=params, workspace=ws, record=record)
+        ctx = PipelineContext(params=params, workspace=ws, record=record,
+                              memo=HashMemo(ws / "cache" / "file_hashes.json"))
         save_record(ws, record)
         try:
             yield ctx
@@ -559,6 +570,7 @@ def pipeline_run(params: PipelineParams, workspace: str | Path, flow: str = "ada
             record.error = f"step {ctx.current or '(none)'}: {exc.__class__.__name__}: {exc}"
             raise
         finally:
+            ctx.memo.save()
             record.finished = now()
             save_record(ws, record)
 
@@ -571,24 +583,32 @@ def load_done_step(ctx: PipelineContext, step: Step) -> StepOutput:
         raise InputError(f"step '{step.name}' has not run with the current inputs and parameters",
                          str(ctx.stage_dir(step.name)), f"run it first: rgb2thermal run --stage {step.name}")
     ctx.outputs[step.name] = out
+    # a single-step (DVC) run's record still names every dataset and model the step depends on
+    _merge_info(ctx.record, step.name, {k: v for k, v in out.info.items() if k in ("datasets", "models")})
     return out
 
 
 def run_pipeline(params: PipelineParams, workspace: str | Path, *, flow: str = "adapt",
-                 only: str | None = None, lock_wait_seconds: float = 0.0) -> RunRecord:
-    """Run every step (each skipped when current); with ``only``, run that one step after checking
-    that the steps before it are current (the DVC door). Returns the finished run record."""
+                 only: str | None = None, until: str | None = None, lock_wait_seconds: float = 0.0) -> RunRecord:
+    """Run every step (each skipped when current) and return the finished run record.
+
+    ``only``: run that one step after checking that the steps before it are current (the DVC
+    door). ``until``: stop after that step, e.g. ``until="refine"`` makes the thermal
+    pseudo-labels without training anything on them.
+    """
     steps = steps_for(params)
-    if only is not None:
-        target = get_step(only)
-        if target not in steps:
-            raise InputError(f"step '{only}' is disabled by the parameters", "--stage", "enable it (eval.baselines)")
+    for name, opt in ((only, "--stage"), (until, "--until")):
+        if name is not None and get_step(name) not in steps:
+            raise InputError(f"step '{name}' is disabled by the parameters", opt, "enable it (eval.baselines)")
+    if only is not None and until is not None:
+        raise InputError("--stage and --until exclude each other", f"--stage {only} --until {until}", "give one of them")
+    last = only or until
     with pipeline_run(params, workspace, flow, lock_wait_seconds) as ctx:
         for step in steps:
             if only is not None and step.name != only:
                 load_done_step(ctx, step)
                 continue
             execute_step(ctx, step)
-            if step.name == only:
+            if step.name == last:
                 break
     return ctx.record

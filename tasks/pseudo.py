@@ -129,7 +129,8 @@ def select_boxes(boxes: np.ndarray, scores: np.ndarray, target_idx: np.ndarray, 
     ok = (wh >= params.min_size).all(axis=1)
     dropped["too_small"] = int((~ok).sum())
     idx = idx[ok]
-    if len(idx) and params.nms_iou < 1.0:
+    dropped["nms"] = 0
+    if len(idx) > 1 and params.nms_iou < 1.0:
         keep = batched_nms(torch.as_tensor(boxes[idx], dtype=torch.float32),
                            torch.as_tensor(scores[idx], dtype=torch.float32),
                            torch.as_tensor(target_idx[idx], dtype=torch.int64), float(params.nms_iou)).numpy()
@@ -200,7 +201,7 @@ def run_pseudo(inp: Path, out: Path, params: PseudoParams, *, index: Path | None
     tidx = {c: i for i, c in enumerate(params.target_classes)}
     cat_to_target = {cid: tidx[cmap[name]] for cid, name in det_names.items() if name in cmap}
     thresholds = np.asarray([params.threshold(c) for c in params.target_classes], dtype=np.float64)
-    hist = np.zeros((len(params.target_classes), len(HIST_BINS) - 1), dtype=np.int64)
+    mapped_scores: list[list[np.ndarray]] = [[] for _ in params.target_classes]   # for the histograms
 
     by_image: dict[int, list[int]] = {im["id"]: [] for im in ds["images"]}
     for i, a in enumerate(ds["annotations"]):
@@ -218,7 +219,7 @@ def run_pseudo(inp: Path, out: Path, params: PseudoParams, *, index: Path | None
         scores = np.asarray([float(a.get("score", 1.0)) for a in mapped], dtype=np.float64)
         target = np.asarray([cat_to_target[a["category_id"]] for a in mapped], dtype=np.int64)
         for t in range(len(params.target_classes)):
-            hist[t] += np.histogram(np.clip(scores[target == t], 0.0, 1.0), bins=HIST_BINS)[0]
+            mapped_scores[t].append(scores[target == t])
         keep, drops = select_boxes(boxes, scores, target, thresholds, params)
         for k, v in drops.items():
             dropped[k] += v
@@ -227,6 +228,8 @@ def run_pseudo(inp: Path, out: Path, params: PseudoParams, *, index: Path | None
                    "detector_class": det_names[mapped[j]["category_id"]], "infer_ann_id": mapped[j]["id"]}
                   for j in keep.tolist()]
         anns.extend(annotations(len(anns) + 1, im["id"], (target[keep] + 1).tolist(), boxes[keep], extras))
+    hist = np.stack([np.histogram(np.clip(np.concatenate(sc) if sc else np.zeros(0), 0.0, 1.0), bins=HIST_BINS)[0]
+                     for sc in mapped_scores]).astype(np.int64)
     info = {"stage": "pseudo", "input": str(inp), "params": params.to_dict(), "input_info": ds.get("info", {})}
     save_dataset(out, new_dataset(ds["images"], anns, categories_from_names(params.target_classes), info), indent=None)
 

@@ -39,7 +39,7 @@ import numpy as np
 from tasks import atomic, coco
 from tasks.boxes import as_boxes, clip, iou_matrix, xywh_to_xyxy, xyxy_to_xywh
 from tasks.errors import InputError
-from tasks.hashing import bytes_sha256, json_sha256
+from tasks.hashing import HashMemo, bytes_sha256, json_sha256
 from tasks.refine_classical import ClassicalConfig
 from tasks.refine_sam2 import DEFAULT_CONFIG, Sam2Config
 from tasks.stage_report import StageReport, report_path
@@ -47,7 +47,7 @@ from tasks.stage_report import StageReport, report_path
 log = logging.getLogger(__name__)
 
 STAGE = "refine"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 DEFAULT_CACHE_DIR = Path(".cache/rgb2thermal") / STAGE
 
 
@@ -223,18 +223,35 @@ def _index_thermal_paths(index: Path | None) -> dict[str, Path] | None:
     return {p.pair_id: Path(p.thermal_path) for p in load_index(index).pairs}
 
 
-def _decode(path: Path) -> tuple[np.ndarray | None, str | None, str]:
-    """Read an image once: ``(image, sha256 of its bytes, error)``; ``image`` None on failure."""
+def _decode(path: Path, data: bytes | None = None) -> tuple[np.ndarray | None, str]:
+    """Decode an image (from ``data`` when already read): ``(image, error)``; ``image`` None on failure."""
     import cv2
 
     try:
+        data = data if data is not None else path.read_bytes()
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if img is None or img.size == 0:
+        return None, "not a decodable image (corrupt or unsupported format)"
+    return img, ""
+
+
+def _image_sha(path: Path, memo: HashMemo | None) -> tuple[str | None, bytes | None, str]:
+    """``(sha256 of the file, its bytes if they had to be read, error)``: unchanged files known to
+    ``memo`` are not read at all."""
+    try:
+        st = path.stat()
+        sha = memo.lookup(path, st) if memo is not None else None
+        if sha is not None:
+            return sha, None, ""
         data = path.read_bytes()
     except OSError as exc:
         return None, None, f"unreadable: {exc.strerror or exc}"
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    if img is None or img.size == 0:
-        return None, bytes_sha256(data), "not a decodable image (corrupt or unsupported format)"
-    return img, bytes_sha256(data), ""
+    sha = bytes_sha256(data)
+    if memo is not None:
+        memo.remember(path, st, sha)
+    return sha, data, ""
 
 
 def _cache_key(image_sha: str, fingerprint: str, boxes: np.ndarray) -> str:
@@ -246,22 +263,25 @@ def _cache_file(cache_dir: Path, key: str) -> Path:
     return cache_dir / key[:2] / f"{key}.json"
 
 
-def _cache_get(cache_dir: Path, key: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _cache_get(cache_dir: Path, key: str, n: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
     f = _cache_file(cache_dir, key)
     try:
         d = atomic.read_json(f)
         new = np.array([[np.nan if v is None else v for v in row] for row in d["boxes"]], dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(d["scores"], dtype=np.float64)
-    except (OSError, ValueError, KeyError, TypeError):
+        size = (int(d["size"][0]), int(d["size"][1]))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
     if len(new) != n or len(scores) != n:
         return None
-    return new, scores
+    return new, scores, size
 
 
-def _cache_put(cache_dir: Path, key: str, new: np.ndarray, scores: np.ndarray) -> None:
+def _cache_put(cache_dir: Path, key: str, new: np.ndarray, scores: np.ndarray, size: tuple[int, int]) -> None:
+    """One image's refiner output (before the keep/replace policy) and the image's (width, height)."""
     rows = [[None if not np.isfinite(v) else float(v) for v in row] for row in new]
-    atomic.write_json(_cache_file(cache_dir, key), {"boxes": rows, "scores": [float(s) for s in scores]}, indent=None)
+    atomic.write_json(_cache_file(cache_dir, key), {"boxes": rows, "scores": [float(s) for s in scores],
+                                                    "size": list(size)}, indent=None)
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -270,14 +290,16 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None = None,
-               cache_dir: Path | None = None, sam2_refiner: Any = None) -> StageReport:
+               cache_dir: Path | None = None, sam2_refiner: Any = None, hash_memo: HashMemo | None = None) -> StageReport:
     """Refine the boxes of the thermal COCO file ``inp``; write ``out`` and ``<out>.report.json``.
 
     ``index`` (optional): a paired index; image files are then found by ``pair_id``.
     ``sam2_refiner`` (optional): an already loaded :class:`tasks.refine_sam2.Sam2Refiner`, so a
     flow or benchmark that refines several files loads SAM2 once (its fingerprint keys the cache).
     Images that cannot be read are skipped (with their boxes), listed in ``skipped_images``,
-    and the run continues.
+    and the run continues. ``hash_memo`` (optional): image hashes remembered by stat, so an
+    unchanged image whose result is cached is neither read nor decoded (the cache entry holds
+    the image size, checked against the COCO file).
     """
     from tqdm import tqdm
 
@@ -319,43 +341,42 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
 
     for batch in tqdm(list(_batches(todo, refiner.batch)), desc=f"refine ({refiner.method})", unit="batch",
                       disable=None):
-        loaded: list[tuple[dict, np.ndarray, np.ndarray, str]] = []
+        results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        misses: list[tuple[dict, np.ndarray, np.ndarray, str]] = []
         for im in batch:
             path = resolve_image_path(im, inp, params.image_root, pairs)
-            img, sha, err = _decode(path)
+            size = (im["width"], im["height"])
+            prompts = clip(xywh_to_xyxy([a["bbox"] for a in anns_by_image[im["id"]]]), *size)
+            sha, data, err = _image_sha(path, hash_memo)
+            key = _cache_key(sha, refiner.fingerprint, prompts) if sha is not None else ""
+            hit = _cache_get(cache, key, len(prompts)) if sha is not None and params.use_cache else None
+            if hit is not None and hit[2] == size:
+                report.cache_hits += 1
+                results[im["id"]] = hit[:2]
+                continue
+            img, err = _decode(path, data) if sha is not None else (None, err)
+            del data
             if img is None:
                 report.skip_image(path, err)
                 report.add_dropped("unreadable_image", len(anns_by_image[im["id"]]))
                 log.warning("refine: skipping %s (%s)", path, err)
                 continue
             h, w = img.shape[:2]
-            if (w, h) != (im["width"], im["height"]):
+            if (w, h) != size:
                 reason = f"image is {w}x{h} but the COCO file says {im['width']}x{im['height']}"
                 report.skip_image(path, reason)
                 report.add_dropped("image_size_mismatch", len(anns_by_image[im["id"]]))
                 log.warning("refine: skipping %s (%s)", path, reason)
                 continue
-            prompts = clip(xywh_to_xyxy([a["bbox"] for a in anns_by_image[im["id"]]]), w, h)
-            loaded.append((im, img, prompts, sha))
-
-        results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        misses = []
-        for im, img, prompts, sha in loaded:
-            key = _cache_key(sha, refiner.fingerprint, prompts)
-            hit = _cache_get(cache, key, len(prompts)) if params.use_cache else None
-            if hit is not None:
-                report.cache_hits += 1
-                results[im["id"]] = hit
-            else:
-                report.cache_misses += 1
-                misses.append((im, img, prompts, key))
+            report.cache_misses += 1
+            misses.append((im, img, prompts, key))
         if misses:
             computed = refiner.run([m[1] for m in misses], [m[2] for m in misses])
-            for (im, _, _, key), (new, scores) in zip(misses, computed):
+            for (im, img, _, key), (new, scores) in zip(misses, computed):
                 results[im["id"]] = (new, scores)
                 if params.use_cache:
-                    _cache_put(cache, key, new, scores)
-        del loaded, misses
+                    _cache_put(cache, key, new, scores, (img.shape[1], img.shape[0]))
+        del misses
 
         for im in batch:
             if im["id"] not in results:

@@ -20,7 +20,7 @@ import yaml
 
 from tasks import atomic
 from tasks.errors import InputError
-from tasks.hashing import file_sha256, json_sha256
+from tasks.hashing import HashMemo, file_sha256, json_sha256
 
 RECORD_NAME = "record.json"
 
@@ -85,9 +85,13 @@ def git_revision(repo: str | os.PathLike[str] | None = None) -> str:
     return f"{sha}+dirty" if dirty else sha
 
 
-def dataset_fingerprint(path: str | os.PathLike[str]) -> str:
-    """Fingerprint of a dataset version: ``dvc:<md5>`` from its ``.dvc`` file when DVC tracks it,
-    else ``sha256:<hash>`` of its files' contents (sorted relative paths + content hashes)."""
+def dataset_fingerprint(path: str | os.PathLike[str], memo: HashMemo | None = None) -> str:
+    """Fingerprint of a dataset version for records: ``dvc:<md5>`` from its ``.dvc`` file when DVC
+    tracks it, else :func:`content_fingerprint`.
+
+    The DVC md5 names the version users know (``dvc add``/``dvc push``), but it is only as fresh
+    as the last ``dvc add``: decisions about re-running work use :func:`content_fingerprint`.
+    """
     p = Path(path)
     dvc_file = p.with_name(p.name + ".dvc")
     if dvc_file.is_file():
@@ -95,12 +99,26 @@ def dataset_fingerprint(path: str | os.PathLike[str]) -> str:
         outs = meta.get("outs") or [{}]
         if outs[0].get("md5"):
             return f"dvc:{outs[0]['md5']}"
+    return content_fingerprint(p, memo)
+
+
+def content_fingerprint(path: str | os.PathLike[str], memo: HashMemo | None = None) -> str:
+    """``sha256:<hash>`` of a dataset file or folder: sorted relative paths + content hashes
+    (dot-files skipped). With ``memo``, files whose stat is unchanged are not read again."""
+    p = Path(path)
+    sha = memo.sha256 if memo is not None else (lambda f: file_sha256(f))
     if p.is_file():
-        return f"sha256:{file_sha256(p)}"
+        return f"sha256:{sha(p)}"
     if not p.is_dir():
         raise InputError("dataset path does not exist", str(p), "check the dataset root in the parameters")
-    files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-    return "sha256:" + json_sha256([[str(f.relative_to(p)), file_sha256(f)] for f in files])
+    listing = []
+    for dirpath, dirnames, filenames in os.walk(p):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith("."):
+                f = os.path.join(dirpath, name)
+                listing.append([os.path.relpath(f, p), sha(f)])
+    return "sha256:" + json_sha256(sorted(listing))
 
 
 def runs_dir(workspace: str | os.PathLike[str]) -> Path:

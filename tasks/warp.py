@@ -103,7 +103,14 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
     ds = load_dataset(inp)
     pidx = load_index(index)
     by_id = pidx.by_pair_id()
-    by_rgb = {_resolved(p.rgb_path): p for p in pidx.pairs}
+    by_rgb: dict[str, Any] = {}          # built on first need: resolving 10k paths costs ~1 s
+
+    def pair_of(im: dict) -> Any:
+        if im.get("pair_id") is not None:
+            return by_id.get(im["pair_id"])
+        if not by_rgb:
+            by_rgb.update({_resolved(p.rgb_path): p for p in pidx.pairs})
+        return by_rgb.get(_resolved(im["file_name"]))
     report = StageReport(stage="warp", inputs={"coco": str(inp), "index": str(index),
                                                "registry": str(params.registry_dir or "(package default)")}, params=params.to_dict())
     entries: dict[tuple[str, tuple[int, int]], Any] = {}
@@ -130,7 +137,7 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
     anns: list[dict] = []
     n_other_ids = 0
     for im in tqdm(ds["images"], desc="warp", unit="img", disable=None):
-        pair = by_id.get(im["pair_id"]) if im.get("pair_id") is not None else by_rgb.get(_resolved(im["file_name"]))
+        pair = pair_of(im)
         items = by_image.pop(im["id"])
         if pair is None:
             report.skip_image(im["file_name"], f"image id {im['id']} (pair_id {im.get('pair_id')!r}) is not a pair of the index")

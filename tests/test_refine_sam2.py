@@ -81,17 +81,17 @@ def first_run(refiner, thermal_coco, tmp_path_factory):
 
 def raw_results(ds: dict, cache: Path, fingerprint: str) -> dict:
     """The refiner's raw (new boxes, scores) per image, read back from the stage's cache."""
-    from tasks.refine import _cache_get, _cache_key, _decode, resolve_image_path
     from tasks.boxes import clip
+    from tasks.refine import _cache_get, _cache_key, _image_sha, resolve_image_path
 
     out = {}
     by_img = coco.boxes_by_image(ds)
     for im in ds["images"]:
         b = by_img[im["id"]].boxes
         if len(b):
-            _, sha, _ = _decode(resolve_image_path(im, Path("."), None, None))
+            sha, _, _ = _image_sha(resolve_image_path(im, Path("."), None, None), None)
             key = _cache_key(sha, fingerprint, clip(b, im["width"], im["height"]))
-            out[im["id"]] = _cache_get(cache, key, len(b))
+            out[im["id"]] = _cache_get(cache, key, len(b))[:2]
     return out
 
 

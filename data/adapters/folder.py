@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,12 @@ def _images(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
     out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
-            out.setdefault(p.stem, p)
+    with os.scandir(folder) as it:           # scandir: file type without a stat per entry
+        entries = sorted((e.name, e.is_file()) for e in it)
+    for name, is_file in entries:
+        stem, ext = os.path.splitext(name)
+        if is_file and ext.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+            out.setdefault(stem, folder / name)
     return out
 
 
