@@ -7,8 +7,8 @@ generated images takes <= 5 s; adding 1 % new images costs <= 5 % of a full run.
 Set-up (all real components): ``--pairs`` generated pairs (160x128 RGB, 128x96 thermal, a
 user-style folder in ``data.roots``), the shared COCO YOLOX-nano teacher
 (``../shared/models/yolox-nano-coco``, user-supplied config + checkpoint, no training), the
-classical refiner, two students (1 epoch at 128x128, one torch thread per process is NOT
-forced: the full run uses the machine as a user would), evaluation of three models.
+classical refiner, two students (1 epoch at 96x96, batch 32: training is not what this measures),
+evaluation of three models. Every step runs in ``rgb2thermal run`` processes, as a user runs them.
 
 Phases, in one workspace:
 
@@ -145,7 +145,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         "## Pipeline: incremental re-runs at scale (`benchmarks/pipeline_incremental.py`)", "",
         f"Machine: {res['cpus']} CPU cores, no GPU. {res['pairs']} generated pairs (160x128 RGB / 128x96 thermal) "
         "in a user-style folder; teacher = the shared COCO YOLOX-nano (config + checkpoint, not trained here); "
-        "classical refiner; two students 1 epoch at 128x128; eval of three models on the thermal test split. "
+        "classical refiner; two students 1 epoch at 96x96; eval of three models on the thermal test split. "
         "Every number below is from one run of this benchmark; medians over "
         f"{res['repeats']} repeats.", "",
         "| measurement | seconds | target | met |", "|---|---:|---|---|",

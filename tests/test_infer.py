@@ -208,3 +208,35 @@ def test_real_teacher_on_msrs20_chain(tmp_path: Path, msrs20: Path) -> None:
             m = iou_matrix(p.boxes[p.category_ids == c], g.boxes[g.category_ids == c])
             hits += int((m.max(axis=1) >= 0.5).sum()) if m.size else 0
     assert hits >= ps.counts["boxes_out"] // 3, (hits, ps.counts)
+
+
+def test_hash_memo_skips_reading_unchanged_images_and_notices_edits(tmp_path: Path, synth: Path, tiny_detector,
+                                                                    loaded) -> None:
+    """With the pipeline's stat memo, a cached image whose file is unchanged is not read; an image
+    edited in place (new mtime) is hashed again and re-inferred."""
+    import os
+    import time
+
+    from tasks.hashing import HashMemo
+
+    root = tmp_path / "ds"
+    shutil.copytree(synth, root)
+    old = time.time() - 3600
+    for f in (root / "rgb").iterdir():
+        os.utime(f, (old, old))            # settled files: memoised (fresh ones would be "racy")
+    coco = root / "labels_rgb" / "coco.json"
+    memo = HashMemo()
+
+    def infer(out: str) -> StageReport:
+        return run_infer(coco, tmp_path / out, _params(tiny_detector), cache_dir=tmp_path / "cache",
+                         image_root=root / "rgb", detector=loaded, hash_memo=memo)
+
+    assert (infer("a.json").cache_misses, memo.hits) == (4, 0)
+    again = infer("b.json")
+    assert (again.cache_misses, again.cache_hits, memo.hits) == (0, 4, 4)
+    assert _dets(tmp_path / "b.json") == _dets(tmp_path / "a.json")
+    img0 = root / "rgb" / "syn_000000.png"
+    cv2.imwrite(str(img0), cv2.flip(cv2.imread(str(img0)), 1))
+    os.utime(img0, (old + 60, old + 60))
+    edited = infer("c.json")
+    assert (edited.cache_misses, edited.cache_hits) == (1, 3)

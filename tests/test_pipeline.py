@@ -238,3 +238,26 @@ def test_failed_step_is_recorded_and_later_steps_keep_their_outputs(scenario, tm
     assert [s.name for s in failed.stages] == ["data", "index", "teacher", "infer", "pseudo"]
     assert all(s.reused for s in failed.stages)
     assert not (root / "ws" / "stages" / "warp" / "stage.json").exists()     # not done: redone next time
+
+
+@needs_nano
+def test_until_stops_after_the_named_step(tmp_path: Path) -> None:
+    """``rgb2thermal run --until refine``: the thermal pseudo-labels without training anything."""
+    from rgb2thermal_cli.main import main
+    from tasks.pipeline import run_pipeline
+    from tasks.pipeline_params import params_from_dict
+
+    _folder(tmp_path, 8)       # seed 11: both splits present
+    params = params_from_dict(_params(tmp_path))
+    rec = run_pipeline(params, tmp_path / "ws", until="refine")
+    assert rec.status == "succeeded"
+    assert [s.name for s in rec.stages] == ["data", "index", "teacher", "infer", "pseudo", "warp", "refine"]
+    assert (tmp_path / "ws" / "stages" / "refine" / "refined.json").is_file()
+    assert not (tmp_path / "ws" / "stages" / "student").exists()
+    with pytest.raises(InputError, match="exclude each other"):
+        run_pipeline(params, tmp_path / "ws", only="warp", until="refine")
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_params(tmp_path)))
+    assert main(["run", "--params", str(tmp_path / "params.yaml"), "--workspace", str(tmp_path / "ws"),
+                 "--until", "warp"]) == 0

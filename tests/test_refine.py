@@ -170,3 +170,33 @@ def test_cli_refine_classical(syn, tmp_path, capsys):
     rep = atomic.read_json(report_path(out))
     assert rep["params"]["on_reject"] == "drop" and rep["params"]["min_iou"] == 0.3
     assert main(["stage", "refine", "--in", str(inp), "--out", str(out), "--method", "sam2"]) == 2
+
+
+def test_hash_memo_cache_hits_read_no_image_and_keep_results(syn, tmp_path):
+    """With a stat memo, cached images are neither read nor decoded (the cache entry holds the
+    image size), and the output is byte-identical to a run that read every image."""
+    import os
+    import shutil
+    import time
+
+    from tasks.hashing import HashMemo
+
+    root = tmp_path / "syn"
+    shutil.copytree(syn, root)
+    old = time.time() - 3600
+    for f in (root / "thermal").iterdir():
+        os.utime(f, (old, old))
+    inp, _ = write_loose(root, tmp_path)
+    memo, cache = HashMemo(), tmp_path / "cache"
+    first = run_refine(inp, tmp_path / "a.json", RefineParams(min_iou=0.3), cache_dir=cache, hash_memo=memo)
+    second = run_refine(inp, tmp_path / "b.json", RefineParams(min_iou=0.3), cache_dir=cache, hash_memo=memo)
+    n = first.counts["images_refined"]
+    assert (first.cache_misses, second.cache_hits, second.cache_misses) == (n, n, 0) and memo.hits == n
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    # an image whose file no longer matches its COCO size is caught even when its result is cached
+    ds = coco.load_dataset(inp)
+    ds["images"][0]["width"] += 1
+    coco.save_dataset(tmp_path / "wrong.json", ds)
+    bad = run_refine(tmp_path / "wrong.json", tmp_path / "c.json", RefineParams(min_iou=0.3), cache_dir=cache,
+                     hash_memo=memo)
+    assert bad.counts["images_skipped"] == 1 and "COCO file says" in bad.skipped_images[0]["reason"]
