@@ -285,6 +285,20 @@ def _fresh_mmengine_logger(work_dir: Path) -> None:
     MMLogger.get_instance(f"rgb2thermal-{Path(work_dir).name}-{uuid.uuid4().hex[:8]}", log_level="WARNING")
 
 
+def _console_log_level() -> str:
+    """mmengine's console level: its INFO stream (environment dump, the whole config, a line per
+    50 iterations, ~700 lines per training) only when our caller logs at INFO or below (the CLI's
+    ``-v``); otherwise WARNING, and the progress bar shows the training."""
+    return "INFO" if logging.getLogger().getEffectiveLevel() <= logging.INFO else "WARNING"
+
+
+def _log_file_at_info(runner: Any) -> None:
+    """Keep the full INFO log (losses, lr, validation) in the run's log file whatever the console shows."""
+    for h in runner.logger.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.setLevel(logging.INFO)
+
+
 def train(spec: TrainSpec) -> TrainResult:
     """Train per ``spec`` and return what was produced (see module docstring).
 
@@ -327,9 +341,11 @@ def train(spec: TrainSpec) -> TrainResult:
     # mmengine re-renders the config text on every checkpoint save and at start-up; with yapf
     # formatting that costs ~0.5-1.5 s each on CPU, so the Runner gets an unformatted twin.
     runner_cfg = Config(cfg.to_dict(), format_python_code=False)
+    runner_cfg.log_level = _console_log_level()
     t_build = time.perf_counter()
     with trusted_checkpoints(work_dir):
         runner = Runner.from_cfg(runner_cfg)
+        _log_file_at_info(runner)
         progress = next(h for h in runner.hooks if isinstance(h, ProgressHook))
         runner.train()
     t_train = time.perf_counter()
