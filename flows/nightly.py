@@ -34,6 +34,7 @@ from flows.adapt import adapt_flow
 from tasks import atomic
 from tasks.champion import (DEFAULT_METRIC, Champion, archive_model, decide, format_report, gt_fingerprint,
                             load_champion, promote, rescore, watched_fingerprints)
+from tasks.pipeline import workspace_hash_memo
 from tasks.pipeline_params import load_params
 from tasks.runs import new_run_id, now
 from tasks.workspace_lock import workspace_lock
@@ -43,8 +44,11 @@ FLOW_NAME = "rgb2thermal-nightly"
 
 
 @task(name="nightly-fingerprints", cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=2)
-def fingerprints_task(params: Any) -> dict[str, str]:
-    return watched_fingerprints(params)
+def fingerprints_task(params: Any, workspace: Path) -> dict[str, str]:
+    memo = workspace_hash_memo(workspace)
+    fps = watched_fingerprints(params, memo)
+    memo.save()
+    return fps
 
 
 @task(name="nightly-rescore-champion", cache_policy=NO_CACHE, persist_result=False)
@@ -75,7 +79,7 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
     p = load_params(None if params is not None else params_path, overrides, data=params)
     ws = Path(workspace).resolve()
     nightly_id = new_run_id("nightly")
-    fps = fingerprints_task(p)
+    fps = fingerprints_task(p, ws)
     champ = load_champion(ws)
     result: dict[str, Any] = {"nightly_id": nightly_id, "challenger_run": None,
                               "champion_run": champ.run_id if champ else None}

@@ -28,8 +28,8 @@ from typing import Any
 
 from tasks import atomic
 from tasks.errors import InputError
-from tasks.hashing import file_sha256, json_sha256
-from tasks.runs import dataset_fingerprint
+from tasks.hashing import HashMemo, file_sha256, json_sha256
+from tasks.runs import content_fingerprint
 
 CHAMPION_NAME = "champion.json"
 HISTORY_NAME = "champion_history.jsonl"
@@ -236,17 +236,18 @@ def decide(champion: Champion | None, challenger_metrics: dict[str, Any], metric
                            f"{min_improvement:g}: kept the champion", metric, new, old)
 
 
-def watched_fingerprints(params: Any) -> dict[str, str]:
+def watched_fingerprints(params: Any, memo: HashMemo | None = None) -> dict[str, str]:
     """Fingerprint of every dataset the pipeline reads, by version (``PipelineParams``).
 
-    Folders: :func:`tasks.runs.dataset_fingerprint` (DVC md5 when tracked, else content sha256).
+    Folders: :func:`tasks.runs.content_fingerprint` (their content, so a folder edited without a
+    new ``dvc add`` still counts as changed; ``memo`` makes unchanged files a stat each).
     Synthetic demo data is a pure function of its spec, so its fingerprint is the spec's hash.
     """
     d = params.data
     if d.synthetic is not None:
         spec = {**d.synthetic.model_dump(mode="json"), "classes": list(d.classes)}
         return {d.synthetic.version: "synthetic:" + json_sha256(spec)}
-    return {r.version: dataset_fingerprint(r.path) for r in d.roots}
+    return {r.version: content_fingerprint(r.path, memo) for r in d.roots}
 
 
 def _fmt(v: float | None) -> str:

@@ -551,6 +551,11 @@ def get_step(name: str) -> Step:
 # ---------------------------------------------------------------------------------------------
 # running
 # ---------------------------------------------------------------------------------------------
+def workspace_hash_memo(workspace: str | Path) -> HashMemo:
+    """The workspace's file-hash memo (``cache/file_hashes.json``), shared by runs and nightly checks."""
+    return HashMemo(Path(workspace) / "cache" / "file_hashes.json")
+
+
 @contextlib.contextmanager
 def pipeline_run(params: PipelineParams, workspace: str | Path, flow: str = "adapt",
                  lock_wait_seconds: float = 0.0) -> Iterator[PipelineContext]:
@@ -559,8 +564,7 @@ def pipeline_run(params: PipelineParams, workspace: str | Path, flow: str = "ada
     record = RunRecord(run_id=new_run_id(flow), flow=flow, started=now(), git_revision=git_revision(),
                        params=params.model_dump(mode="json"))
     with workspace_lock(ws, record.run_id, wait_seconds=lock_wait_seconds):
-        ctx = PipelineContext(params=params, workspace=ws, record=record,
-                              memo=HashMemo(ws / "cache" / "file_hashes.json"))
+        ctx = PipelineContext(params=params, workspace=ws, record=record, memo=workspace_hash_memo(ws))
         save_record(ws, record)
         try:
             yield ctx
