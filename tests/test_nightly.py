@@ -64,6 +64,7 @@ def test_pointer_and_history_roundtrip(tmp_path: Path) -> None:
     assert "| adapted | all | mAP_50 **←** | — | 0.5000 |" in md and "| syn | sha256:z | sha256:x |" in md
 
 
+@needs_nano   # the parameters name the shared teacher checkpoint, validated on load
 def test_fingerprints_follow_the_data(tmp_path: Path) -> None:
     from tasks.pipeline_params import params_from_dict
 
@@ -81,6 +82,7 @@ def test_fingerprints_follow_the_data(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- deployment
+@needs_nano   # the parameters name the shared teacher checkpoint, validated on load
 def test_deployment_carries_cron_and_timezone(tmp_path: Path, capsys) -> None:
     from rgb2thermal_cli.main import main
     from rgb2thermal_cli.serve import build_deployment, describe
