@@ -36,6 +36,22 @@ def bytes_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_read_once(path: str | os.PathLike[str], memo: "HashMemo | None") -> tuple[str, bytes | None]:
+    """``(sha256, bytes)`` of a file that may be decoded next: the bytes are returned when they had
+    to be read (so the caller decodes them without a second read), ``None`` when ``memo`` knew the
+    hash from the file's unchanged stat (a cached result then needs no read at all).
+    Raises ``OSError`` like ``open``."""
+    st = os.stat(path)
+    sha = memo.lookup(path, st) if memo is not None else None
+    if sha is not None:
+        return sha, None
+    data = Path(path).read_bytes()
+    sha = bytes_sha256(data)
+    if memo is not None:
+        memo.remember(path, st, sha)
+    return sha, data
+
+
 def json_sha256(obj: Any) -> str:
     """Hash of a JSON-able object, independent of dict key order."""
     canon = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

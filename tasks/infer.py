@@ -34,7 +34,7 @@ import numpy as np
 from tasks import atomic
 from tasks.coco import annotations, categories_from_names, load_dataset, new_dataset, save_dataset
 from tasks.errors import InputError
-from tasks.hashing import HashMemo, bytes_sha256, json_sha256
+from tasks.hashing import HashMemo, json_sha256, sha256_read_once
 from tasks.stage_report import StageReport, report_path
 
 log = logging.getLogger(__name__)
@@ -217,14 +217,7 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
     for im in tqdm(ds["images"], desc="infer", unit="img", disable=None):
         path = resolve_image_path(im["file_name"], root)
         try:
-            st = path.stat()
-            sha = hash_memo.lookup(path, st) if hash_memo is not None else None
-            data = None
-            if sha is None:
-                data = path.read_bytes()
-                sha = bytes_sha256(data)
-                if hash_memo is not None:
-                    hash_memo.remember(path, st, sha)
+            sha, data = sha256_read_once(path, hash_memo)
         except OSError as exc:
             n_missing += isinstance(exc, FileNotFoundError)
             report.skip_image(path, f"cannot read file ({exc.__class__.__name__}: {exc.strerror or exc})")

@@ -237,8 +237,8 @@ def _run_data(ctx: PipelineContext, out: Path) -> StepOutput:
         files["registry"] = out / "registry"
     else:
         roots = {r.version: str(r.path) for r in d.roots}
-    fps = {v: dataset_fingerprint(p, ctx.memo) for v, p in roots.items()}
     content = {v: content_fingerprint(p, ctx.memo) for v, p in roots.items()}
+    fps = {v: dataset_fingerprint(p, content=content[v]) for v, p in roots.items()}
     files["datasets"] = atomic.write_json(out / "datasets.json", {
         v: {"path": roots[v], "fingerprint": fps[v], "content": content[v]} for v in sorted(roots)})
     return StepOutput(files=files, info={"datasets": fps})

@@ -39,7 +39,7 @@ import numpy as np
 from tasks import atomic, coco
 from tasks.boxes import as_boxes, clip, iou_matrix, xywh_to_xyxy, xyxy_to_xywh
 from tasks.errors import InputError
-from tasks.hashing import HashMemo, bytes_sha256, json_sha256
+from tasks.hashing import HashMemo, json_sha256, sha256_read_once
 from tasks.refine_classical import ClassicalConfig
 from tasks.refine_sam2 import DEFAULT_CONFIG, Sam2Config
 from tasks.stage_report import StageReport, report_path
@@ -241,16 +241,9 @@ def _image_sha(path: Path, memo: HashMemo | None) -> tuple[str | None, bytes | N
     """``(sha256 of the file, its bytes if they had to be read, error)``: unchanged files known to
     ``memo`` are not read at all."""
     try:
-        st = path.stat()
-        sha = memo.lookup(path, st) if memo is not None else None
-        if sha is not None:
-            return sha, None, ""
-        data = path.read_bytes()
+        sha, data = sha256_read_once(path, memo)
     except OSError as exc:
         return None, None, f"unreadable: {exc.strerror or exc}"
-    sha = bytes_sha256(data)
-    if memo is not None:
-        memo.remember(path, st, sha)
     return sha, data, ""
 
 

@@ -85,9 +85,10 @@ def git_revision(repo: str | os.PathLike[str] | None = None) -> str:
     return f"{sha}+dirty" if dirty else sha
 
 
-def dataset_fingerprint(path: str | os.PathLike[str], memo: HashMemo | None = None) -> str:
+def dataset_fingerprint(path: str | os.PathLike[str], memo: HashMemo | None = None, *,
+                        content: str | None = None) -> str:
     """Fingerprint of a dataset version for records: ``dvc:<md5>`` from its ``.dvc`` file when DVC
-    tracks it, else :func:`content_fingerprint`.
+    tracks it, else :func:`content_fingerprint` (``content``, when the caller has it already).
 
     The DVC md5 names the version users know (``dvc add``/``dvc push``), but it is only as fresh
     as the last ``dvc add``: decisions about re-running work use :func:`content_fingerprint`.
@@ -99,7 +100,7 @@ def dataset_fingerprint(path: str | os.PathLike[str], memo: HashMemo | None = No
         outs = meta.get("outs") or [{}]
         if outs[0].get("md5"):
             return f"dvc:{outs[0]['md5']}"
-    return content_fingerprint(p, memo)
+    return content if content is not None else content_fingerprint(p, memo)
 
 
 def content_fingerprint(path: str | os.PathLike[str], memo: HashMemo | None = None) -> str:
