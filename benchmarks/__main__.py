@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import benchmarks
-from tasks import atomic
+from core import atomic
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"

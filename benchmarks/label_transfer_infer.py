@@ -50,8 +50,8 @@ def make_tiny_detector(out_dir: Path, classes=DET_CLASSES, scale: int = 128) -> 
     import torch
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    from tasks.detector import load_detector
-    from tasks.mmdet_utils import resolve_base_config
+    from detection.detector import load_detector
+    from detection.mmdet_utils import resolve_base_config
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = out_dir / "yolox_tiny_small.py"
@@ -119,7 +119,7 @@ def prepare_dataset(root: Path, n: int, seed: int = 0) -> dict:
 
 def coco_subset(src: Path, dst: Path, n: int) -> Path:
     """The first ``n`` images of COCO file ``src`` (and their annotations) as ``dst``."""
-    from tasks.coco import load_dataset, new_dataset, save_dataset
+    from core.coco import load_dataset, new_dataset, save_dataset
 
     ds = load_dataset(src)
     images = ds["images"][:n]
@@ -139,10 +139,10 @@ def bench_inference(work: Path, data: dict, cfg: Path, ckpt: Path, n: int, reps:
     from mmcv.transforms import Compose
     from mmdet.apis import inference_detector, init_detector
 
-    from tasks.coco import load_dataset
-    from tasks.detector import load_detector, test_pipeline_cfg
+    from core.coco import load_dataset
+    from detection.detector import load_detector, test_pipeline_cfg
     from tasks.infer import InferParams, run_infer
-    from tasks.mmdet_utils import register_mmdet
+    from detection.mmdet_utils import register_mmdet
 
     coco = coco_subset(data["rgb_coco"], work / f"infer_{n}.json", n)
     paths = [im["file_name"] for im in load_dataset(coco)["images"]]
@@ -194,7 +194,7 @@ def bench_warp(work: Path, data: dict, n_boxes: int, reps: int) -> dict:
 
     from registration.registry import lookup
     from registration.warp import warp_boxes
-    from tasks.coco import annotation, load_dataset, new_dataset, save_dataset
+    from core.coco import annotation, load_dataset, new_dataset, save_dataset
     from tasks.warp import WarpParams, run_warp
 
     e = lookup(data["registry"], "synthetic", RGB_SIZE)
@@ -236,7 +236,7 @@ def bench_incremental(work: Path, cfg: Path, ckpt: Path, n: int, n_new: int, bat
     long-running flow runs it (detector loaded once and passed in).
     """
     from data.synthetic import generate
-    from tasks.detector import load_detector
+    from detection.detector import load_detector
     from tasks.infer import InferParams, run_infer
 
     run = work / f"incr_{time.time_ns()}"  # fresh images and caches on every run
@@ -284,7 +284,7 @@ def _child_pipeline(work: Path, coco: Path, index: Path, registry: Path, cfg: Pa
     params = InferParams(config=str(cfg), checkpoint=str(ckpt), device="cpu", batch_size=batch_size, max_per_image=3)
     r_inf = run_infer(coco, work / "infer.json", params, cache_dir=work / "cache")
     r_ps = run_pseudo(work / "infer.json", work / "pseudo.json",
-                      PseudoParams(default_threshold=0.0, vehicles_as_car=True, histogram=False))
+                      PseudoParams(score_threshold=0.0, vehicles_as_car=True, histogram=False))
     r_wp = run_warp(work / "pseudo.json", work / "warp.json", WarpParams(registry_dir=registry), index=index)
     # C2's refine stage plugs in here: run_refine(work / "warp.json", work / "refine.json", RefineParams(...))
     # so that the peak RSS below covers inference + warp + refine.
@@ -312,7 +312,7 @@ def bench_rss(work: Path, data: dict, cfg: Path, ckpt: Path, sizes: list[int], b
 
 
 def write_results(res: dict, quick: bool) -> Path:
-    from tasks import atomic
+    from core import atomic
 
     inf, wp, inc, rss = res["inference"], res["warp"], res["incremental"], res["rss"]
     lines = [

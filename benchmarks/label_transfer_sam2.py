@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import atomic, coco
+from core import atomic, coco
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "benchmarks" / "results" / "label_transfer_sam2.md"

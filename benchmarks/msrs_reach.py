@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import atomic, coco
-from tasks.boxes import cxcywh_norm_to_xyxy
+from core import atomic, coco
+from core.boxes import cxcywh_norm_to_xyxy
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "msrs-aligned-20"

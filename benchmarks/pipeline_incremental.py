@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic
+from core import atomic
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

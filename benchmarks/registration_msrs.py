@@ -47,7 +47,7 @@ def wide_rgb_homography(size: tuple[int, int] = (640, 480)) -> np.ndarray:
 
 def match_iou(pred: np.ndarray, pred_cls: np.ndarray, gt: np.ndarray, gt_cls: np.ndarray, thr: float = 0.5) -> list[float]:
     """Greedy same-class matching at IoU >= thr; returns the IoUs of matched pairs."""
-    from tasks.boxes import iou_matrix
+    from core.boxes import iou_matrix
 
     out: list[float] = []
     for c in np.unique(np.concatenate([pred_cls, gt_cls])):
@@ -78,7 +78,7 @@ def run_registration(root: Path = MSRS20, *, n_clicks: int = 16, click_sigma: fl
 
     from registration.homography import estimate_auto, estimate_from_points, grid_error, initial_guess, project_points
     from registration.warp import warp_boxes, warp_image
-    from tasks.coco import boxes_by_image
+    from core.coco import boxes_by_image
 
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as td:
@@ -208,7 +208,7 @@ def to_markdown(reg: dict, speed: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tasks import atomic
+    from core import atomic
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=MSRS20, help="msrs-aligned-20 folder")

@@ -32,7 +32,7 @@ NANO = REPO.parent / "shared" / "models" / "yolox-nano-coco"
 
 def split_coco(root: Path) -> dict[str, Path]:
     """Write ``adapt.json``/``test.json`` (RGB labels) from the generator's ``split.csv``."""
-    from tasks.coco import load_dataset, new_dataset, save_dataset
+    from core.coco import load_dataset, new_dataset, save_dataset
 
     ds = load_dataset(root / "labels_rgb" / "coco.json")
     with open(root / "split.csv", newline="", encoding="utf-8") as fh:
@@ -49,7 +49,7 @@ def split_coco(root: Path) -> dict[str, Path]:
 
 def run_training(name: str, work: Path, data: Path, splits: dict[str, Path], **kw) -> dict:
     from tasks.train import train
-    from tasks.train_spec import spec_from_dict
+    from detection.train_spec import spec_from_dict
 
     adapt = {"ann_file": str(splits["adapt"]), "img_root": str(data / "rgb")}
     test = {"ann_file": str(splits["test"]), "img_root": str(data / "rgb")}
@@ -65,7 +65,7 @@ def run_training(name: str, work: Path, data: Path, splits: dict[str, Path], **k
 
 def iteration_time(work: Path, data: Path, splits: dict[str, Path], base: str, n_images: int) -> dict:
     """Median training-iteration time at batch 8, 416x416, one epoch of ``n_images`` images."""
-    from tasks.coco import load_dataset, new_dataset, save_dataset
+    from core.coco import load_dataset, new_dataset, save_dataset
 
     ds = load_dataset(splits["adapt"])
     images = ds["images"][:n_images]
@@ -76,7 +76,7 @@ def iteration_time(work: Path, data: Path, splits: dict[str, Path], base: str, n
     val = save_dataset(work / "iter_val.json", new_dataset(
         images[:2], [a for a in ds["annotations"] if a["image_id"] in val_ids], ds["categories"]))
     from tasks.train import train
-    from tasks.train_spec import spec_from_dict
+    from detection.train_spec import spec_from_dict
 
     spec = spec_from_dict({"base_model": base, "train": {"ann_file": str(sub), "img_root": str(data / "rgb")},
                            "val": {"ann_file": str(val), "img_root": str(data / "rgb")},
@@ -103,9 +103,9 @@ def main() -> None:
     import torch
 
     from data.synthetic import generate
-    from tasks import atomic
-    from tasks.coco import load_dataset
-    from tasks.detector import load_detector, predict_dataset
+    from core import atomic
+    from core.coco import load_dataset
+    from detection.detector import load_detector, predict_dataset
     from tasks.evaluate import evaluate_runs, format_markdown
 
     torch.set_num_threads(args.threads)

@@ -19,7 +19,7 @@ everyone:
 All four COCO files share one integer image id per pair. Each COCO image has ``file_name``
 (absolute path), ``width``, ``height``, ``pair_id`` (``"<version>:<original_id>"``), ``version``,
 ``original_id``, ``split``, ``daynight``. Boxes are converted to COCO ``xywh`` pixels at the
-file edge only (via :mod:`tasks.coco`); categories are the target classes, 1-based in order.
+file edge only (via :mod:`core.coco`); categories are the target classes, 1-based in order.
 """
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from tasks import atomic
-from tasks.coco import annotations, categories_from_names, load_dataset, new_dataset, save_dataset
-from tasks.errors import InputError
+from core import atomic
+from core.coco import annotations, categories_from_names, load_dataset, new_dataset, save_dataset
+from core.errors import InputError
+from core.versions import check_version_name
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,7 @@ def save_exclusions(path: str | Path, version: str, excluded: Iterable[Mapping[s
 
 def _labels_to_anns(raw: RawLabels, size: tuple[int, int], cmap: Mapping[str, str | None], cat_id: Mapping[str, int],
                     opts: BuildOptions, where: str, issues: list[dict], dropped_classes: Counter) -> list[tuple[int, list[float]]]:
-    from tasks.boxes import as_boxes, cxcywh_norm_to_xyxy
+    from core.boxes import as_boxes, cxcywh_norm_to_xyxy
 
     w, h = size
     b = as_boxes(raw.boxes)
@@ -404,9 +405,7 @@ def build_index(candidates: Sequence[Candidate], version: str, out_path: str | P
     """
     from tqdm import tqdm
 
-    from registration.registry import _check_version
-
-    _check_version(version)
+    check_version_name(version)
     opts = options or BuildOptions()
     classes = list(classes)
     if not classes or len(set(classes)) != len(classes):

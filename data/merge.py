@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data.index import PairedIndex, Pair, coco_image, load_index, save_index, summarize
-from tasks.coco import categories_from_names, new_dataset
-from tasks.errors import InputError
+from core.coco import categories_from_names, new_dataset
+from core.errors import InputError
 
 
 def merge_indexes(indexes: Sequence[PairedIndex | str | Path], out_path: str | Path) -> PairedIndex:

@@ -46,9 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from tasks import atomic
-from tasks.coco import annotation, categories_from_names, new_dataset, save_dataset
-from tasks.errors import InputError
+from core import atomic
+from core.coco import annotation, categories_from_names, new_dataset, save_dataset
+from core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class _Renderer:
         therm[ya:ya + h, xa:xa + w][mask] = 80 if night else 115
 
     def _place(self, rng: np.random.Generator, horizon: int, night: bool) -> list[_Obj]:
-        from tasks.boxes import iou_matrix
+        from core.boxes import iou_matrix
 
         lo, hi = self.opi
         n = int(rng.integers(lo, hi + 1))
@@ -461,7 +461,7 @@ def _load_existing(out: Path, meta: dict) -> tuple[dict | None, dict | None, dic
     if not same:
         raise InputError("the folder holds a synthetic set made with different parameters (seed/sizes/homography/classes)",
                          str(hpath), "extend it with the same parameters, or generate into a new folder")
-    from tasks.coco import load_dataset
+    from core.coco import load_dataset
 
     rgb = load_dataset(out / "labels_rgb" / "coco.json")
     therm = load_dataset(out / "labels_thermal" / "coco.json")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from data.index import DEFAULT_CLASSES, BuildOptions, PairedIndex, _read_size, load_index, save_exclusions, summarize
-from tasks import atomic
+from core import atomic
 
 _REASON_TEXT = {
     "missing_thermal": "RGB frame without a thermal frame",

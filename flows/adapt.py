@@ -1,17 +1,24 @@
 """Prefect 3 flow ``rgb2thermal-adapt``: the adaptation pipeline as observable, retryable tasks.
 
-Why a thin wrapper: the order of the steps, their stage keys and their outputs belong to
-:mod:`tasks.pipeline` (the one implementation the CLI and DVC also run). This flow iterates the
-same :func:`tasks.pipeline.steps_for` list and wraps each :func:`tasks.pipeline.execute_step`
-call in a Prefect task, so a flow run and ``rgb2thermal run`` on one workspace share every
-stage output and cache (a step done by one is ``reused`` by the other).
+Why a thin wrapper: the steps, what each reads, their stage keys and their outputs belong to
+:mod:`pipeline` (the one implementation the CLI and DVC also run). This flow takes the same plan
+(:func:`pipeline.plan.plan`) and wraps each :func:`pipeline.executor.execute_step` call in a
+Prefect task, so a flow run and ``rgb2thermal run`` on one workspace share every stage output
+and cache (a step done by one is reused by the other).
 
-Prefect adds: one named task run per step (timings and states in the UI), retries for the
-steps whose failures can be transient (file I/O: ``Step.retries``; never for training, where a
-retry would only repeat an hour of work to the same error), and two artifacts: the evaluation
-table (``adapt-metrics``, Markdown, per class with the baselines) and the pseudo-label quality
-report (``pseudo-label-quality``). Prefect's own result caching is off (``NO_CACHE``): reuse
-is decided by the stage keys, which hash file *contents*.
+Prefect adds:
+
+- one named task run per step (timings and states in the UI); a step whose stored outputs were
+  current ends in a ``Completed`` state *named* ``Reused``, so reuse is visible at a glance;
+- retries for the steps whose failures can be transient (file I/O: ``Step.retries``), never for
+  an :class:`~core.errors.InputError` (bad input does not get better by retrying) and never for
+  training (a retry would repeat an hour of work to the same error);
+- independent steps run concurrently (``quality`` beside the trainings); trainings are chained
+  one after another (2 CPU cores, and mmengine keeps process-wide state);
+- artifacts: each evaluation table (``adapt-metrics``) and the pseudo-label quality report.
+
+Prefect's own result caching is off (``NO_CACHE``): reuse is decided by the stage keys, which
+hash file *contents*. Telemetry is off unless the user turned it on (see :mod:`flows.quiet`).
 
 Run: ``python -m flows.adapt --params params.yaml --workspace workspace [--set KEY=VALUE ...]``.
 """
@@ -21,44 +28,88 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from flows import quiet  # noqa: F401  (before prefect: telemetry off, third-party noise down)
+
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
+from prefect.utilities.annotations import quote
 
-from tasks.pipeline import PipelineContext, Step, StepOutput, execute_step, pipeline_run, steps_for
-from tasks.pipeline_params import load_params
+from core.errors import InputError
+from pipeline.executor import PipelineContext, Step, StepOutput, execute_step, pipeline_run
+from pipeline.params import load_params
+from pipeline.plan import plan
 
 METRICS_ARTIFACT = "adapt-metrics"
 QUALITY_ARTIFACT = "pseudo-label-quality"
+REUSED = "Reused"
+
+
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry I/O-like failures, never a user's bad input."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except Exception:
+        return True
+    return False
 
 
 def _task_for(step: Step) -> Any:
-    """A Prefect task running exactly ``execute_step(ctx, step)``."""
+    """A Prefect task running exactly ``execute_step(ctx, step)``; reuse ends in state ``Reused``."""
 
-    @task(name=f"adapt-{step.name}", retries=step.retries, retry_delay_seconds=2, cache_policy=NO_CACHE,
-          persist_result=False)
-    def run_step(ctx: PipelineContext) -> StepOutput:
-        return execute_step(ctx, step)
+    @task(name=f"adapt-{step.name}", retries=step.retries, retry_delay_seconds=2, retry_condition_fn=transient,
+          cache_policy=NO_CACHE, persist_result=False)
+    def run_step(ctx: PipelineContext, *upstream: Any) -> Any:
+        out = execute_step(ctx, step)
+        if out.reused:
+            return Completed(name=REUSED, message="inputs and parameters unchanged: stored outputs reused", data=out)
+        return out
 
     return run_step
 
 
+def run_plan(ctx: PipelineContext, steps: list[Step]) -> dict[str, StepOutput]:
+    """Submit every step with its upstream steps as ``wait_for``; trainings chained one after another."""
+    futures: dict[str, Any] = {}
+    last_train = None
+    for step in steps:
+        wait = [futures[u] for u in step.upstream() if u in futures]
+        if step.kind == "train" and last_train is not None:
+            wait.append(last_train)
+        futures[step.name] = _task_for(step).submit(quote(ctx), wait_for=wait)   # quote: one shared ctx, not a copy
+        if step.kind == "train":
+            last_train = futures[step.name]
+    results = {name: fut.result() for name, fut in futures.items()}   # raises the first failure
+    order = {s.name: i for i, s in enumerate(steps)}
+    ctx.record.stages.sort(key=lambda s: order.get(s.name, len(order)))
+    return results
+
+
 @flow(name="rgb2thermal-adapt", persist_result=False)
 def adapt_flow(params_path: str | None = "params.yaml", workspace: str = "workspace",
-               overrides: list[str] | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the pipeline; ``params`` (a mapping) replaces reading ``params_path``. Returns the run record."""
+               overrides: list[str] | None = None, params: dict[str, Any] | None = None,
+               lock_wait_seconds: float = 0.0, hold_lock: bool = True) -> dict[str, Any]:
+    """Run the pipeline; ``params`` (a mapping) replaces reading ``params_path``. Returns the run record.
+
+    ``hold_lock=False``: the caller already holds the workspace lock (the nightly flow, which
+    keeps it from the challenger run through promotion)."""
     p = load_params(None if params is not None else params_path, overrides, data=params)
-    with pipeline_run(p, workspace, flow="prefect-adapt") as ctx:
-        for step in steps_for(p):
-            _task_for(step)(ctx)
-    table = ctx.record.metrics.get("table_markdown")
-    if table:
-        create_markdown_artifact(key=METRICS_ARTIFACT, markdown=table,
-                                 description="thermal test split: adapted student vs baselines, per class")
-    quality = ctx.outputs.get("quality")
-    if quality is not None and "markdown" in quality.files:
-        create_markdown_artifact(key=QUALITY_ARTIFACT, markdown=Path(quality.files["markdown"]).read_text(),
-                                 description="pseudo-label quality per stage (pseudo, warped, refined)")
+    steps = plan(p)
+    with pipeline_run(p, workspace, flow="prefect-adapt", lock_wait_seconds=lock_wait_seconds,
+                      hold_lock=hold_lock) as ctx:
+        run_plan(ctx, steps)
+    for name, m in ctx.record.metrics.items():
+        if isinstance(m, dict) and m.get("table_markdown"):
+            create_markdown_artifact(key=METRICS_ARTIFACT, markdown=m["table_markdown"],
+                                     description=f"{name}: thermal test split, adapted student vs baselines, per class")
+    for step in steps:
+        out = ctx.outputs.get(step.name)
+        if step.kind == "quality" and out is not None and "json" in out.files:
+            create_markdown_artifact(key=QUALITY_ARTIFACT, markdown=Path(out.files["markdown"]).read_text(),
+                                     description="pseudo-label quality per stage (pseudo, warped, refined)")
     return ctx.record.to_json()
 
 
@@ -68,8 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workspace", default="workspace", help="stage outputs, caches and run records (default: workspace)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override one parameter (dotted key, YAML value); repeatable")
+    ap.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                    help="wait this long for another run holding the workspace (default: fail at once)")
+    ap.add_argument("-v", "--verbose", action="count", default=0, help="third-party log output too")
     args = ap.parse_args(argv)
-    record = adapt_flow(params_path=args.params, workspace=args.workspace, overrides=args.overrides)
+    quiet.configure(args.verbose)
+    try:
+        record = adapt_flow(params_path=args.params, workspace=args.workspace, overrides=args.overrides,
+                            lock_wait_seconds=args.wait)
+    except InputError as exc:
+        print(f"error: {exc}")
+        return 2
     print(f"run {record['run_id']}: {record['status']}")
     return 0 if record["status"] == "succeeded" else 1
 

@@ -3,19 +3,20 @@
 Why: new thermal/RGB pairs arrive over time; retraining every night on unchanged data wastes
 hours, and a retrained model that scores worse must not replace the served one. So the flow
 
-1. fingerprints the watched datasets (:func:`tasks.champion.watched_fingerprints`) and, when they
+1. fingerprints the watched datasets (:func:`pipeline.champion.watched_fingerprints`) and, when they
    equal the champion's, finishes at once with "no change" (no adapt run, no lock taken);
 2. else runs the adapt flow (:func:`flows.adapt.adapt_flow`, a subflow: the same steps and stage
    caches as ``rgb2thermal run``) whose ``eval`` step scores the challenger on the thermal test split;
 3. compares on the same test set: when new data changed the thermal test split since the
    champion's promotion, the champion's archived model (``<workspace>/champion/<run id>/``) is
-   re-scored on the current split (:func:`tasks.champion.rescore`);
-4. decides with :func:`tasks.champion.decide` and promotes (under the workspace lock, archiving the
-   student) only a winner. A failed challenger run leaves ``champion.json`` untouched; its report
+   re-scored on the current split (:func:`pipeline.champion.rescore`);
+4. decides with :func:`pipeline.champion.decide` and promotes (archiving the student) only a
+   winner. The workspace lock is held from the challenger run through promotion (waiting up to
+   ``lock_wait_seconds`` for another run), so no other run can replace the student in between. A failed challenger run leaves ``champion.json`` untouched; its report
    says "failed" and the flow fails.
 
 Every night writes a Markdown report to ``<workspace>/nightly/<nightly id>.md`` and publishes it
-as the artifact ``nightly-decision``. The decision logic lives in :mod:`tasks.champion`.
+as the artifact ``nightly-decision``. The decision logic lives in :mod:`pipeline.champion`.
 
 Limit: a champion without an archived model (e.g. a hand-written pointer) cannot be re-scored; its
 stored value is then used, logged at WARNING and said in the report.
@@ -26,18 +27,20 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from flows import quiet  # noqa: F401  (before prefect: telemetry off, third-party noise down)
+
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.adapt import adapt_flow
-from tasks import atomic
-from tasks.champion import (DEFAULT_METRIC, Champion, archive_model, decide, format_report, gt_fingerprint,
+from core import atomic
+from pipeline.champion import (DEFAULT_METRIC, Champion, archive_model, decide, format_report, gt_fingerprint,
                             load_champion, promote, rescore, watched_fingerprints)
-from tasks.pipeline import workspace_hash_memo
-from tasks.pipeline_params import load_params
-from tasks.runs import new_run_id, now
-from tasks.workspace_lock import workspace_lock
+from pipeline.executor import workspace_hash_memo
+from pipeline.params import load_params
+from pipeline.runs import RunRecord, new_run_id, now
+from pipeline.lock import workspace_lock
 
 REPORT_ARTIFACT = "nightly-decision"
 FLOW_NAME = "rgb2thermal-nightly"
@@ -89,23 +92,26 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
                            metric=metric)
         return {**result, "outcome": "no change", "reason": reason, "report": str(_publish(ws, nightly_id, md, "no change"))}
 
-    try:
-        record = adapt_flow(params_path=params_path, workspace=str(ws), overrides=overrides, params=params)
-    except Exception as exc:
-        reason = f"the challenger run failed ({exc.__class__.__name__}: {exc}); the champion is untouched"
-        md = format_report(nightly_id=nightly_id, outcome="failed", reason=reason, datasets=fps, champion=champ,
-                           metric=metric)
-        _publish(ws, nightly_id, md, "failed")
-        raise
-    metrics = {k: v for k, v in record["metrics"].items() if k != "table_markdown"}
-    gt = _stage_outputs(record, "index")["thermal_test"]
-    note = "no champion yet"
-    if champ is not None:
-        champ, note = rescore_task(champ, gt, metric, str(p.student.train.get("device", "auto")), p.eval.batch_size)
-    decision = decide(champ, metrics, metric, min_improvement)
-    outcome = "promoted" if decision.promote else "kept"
-    if decision.promote:
-        with workspace_lock(ws, nightly_id, wait_seconds=lock_wait_seconds):
+    # One lock from the challenger run through promotion: no other run can replace
+    # stages/student between scoring it and archiving it (the wrong model would be promoted).
+    with workspace_lock(ws, nightly_id, wait_seconds=lock_wait_seconds):
+        try:
+            record = adapt_flow(params_path=params_path, workspace=str(ws), overrides=overrides, params=params,
+                                hold_lock=False)
+        except Exception as exc:
+            reason = f"the challenger run failed ({exc.__class__.__name__}: {exc}); the champion is untouched"
+            md = format_report(nightly_id=nightly_id, outcome="failed", reason=reason, datasets=fps, champion=champ,
+                               metric=metric)
+            _publish(ws, nightly_id, md, "failed")
+            raise
+        metrics = {k: v for k, v in RunRecord.from_json(record).eval_metrics().items() if k != "table_markdown"}
+        gt = _stage_outputs(record, "index")["thermal_test"]
+        note = "no champion yet"
+        if champ is not None:
+            champ, note = rescore_task(champ, gt, metric, str(p.student.train.get("device", "auto")), p.eval.batch_size)
+        decision = decide(champ, metrics, metric, min_improvement)
+        outcome = "promoted" if decision.promote else "kept"
+        if decision.promote:
             model = archive_model(ws, record["run_id"], _stage_outputs(record, "student"))
             promote(ws, Champion(run_id=record["run_id"], metric=metric, value=float(decision.challenger),
                                  datasets=fps, promoted=now(), metrics=metrics, model=model,

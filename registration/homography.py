@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.errors import InputError
+from core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ def save_overlay(path: str | Path, rgb: np.ndarray, thermal: np.ndarray, H: Any)
     """Write :func:`overlay` as a PNG (atomic)."""
     import cv2
 
-    from tasks import atomic
+    from core import atomic
 
     ok, buf = cv2.imencode(".png", overlay(rgb, thermal, H))
     if not ok:

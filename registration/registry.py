@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from tasks import atomic
-from tasks.errors import InputError
+from core import atomic
+from core.errors import InputError
+from core.versions import check_version_name
 
 SCHEMA = "rgb2thermal.homographies/1"
 DEFAULT_REGISTRY_DIR = Path(__file__).resolve().parent / "homographies"
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 @dataclass(frozen=True)
@@ -67,14 +67,8 @@ class HomographyEntry:
         return d
 
 
-def _check_version(version: str) -> None:
-    if not isinstance(version, str) or not _VERSION_RE.match(version):
-        raise InputError(f"dataset version {version!r} is not a valid registry name", "homography registry",
-                         "use letters, digits, '_', '-', '.' (e.g. flir_v1)")
-
-
 def registry_path(registry_dir: str | Path | None, version: str) -> Path:
-    _check_version(version)
+    check_version_name(version)
     return Path(registry_dir or DEFAULT_REGISTRY_DIR) / f"{version}.yaml"
 
 

@@ -14,7 +14,8 @@ crossing. So the rule is written down once, vectorised, and the drops are counte
    (``too_small``).
 
 The numpy path (CPU) and the torch/kornia path (GPU-capable, batched) implement the same rule
-and agree to float precision (tested). Image warping uses OpenCV or kornia ``warp_perspective``.
+and agree to float precision (tested); the warp stage takes the kornia path when it runs on a
+GPU. Image warping (overlays, estimation checks) uses OpenCV.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.boxes import as_boxes
-from tasks.errors import InputError
+from core.boxes import as_boxes
+from core.errors import InputError
 
 #: Drop-reason vocabulary; index = the ``reason_code`` stored per box (0 = kept).
 REASONS: tuple[str, ...] = ("", "invalid", "outside", "too_small")
@@ -234,25 +235,3 @@ def warp_image(image: np.ndarray, H: Any, thermal_size: tuple[int, int], *, inte
         raise InputError(f"unknown interpolation {interpolation!r}", "warp_image", "use linear, nearest or area")
     return cv2.warpPerspective(image, Hm, (int(thermal_size[0]), int(thermal_size[1])), flags=flags,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
-
-
-def warp_images_torch(images: Any, H: Any, thermal_size: tuple[int, int], *, device: str | None = None) -> Any:
-    """Batch image warp with ``kornia.geometry.transform.warp_perspective``.
-
-    ``images``: float tensor ``(B, C, H, W)`` (or a numpy array of that shape); ``H``: ``(3, 3)``
-    or ``(B, 3, 3)`` RGB->thermal. Returns a ``(B, C, th, tw)`` tensor on ``device``. Agrees
-    with :func:`warp_image` (bilinear) to interpolation precision.
-    """
-    import torch
-    from kornia.geometry.transform import warp_perspective
-
-    x = torch.as_tensor(images, dtype=torch.float32)
-    if device:
-        x = x.to(device)
-    Hn = np.asarray(H, dtype=np.float64)
-    Hn = np.stack([to_pixel_center_convention(h) for h in Hn]) if Hn.ndim == 3 else to_pixel_center_convention(Hn)
-    Ht = torch.as_tensor(Hn, dtype=torch.float32, device=x.device)
-    if Ht.ndim == 2:
-        Ht = Ht[None].expand(x.shape[0], 3, 3)
-    return warp_perspective(x, Ht, (int(thermal_size[1]), int(thermal_size[0])), mode="bilinear",
-                            padding_mode="zeros", align_corners=True)

@@ -118,7 +118,7 @@ def _run_index(args: argparse.Namespace) -> int:
 
 def _run_validate(args: argparse.Namespace) -> int:
     from data.validate import validate_index, validate_source
-    from tasks.errors import InputError
+    from core.errors import InputError
 
     if args.root is not None:
         if not args.version:

@@ -6,7 +6,7 @@ no COCO weights, no data set. So the demo
 1. generates the synthetic paired data set ``data/sample`` (seeded, :func:`data.synthetic.generate`)
    when it is absent, from the ``data.synthetic`` section of the demo parameters,
 2. trains a small RGB teacher from random weights on its labelled RGB adapt split,
-3. runs every pipeline step (:func:`tasks.pipeline.run_pipeline`, the code behind ``rgb2thermal
+3. runs every pipeline step (:func:`pipeline.executor.run_pipeline`, the code behind ``rgb2thermal
    run``, the Prefect flow and DVC): inference -> pseudo-labels -> homography warp -> box
    refinement -> thermal students -> evaluation on the thermal test split,
 4. prints the per-class table: source-only (RGB teacher on thermal) vs the student trained on
@@ -63,8 +63,8 @@ def demo_params(params_path: Path, data_dir: Path, registry_dir: Path,
     ``data.roots = [data_dir]`` and ``warp.registry_dir = registry_dir`` instead. ``data_dir``
     and ``registry_dir`` must exist when this is called (``DataRoot`` checks the folder).
     """
-    from tasks.errors import InputError
-    from tasks.pipeline_params import SyntheticData, apply_overrides, load_params, read_params_file
+    from core.errors import InputError
+    from pipeline.params import SyntheticData, apply_overrides, load_params, read_params_file
 
     raw = read_params_file(params_path)
     raw = apply_overrides(raw, overrides or [])
@@ -97,8 +97,8 @@ def write_registry(data_dir: Path, registry_dir: Path, version: str) -> Path:
     import numpy as np
 
     from registration.registry import HomographyEntry, save_entry
-    from tasks import atomic
-    from tasks.errors import InputError
+    from core import atomic
+    from core.errors import InputError
 
     path = data_dir / "homography.json"
     try:
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     import time
 
-    from tasks.pipeline import run_pipeline
+    from pipeline.executor import run_pipeline
 
     t0 = time.perf_counter()
     data_dir, workspace = args.data.resolve(), args.workspace.resolve()
@@ -162,13 +162,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"data: {data_dir} ({'generated' if generated else 'present, reused'})", flush=True)
     write_registry(data_dir, registry_dir, synthetic["version"])
     params, _ = demo_params(args.params, data_dir, registry_dir, args.overrides)
+    ran = write_run_params(params, workspace)
     record = run_pipeline(params, workspace, flow="demo")
     seconds = time.perf_counter() - t0
-    table = format_summary(record.metrics, list(params.data.classes), refiner_description(params.refine))
+    table = format_summary(record.eval_metrics(), list(params.data.classes), refiner_description(params.refine))
     print()
     print(table)
-    print(record.metrics.get("table_markdown", ""))
+    print(record.eval_metrics().get("table_markdown", ""))
     reused = [s.name for s in record.stages if s.reused]
     print(f"demo wall time: {seconds:.0f} s (run {record.run_id}; workspace {workspace}"
           + (f"; reused steps: {', '.join(reused)}" if reused else "") + ")")
+    print(f"the exact parameters of this run: {ran} (the same steps, all reused: "
+          f"python -m flows.adapt --params {ran} --workspace {workspace})")
     return 0
+
+
+def write_run_params(params: Any, workspace: Path) -> Path:
+    """Write the parameters the demo runs (data.roots and registry included, every section
+    spelled out) as ``<workspace>/params.run.yaml``: pointing ``rgb2thermal run``, the Prefect flow
+    or ``rgb2thermal dvc-yaml`` at it gives the very same steps, so every one of them is reused."""
+    import yaml
+
+    from core import atomic
+
+    return atomic.write_text(workspace / "params.run.yaml",
+                             "# written by `rgb2thermal demo`: the exact parameters it ran\n"
+                             + yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks.doctor import format_results, run_checks
+    from rgb2thermal_cli.doctor_checks import format_results, run_checks
 
     results = run_checks(args.only)
     print(format_results(results))

@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks import atomic
-    from tasks.errors import InputError
+    from core import atomic
+    from core.errors import InputError
     from tasks.evaluate import METRICS, cross_dataset_matrix, evaluate_runs, format_markdown, format_matrix_markdown
 
     if args.test_set or args.cell:

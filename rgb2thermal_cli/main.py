@@ -10,7 +10,6 @@ import importlib
 import logging
 import pkgutil
 import sys
-import warnings
 
 import rgb2thermal_cli
 
@@ -44,29 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-OWN_LOGGERS = ("tasks", "data", "registration", "flows", "rgb2thermal_cli", "benchmarks")
-
-
-def configure_logging(verbose: int) -> None:
-    """Our own loggers at INFO (stage progress, fallbacks); third-party at WARNING unless -v."""
-    logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for name in OWN_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
-    if verbose == 0:
-        # deprecation notices that third-party packages raise about each other (torch.cuda.amp in
-        # mmdet, torch.jit in sam2): nothing a user of this tool can act on
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(mmdet|mmengine|mmcv|torch|sam2)(\.|$)")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from core.console import configure_logging
+
     configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from tasks.errors import InputError
+    from core.errors import InputError
 
     try:
         return int(args.func(args) or 0)

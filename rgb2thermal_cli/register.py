@@ -55,8 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_estimate(args: argparse.Namespace) -> int:
-    from registration.estimate import estimate_for_version
-    from tasks.errors import InputError
+    from tasks.register import estimate_for_version
+    from core.errors import InputError
 
     if args.points is None and args.index is None:
         raise InputError("nothing to estimate from", "register estimate", "give --points and/or --index")
@@ -79,7 +79,7 @@ def _run_estimate(args: argparse.Namespace) -> int:
 def _run_check(args: argparse.Namespace) -> int:
     from registration.homography import check_homography
     from registration.registry import load_registry, lookup
-    from tasks.errors import InputError
+    from core.errors import InputError
 
     todo: list[tuple[str, tuple[int, int] | None]] = []
     if args.index is not None:

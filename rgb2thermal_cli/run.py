@@ -1,8 +1,9 @@
 """``rgb2thermal run`` (the whole adaptation pipeline, or one step of it) and ``rgb2thermal runs``.
 
-Both call :func:`tasks.pipeline.run_pipeline`, the one implementation the Prefect flow also uses.
-``run --stage NAME`` runs exactly one step (after checking the steps before it are current):
-that is what ``dvc.yaml``'s stages call, so DVC and the pipeline share stage outputs and caches.
+Both call :func:`pipeline.executor.run_pipeline`, the one implementation the Prefect flow also uses.
+``run --stage NAME`` runs exactly one step, taking the earlier steps' stored outputs as current:
+that is what the generated ``dvc.yaml``'s stages call (DVC has already decided what is current),
+so DVC and the pipeline share stage outputs and caches.
 """
 from __future__ import annotations
 
@@ -13,12 +14,10 @@ ORDER = 50
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tasks.pipeline import STEP_NAMES
-
     p = sub.add_parser(
         "run", help="run the RGB->thermal adaptation pipeline from params.yaml (steps skipped when current)",
         description="Run data -> index -> teacher -> infer -> pseudo -> warp -> refine -> student -> baseline -> "
-                    "quality -> eval as configured in params.yaml. Every step is skipped when its inputs (by content) "
+                    "quality -> eval as configured in params.yaml (the steps are listed by `rgb2thermal steps`). Every step is skipped when its inputs (by content) "
                     "and parameter section are unchanged since it last ran in this workspace; per-image caches make "
                     "added images cheap. Parameters are validated before any work starts. A run record is written "
                     "to WORKSPACE/runs/<run id>/record.json (see `rgb2thermal runs`).")
@@ -30,11 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", type=Path, default=Path("workspace"), metavar="DIR",
                    help="where stage outputs (stages/), per-image caches (cache/) and run records (runs/) live "
                         "(default: ./workspace)")
-    p.add_argument("--stage", choices=STEP_NAMES, default=None, metavar="NAME",
-                   help=f"run only this step (the steps before it must be current); one of: {', '.join(STEP_NAMES)}. "
-                        "Used by dvc.yaml")
-    p.add_argument("--until", choices=STEP_NAMES, default=None, metavar="NAME",
+    p.add_argument("--stage", default=None, metavar="NAME",
+                   help="run only this step, taking the outputs of the steps before it as they are stored (they "
+                        "must have run); what the generated dvc.yaml calls, since DVC decides what is current")
+    p.add_argument("--until", default=None, metavar="NAME",
                    help="stop after this step, e.g. --until refine makes the thermal pseudo-labels without training")
+    p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                   help="per-image caches (inference, refinement) here instead of WORKSPACE/cache; entries are keyed "
+                        "by content, so several workspaces (and `dvc exp run --temp`) can share one "
+                        "(default: $RGB2THERMAL_CACHE_DIR, else WORKSPACE/cache)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another run holding the workspace to finish (default: fail at once)")
     p.add_argument("--check", action="store_true", help="only validate the parameters and exit")
@@ -62,30 +65,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks.pipeline import run_pipeline
-    from tasks.pipeline_params import load_params
-    from tasks.runs import format_show
+    from pipeline.executor import run_pipeline
+    from pipeline.params import load_params
+    from pipeline.runs import format_show
 
     params = load_params(args.params, args.overrides)
     if args.check:
         print(f"{args.params}: parameters OK")
         return 0
     record = run_pipeline(params, args.workspace, flow="dvc" if args.stage else "adapt", only=args.stage,
-                          until=args.until, lock_wait_seconds=args.wait)
+                          until=args.until, lock_wait_seconds=args.wait, trust_upstream=args.stage is not None,
+                          cache_root=args.cache_dir)
     print(format_show(record))
     return 0
 
 
 def runs_list(args: argparse.Namespace) -> int:
-    from tasks.runs import format_list, list_records
+    from pipeline.runs import format_list, list_records
 
     print(format_list(list_records(args.workspace)))
     return 0
 
 
 def runs_show(args: argparse.Namespace) -> int:
-    from tasks.errors import InputError
-    from tasks.runs import format_show, list_records, load_record
+    from core.errors import InputError
+    from pipeline.runs import format_show, list_records, load_record
 
     if args.run_id is None:
         records = list_records(args.workspace)
@@ -99,7 +103,7 @@ def runs_show(args: argparse.Namespace) -> int:
 
 
 def runs_compare(args: argparse.Namespace) -> int:
-    from tasks.runs import format_compare, load_record
+    from pipeline.runs import format_compare, load_record
 
     print(format_compare([load_record(args.workspace, r) for r in args.run_ids], run=args.run))
     return 0

@@ -31,9 +31,9 @@ def build_deployment(params: str | Path = "params.yaml", workspace: str | Path =
     from prefect.schedules import Cron
 
     from flows.nightly import nightly_flow
-    from tasks.champion import DEFAULT_METRIC
-    from tasks.errors import InputError
-    from tasks.pipeline_params import load_params
+    from pipeline.champion import DEFAULT_METRIC
+    from core.errors import InputError
+    from pipeline.params import load_params
 
     load_params(params)
     if min_improvement < 0:

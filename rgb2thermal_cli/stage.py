@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from tasks.stage_report import StageReport
+from core.stage_report import StageReport
 
 ORDER = 40
 
@@ -67,8 +67,14 @@ def print_report(report: StageReport) -> None:
         print(f"  wrote {out}")
 
 
+def params_where(stage: str) -> dict[str, str]:
+    """``where``/``fix`` for :meth:`core.stage_params.StageParams.validated`: a bad option value
+    is an InputError (printed without a traceback, exit 2), never a pydantic traceback."""
+    return {"where": f"rgb2thermal stage {stage}", "fix": f"see `rgb2thermal stage {stage} --help`"}
+
+
 def _parse_kv_floats(items: list[str] | None, what: str) -> dict[str, float]:
-    from tasks.errors import InputError
+    from core.errors import InputError
 
     out: dict[str, float] = {}
     for item in items or []:
@@ -83,7 +89,7 @@ def _parse_kv_floats(items: list[str] | None, what: str) -> dict[str, float]:
 
 
 def _parse_kv_str(items: list[str] | None, what: str) -> dict[str, str]:
-    from tasks.errors import InputError
+    from core.errors import InputError
 
     out: dict[str, str] = {}
     for item in items or []:
@@ -122,9 +128,10 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
 def _infer_run(args: argparse.Namespace) -> int:
     from tasks.infer import InferParams, run_infer
 
-    params = InferParams(config=args.config, checkpoint=args.checkpoint, device=args.device,
-                         batch_size=args.batch_size, min_score=args.min_score,
-                         max_per_image=args.max_per_image, source=args.source)
+    params = InferParams.validated(
+        {"config": args.config, "checkpoint": args.checkpoint, "device": args.device, "batch_size": args.batch_size,
+         "min_score": args.min_score, "max_per_image": args.max_per_image, "source": args.source},
+        **params_where("infer"))
     print_report(run_infer(args.inp, args.out, params, cache_dir=args.cache_dir, image_root=args.image_root))
     return 0
 
@@ -143,8 +150,9 @@ def _pseudo_args(p: argparse.ArgumentParser) -> None:
                    help="also map the detector's truck and bus to car")
     p.add_argument("--threshold", action="append", metavar="CLASS=SCORE",
                    help="score threshold for one target class, repeatable (e.g. --threshold person=0.7)")
-    p.add_argument("--default-threshold", type=float, default=0.5,
-                   help="score threshold for target classes without --threshold (default 0.5)")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="score threshold for target classes without --threshold (default 0.5; "
+                        "params.yaml: pseudo.score_threshold)")
     p.add_argument("--nms-iou", type=float, default=0.5,
                    help="class-wise NMS IoU after mapping (merges e.g. a car and a truck box on one vehicle); "
                         "1.0 disables NMS (default 0.5)")
@@ -158,12 +166,12 @@ def _pseudo_run(args: argparse.Namespace) -> int:
     from tasks.pseudo import PseudoParams, run_pseudo
 
     class_map = _parse_kv_str(args.map, "--map") or None
-    params = PseudoParams(target_classes=tuple(args.classes), class_map=class_map,
-                                vehicles_as_car=args.vehicles_as_car,
-                                thresholds=_parse_kv_floats(args.threshold, "--threshold"),
-                                default_threshold=args.default_threshold, nms_iou=args.nms_iou,
-                                min_size=args.min_size, max_per_image=args.max_per_image,
-                                histogram=not args.no_histogram)
+    params = PseudoParams.validated(
+        {"target_classes": tuple(args.classes), "class_map": class_map, "vehicles_as_car": args.vehicles_as_car,
+         "thresholds": _parse_kv_floats(args.threshold, "--threshold"), "score_threshold": args.score_threshold,
+         "nms_iou": args.nms_iou, "min_size": args.min_size, "max_per_image": args.max_per_image,
+         "histogram": not args.no_histogram},
+        **params_where("pseudo"))
     print_report(run_pseudo(args.inp, args.out, params))
     return 0
 
@@ -186,8 +194,8 @@ def _warp_args(p: argparse.ArgumentParser) -> None:
 def _warp_run(args: argparse.Namespace) -> int:
     from tasks.warp import WarpParams, run_warp
 
-    params = WarpParams(registry_dir=args.registry, min_size=args.min_size,
-                        min_visible_fraction=args.min_visible_fraction)
+    params = WarpParams.validated({"registry_dir": args.registry, "min_size": args.min_size,
+                                   "min_visible_fraction": args.min_visible_fraction}, **params_where("warp"))
     print_report(run_warp(args.inp, args.out, params, index=args.index))
     return 0
 

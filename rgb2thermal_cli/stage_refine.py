@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rgb2thermal_cli.stage import StageCommand, add_io_arguments, print_report
+from rgb2thermal_cli.stage import StageCommand, add_io_arguments, params_where, print_report
 
 
 def _refine_args(p: argparse.ArgumentParser) -> None:
@@ -56,12 +56,13 @@ def _refine_run(args: argparse.Namespace) -> int:
     thresholds = {}
     if args.score_threshold is not None:
         thresholds = {"sam2_score_threshold": args.score_threshold, "classical_score_threshold": args.score_threshold}
-    params = RefineParams(method=args.method, sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
-                          sam2_random_weights=args.sam2_random_weights, device=args.device, min_iou=args.min_iou,
-                          min_size=args.min_size, on_reject=args.on_reject, image_batch_size=args.image_batch_size,
-                          max_boxes_per_call=args.max_boxes_per_call, classical_enlarge=args.enlarge,
-                          use_cache=not args.no_cache,
-                          image_root=str(args.image_root) if args.image_root else None, **thresholds)
+    values = {"method": args.method, "sam2_config": args.sam2_config, "sam2_checkpoint": args.sam2_checkpoint,
+              "sam2_random_weights": args.sam2_random_weights, "device": args.device, "min_iou": args.min_iou,
+              "min_size": args.min_size, "on_reject": args.on_reject, "image_batch_size": args.image_batch_size,
+              "max_boxes_per_call": args.max_boxes_per_call, "classical_enlarge": args.enlarge,
+              "use_cache": not args.no_cache, "image_root": str(args.image_root) if args.image_root else None,
+              **thresholds}
+    params = RefineParams.validated(values, **params_where("refine"))
     print_report(run_refine(args.inp, args.out, params, index=args.index, cache_dir=args.cache_dir))
     return 0
 

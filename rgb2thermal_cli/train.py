@@ -81,7 +81,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     for role in ("train", "val", "test"):
         ann, img = getattr(args, f"{role}_ann"), getattr(args, f"{role}_images")
         if (ann is None) != (img is None):
-            from tasks.errors import InputError
+            from core.errors import InputError
 
             raise InputError(f"--{role}-ann and --{role}-images go together", f"--{role}-*", "pass both or neither")
         if ann is not None:
@@ -91,7 +91,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     from tasks.train import train
-    from tasks.train_spec import load_spec, spec_from_dict
+    from detection.train_spec import load_spec, spec_from_dict
 
     overrides = _overrides(args)
     spec = load_spec(args.spec, overrides) if args.spec else spec_from_dict(overrides, "command-line flags")
@@ -113,8 +113,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from tasks import atomic
-    from tasks.detector import load_detector, predict_dataset
+    from core import atomic
+    from detection.detector import load_detector, predict_dataset
 
     det = load_detector(args.config, args.checkpoint, device=args.device)
     results = predict_dataset(det, args.ann, args.images, batch_size=args.batch_size)

@@ -2,7 +2,7 @@
 
 Why: mAP tables were pasted from screenshots, and the silent failure modes of COCO
 evaluation (ids that do not match, xyxy written as xywh) produced mAP = 0 without a word.
-Here ground truth and results are validated first (``tasks.coco``: mismatched image or
+Here ground truth and results are validated first (``core.coco``: mismatched image or
 category ids are an ``InputError``), then scored with pycocotools' ``COCOeval`` (bbox, IoU
 0.50:0.95, 101 recall points, maxDets 1/10/100, COCO's small/medium/large area ranges).
 
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from tasks import atomic
-from tasks.coco import load_dataset, load_results, validate_dataset, validate_results
-from tasks.errors import InputError
+from core import atomic
+from core.coco import load_dataset, load_results, validate_dataset, validate_results
+from core.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ Nothing here assumes RGB: the same stage runs a teacher directly on thermal fram
 images are decoded to 3 identical BGR channels), tagged ``source="thermal_teacher"``.
 
 Boxes: detections are ``xyxy`` float pixels in the ORIGINAL image (as decoded from the file);
-the COCO output is ``xywh`` (via ``tasks.coco.annotation``).
+the COCO output is ``xywh`` (via ``core.coco.annotation``).
 
 Streaming: images are read, hashed and decoded one at a time, and only ``batch_size`` decoded
 images are held at once; per-image results are kept as small arrays until the COCO file is
@@ -25,28 +25,30 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from tasks import atomic
-from tasks.coco import annotations, categories_from_names, load_dataset, new_dataset, save_dataset
-from tasks.errors import InputError
-from tasks.hashing import HashMemo, json_sha256, sha256_read_once
-from tasks.stage_report import StageReport, report_path
+from core import atomic
+from core.coco import annotations, categories_from_names, load_dataset, new_dataset, save_dataset
+from core.errors import InputError
+from core.hashing import HashMemo, json_sha256, sha256_read_once
+from core.stage_params import PathStr, StageParams
+from core.stage_report import StageReport, report_path
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the cache entry format or its meaning changes.
 CACHE_SCHEMA = "rgb2thermal.infer-cache/1"
-SOURCES = ("rgb_teacher", "thermal_teacher")
+Source = Literal["rgb_teacher", "thermal_teacher"]
+SOURCES: tuple[str, ...] = get_args(Source)
 DEFAULT_CACHE_DIR = Path(".cache/rgb2thermal/infer")
 
 
-@dataclass(frozen=True)
-class InferParams:
+class InferParams(StageParams):
     """How to run the detector.
 
     - ``config``: mmdet config file or a config name bundled with mmdet.
@@ -60,29 +62,27 @@ class InferParams:
     - ``source``: provenance tag on every box (``rgb_teacher`` or ``thermal_teacher``).
     """
 
-    config: str
-    checkpoint: str | None = None
+    config: PathStr
+    checkpoint: PathStr | None = None
     device: str = "auto"
-    batch_size: int = 8
-    min_score: float = 0.05
-    max_per_image: int = 100
-    source: str = "rgb_teacher"
+    batch_size: int = Field(default=8, ge=1)
+    min_score: float = Field(default=0.05, ge=0, le=1)
+    max_per_image: int = Field(default=100, ge=1)
+    source: Source = "rgb_teacher"
 
-    def __post_init__(self) -> None:
-        where = "infer parameters"
-        if not str(self.config).strip():
-            raise InputError("no detector config given", where, "pass an mmdet config file or a bundled config name")
-        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
-            raise InputError(f"checkpoint {self.checkpoint} does not exist", where, "check the path of the .pth file")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InputError(f"batch_size must be an integer >= 1, got {self.batch_size!r}", where, "use e.g. 8")
-        if not 0.0 <= float(self.min_score) <= 1.0:
-            raise InputError(f"min_score must be in [0, 1], got {self.min_score}", where, "use e.g. 0.05")
-        if not isinstance(self.max_per_image, int) or self.max_per_image < 1:
-            raise InputError(f"max_per_image must be an integer >= 1, got {self.max_per_image!r}", where, "use e.g. 100")
-        if self.source not in SOURCES:
-            raise InputError(f"source must be one of {SOURCES}, got {self.source!r}", where,
-                             "rgb_teacher for RGB images, thermal_teacher for thermal frames")
+    @field_validator("config")
+    @classmethod
+    def _config_given(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("no detector config given: pass an mmdet config file or a bundled config name")
+        return v
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"checkpoint {v} does not exist (check the path of the .pth file)")
+        return v
 
     def cache_params(self) -> dict[str, Any]:
         """The parameters that change a stored result (batch size and device do not)."""
@@ -163,26 +163,26 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
     also written to ``<out>.report.json``. ``index`` is accepted for the common stage signature
     and unused: the COCO file already names the images.
 
-    ``detector`` (optional): an already loaded ``tasks.detector.Detector`` to use instead of
+    ``detector`` (optional): an already loaded ``detection.detector.Detector`` to use instead of
     loading ``params.config``/``params.checkpoint``, so a flow or benchmark that infers several
     files loads the model once (loading costs seconds). Its fingerprint keys the cache, so
     results are shared with runs that load the same config + checkpoint.
 
-    ``hash_memo`` (optional, :class:`tasks.hashing.HashMemo`): image hashes remembered by stat,
+    ``hash_memo`` (optional, :class:`core.hashing.HashMemo`): image hashes remembered by stat,
     so a cached image whose file is unchanged is not even read (the pipeline passes its
     workspace memo; 10k cached images then cost a stat and a cache read each).
     """
     import cv2
     from tqdm import tqdm
 
-    from tasks.detector import RANDOM_INIT, load_detector, predict_batch
+    from detection.detector import RANDOM_INIT, load_detector, predict_batch
 
     t0 = time.perf_counter()
     inp, out = Path(inp), Path(out)
     cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     root = Path(image_root) if image_root is not None else inp.parent
     ds = load_dataset(inp)
-    report = StageReport(stage="infer", inputs={"coco": str(inp)}, params=asdict(params))
+    report = StageReport(stage="infer", inputs={"coco": str(inp)}, params=params.to_dict())
     if index is not None:
         report.inputs["index"] = str(index)
 
@@ -270,7 +270,7 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
         anns.extend(annotations(len(anns) + 1, im["id"], (r.labels + 1).tolist(), r.boxes, extras,
                                 source=params.source))
     info = {"stage": "infer", "source": params.source, "detector": detector.description,
-            "model_fingerprint": detector.fingerprint, "input": str(inp)}
+            "model_fingerprint": detector.fingerprint}      # no paths: this file's content keys later steps
     save_dataset(out, new_dataset(images, anns, categories_from_names(classes), info), indent=None)
 
     report.counts = {"images_in": len(ds["images"]), "images_out": len(images), "images_inferred": report.cache_misses,

@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
-from tasks import atomic
-from tasks.boxes import xywh_to_xyxy
-from tasks.coco import annotations, categories_from_names, load_dataset, new_dataset, save_dataset
-from tasks.errors import InputError
-from tasks.stage_report import StageReport, report_path
+from core import atomic
+from core.boxes import xywh_to_xyxy
+from core.coco import annotations, categories_from_names, load_dataset, new_dataset, save_dataset
+from core.errors import InputError
+from core.stage_params import StageParams
+from core.stage_report import StageReport, report_path
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +43,20 @@ VEHICLES_AS_CAR: dict[str, str] = {"truck": "car", "bus": "car"}
 #: Histogram bins over the score range [0, 1].
 HIST_BINS = np.linspace(0.0, 1.0, 51)
 DROP_REASONS = ("unmapped_class", "below_threshold", "too_small", "nms", "max_per_image")
+#: A detector score threshold.
+Score = Annotated[float, Field(ge=0, le=1)]
 
 
-@dataclass(frozen=True)
-class PseudoParams:
+class PseudoParams(StageParams):
     """Pseudo-labelling rules.
 
     - ``target_classes``: output categories, ids 1-based in this order.
     - ``class_map``: detector class name -> target class name. None = each target class maps
       from the detector class of the same name (COCO ``person`` -> ``person``, ``car`` -> ``car``).
     - ``vehicles_as_car``: also map ``truck`` and ``bus`` to ``car``.
-    - ``thresholds``: score threshold per target class; others use ``default_threshold``.
+    - ``thresholds``: score threshold per target class; others use ``score_threshold``.
       A box is kept when ``score >= threshold``.
+    - ``score_threshold``: the default per-class score threshold, in [0, 1].
     - ``nms_iou``: class-wise NMS IoU threshold in (0, 1]; 1.0 disables NMS.
     - ``min_size``: minimum box width and height in pixels.
     - ``max_per_image``: cap on boxes per image (highest scores kept).
@@ -61,37 +64,35 @@ class PseudoParams:
     """
 
     target_classes: tuple[str, ...] = ("person", "car")
-    class_map: Mapping[str, str] | None = None
+    class_map: dict[str, str] | None = None
     vehicles_as_car: bool = False
-    thresholds: Mapping[str, float] = field(default_factory=dict)
-    default_threshold: float = 0.5
-    nms_iou: float = 0.5
-    min_size: float = 4.0
-    max_per_image: int = 100
+    thresholds: dict[str, Score] = Field(default_factory=dict)
+    score_threshold: Score = 0.5
+    nms_iou: float = Field(default=0.5, gt=0, le=1)
+    min_size: float = Field(default=4.0, ge=0)
+    max_per_image: int = Field(default=100, ge=1)
     histogram: bool = True
 
-    def __post_init__(self) -> None:
-        where = "pseudo parameters"
-        object.__setattr__(self, "target_classes", tuple(self.target_classes))
-        if not self.target_classes or len(set(self.target_classes)) != len(self.target_classes):
-            raise InputError(f"target classes must be a non-empty list of unique names, got {list(self.target_classes)}",
-                             where, "e.g. person car")
-        for name, thr in {**dict(self.thresholds), "(default)": self.default_threshold}.items():
-            if name != "(default)" and name not in self.target_classes:
-                raise InputError(f"threshold given for '{name}', which is not a target class {list(self.target_classes)}",
-                                 where, "thresholds are per TARGET class (after the class map)")
-            if not 0.0 <= float(thr) <= 1.0:
-                raise InputError(f"threshold for {name} must be in [0, 1], got {thr}", where, "use e.g. 0.5")
+    @field_validator("target_classes")
+    @classmethod
+    def _unique_classes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"target classes must be a non-empty list of unique names, got {list(v)} "
+                             "(e.g. person car)")
+        return v
+
+    @model_validator(mode="after")
+    def _target_class_names(self) -> PseudoParams:
+        """Thresholds and class-map destinations name TARGET classes (after the class map)."""
+        for name in self.thresholds:
+            if name not in self.target_classes:
+                raise ValueError(f"threshold given for '{name}', which is not a target class "
+                                 f"{list(self.target_classes)} (thresholds are per TARGET class, after the class map)")
         for src, dst in self.resolved_class_map().items():
             if dst not in self.target_classes:
-                raise InputError(f"class map sends '{src}' to '{dst}', which is not a target class {list(self.target_classes)}",
-                                 where, "map detector classes onto the target classes only")
-        if not 0.0 < float(self.nms_iou) <= 1.0:
-            raise InputError(f"nms_iou must be in (0, 1], got {self.nms_iou}", where, "use e.g. 0.5; 1.0 disables NMS")
-        if float(self.min_size) < 0:
-            raise InputError(f"min_size must be >= 0 pixels, got {self.min_size}", where, "use e.g. 4")
-        if not isinstance(self.max_per_image, int) or self.max_per_image < 1:
-            raise InputError(f"max_per_image must be an integer >= 1, got {self.max_per_image!r}", where, "use e.g. 100")
+                raise ValueError(f"class map sends '{src}' to '{dst}', which is not a target class "
+                                 f"{list(self.target_classes)} (map detector classes onto the target classes only)")
+        return self
 
     def resolved_class_map(self) -> dict[str, str]:
         """Detector class name -> target class name, with the defaults applied."""
@@ -101,10 +102,11 @@ class PseudoParams:
         return cmap
 
     def threshold(self, target_class: str) -> float:
-        return float(self.thresholds.get(target_class, self.default_threshold))
+        return float(self.thresholds.get(target_class, self.score_threshold))
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        """JSON form with the defaults resolved: the class map and every target class's threshold."""
+        d = super().to_dict()
         d["class_map"] = self.resolved_class_map()
         d["thresholds"] = {c: self.threshold(c) for c in self.target_classes}
         return d
@@ -172,14 +174,13 @@ def histogram_path(out: Path, cls: str) -> Path:
     return out.with_name(f"{out.stem}.score_hist.{safe}.png")
 
 
-def run_pseudo(inp: Path, out: Path, params: PseudoParams, *, index: Path | None = None,
-               cache_dir: Path | None = None) -> StageReport:
+def run_pseudo(inp: Path, out: Path, params: PseudoParams) -> StageReport:
     """Turn the detections in COCO file ``inp`` (output of ``infer``) into pseudo-labels at ``out``.
 
     Output: same images; categories = ``params.target_classes``; annotations sorted by score
     within each image, each keeping ``score``, ``source``, ``detector_class`` and
-    ``infer_ann_id`` (the input annotation's id). ``index``/``cache_dir`` are accepted for the
-    common stage signature and unused: this stage is cheaper than reading a cache.
+    ``infer_ann_id`` (the input annotation's id). No per-image cache: this stage is cheaper than
+    reading one.
     """
     from tqdm import tqdm
 
@@ -230,7 +231,10 @@ def run_pseudo(inp: Path, out: Path, params: PseudoParams, *, index: Path | None
         anns.extend(annotations(len(anns) + 1, im["id"], (target[keep] + 1).tolist(), boxes[keep], extras))
     hist = np.stack([np.histogram(np.clip(np.concatenate(sc) if sc else np.zeros(0), 0.0, 1.0), bins=HIST_BINS)[0]
                      for sc in mapped_scores]).astype(np.int64)
-    info = {"stage": "pseudo", "input": str(inp), "params": params.to_dict(), "input_info": ds.get("info", {})}
+    # no input path and no copy of the input's info: this file's content keys the steps after it,
+    # which must not depend on where the workspace is (the report beside it names the input)
+    info = {"stage": "pseudo", "params": params.to_dict(),
+            "detector": {k: v for k, v in (ds.get("info") or {}).items() if k in ("detector", "model_fingerprint")}}
     save_dataset(out, new_dataset(ds["images"], anns, categories_from_names(params.target_classes), info), indent=None)
 
     report.outputs = {"coco": str(out), "report": str(report_path(out))}

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.boxes import iou_matrix, xywh_to_xyxy
-from tasks.errors import InputError
+from core.boxes import iou_matrix, xywh_to_xyxy
+from core.errors import InputError
 
 ALL = "all"
 

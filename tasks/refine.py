@@ -23,7 +23,7 @@ the refiner's *raw* output (new boxes + scores), before the policy, so changing
 ``min_iou``/thresholds/``on_reject`` re-runs no model. Memory: images are decoded one batch at a
 time; only the COCO annotations are held for the whole dataset.
 
-Boxes are ``xyxy`` float pixels internally, COCO ``xywh`` in files (see ``tasks.boxes``).
+Boxes are ``xyxy`` float pixels internally, COCO ``xywh`` in files (see ``core.boxes``).
 """
 from __future__ import annotations
 
@@ -35,14 +35,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from tasks import atomic, coco
-from tasks.boxes import as_boxes, clip, iou_matrix, xywh_to_xyxy, xyxy_to_xywh
-from tasks.errors import InputError
-from tasks.hashing import HashMemo, json_sha256, sha256_read_once
+from core import atomic, coco
+from core.boxes import as_boxes, clip, iou_matrix, xywh_to_xyxy, xyxy_to_xywh
+from core.hashing import HashMemo, json_sha256, sha256_read_once
 from tasks.refine_classical import ClassicalConfig
 from tasks.refine_sam2 import DEFAULT_CONFIG, Sam2Config
-from tasks.stage_report import StageReport, report_path
+from core.stage_params import PathStr, StageParams
+from core.stage_report import StageReport, report_path
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,7 @@ CACHE_VERSION = 2
 DEFAULT_CACHE_DIR = Path(".cache/rgb2thermal") / STAGE
 
 
-@dataclass(frozen=True)
-class RefineParams:
+class RefineParams(StageParams):
     """Parameters of the refine stage (validated at construction).
 
     - ``method``: ``auto`` (SAM2 when a checkpoint is given, else classical with a loud
@@ -66,50 +66,44 @@ class RefineParams:
     - ``min_size``: minimum width and height (px) of a replacement box.
     - ``on_reject``: what happens to a box that is not replaced: ``keep`` or ``drop``.
     - ``image_batch_size``/``max_boxes_per_call``/``mask_threshold``: SAM2 batching/binarising.
-    - ``classical_enlarge``: how much the classical refiner enlarges the prompt box (factor).
+    - ``classical_enlarge``: how much the classical refiner enlarges the prompt box (factor, 1..4).
     - ``use_cache``: read/write the per-image cache.
     - ``image_root``: folder that relative image ``file_name``s are relative to (default: the
       input COCO file's folder).
     """
 
     method: Literal["auto", "sam2", "classical"] = "auto"
-    sam2_config: str = DEFAULT_CONFIG
-    sam2_checkpoint: str | None = None
+    sam2_config: PathStr = DEFAULT_CONFIG
+    sam2_checkpoint: PathStr | None = None
     sam2_random_weights: bool = False
     device: str = "cpu"
-    sam2_score_threshold: float = 0.5
-    classical_score_threshold: float = 0.3
-    min_iou: float = 0.5
-    min_size: float = 2.0
+    sam2_score_threshold: float = Field(default=0.5, ge=0, le=1)
+    classical_score_threshold: float = Field(default=0.3, ge=0, le=1)
+    min_iou: float = Field(default=0.5, ge=0, le=1)
+    min_size: float = Field(default=2.0, ge=0)
     on_reject: Literal["keep", "drop"] = "keep"
-    image_batch_size: int = 1
-    max_boxes_per_call: int = 64
+    image_batch_size: int = Field(default=1, ge=1)
+    max_boxes_per_call: int = Field(default=64, ge=1)
     mask_threshold: float = 0.0
-    classical_enlarge: float = 1.2
+    classical_enlarge: float = Field(default=1.2, ge=1, le=4)
     use_cache: bool = True
-    image_root: str | None = None
+    image_root: PathStr | None = None
 
-    def __post_init__(self) -> None:
-        where = "refine params"
-        if self.method not in ("auto", "sam2", "classical"):
-            raise InputError(f"unknown method '{self.method}'", where, "use auto, sam2 or classical")
-        if self.on_reject not in ("keep", "drop"):
-            raise InputError(f"unknown on_reject '{self.on_reject}'", where, "use keep or drop")
-        for name in ("sam2_score_threshold", "classical_score_threshold", "min_iou"):
-            v = getattr(self, name)
-            if not (0.0 <= v <= 1.0):
-                raise InputError(f"{name} must be in [0, 1], got {v}", where, f"pass a value between 0 and 1 for {name}")
-        if self.min_size < 0:
-            raise InputError(f"min_size must be >= 0, got {self.min_size}", where, "use e.g. 2 (pixels)")
+    @model_validator(mode="after")
+    def _method_fits_checkpoint(self) -> RefineParams:
+        """Method and checkpoint must agree: no silent fallback when SAM2 was asked for."""
         if self.method == "sam2" and self.sam2_checkpoint is None and not self.sam2_random_weights:
-            raise InputError("method 'sam2' needs a SAM2 checkpoint", where,
-                             "pass --sam2-checkpoint PATH, or --method auto/classical")
+            raise ValueError("method 'sam2' needs a SAM2 checkpoint (pass --sam2-checkpoint PATH, "
+                             "or --method auto/classical)")
         if self.method == "classical" and self.sam2_checkpoint is not None:
-            raise InputError("a SAM2 checkpoint was given but method is 'classical'", where,
-                             "drop the checkpoint or use --method sam2/auto")
-        self.classical_config()
+            raise ValueError("a SAM2 checkpoint was given but method is 'classical' "
+                             "(drop the checkpoint or use --method sam2/auto)")
+        if self.uses_sam2() and self.sam2_checkpoint is not None and not Path(self.sam2_checkpoint).is_file():
+            raise ValueError(f"SAM2 checkpoint not found: {self.sam2_checkpoint} (check the path of the SAM2 .pt file)")
+        self.classical_config()          # the refiners' own configs must accept these values too
         if self.uses_sam2():
             self.sam2_cfg()
+        return self
 
     def uses_sam2(self) -> bool:
         return self.method == "sam2" or (self.method == "auto" and
@@ -300,7 +294,7 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
     inp, out = Path(inp), Path(out)
     ds = coco.load_dataset(inp)
     report = StageReport(stage=STAGE, inputs={"coco": str(inp)}, outputs={"coco": str(out)},
-                         params=asdict(params))
+                         params=params.to_dict())
     if index is not None:
         report.inputs["index"] = str(index)
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.boxes import as_boxes, enlarge as enlarge_boxes
+from core.boxes import as_boxes, enlarge as enlarge_boxes
 
 METHOD = "classical"
 
@@ -68,7 +68,7 @@ class ClassicalConfig:
     min_crop: int = 4
 
     def __post_init__(self) -> None:
-        from tasks.errors import InputError
+        from core.errors import InputError
 
         if not (1.0 <= self.enlarge <= 4.0):
             raise InputError(f"classical enlarge must be in [1, 4], got {self.enlarge}", "refine params",

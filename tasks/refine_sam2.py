@@ -15,12 +15,12 @@ pixel columns ``c0..c1`` is ``x1=c0, x2=c1+1``.
 
 Checkpoints: sam2 1.1.0's ``build_sam2(config, ckpt)`` calls
 ``torch.load(ckpt, weights_only=True)["model"]`` with ``weights_only`` passed *explicitly*, so
-``tasks.compat.trusted_checkpoints`` cannot change it, and a checkpoint saved by SAM2's own
+``core.compat.trusted_checkpoints`` cannot change it, and a checkpoint saved by SAM2's own
 training code (optimizer state, meters and other pickled objects beside ``model``) fails with
 ``UnpicklingError``. So the model is built without weights and the state dict is loaded here:
 strict ``weights_only=True`` first (official checkpoints are plain tensors and load that way);
 only if that fails is *this one user-named file* unpickled fully
-(:func:`tasks.compat.load_trusted_checkpoint`), with a WARNING and a note in the model
+(:func:`core.compat.load_trusted_checkpoint`), with a WARNING and a note in the model
 description. A checkpoint that does not fit the config (e.g. a hiera-large checkpoint with the
 hiera-tiny config) is an ``InputError`` naming both.
 """
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.errors import InputError
-from tasks.hashing import file_sha256, json_sha256, short
+from core.errors import InputError
+from core.hashing import file_sha256, json_sha256, short
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _load_state(model: Any, ckpt: str, config_name: str) -> str:
 
     import torch
 
-    from tasks.compat import load_trusted_checkpoint
+    from core.compat import load_trusted_checkpoint
 
     try:
         sd = torch.load(ckpt, map_location="cpu", weights_only=True)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import atomic, coco
-from tasks.errors import InputError
+from core import atomic, coco
+from core.errors import InputError
 from tasks.quality import ALL, ImageMatch, QualityResult, evaluate
-from tasks.stage_report import StageReport, report_path
+from core.stage_report import StageReport, report_path
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,9 @@ def draw_overlay(image: np.ndarray, m: ImageMatch) -> np.ndarray:
     return canvas
 
 
-def run_report(inp: ReportInputs, out: Path, params: ReportParams, *, index: Path | None = None,
-               cache_dir: Path | None = None) -> StageReport:
+def run_report(inp: ReportInputs, out: Path, params: ReportParams, *, index: Path | None = None) -> StageReport:
     """Score the given label files and write ``out/quality.{md,json}``, ``out/overlays/`` and
-    ``<out>.report.json``. ``index`` (optional) supplies day/night per image by ``pair_id``;
-    ``cache_dir`` is unused (scoring is cheap) and accepted for the common stage signature."""
+    ``<out>.report.json``. ``index`` (optional) supplies day/night per image by ``pair_id``."""
     import cv2
 
     from tasks.refine import resolve_image_path

@@ -5,7 +5,7 @@ Why guarded: a run that hits a NaN keeps "training" on garbage for hours; an emp
 
 - ``NonFiniteLossGuardHook`` stops at the first NaN/inf loss and raises
   ``NonFiniteLossError`` naming the iteration, the loss and the lr;
-- datasets are checked before anything is built (``tasks.train_config.check_dataset``);
+- datasets are checked before anything is built (``detection.train_config.check_dataset``);
 - the best checkpoint by ``coco/bbox_mAP_50`` and the last one are kept; optional early
   stopping; ``resume=True`` continues from the work dir's last checkpoint;
 - ``ProgressHook`` shows a tqdm bar with ETA; mmengine's logger still prints losses;
@@ -29,9 +29,9 @@ from typing import Any
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from tasks import atomic, hashing
-from tasks.errors import InputError
-from tasks.train_spec import TrainSpec
+from core import atomic, hashing
+from core.errors import InputError
+from detection.train_spec import TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,27 @@ class FrozenBatchNormHook(Hook):
 
 
 @HOOKS.register_module(force=True)
+class EpochSeedHook(Hook):
+    """Re-seed Python, NumPy and torch at the start of every epoch from ``(seed, epoch)``.
+
+    Why: mmengine seeds once at start-up and keeps no RNG state in its checkpoints, so a training
+    resumed at epoch k would draw other augmentations (flip, affine) than an uninterrupted one and
+    end with other weights. Seeded per epoch, epoch k's randomness is the same either way, and a
+    run killed and resumed ends with the very weights of a run that was never interrupted.
+    """
+
+    priority = "VERY_HIGH"
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def before_train_epoch(self, runner: Any) -> None:
+        from mmengine.runner import set_random_seed
+
+        set_random_seed((self.seed * 1_000_003 + int(runner.epoch)) % (2**31))
+
+
+@HOOKS.register_module(force=True)
 class ProgressHook(Hook):
     """A tqdm bar over all training iterations (ETA included) plus the loss; records timings."""
 
@@ -208,10 +229,10 @@ def prepare_init_weights(spec: TrainSpec, cfg: Any) -> dict[str, Any]:
     """
     import torch
 
-    from tasks.compat import _plain
-    from tasks.detector import checkpoint_classes, read_checkpoint
-    from tasks.head_transfer import transfer_state_dict
-    from tasks.mmdet_utils import build_model
+    from core.compat import _plain
+    from detection.detector import checkpoint_classes, read_checkpoint
+    from detection.head_transfer import transfer_state_dict
+    from detection.mmdet_utils import build_model
 
     assert spec.load_from is not None
     ckpt = read_checkpoint(spec.load_from)
@@ -258,7 +279,7 @@ def write_slim(checkpoint: Path, out: Path, extra_meta: dict[str, Any]) -> Path:
     """Save the inference-only copy of ``checkpoint`` (loads under ``weights_only=True``)."""
     import torch
 
-    from tasks.compat import _plain, load_trusted_checkpoint, slim_checkpoint
+    from core.compat import _plain, load_trusted_checkpoint, slim_checkpoint
 
     ck = load_trusted_checkpoint(checkpoint)
     ck.setdefault("meta", {})["rgb2thermal"] = extra_meta
@@ -309,8 +330,8 @@ def train(spec: TrainSpec) -> TrainResult:
     from mmengine.config import Config
     from mmengine.runner import Runner
 
-    from tasks.compat import trusted_checkpoints
-    from tasks.train_config import BEST_METRIC, build_config
+    from core.compat import trusted_checkpoints
+    from detection.train_config import BEST_METRIC, build_config
 
     _fresh_mmengine_logger(spec.work_dir)
 
@@ -384,7 +405,7 @@ def train(spec: TrainSpec) -> TrainResult:
 
 def _predict_test(spec: TrainSpec, config_path: Path, slim: Path, work_dir: Path) -> Path:
     """Predict on the test set with the best model; write COCO results and the eval table."""
-    from tasks.detector import load_detector, predict_dataset
+    from detection.detector import load_detector, predict_dataset
     from tasks.evaluate import evaluate_runs, write_report
 
     assert spec.test is not None

@@ -17,18 +17,22 @@ output's image ids are the input's.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from tasks.boxes import xywh_to_xyxy
-from tasks.coco import annotations, load_dataset, new_dataset, save_dataset
-from tasks.errors import InputError
-from tasks.stage_report import StageReport, report_path
+from core.boxes import xywh_to_xyxy
+from core.coco import annotations, load_dataset, new_dataset, save_dataset
+from core.errors import InputError
+from core.stage_params import StageParams
+from core.stage_report import StageReport, report_path
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +40,7 @@ log = logging.getLogger(__name__)
 _REBUILT = {"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"}
 
 
-@dataclass(frozen=True)
-class WarpParams:
+class WarpParams(StageParams):
     """Where the homographies are and when a warped box is dropped.
 
     - ``registry_dir``: the homography registry folder (one YAML per dataset version); None =
@@ -45,26 +48,15 @@ class WarpParams:
     - ``min_size``: minimum width and height of a warped, clipped box, in thermal pixels.
     - ``min_visible_fraction``: minimum share of the warped box's area inside the thermal
       image, in [0, 1].
+    - ``device``: ``cuda`` warps with kornia on the GPU (``registration.warp.warp_boxes_torch``),
+      ``cpu`` with numpy; ``auto`` takes the GPU only when torch is already loaded in this process
+      and sees one (importing torch costs more than warping 1M boxes on the CPU). Same numbers.
     """
 
     registry_dir: Path | None = None
-    min_size: float = 2.0
-    min_visible_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.registry_dir is not None:
-            object.__setattr__(self, "registry_dir", Path(self.registry_dir))
-        where = "warp parameters"
-        if float(self.min_size) < 0:
-            raise InputError(f"min_size must be >= 0 thermal pixels, got {self.min_size}", where, "use e.g. 2")
-        if not 0.0 <= float(self.min_visible_fraction) <= 1.0:
-            raise InputError(f"min_visible_fraction must be in [0, 1], got {self.min_visible_fraction}", where,
-                             "use e.g. 0.5")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["registry_dir"] = str(self.registry_dir) if self.registry_dir is not None else None
-        return d
+    min_size: float = Field(default=2.0, ge=0)
+    min_visible_fraction: float = Field(default=0.5, ge=0, le=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 def _size(v: Any) -> tuple[int, int]:
@@ -78,22 +70,32 @@ def _resolved(path: str) -> str:
         return str(path)
 
 
-def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = None,
-             cache_dir: Path | None = None) -> StageReport:
+def _box_warper(device: str) -> tuple[Callable[..., Any], str]:
+    """(warp function, device used): kornia on a GPU when asked for or already at hand, else numpy."""
+    from registration.warp import warp_boxes, warp_boxes_torch
+
+    torch = sys.modules.get("torch")
+    if device == "cuda" or (device == "auto" and torch is not None and torch.cuda.is_available()):
+        return functools.partial(warp_boxes_torch, device="cuda"), "cuda"
+    return warp_boxes, "cpu"
+
+
+def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = None) -> StageReport:
     """Warp the RGB pseudo-labels of COCO file ``inp`` onto the thermal images; write COCO ``out``.
 
     ``index`` (required): the paired index, which gives each image's pair (matched by the
     image's ``pair_id``, else by its RGB file path; never by bare image id, which another COCO
     file may number differently). Output images are the thermal images
     (same ids, thermal ``file_name``/``width``/``height``, ``pair_id``/``version``/``split``/
-    ``daynight`` carried), categories as in the input. ``cache_dir`` is accepted for the common
-    stage signature and unused: warping is cheaper than reading a cache (> 1M boxes/s).
+    ``daynight`` carried), categories as in the input. No per-image cache: warping is cheaper
+    than reading one (> 1M boxes/s).
     """
     from tqdm import tqdm
 
     from data.index import load_index
     from registration.registry import lookup
-    from registration.warp import warp_boxes
+    warp_boxes, warp_device = _box_warper(params.device)
+    log.info("warp: boxes warped on %s (%s)", warp_device, "kornia" if warp_device == "cuda" else "numpy")
 
     t0 = time.perf_counter()
     inp, out = Path(inp), Path(out)
@@ -175,8 +177,8 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
         log.warning("%d images have ids that differ from their pair's image id in the index; the output keeps the "
                     "input's ids, so compare it with COCO files of the same id space", n_other_ids)
 
-    info = {"stage": "warp", "input": str(inp), "index": str(index), "params": params.to_dict(),
-            "input_info": ds.get("info", {})}
+    # no paths (input, index, registry folder): this file's content keys the steps after it
+    info = {"stage": "warp", "params": {k: v for k, v in params.to_dict().items() if k != "registry_dir"}}
     save_dataset(out, new_dataset(images, anns, ds["categories"], info), indent=None)
     report.counts = {"images_in": len(ds["images"]), "images_out": len(images), "boxes_in": len(ds["annotations"]),
                      "boxes_out": len(anns), "homographies": len(entries),

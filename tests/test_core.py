@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import atomic, boxes, coco, hashing
-from tasks.errors import InputError
+from core import atomic, boxes, coco, hashing
+from core.errors import InputError
 
 
 def test_box_round_trips() -> None:

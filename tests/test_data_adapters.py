@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from data.adapters import flir_v1, flir_v2, folder
-from tasks.coco import boxes_by_image
-from tasks.errors import InputError
+from core.coco import boxes_by_image
+from core.errors import InputError
 
 
 def _img(path: Path, w: int, h: int, channels: int = 3, value: int = 90) -> None:

@@ -10,8 +10,8 @@ from data.adapters.folder import build_index
 from data.index import load_index, save_exclusions
 from data.merge import merge_indexes
 from data.synthetic import generate
-from tasks.coco import boxes_by_image, load_dataset
-from tasks.errors import InputError
+from core.coco import boxes_by_image, load_dataset
+from core.errors import InputError
 
 
 @pytest.fixture(scope="module")

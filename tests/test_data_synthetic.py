@@ -11,9 +11,9 @@ import pytest
 
 from data.synthetic import default_homography, generate, stem_for
 from registration.warp import warp_boxes
-from tasks.boxes import iou_matrix
-from tasks.coco import boxes_by_image, load_dataset
-from tasks.errors import InputError
+from core.boxes import iou_matrix
+from core.coco import boxes_by_image, load_dataset
+from core.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rgb2thermal_cli import demo
-from tasks.errors import InputError
+from core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +56,31 @@ def test_format_summary_gain_and_missing() -> None:
     assert "| person | 0.200 | 0.300 | 0.500 | +0.300 |" in table
     assert "| car | 0.400 | — | 0.450 | +0.050 |" in table
     assert "Refinement: classical" in table
+
+
+@pytest.mark.slow
+def test_demo_writes_the_parameters_it_ran_and_the_other_doors_reuse_every_step(tmp_path: Path,
+                                                                                  prefect_harness) -> None:
+    """A tiny demo run, then the Prefect flow and the plain run on its ``params.run.yaml``: every step reused."""
+    pytest.importorskip("mmdet")
+    from flows.adapt import adapt_flow
+    from pipeline.executor import run_pipeline
+    from pipeline.params import load_params
+    from rgb2thermal_cli.main import main
+
+    tiny = ["data.synthetic.n_pairs=8", "data.synthetic.rgb_size=[160, 128]", "data.synthetic.thermal_size=[128, 96]",
+            "teacher.train.epochs=1", "teacher.train.input_size=[128, 128]", "student.train.epochs=1",
+            "student.train.input_size=[128, 128]", "teacher.train.device=cpu", "student.train.device=cpu",
+            "infer.device=cpu", "infer.min_score=0.0", "pseudo.score_threshold=0.0", "pseudo.max_per_image=5"]
+    ws = tmp_path / "ws"
+    args = ["demo", "--data", str(tmp_path / "sample"), "--workspace", str(ws)]
+    for item in tiny:
+        args += ["--set", item]
+    assert main(args) == 0
+    ran = ws / "params.run.yaml"
+    assert ran.is_file()
+    record = adapt_flow(params_path=str(ran), workspace=str(ws))
+    assert record["status"] == "succeeded" and all(s["reused"] for s in record["stages"]), \
+        [s["name"] for s in record["stages"] if not s["reused"]]
+    plain = run_pipeline(load_params(ran), ws)
+    assert all(s.reused for s in plain.stages)

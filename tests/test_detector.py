@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.errors import InputError
+from core.errors import InputError
 
 pytest.importorskip("mmdet")
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def trained_run(tmp_path_factory):
     from data.synthetic import generate
     from tasks.train import train
-    from tasks.train_spec import spec_from_dict
+    from detection.train_spec import spec_from_dict
 
     syn = tmp_path_factory.mktemp("syn")
     generate(syn, 4, seed=7, rgb_size=(160, 128), thermal_size=(128, 96), progress=False)
@@ -34,8 +34,8 @@ def trained_run(tmp_path_factory):
 def test_save_load_predict(trained_run):
     import cv2
 
-    from tasks.coco import load_dataset
-    from tasks.detector import detections_to_coco_results, load_detector, predict_batch
+    from core.coco import load_dataset
+    from detection.detector import detections_to_coco_results, load_detector, predict_batch
 
     import torch
 
@@ -70,7 +70,7 @@ def test_save_load_predict(trained_run):
 def test_gray_is_replicated_and_batch_equals_single(trained_run):
     import cv2
 
-    from tasks.detector import load_detector, predict_batch
+    from detection.detector import load_detector, predict_batch
 
     syn, result = trained_run
     det = load_detector(result.config_path, result.last_checkpoint, device="cpu")
@@ -90,7 +90,7 @@ def test_gray_is_replicated_and_batch_equals_single(trained_run):
 
 
 def test_random_init_is_marked_and_mismatch_refused(trained_run):
-    from tasks.detector import load_detector
+    from detection.detector import load_detector
 
     syn, result = trained_run
     rnd = load_detector("yolox_tiny_8xb8-300e_coco", None, device="cpu", classes=["person", "car"])
@@ -107,7 +107,7 @@ def test_real_coco_teacher_matches_mmdet_inference_detector(trained_run):
     import cv2
     from mmdet.apis import inference_detector
 
-    from tasks.detector import load_detector, predict_batch
+    from detection.detector import load_detector, predict_batch
 
     syn, _ = trained_run
     det = load_detector(NANO / "yolox_nano_coco.py", NANO / "yolox_nano_coco.pth", device="cpu")
@@ -118,6 +118,6 @@ def test_real_coco_teacher_matches_mmdet_inference_detector(trained_run):
     ref = inference_detector(det.model, img).pred_instances
     keep = ref.scores.numpy() > 0
     np.testing.assert_allclose(ours.scores, ref.scores.numpy()[keep], atol=1e-6)
-    from tasks.boxes import clip
+    from core.boxes import clip
 
     np.testing.assert_allclose(ours.boxes, clip(ref.bboxes.numpy()[keep].astype(np.float64), 160, 128), atol=1e-3)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.hashing import file_sha256
+from core.hashing import file_sha256
 from tests.test_pipeline import _folder, _params, needs_nano
 
 pytest.importorskip("prefect")
@@ -27,11 +27,11 @@ pytest.importorskip("mmdet")
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COMMITTED = (".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "dvc.yaml")
+COMMITTED = (".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore")
 STEPS = ("data", "index", "teacher", "infer", "pseudo", "warp", "refine", "student", "baseline", "quality", "eval")
 # Every file under stages/*/ must be byte-identical between the two doors, except these few whose
 # differences are not results (each is still compared, on the part that is a result):
-#  - wall-clock fields in the markers (stage.json), the step reports (*.report.json) and the
+#  - wall-clock fields in the markers (stage.json, attempt.json), the step reports (*.report.json) and the
 #    training summary (train_result.json): compared without TIMING_KEYS;
 #  - mmengine's run log, train/<start time>.py and train/<start time>/ (named after the start
 #    time; it holds the log and per-iteration timings): only its presence is compared;
@@ -39,7 +39,7 @@ STEPS = ("data", "index", "teacher", "infer", "pseudo", "warp", "refine", "stude
 #    compared without that line;
 #  - mmengine's full checkpoints (epoch_*.pth, best_coco_*.pth): their meta/message_hub hold the
 #    start time and timings; compared by their weights (state_dict) and dataset_meta.
-TIMING_KEYS = {"seconds", "finished", "timings"}
+TIMING_KEYS = {"seconds", "finished", "timings", "started"}
 MMENGINE_LOG = re.compile(r"^[a-z]+/train/\d{8}_\d{6}(\.py$|/)")
 MMENGINE_CKPT = re.compile(r"^[a-z]+/train/(epoch_\d+|best_coco_.*)\.pth$")
 
@@ -60,7 +60,7 @@ def _untimed(obj):
 def _same_content(rel: str, a: Path, b: Path) -> bool:
     """Whether the two (byte-different) files hold the same result, for the files listed above."""
     name = Path(rel).name
-    if name in ("stage.json", "train_result.json") or name.endswith(".report.json"):
+    if name in ("stage.json", "attempt.json", "train_result.json") or name.endswith(".report.json"):
         return _untimed(json.loads(a.read_text())) == _untimed(json.loads(b.read_text()))
     if rel.endswith("/train/config.py"):
         def strip(p: Path) -> list[str]:
@@ -77,10 +77,10 @@ def _same_content(rel: str, a: Path, b: Path) -> bool:
 
 
 def test_atomic_torch_save_is_byte_reproducible(tmp_path: Path) -> None:
-    """torch.save names its zip archive after the file: through tasks.atomic the bytes must not
+    """torch.save names its zip archive after the file: through core.atomic the bytes must not
     depend on the temporary file (else every model fingerprint differs from run to run)."""
     torch = pytest.importorskip("torch")
-    from tasks import atomic
+    from core import atomic
 
     obj = {"state_dict": {"w": torch.arange(6.0).reshape(2, 3)}, "meta": {"classes": ["person", "car"]}}
     (tmp_path / "direct").mkdir()
@@ -126,10 +126,11 @@ def dvc_project(tmp_path: Path):
     shutil.move(tmp_path / "data", raw)
     params = _params(tmp_path)
     params["data"]["roots"] = [{"path": str(raw), "version": "syn"}]
-    from tasks.pipeline_params import params_from_dict
+    from pipeline.params import params_from_dict
 
     # every section spelled out: dvc.yaml names each one under `params:`
     (proj / "params.yaml").write_text(yaml.safe_dump(params_from_dict(params).model_dump(mode="json")))
+    sh(str(BIN / "rgb2thermal"), "dvc-yaml", "--params", "params.yaml")     # the DAG, generated from the plan
     dvc("add", "data/raw/syn")
     assert (proj / "data" / "raw" / "syn.dvc").is_file()
     assert "/syn" in (proj / "data" / "raw" / ".gitignore").read_text().split()
@@ -146,7 +147,7 @@ def dvc_project(tmp_path: Path):
 @pytest.mark.usefixtures("quick_prefect")
 def test_dvc_repro_and_flow_write_identical_outputs(dvc_project, prefect_harness) -> None:
     from flows.adapt import adapt_flow
-    from tasks.runs import list_records
+    from pipeline.runs import list_records
 
     proj, raw, dvc = dvc_project
     md5 = yaml.safe_load((raw.parent / "syn.dvc").read_text())["outs"][0]["md5"]
@@ -165,7 +166,7 @@ def test_dvc_repro_and_flow_write_identical_outputs(dvc_project, prefect_harness
     # a single-step record still names the datasets and models its step depends on
     eval_run = [r for r in list_records(dvc_ws) if r.flow == "dvc" and r.stage("eval") is not None][-1]
     assert eval_run.datasets == {"syn": f"dvc:{md5}"}
-    assert {"teacher", "student", "baseline"} <= set(eval_run.models) and "adapted" in eval_run.metrics
+    assert {"teacher", "student", "baseline"} <= set(eval_run.models) and "adapted" in eval_run.metrics["eval"]
 
     # The flow runs from scratch at the same workspace path (the DVC door's workspace, per-image
     # caches included, is moved aside): several outputs embed the workspace path (COCO `info`,

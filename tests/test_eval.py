@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from tasks.coco import annotation, categories_from_names, new_dataset, save_dataset
-from tasks.errors import InputError
+from core.coco import annotation, categories_from_names, new_dataset, save_dataset
+from core.errors import InputError
 from tasks.evaluate import (DASH, FOOTNOTE, METRICS, cross_dataset_matrix, evaluate, evaluate_runs,
                             format_markdown, format_matrix_markdown, write_report)
 

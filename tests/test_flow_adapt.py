@@ -1,6 +1,7 @@
 """The Prefect flow runs the same steps as the plain pipeline and produces the same outputs."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ pytestmark = pytest.mark.usefixtures("quick_prefect")
 @needs_nano
 def test_flow_matches_plain_pipeline(tmp_path: Path, prefect_harness) -> None:
     from flows.adapt import METRICS_ARTIFACT, QUALITY_ARTIFACT, adapt_flow
-    from tasks.pipeline import run_pipeline
-    from tasks.pipeline_params import params_from_dict
+    from pipeline.executor import run_pipeline
+    from pipeline.params import params_from_dict
 
     _folder(tmp_path, 8)
     params = _params(tmp_path)
@@ -35,16 +36,35 @@ def test_flow_matches_plain_pipeline(tmp_path: Path, prefect_harness) -> None:
         flow_text = (tmp_path / "ws_flow" / "stages" / rel).read_text().replace("ws_flow", "WS")
         plain_text = (tmp_path / "ws_plain" / "stages" / rel).read_text().replace("ws_plain", "WS")
         assert flow_text == plain_text, rel
-    assert record["metrics"]["source_only"] == plain.metrics["source_only"]
+    assert record["metrics"]["eval"]["source_only"] == plain.metrics["eval"]["source_only"]
 
     # the plain pipeline on the flow's workspace finds every step current: same keys, same outputs
     again = run_pipeline(params_from_dict(params), tmp_path / "ws_flow")
     assert all(s.reused for s in again.stages)
 
-    # The typed client's read_artifacts sends `null` for unset filter fields, which this server
-    # version rejects (422), so the latest artifact per key is read through the plain REST route.
+    # a second flow run reuses every step, and Prefect shows it: each task ends in state "Reused"
     from prefect.client.orchestration import get_client
 
+    state = adapt_flow(params_path=None, workspace=str(tmp_path / "ws_flow"), params=params, return_state=True)
+    assert all(s["reused"] for s in state.result()["stages"])
+    import time
+
+    deadline = time.time() + 30          # task run states reach the server through events: poll
+    with get_client(sync_client=True) as client:      # plain REST route: the typed filter sends nulls (422)
+        while True:
+            resp = client._client.post("/task_runs/filter", json={
+                "flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}, "limit": 100,
+                "sort": "EXPECTED_START_TIME_ASC"})
+            resp.raise_for_status()
+            runs = resp.json()
+            if len(runs) == len(names) and all(r["state"]["type"] == "COMPLETED" for r in runs) or time.time() > deadline:
+                break
+            time.sleep(0.5)
+    assert sorted(r["name"].removeprefix("adapt-").rsplit("-", 1)[0] for r in runs) == sorted(names)
+    assert {r["state"]["name"] for r in runs} == {"Reused"} and {r["state"]["type"] for r in runs} == {"COMPLETED"}
+
+    # The typed client's read_artifacts sends `null` for unset filter fields, which this server
+    # version rejects (422), so the latest artifact per key is read through the plain REST route.
     with get_client(sync_client=True) as client:
         data = {}
         for key in (METRICS_ARTIFACT, QUALITY_ARTIFACT):
@@ -53,3 +73,54 @@ def test_flow_matches_plain_pipeline(tmp_path: Path, prefect_harness) -> None:
             data[key] = resp.json()["data"]
     assert "| person |" in data[METRICS_ARTIFACT] and "source_only" in data[METRICS_ARTIFACT]
     assert "refined" in data[QUALITY_ARTIFACT]
+
+    # as a user runs it: `python -m flows.adapt` with its own temporary Prefect server prints the run
+    # line and nothing else: no telemetry traceback, no third-party warnings (-v brings them back)
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect_home"), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "flows.adapt", "--params", str(tmp_path / "params.yaml"),
+                        "--workspace", str(tmp_path / "ws_flow")], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.strip().startswith("run ") and r.stdout.strip().endswith(": succeeded")
+    for noise in ("Traceback", "OperationalError", "Warning", "WARNING"):
+        assert noise not in r.stderr, r.stderr[-3000:]
+
+
+class _State:
+    def __init__(self, exc: BaseException | None) -> None:
+        self.exc = exc
+
+    def result(self):
+        if self.exc is not None:
+            raise self.exc
+        return None
+
+
+def test_retries_only_for_transient_errors() -> None:
+    """Prefect's retry condition: an I/O error is retried, a user's bad input never is."""
+    from core.errors import InputError
+    from flows.adapt import transient
+
+    assert transient(None, None, _State(OSError("disk hiccup"))) is True
+    assert transient(None, None, _State(InputError("bad value", "params pseudo", "fix it"))) is False
+
+
+def test_flow_module_turns_prefect_telemetry_off_unless_set(monkeypatch) -> None:
+    import importlib
+    import os
+
+    import flows.quiet
+
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    importlib.reload(flows.quiet)
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")       # the user's own choice stays
+    importlib.reload(flows.quiet)
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks import compat
-from tasks.doctor import run_checks
+from core import compat
+from rgb2thermal_cli.doctor_checks import run_checks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_doctor_all_ok() -> None:
 
 
 def test_doctor_reports_failure_with_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.doctor as doctor
+    import rgb2thermal_cli.doctor_checks as doctor
 
     def broken() -> str:
         raise RuntimeError("mmcv ops not compiled")

@@ -1,4 +1,4 @@
-"""tasks.hashing.HashMemo: content hashes remembered by (size, mtime_ns, inode), never stale for
+"""core.hashing.HashMemo: content hashes remembered by (size, mtime_ns, inode), never stale for
 a file whose stat changed, never kept for a file modified within the racy window; and the
 dataset fingerprint computed through it equals the one computed by reading every file."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from tasks.hashing import HashMemo, file_sha256
-from tasks.runs import content_fingerprint, dataset_fingerprint
+from core.hashing import HashMemo, file_sha256
+from pipeline.runs import content_fingerprint, dataset_fingerprint
 
 OLD = time.time() - 3600
 

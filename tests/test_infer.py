@@ -8,18 +8,18 @@ runs in milliseconds per image on CPU.
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import pytest
+from pydantic import ValidationError
 
 from benchmarks.label_transfer_infer import DET_CLASSES, make_tiny_detector
-from tasks.coco import load_dataset
-from tasks.errors import InputError
+from core.coco import load_dataset
+from core.errors import InputError
 from tasks.infer import InferParams, run_infer
 from tasks.pseudo import PseudoParams, run_pseudo
-from tasks.stage_report import StageReport, report_path
+from core.stage_report import StageReport, report_path
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def tiny_detector(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def loaded(tiny_detector):
     """The detector loaded once for the module (loading costs seconds; stages accept a loaded one)."""
-    from tasks.detector import load_detector
+    from detection.detector import load_detector
 
     return load_detector(tiny_detector[0], tiny_detector[1], "cpu")
 
@@ -76,7 +76,7 @@ def test_cache_hits_incremental_and_threshold_change(tmp_path: Path, synth: Path
     assert "tiny_random.pth" in first.models["detector"] and not first.fallbacks
 
     # re-run with the same model loaded elsewhere (same fingerprint) and another batch size: all hits
-    again = infer("b.json", replace(params, batch_size=1))
+    again = infer("b.json", params.replace(batch_size=1))
     assert (again.cache_misses, again.cache_hits) == (0, 4)
     assert _dets(tmp_path / "b.json") == _dets(tmp_path / "a.json")
 
@@ -87,8 +87,8 @@ def test_cache_hits_incremental_and_threshold_change(tmp_path: Path, synth: Path
     assert len(load_dataset(tmp_path / "c.json")["images"]) == 6
 
     # a pseudo-label threshold change re-runs pseudo only; the chain's inference is all cache hits
-    p3 = run_pseudo(tmp_path / "c.json", tmp_path / "p3.json", PseudoParams(default_threshold=0.06, histogram=False))
-    p6 = run_pseudo(tmp_path / "c.json", tmp_path / "p6.json", PseudoParams(default_threshold=0.1, histogram=False))
+    p3 = run_pseudo(tmp_path / "c.json", tmp_path / "p3.json", PseudoParams(score_threshold=0.06, histogram=False))
+    p6 = run_pseudo(tmp_path / "c.json", tmp_path / "p6.json", PseudoParams(score_threshold=0.1, histogram=False))
     assert p3.counts["boxes_out"] > p6.counts["boxes_out"]
     assert (infer("d.json").cache_misses, p3.cache_misses, p6.cache_misses) == (0, 0, 0)
 
@@ -144,12 +144,16 @@ def test_thermal_frames_and_bad_params(tmp_path: Path, synth: Path, tiny_detecto
     assert all(a["source"] == "thermal_teacher" for a in ds["annotations"])
     assert {(im["width"], im["height"]) for im in ds["images"]} == {(256, 208)}
 
-    with pytest.raises(InputError, match="batch_size"):
+    with pytest.raises(ValidationError, match="batch_size"):
         InferParams(config="x.py", batch_size=0)
-    with pytest.raises(InputError, match="source"):
+    with pytest.raises(ValidationError, match="source"):
         InferParams(config="x.py", source="lidar_teacher")
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(ValidationError, match="does not exist"):
         InferParams(config="x.py", checkpoint=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValidationError, match="no detector config"):
+        InferParams(config=" ")
+    with pytest.raises(InputError, match=r"stage infer: batch_size: .*got 0; allowed: >= 1"):
+        InferParams.validated({"config": "x.py", "batch_size": 0}, "stage infer")
 
 
 def test_cli_infer(tmp_path: Path, synth: Path, tiny_detector, capsys) -> None:
@@ -182,8 +186,8 @@ def test_real_teacher_on_msrs20_chain(tmp_path: Path, msrs20: Path) -> None:
 
     from data.adapters.folder import build_index
     from registration.registry import HomographyEntry, save_entry
-    from tasks.boxes import iou_matrix
-    from tasks.coco import boxes_by_image
+    from core.boxes import iou_matrix
+    from core.coco import boxes_by_image
     from tasks.warp import WarpParams, run_warp
 
     idx = build_index(msrs20, "msrs", tmp_path / "index", progress=False)
@@ -217,7 +221,7 @@ def test_hash_memo_skips_reading_unchanged_images_and_notices_edits(tmp_path: Pa
     import os
     import time
 
-    from tasks.hashing import HashMemo
+    from core.hashing import HashMemo
 
     root = tmp_path / "ds"
     shutil.copytree(synth, root)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.champion import (Champion, champion_path, decide, format_report, history_path, load_champion,
+from pipeline.champion import (Champion, champion_path, decide, format_report, history_path, load_champion,
                             metric_value, promote, read_history, watched_fingerprints)
-from tasks.errors import InputError
+from core.errors import InputError
 from tests.test_pipeline import _folder, _params, needs_nano
 
 METRICS = {"adapted": {"person": {"mAP_50": 0.4}, "car": {"mAP_50": -1.0}, "all": {"mAP": 0.2, "mAP_50": 0.5}}}
@@ -66,7 +66,7 @@ def test_pointer_and_history_roundtrip(tmp_path: Path) -> None:
 
 @needs_nano   # the parameters name the shared teacher checkpoint, validated on load
 def test_fingerprints_follow_the_data(tmp_path: Path) -> None:
-    from tasks.pipeline_params import params_from_dict
+    from pipeline.params import params_from_dict
 
     _folder(tmp_path, 3)
     before = watched_fingerprints(params_from_dict(_params(tmp_path)))
@@ -108,9 +108,22 @@ def test_deployment_carries_cron_and_timezone(tmp_path: Path, capsys) -> None:
 
 # --------------------------------------------------------------------------------------------- flow
 @needs_nano
-def test_nightly_flow_skip_promote_keep_and_fail(tmp_path: Path, prefect_harness, quick_prefect) -> None:
+def test_nightly_flow_skip_promote_keep_and_fail(tmp_path: Path, prefect_harness, quick_prefect,
+                                                 monkeypatch) -> None:
+    import flows.nightly
     from flows.nightly import REPORT_ARTIFACT, nightly_flow
-    from tasks.runs import list_records
+    from pipeline.lock import LOCK_NAME
+    from pipeline.runs import list_records
+
+    # the workspace lock is held by the nightly run itself from the challenger run through promotion
+    holders = []
+    real_promote = flows.nightly.promote
+
+    def promote_spy(ws, champion):
+        holders.append(json.loads((Path(ws) / LOCK_NAME).read_text())["run_id"])
+        return real_promote(ws, champion)
+
+    monkeypatch.setattr(flows.nightly, "promote", promote_spy)
 
     _folder(tmp_path, 8)
     params = _params(tmp_path)
@@ -120,10 +133,11 @@ def test_nightly_flow_skip_promote_keep_and_fail(tmp_path: Path, prefect_harness
     # 1. no champion yet: the challenger runs and is promoted
     first = nightly_flow(params_path=None, workspace=str(ws), params=params)
     assert first["outcome"] == "promoted" and first["challenger_run"] == first["champion_run"]
+    assert holders == [first["nightly_id"]]
     champ = load_champion(ws)
     (rec,) = list_records(ws)
     assert champ.run_id == rec.run_id and rec.status == "succeeded"
-    assert champ.value == rec.metrics["adapted"]["all"]["mAP_50"]
+    assert champ.value == rec.metrics["eval"]["adapted"]["all"]["mAP_50"]
     assert champ.datasets == {"syn": rec.datasets["syn"]} and champ.test_set.startswith("sha256:")
     assert Path(champ.model["checkpoint"]).is_file() and Path(champ.model["checkpoint"]).parent == ws / "champion" / rec.run_id
     assert len(read_history(ws)) == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import InputError
+from core.errors import InputError
 
 pytest.importorskip("mmdet")
 
@@ -61,8 +61,8 @@ def _params(root: Path, **sets: object) -> dict:
 
 
 def _run(root: Path, **sets: object):
-    from tasks.pipeline import run_pipeline
-    from tasks.pipeline_params import params_from_dict
+    from pipeline.executor import run_pipeline
+    from pipeline.params import params_from_dict
 
     return run_pipeline(params_from_dict(_params(root, **sets)), root / "ws")
 
@@ -75,7 +75,7 @@ def _stages(record) -> dict:
 def scenario(tmp_path_factory):
     """first run -> unchanged re-run -> refine threshold changed -> images added -> refine 'killed'."""
     from data.index import load_index
-    from tasks import atomic
+    from core import atomic
 
     root = tmp_path_factory.mktemp("pipe")
     _folder(root, 10)
@@ -94,7 +94,7 @@ def scenario(tmp_path_factory):
 
 @needs_nano
 def test_first_run_produces_every_output_and_a_record(scenario) -> None:
-    from tasks.runs import load_record
+    from pipeline.runs import load_record
 
     root, runs, _, _ = scenario
     rec = runs["first"]
@@ -105,9 +105,10 @@ def test_first_run_produces_every_output_and_a_record(scenario) -> None:
     assert saved.status == "succeeded" and saved.datasets["syn"].startswith("sha256:")
     assert set(saved.models) == {"teacher", "student", "baseline"}
     for run in ("adapted", "source_only", "no_refinement"):
-        assert set(saved.metrics[run]) == {"person", "car", "all"}
-        assert 0.0 <= saved.metrics[run]["all"]["mAP_50"] <= 1.0
-    assert "| person |" in saved.metrics["table_markdown"]
+        assert set(saved.metrics["eval"][run]) == {"person", "car", "all"}
+        assert 0.0 <= saved.metrics["eval"][run]["all"]["mAP_50"] <= 1.0
+    assert set(saved.metrics) == {"eval"}          # metrics are kept per step
+    assert "| person |" in saved.metrics["eval"]["table_markdown"]
     assert runs["first_refine_counts"]["replace"] > 0    # so the threshold change below changes labels
     assert (root / "ws" / "stages" / "eval" / "metrics.json").is_file()
     assert (root / "ws" / "stages" / "quality" / "quality" / "quality.md").is_file()
@@ -118,7 +119,7 @@ def test_unchanged_rerun_reuses_every_stage(scenario) -> None:
     _, runs, _, _ = scenario
     st = _stages(runs["again"])
     assert all(s.reused for s in st.values())
-    assert runs["again"].metrics["adapted"] == runs["first"].metrics["adapted"]
+    assert runs["again"].metrics["eval"]["adapted"] == runs["first"].metrics["eval"]["adapted"]
 
 
 @needs_nano
@@ -190,9 +191,9 @@ def test_bad_override_fails_before_any_work(tmp_path: Path, capsys) -> None:
 
 
 def test_busy_workspace_is_refused(tmp_path: Path) -> None:
-    from tasks.pipeline import run_pipeline
-    from tasks.pipeline_params import params_from_dict
-    from tasks.workspace_lock import WorkspaceBusy, workspace_lock
+    from pipeline.executor import run_pipeline
+    from pipeline.params import params_from_dict
+    from pipeline.lock import WorkspaceBusy, workspace_lock
 
     p = params_from_dict({"data": {"synthetic": {"n_pairs": 4}},
                           "teacher": {"train": {"base_model": "yolox_tiny_8xb8-300e_coco"}}})
@@ -205,9 +206,9 @@ def test_busy_workspace_is_refused(tmp_path: Path) -> None:
 def test_single_step_door_trains_the_teacher_and_checks_order(tmp_path: Path) -> None:
     """``rgb2thermal run --stage NAME`` (dvc.yaml's door): one step at a time; a step whose
     predecessors are not current is refused. The teacher is trained on the RGB adapt split."""
-    from tasks import atomic
-    from tasks.pipeline import run_pipeline
-    from tasks.pipeline_params import params_from_dict
+    from core import atomic
+    from pipeline.executor import run_pipeline
+    from pipeline.params import params_from_dict
 
     p = params_from_dict({"data": {"synthetic": {"n_pairs": 6, "seed": 2, **SIZES}},
                           "teacher": {"train": {"base_model": "yolox_tiny_8xb8-300e_coco", **TRAIN}},
@@ -227,7 +228,7 @@ def test_single_step_door_trains_the_teacher_and_checks_order(tmp_path: Path) ->
 
 @needs_nano
 def test_failed_step_is_recorded_and_later_steps_keep_their_outputs(scenario, tmp_path: Path) -> None:
-    from tasks.runs import list_records
+    from pipeline.runs import list_records
 
     root, _, _, _ = scenario
     (tmp_path / "empty_registry").mkdir()
@@ -244,8 +245,8 @@ def test_failed_step_is_recorded_and_later_steps_keep_their_outputs(scenario, tm
 def test_until_stops_after_the_named_step(tmp_path: Path) -> None:
     """``rgb2thermal run --until refine``: the thermal pseudo-labels without training anything."""
     from rgb2thermal_cli.main import main
-    from tasks.pipeline import run_pipeline
-    from tasks.pipeline_params import params_from_dict
+    from pipeline.executor import run_pipeline
+    from pipeline.params import params_from_dict
 
     _folder(tmp_path, 8)       # seed 11: both splits present
     params = params_from_dict(_params(tmp_path))

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.errors import InputError
-from tasks.pipeline_params import apply_overrides, load_params, params_from_dict
+from core.errors import InputError
+from pipeline.params import apply_overrides, load_params, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,16 +30,17 @@ def test_valid_params_map_onto_stage_classes() -> None:
 
 
 @pytest.mark.parametrize("override, words", [
-    ("pseudo.score_threshold=1.5", ["pseudo", "1.5", "[0, 1]"]),
-    ("pseudo.colour=red", ["pseudo.colour", "allowed keys", "nms_iou"]),
-    ("refine.method=magic", ["refine", "magic", "auto, sam2 or classical"]),
-    ("refine.classical_score_threshold=-1", ["classical_score_threshold", "-1", "between 0 and 1"]),
+    ("pseudo.score_threshold=1.5", ["pseudo.score_threshold", "got 1.5", "allowed: [0, 1]"]),
+    ("pseudo.colour=red", ["pseudo.colour", "allowed keys in 'pseudo'", "nms_iou"]),
+    ("refine.method=magic", ["refine.method", "'magic'", "should be 'auto', 'sam2' or 'classical'"]),
+    ("refine.classical_score_threshold=-1", ["refine.classical_score_threshold", "got -1", "allowed: [0, 1]"]),
     ("student.train.input_size=[100, 100]", ["student.train.input_size", "multiples of 32"]),
     ("student.train.work_dir=/tmp/x", ["work_dir", "pipeline sets itself"]),
-    ("teacher.train.epochs=0", ["teacher.train.epochs", "greater than or equal to 1", "0"]),
-    ("data.synthetic.n_pairs=1", ["data.synthetic.n_pairs", "1"]),
+    ("teacher.train.epochs=0", ["teacher.train.epochs", "greater than or equal to 1", "got 0", ">= 1"]),
+    ("data.synthetic.n_pairs=1", ["data.synthetic.n_pairs", "got 1", ">= 2"]),
+    ("data.synthetic.colour=red", ["data.synthetic.colour", "allowed keys in 'data.synthetic'", "n_pairs"]),
     ("eval.metrics=[mAP, accuracy]", ["accuracy", "mAP_50"]),
-    ("infer.batch_size=0", ["batch_size", "0"]),
+    ("infer.batch_size=0", ["infer.batch_size", "got 0", "allowed: >= 1"]),
     ("bogus.key=1", ["bogus"]),
 ])
 def test_bad_parameters_name_key_value_and_fix(override: str, words: list[str]) -> None:
@@ -48,6 +49,83 @@ def test_bad_parameters_name_key_value_and_fix(override: str, words: list[str]) 
     msg = str(ei.value)
     for w in words:
         assert w in msg, (w, msg)
+
+
+@pytest.mark.parametrize("override, key, value, allowed", [
+    ("infer.min_score=1.2", "infer.min_score", "1.2", "[0, 1]"),
+    ("pseudo.nms_iou=0", "pseudo.nms_iou", "0", "(0, 1]"),
+    ("pseudo.thresholds={person: 2}", "pseudo.thresholds.person", "2", "[0, 1]"),
+    ("warp.min_visible_fraction=1.5", "warp.min_visible_fraction", "1.5", "[0, 1]"),
+    ("warp.min_size=-2", "warp.min_size", "-2", ">= 0"),
+    ("refine.min_iou=7", "refine.min_iou", "7", "[0, 1]"),
+    ("refine.classical_enlarge=9", "refine.classical_enlarge", "9", "[1, 4]"),
+])
+def test_each_stage_section_names_key_value_and_range(override: str, key: str, value: str, allowed: str) -> None:
+    """A bad value in any stage section is ONE InputError: ``section.key``, the value, the allowed range."""
+    with pytest.raises(InputError) as ei:
+        params_from_dict(apply_overrides(_base(), [override]))
+    assert f"{key}: " in ei.value.what and f"got {value}" in ei.value.what, ei.value
+    assert f"allowed: {allowed}" in ei.value.what, ei.value
+    assert ei.value.where == f"params {key.split('.')[0]}"
+
+
+def test_all_bad_keys_of_a_section_in_one_error() -> None:
+    with pytest.raises(InputError) as ei:
+        params_from_dict(apply_overrides(_base(), ["refine.min_iou=2", "refine.on_reject=ignore", "refine.colour=1"]))
+    msg = str(ei.value)
+    for w in ("refine.min_iou", "refine.on_reject", "'ignore'", "unknown key(s) ['refine.colour']",
+              "allowed keys in 'refine'", "classical_enlarge"):
+        assert w in msg, (w, msg)
+    assert "image_root" not in msg.split("allowed keys")[1]          # pipeline-owned: not offered
+
+
+def test_unknown_and_pipeline_owned_keys_list_allowed_keys() -> None:
+    # the old alias is gone: score_threshold is the one name, default_threshold is unknown
+    with pytest.raises(InputError) as ei:
+        params_from_dict(apply_overrides(_base(), ["pseudo.default_threshold=0.5"]))
+    assert "unknown key(s) ['pseudo.default_threshold']" in str(ei.value)
+    assert "'score_threshold'" in ei.value.fix and "target_classes" not in ei.value.fix
+    for override, key, offered in (("infer.config=x.py", "infer.config", "min_score"),
+                                   ("pseudo.target_classes=[dog]", "pseudo.target_classes", "score_threshold"),
+                                   ("refine.image_root=/data", "refine.image_root", "min_iou")):
+        with pytest.raises(InputError) as ei:
+            params_from_dict(apply_overrides(_base(), [override]))
+        assert key in ei.value.what and "set by the pipeline" in ei.value.what, ei.value
+        assert offered in ei.value.fix and f"'{key.split('.')[1]}'" not in ei.value.fix, ei.value
+    with pytest.raises(InputError) as ei:
+        params_from_dict(apply_overrides(_base(), ["warp.colour=1"]))
+    assert "registry_dir" in ei.value.fix                            # the user may set warp.registry_dir
+
+
+def test_step_overrides_are_merged_and_validated(tmp_path: Path) -> None:
+    p = params_from_dict(apply_overrides(_base(), ["pseudo.score_threshold=0.6", "pseudo.nms_iou=0.4"]))
+    pp = p.pseudo_params({"score_threshold": 0.8})                    # positional: the executor's call
+    assert pp.score_threshold == 0.8 and pp.nms_iou == 0.4            # merged over the section
+    assert p.pseudo_params().score_threshold == 0.6                   # the section itself is unchanged
+    assert p.pseudo_params(None).score_threshold == 0.6
+    assert p.infer_params("cfg.py", None, overrides={"min_score": 0.2}).min_score == 0.2
+    assert p.warp_params(tmp_path, overrides={"min_size": 5}).min_size == 5
+    assert p.refine_params(overrides={"min_iou": 0.1}).min_iou == 0.1
+    bad = [(lambda: p.pseudo_params({"score_threshold": 1.7}), "pseudo.score_threshold", "1.7"),
+           (lambda: p.infer_params("cfg.py", None, overrides={"batch_size": 0}), "infer.batch_size", "0"),
+           (lambda: p.warp_params(None, overrides={"min_visible_fraction": -1}), "warp.min_visible_fraction", "-1"),
+           (lambda: p.refine_params(overrides={"method": "magic"}), "refine.method", "'magic'"),
+           (lambda: p.pseudo_params({"default_threshold": 0.5}), "pseudo.default_threshold", "unknown key"),
+           (lambda: p.infer_params("cfg.py", None, overrides={"checkpoint": "x"}), "infer.checkpoint", "pipeline")]
+    for call, key, word in bad:
+        with pytest.raises(InputError) as ei:
+            call()
+        assert key in str(ei.value) and word in str(ei.value), (key, str(ei.value))
+
+
+def test_warp_registry_default_and_user_value(tmp_path: Path) -> None:
+    p = params_from_dict(_base())
+    assert p.warp_params(tmp_path).registry_dir == tmp_path
+    assert p.warp_params(None).registry_dir is None
+    mine = tmp_path / "mine"
+    p = params_from_dict({**_base(), "warp": {"registry_dir": str(mine)}})
+    assert p.warp_params(tmp_path).registry_dir == mine
+    assert p.warp_params(tmp_path, overrides={"registry_dir": str(tmp_path / "o")}).registry_dir == tmp_path / "o"
 
 
 def test_exactly_one_data_source_and_teacher_mode(tmp_path: Path) -> None:
@@ -73,7 +151,7 @@ def test_overrides_and_yaml_file(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump(doc))
     p = load_params(f, ["pseudo.score_threshold=0.25", "student.init_from_teacher=false"])
     assert p.data.roots[0].path == (tmp_path / "data").resolve()     # relative to the YAML's folder
-    assert p.pseudo_params().default_threshold == 0.25 and p.student.init_from_teacher is False
+    assert p.pseudo_params().score_threshold == 0.25 and p.student.init_from_teacher is False
     with pytest.raises(InputError, match="KEY=VALUE"):
         load_params(f, ["pseudo.score_threshold"])
     with pytest.raises(InputError, match="not found"):

@@ -51,8 +51,8 @@ def _cli(args: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 90
 
 def _no_change_workspace(root: Path, ws_name: str = "ws") -> tuple[Path, Path]:
     """``root/params.yaml`` and ``root/<ws_name>``, whose champion was promoted on exactly these datasets."""
-    from tasks.champion import DEFAULT_METRIC, Champion, promote, watched_fingerprints
-    from tasks.pipeline_params import load_params
+    from pipeline.champion import DEFAULT_METRIC, Champion, promote, watched_fingerprints
+    from pipeline.params import load_params
 
     params_file = root / "params.yaml"
     params_file.write_text(json.dumps(TINY_PARAMS))                  # JSON is YAML

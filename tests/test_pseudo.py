@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from tasks.coco import annotation, categories_from_names, load_dataset, new_dataset, save_dataset
-from tasks.errors import InputError
+from core.coco import annotation, categories_from_names, load_dataset, new_dataset, save_dataset
+from core.errors import InputError
 from tasks.pseudo import PseudoParams, histogram_path, run_pseudo
-from tasks.stage_report import StageReport, report_path
+from core.stage_report import StageReport, report_path
 
 DET_CLASSES = ("person", "bicycle", "car", "truck", "bus")  # detector class order -> ids 1..5
 PERSON, BICYCLE, CAR, TRUCK, BUS = 1, 2, 3, 4, 5
@@ -110,15 +111,39 @@ def test_histograms_and_gt_without_scores(tmp_path: Path) -> None:
     json.loads(report_path(out).read_text())
 
 
-def test_bad_parameters_are_input_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="not a target class"):
+def test_bad_parameters_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="not a target class"):
         PseudoParams(thresholds={"truck": 0.5})
-    with pytest.raises(InputError, match="not a target class"):
+    with pytest.raises(ValidationError, match="not a target class"):
         PseudoParams(class_map={"truck": "lorry"})
-    with pytest.raises(InputError, match=r"\[0, 1\]"):
-        PseudoParams(default_threshold=1.5)
-    with pytest.raises(InputError, match="nms_iou"):
+    with pytest.raises(ValidationError, match="score_threshold"):
+        PseudoParams(score_threshold=1.5)
+    with pytest.raises(ValidationError, match="nms_iou"):
         PseudoParams(nms_iou=0.0)
+    with pytest.raises(ValidationError, match="unique"):
+        PseudoParams(target_classes=("car", "car"))
+    with pytest.raises(ValidationError, match="default_threshold"):      # renamed to score_threshold
+        PseudoParams(default_threshold=0.5)
+    # the form users see: one InputError naming the key, the value and the allowed range
+    with pytest.raises(InputError, match=r"thresholds\.person: .*got 1\.5; allowed: \[0, 1\]"):
+        PseudoParams.validated({"thresholds": {"person": 1.5}}, "pseudo parameters")
+    with pytest.raises(InputError, match=r"nms_iou: .*got 0\.0; allowed: \(0, 1\]"):
+        PseudoParams.validated({"nms_iou": 0.0}, "pseudo parameters")
     inp = _write_dets(tmp_path / "dets.json", [[(PERSON, [1, 1, 20, 20], 0.9)]])
     with pytest.raises(InputError, match="no class-map entry"):
         run_pseudo(inp, tmp_path / "o.json", PseudoParams(target_classes=("dog",)))
+
+
+def test_cli_bad_option_value_is_an_input_error(tmp_path: Path, capsys) -> None:
+    """A bad option value exits 2 with the key, the value and the range (no pydantic traceback)."""
+    from rgb2thermal_cli.main import main
+
+    inp = _write_dets(tmp_path / "dets.json", [[(PERSON, [1, 1, 20, 20], 0.9)]])
+    assert main(["stage", "pseudo", "--in", str(inp), "--out", str(tmp_path / "o.json"),
+                 "--score-threshold", "1.7", "--threshold", "car=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "rgb2thermal stage pseudo" in err and "Traceback" not in err
+    assert "score_threshold: " in err and "got 1.7; allowed: [0, 1]" in err
+    assert "thresholds.car: " in err and "got -1.0" in err
+    assert main(["stage", "pseudo", "--in", str(inp), "--out", str(tmp_path / "o.json"), "--score-threshold", "0.5",
+                 "--no-histogram"]) == 0

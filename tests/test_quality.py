@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.coco import annotation, categories_from_names, new_dataset
-from tasks.errors import InputError
+from core.coco import annotation, categories_from_names, new_dataset
+from core.errors import InputError
 from tasks.quality import ALL, evaluate, match_boxes
 
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from tasks import atomic, coco
-from tasks.boxes import iou_matrix, xywh_to_xyxy
-from tasks.errors import InputError
+from core import atomic, coco
+from core.boxes import iou_matrix, xywh_to_xyxy
+from core.errors import InputError
 from tasks.refine import RefineParams, apply_policy, run_refine
-from tasks.stage_report import StageReport, report_path
+from core.stage_report import StageReport, report_path
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +148,22 @@ def test_corrupt_image_is_reported_and_skipped(syn, tmp_path):
 
 
 def test_params_are_validated(tmp_path):
-    with pytest.raises(InputError, match="min_iou"):
+    with pytest.raises(ValidationError, match="min_iou"):
         RefineParams(min_iou=1.5)
-    with pytest.raises(InputError, match="checkpoint"):
+    with pytest.raises(ValidationError, match="checkpoint"):
         RefineParams(method="sam2")
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(ValidationError, match="not found"):
         RefineParams(sam2_checkpoint=str(tmp_path / "missing.pt"))
-    with pytest.raises(InputError, match="enlarge"):
+    with pytest.raises(ValidationError, match="enlarge"):
         RefineParams(classical_enlarge=0.5)
+    with pytest.raises(ValidationError, match="classical"):
+        RefineParams(method="classical", sam2_checkpoint=str(tmp_path / "x.pt"))
+    with pytest.raises(InputError, match=r"on_reject: Input should be 'keep' or 'drop' \(got 'ignore'\)"):
+        RefineParams.validated({"on_reject": "ignore"}, "refine parameters")
+    p = RefineParams(method="classical")
+    assert p.replace(min_iou=0.2).min_iou == 0.2 and p.min_iou == 0.5
+    with pytest.raises(ValidationError, match="min_iou"):
+        p.replace(min_iou=2.0)                              # a copy is validated like a new object
 
 
 def test_cli_refine_classical(syn, tmp_path, capsys):
@@ -170,6 +179,10 @@ def test_cli_refine_classical(syn, tmp_path, capsys):
     rep = atomic.read_json(report_path(out))
     assert rep["params"]["on_reject"] == "drop" and rep["params"]["min_iou"] == 0.3
     assert main(["stage", "refine", "--in", str(inp), "--out", str(out), "--method", "sam2"]) == 2
+    assert "needs a SAM2 checkpoint" in capsys.readouterr().err
+    assert main(["stage", "refine", "--in", str(inp), "--out", str(out), "--min-iou", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "min_iou: " in err and "got 1.5; allowed: [0, 1]" in err and "Traceback" not in err
 
 
 def test_hash_memo_cache_hits_read_no_image_and_keep_results(syn, tmp_path):
@@ -179,7 +192,7 @@ def test_hash_memo_cache_hits_read_no_image_and_keep_results(syn, tmp_path):
     import shutil
     import time
 
-    from tasks.hashing import HashMemo
+    from core.hashing import HashMemo
 
     root = tmp_path / "syn"
     shutil.copytree(syn, root)

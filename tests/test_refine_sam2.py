@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import coco
+from core import coco
 from tasks.refine import RefineParams, run_refine
 from tasks.refine_sam2 import Sam2Config, Sam2Refiner, masks_to_boxes
 
@@ -81,7 +81,7 @@ def first_run(refiner, thermal_coco, tmp_path_factory):
 
 def raw_results(ds: dict, cache: Path, fingerprint: str) -> dict:
     """The refiner's raw (new boxes, scores) per image, read back from the stage's cache."""
-    from tasks.boxes import clip
+    from core.boxes import clip
     from tasks.refine import _cache_get, _cache_key, _image_sha, resolve_image_path
 
     out = {}
@@ -149,7 +149,7 @@ def test_decisions_follow_thresholds(refiner, first_run, thermal_coco, tmp_path)
 
 def test_image_batched_path_agrees(refiner, first_run, thermal_coco):
     """``set_image_batch`` + ``predict_batch`` over 2 images = the per-image results."""
-    from tasks.boxes import clip
+    from core.boxes import clip
     from tasks.refine import _decode, resolve_image_path
     from tasks.refine_sam2 import to_rgb_u8
 
@@ -186,7 +186,7 @@ def test_user_checkpoint_loads_and_chunked_prompts_agree(refiner, first_run, the
     ref = raw_results(ds, first_run["cache"], refiner.fingerprint)
     iid = max(ref, key=lambda i: len(ref[i][1]))
     im = next(x for x in ds["images"] if x["id"] == iid)
-    from tasks.boxes import clip
+    from core.boxes import clip
     from tasks.refine import _decode, resolve_image_path
     from tasks.refine_sam2 import to_rgb_u8
 
@@ -205,7 +205,7 @@ def test_user_checkpoint_loads_and_chunked_prompts_agree(refiner, first_run, the
 def test_wrong_config_for_checkpoint_is_an_input_error(refiner, tmp_path):
     import torch
 
-    from tasks.errors import InputError
+    from core.errors import InputError
 
     ckpt = tmp_path / "partial.pt"
     sd = refiner.predictor.model.state_dict()

@@ -10,7 +10,7 @@ from registration.homography import (check_homography, estimate_auto, estimate_f
                                      project_points, save_overlay)
 from registration.registry import HomographyEntry, load_registry, lookup, save_entry
 from registration.warp import INVALID, KEPT, OUTSIDE, TOO_SMALL, warp_boxes, warp_boxes_torch, warp_image
-from tasks.errors import InputError
+from core.errors import InputError
 
 RGB, TH = (320, 256), (256, 208)
 
@@ -92,16 +92,11 @@ def test_numpy_and_torch_paths_agree(mode: str) -> None:
         assert a.counts == b.counts and 0 < a.counts["kept"] < len(boxes)
 
 
-def test_image_warp_cv2_kornia_and_boxes_agree() -> None:
-    pytest.importorskip("kornia")
-    from registration.warp import warp_images_torch
-
+def test_image_warp_and_box_warp_agree() -> None:
     H = _h(scale=0.85, rot=0.03)
     img = np.zeros((RGB[1], RGB[0]), dtype=np.uint8)
     img[60:140, 100:150] = 255  # object occupying continuous box [100, 60, 150, 140]
     w_cv = warp_image(img, H, TH)
-    w_k = warp_images_torch(img[None, None].astype(np.float32), H, TH)[0, 0].numpy()
-    assert np.abs(w_cv.astype(np.float32) - w_k).mean() < 0.5
     ys, xs = np.nonzero(w_cv > 127)
     box = warp_boxes([[100, 60, 150, 140]], H, TH).boxes[0]
     # the warped object's pixels lie inside the warped box, and fill it up to the rotation slack

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import atomic, coco
-from tasks.errors import InputError
+from core import atomic, coco
+from core.errors import InputError
 from tasks.report import ReportInputs, ReportParams, run_report
-from tasks.stage_report import report_path
+from core.stage_report import report_path
 
 
 @pytest.fixture(scope="module")

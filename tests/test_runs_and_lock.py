@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import runs
-from tasks.errors import InputError
-from tasks.workspace_lock import WorkspaceBusy, workspace_lock
+from pipeline import runs
+from core.errors import InputError
+from pipeline.lock import WorkspaceBusy, workspace_lock
 
 
 def _hold(ws: str, seconds: float, ready) -> None:
@@ -52,7 +52,8 @@ def _record(run_id: str, person: float, thr: float) -> runs.RunRecord:
     rec = runs.RunRecord(run_id=run_id, flow="adapt", status="succeeded", started=runs.now(),
                          params={"pseudo": {"score_threshold": thr}, "train": {"epochs": 3}})
     rec.stages.append(runs.StageRecord("infer", 1.5, cache_hits=3, cache_misses=1))
-    rec.metrics = {"adapted": {"person": {"mAP": person / 2, "mAP_50": person}, "all": {"mAP": 0.1, "mAP_50": 0.2}}}
+    rec.metrics = {"eval": {"adapted": {"person": {"mAP": person / 2, "mAP_50": person},
+                                        "all": {"mAP": 0.1, "mAP_50": 0.2}}}}
     return rec
 
 

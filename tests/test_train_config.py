@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from tasks.coco import annotation, categories_from_names, new_dataset, save_dataset
-from tasks.errors import InputError
-from tasks.train_spec import LOSS_SLOTS, spec_from_dict
+from core.coco import annotation, categories_from_names, new_dataset, save_dataset
+from core.errors import InputError
+from detection.train_spec import LOSS_SLOTS, spec_from_dict
 
 pytest.importorskip("mmdet")
 
@@ -46,7 +46,7 @@ def _loss_is_finite(cfg):
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
 
-    from tasks.mmdet_utils import build_model
+    from detection.mmdet_utils import build_model
 
     torch.manual_seed(0)
     model = build_model(cfg.model).train()
@@ -77,7 +77,7 @@ OVERRIDES = [
 
 @pytest.mark.parametrize("losses", OVERRIDES, ids=lambda o: "-".join(f"{k}={v['type']}" for k, v in o.items()) or "default")
 def test_tiny_config_with_each_loss_override(tmp_path, tiny_set, losses):
-    from tasks.train_config import build_config
+    from detection.train_config import build_config
 
     spec = _spec(tmp_path, tiny_set, losses=losses, batch_size=2, epochs=3)
     cfg = build_config(spec)
@@ -94,8 +94,8 @@ def test_tiny_config_with_each_loss_override(tmp_path, tiny_set, losses):
 def test_s_config_with_combined_overrides_and_resolved_fields(tmp_path, tiny_set):
     from mmengine.config import Config
 
-    from tasks import atomic
-    from tasks.train_config import build_config
+    from core import atomic
+    from detection.train_config import build_config
 
     losses = {"loss_cls": {"type": "FocalLoss", "gamma": 2.0, "alpha": 0.25}, "loss_bbox": {"type": "CIoULoss"},
               "loss_obj": {"type": "QualityFocalLoss"}}
@@ -123,7 +123,7 @@ def test_s_config_with_combined_overrides_and_resolved_fields(tmp_path, tiny_set
 
 
 def test_bad_loss_specs_are_input_errors(tmp_path, tiny_set):
-    from tasks.train_config import build_config
+    from detection.train_config import build_config
 
     with pytest.raises(InputError, match="does not fit this slot"):
         _spec(tmp_path, tiny_set, losses={"loss_bbox": {"type": "FocalLoss"}})
@@ -134,7 +134,7 @@ def test_bad_loss_specs_are_input_errors(tmp_path, tiny_set):
 
 
 def test_empty_and_unlabelled_sets_are_refused(tmp_path):
-    from tasks.train_config import build_config
+    from detection.train_config import build_config
 
     unlabelled = _write_set(tmp_path / "nolabels", boxes=False)
     with pytest.raises(InputError, match="no boxes of"):
@@ -145,7 +145,7 @@ def test_empty_and_unlabelled_sets_are_refused(tmp_path):
 
 
 def test_swapped_category_order_is_refused(tmp_path):
-    from tasks.train_config import build_config
+    from detection.train_config import build_config
 
     swapped = _write_set(tmp_path / "swapped", categories=("car", "person"))
     with pytest.raises(InputError, match="swap classes"):

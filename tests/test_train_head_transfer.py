@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import InputError
-from tasks.head_transfer import class_mapping, transfer_state_dict
+from core.errors import InputError
+from detection.head_transfer import class_mapping, transfer_state_dict
 
 pytest.importorskip("mmdet")
 
@@ -18,7 +18,7 @@ def _models():
     import torch
     from mmdet.datasets import CocoDataset
 
-    from tasks.mmdet_utils import build_model, load_config
+    from detection.mmdet_utils import build_model, load_config
 
     cfg = load_config("yolox_tiny_8xb8-300e_coco")
     torch.manual_seed(0)
@@ -85,14 +85,14 @@ def test_real_coco_checkpoint_rows_transfer(tmp_path):
     """With the real COCO nano checkpoint: the prepared init weights carry its person/car rows."""
     import torch
 
-    from tasks.detector import read_checkpoint
+    from detection.detector import read_checkpoint
     from tasks.train import prepare_init_weights
-    from tasks.train_config import build_config
+    from detection.train_config import build_config
     import cv2
     import numpy as np
 
-    from tasks.coco import annotation, categories_from_names, new_dataset, save_dataset
-    from tasks.train_spec import spec_from_dict
+    from core.coco import annotation, categories_from_names, new_dataset, save_dataset
+    from detection.train_spec import spec_from_dict
 
     (tmp_path / "img").mkdir()
     cv2.imwrite(str(tmp_path / "img" / "1.png"), np.full((80, 96, 3), 90, np.uint8))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.errors import InputError
+from core.errors import InputError
 
 pytest.importorskip("mmdet")
 
@@ -32,7 +32,7 @@ def synthetic(tmp_path_factory):
 
 
 def _spec(synthetic, work_dir, **kw):
-    from tasks.train_spec import spec_from_dict
+    from detection.train_spec import spec_from_dict
 
     data = {"ann_file": str(synthetic / "labels_rgb" / "coco.json"), "img_root": str(synthetic / "rgb")}
     base = {"base_model": "yolox_tiny_8xb8-300e_coco", "train": data, "val": data, "work_dir": str(work_dir),
@@ -92,7 +92,7 @@ def test_nan_guard_stops_with_iteration_loss_and_lr(synthetic, tmp_path):
 
 
 def test_refuses_set_without_boxes(synthetic, tmp_path):
-    from tasks.coco import load_dataset, save_dataset
+    from core.coco import load_dataset, save_dataset
     from tasks.train import train
 
     ds = load_dataset(synthetic / "labels_rgb" / "coco.json")

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from tasks.boxes import xywh_to_xyxy
-from tasks.coco import annotation, load_dataset, new_dataset, save_dataset
-from tasks.errors import InputError
-from tasks.stage_report import StageReport, report_path
+from core.boxes import xywh_to_xyxy
+from core.coco import annotation, load_dataset, new_dataset, save_dataset
+from core.errors import InputError
+from core.stage_report import StageReport, report_path
 from tasks.warp import WarpParams, run_warp
 
 RGB, THERMAL = (320, 256), (256, 208)
@@ -131,8 +132,11 @@ def test_outside_unknown_images_and_errors(tmp_path: Path, synth) -> None:
         run_warp(tmp_path / "in.json", tmp_path / "o2.json", WarpParams(registry_dir=root / "registry"))
     with pytest.raises(InputError, match="no homography registered"):
         run_warp(tmp_path / "in.json", tmp_path / "o3.json", WarpParams(registry_dir=tmp_path / "empty"), index=idx.path)
-    with pytest.raises(InputError, match="min_visible_fraction"):
+    with pytest.raises(ValidationError, match="min_visible_fraction"):
         WarpParams(min_visible_fraction=2.0)
+    with pytest.raises(InputError, match=r"min_visible_fraction: .*got 2\.0; allowed: \[0, 1\]"):
+        WarpParams.validated({"min_visible_fraction": 2.0}, "warp parameters")
+    assert WarpParams(registry_dir=str(root)).to_dict()["registry_dir"] == str(root)      # JSON form: str paths
 
 
 def test_cli_pseudo_then_warp(tmp_path: Path, synth, capsys) -> None:
@@ -149,3 +153,18 @@ def test_cli_pseudo_then_warp(tmp_path: Path, synth, capsys) -> None:
     assert len(load_dataset(tmp_path / "w.json")["images"]) == len(idx.pairs)
     assert main(["stage", "warp", "--in", str(tmp_path / "p.json"), "--out", str(tmp_path / "x.json")]) == 2
     assert "needs the paired index" in capsys.readouterr().err
+
+
+def test_box_warper_takes_kornia_only_on_a_gpu() -> None:
+    """``device=auto`` warps with numpy unless torch is loaded and sees a GPU (then kornia, same numbers)."""
+    import torch
+
+    from registration.warp import warp_boxes
+    from tasks.warp import _box_warper
+
+    fn, dev = _box_warper("cpu")
+    assert fn is warp_boxes and dev == "cpu"
+    fn, dev = _box_warper("auto")
+    assert dev == ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev == "cpu":
+        assert fn is warp_boxes

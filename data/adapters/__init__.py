@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from tasks.errors import InputError
+from core.errors import InputError
 
 ADAPTERS = ("folder", "flir_v1", "flir_v2")
 

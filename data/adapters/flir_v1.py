@@ -19,7 +19,7 @@ from pathlib import Path
 
 from data.adapters.folder import _images, read_coco_labels
 from data.index import DEFAULT_CLASSES, BuildOptions, Candidate, PairedIndex, build_index as _build
-from tasks.errors import InputError
+from core.errors import InputError
 
 SPLITS = ("train", "val", "video")
 #: FLIR's own class names -> target classes (FLIR v1 uses "bicycle", "dog", ... which are dropped).

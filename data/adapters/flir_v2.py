@@ -22,7 +22,7 @@ from pathlib import Path
 
 from data.adapters.folder import IMAGE_EXTENSIONS, _read_pairs_file, read_coco_labels
 from data.index import DEFAULT_CLASSES, BuildOptions, Candidate, PairedIndex, RawLabels, build_index as _build
-from tasks.errors import InputError
+from core.errors import InputError
 
 FOLDERS = {"train": ("images_rgb_train", "images_thermal_train"), "val": ("images_rgb_val", "images_thermal_val"),
            "test": ("video_rgb_test", "video_thermal_test")}

@@ -28,7 +28,7 @@ import numpy as np
 
 from data.index import (DEFAULT_CLASSES, IMAGE_EXTENSIONS, BuildOptions, Candidate, PairedIndex, RawLabels,
                         build_index as _build)
-from tasks.errors import InputError
+from core.errors import InputError
 
 
 def _images(folder: Path) -> dict[str, Path]:
@@ -79,8 +79,8 @@ def read_yolo_file(path: Path, names: Mapping[int, str], issues: list[dict]) -> 
 
 def read_coco_labels(path: Path, issues: list[dict]) -> dict[str, RawLabels]:
     """COCO file -> labels keyed by image file name (as written in ``file_name``), boxes ``xyxy``."""
-    from tasks.boxes import xywh_to_xyxy
-    from tasks.coco import load_dataset
+    from core.boxes import xywh_to_xyxy
+    from core.coco import load_dataset
 
     ds = load_dataset(path)
     names = {c["id"]: c["name"] for c in ds["categories"]}

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from tasks.errors import InputError
+from core.errors import InputError
 
 
 def read_mapping(path: str | os.PathLike[str], what: str, fix: str) -> dict[str, Any]:

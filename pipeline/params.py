@@ -4,11 +4,13 @@ Why: the plain pipeline, the Prefect flow and DVC read the *same* parameters, an
 must stop a run before it spends an hour on inference. So ``params.yaml`` is validated here, up
 front, and every stage section is mapped onto the stage's own parameter class
 (:class:`tasks.infer.InferParams`, :class:`tasks.pseudo.PseudoParams`, :class:`tasks.warp.WarpParams`,
-:class:`tasks.refine.RefineParams`, :class:`tasks.train_spec.TrainSpec`): those classes own their
-fields' validation, this module only decides which fields a user may set (the pipeline fills
-the rest: file paths, the teacher's config/checkpoint, class names) and turns every failure into
-an :class:`~tasks.errors.InputError` naming the key (``pseudo.score_threshold``), the bad value
-and what is allowed.
+:class:`tasks.refine.RefineParams`, :class:`detection.train_spec.TrainSpec`; all pydantic models):
+those classes own their fields' validation, this module only decides which fields a user may
+set (the pipeline fills the rest: file paths, the teacher's config/checkpoint, class names) and
+turns every failure into ONE :class:`~core.errors.InputError` naming each key
+(``pseudo.score_threshold``), the bad value and what is allowed
+(:func:`core.errors.input_error_from_validation`, the same wording the stage CLIs use). Section
+keys are the stage fields' names, with no aliases.
 
 Sections mirror the stages: ``data``, ``teacher``, ``infer``, ``pseudo``, ``warp``, ``refine``,
 ``student``, ``eval``. Overrides use dotted keys (``--set refine.classical_score_threshold=0.5``);
@@ -17,29 +19,32 @@ Relative paths in ``params.yaml`` are relative to the file's folder.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.errors import InputError
-from tasks.yamlio import read_mapping
+from core.errors import InputError, input_error_from_validation
+from core.stage_params import StageParams
+from core.yamlio import read_mapping
 from tasks.infer import InferParams
 from tasks.pseudo import PseudoParams
 from tasks.refine import RefineParams
-from tasks.train_spec import DatasetSpec, TrainSpec
+from detection.train_spec import DatasetSpec, TrainSpec
 from tasks.warp import WarpParams
 
 #: TrainSpec fields the pipeline sets itself (datasets, output folder, classes, initial weights).
 _TRAIN_PIPELINE_FIELDS = ("train", "val", "test", "work_dir", "classes", "load_from", "resume")
-#: Stage-dataclass fields the pipeline sets itself.
+#: Stage-parameter fields the pipeline sets itself (``warp.registry_dir`` is the user's, with a
+#: pipeline default: see ``PipelineParams.warp_params``).
 _INFER_PIPELINE_FIELDS = ("config", "checkpoint", "source")
-_WARP_PIPELINE_FIELDS = ("registry_dir",)
 _REFINE_PIPELINE_FIELDS = ("image_root",)
 _PSEUDO_PIPELINE_FIELDS = ("target_classes",)
+
+_P = TypeVar("_P", bound=StageParams)
 
 
 class _TrainFields(TrainSpec):
@@ -148,28 +153,26 @@ class PipelineParams(_Strict):
     eval: EvalSection = Field(default_factory=EvalSection)
 
     # ---- stage parameter objects (validated by their own classes) -----------------------
-    def infer_params(self, config: str, checkpoint: str | None, source: str = "rgb_teacher") -> InferParams:
-        return _dataclass(InferParams, self.infer, "infer", _INFER_PIPELINE_FIELDS,
-                          config=config, checkpoint=checkpoint, source=source)
+    # ``overrides``: a pipeline step instance may run a stage with its own values; they are
+    # merged over the section and validated exactly like it (errors still name ``section.key``).
+    def infer_params(self, config: str, checkpoint: str | None, source: str = "rgb_teacher",
+                     overrides: Mapping[str, Any] | None = None) -> InferParams:
+        return _stage_params(InferParams, "infer", self.infer, overrides, _INFER_PIPELINE_FIELDS,
+                             config=config, checkpoint=checkpoint, source=source)
 
-    def pseudo_params(self) -> PseudoParams:
-        section = dict(self.pseudo)
-        if "score_threshold" in section:
-            if "default_threshold" in section:
-                raise InputError("both pseudo.score_threshold and pseudo.default_threshold are set", "params pseudo",
-                                 "set only pseudo.score_threshold (it is the default per-class threshold)")
-            section["default_threshold"] = section.pop("score_threshold")
-        return _dataclass(PseudoParams, section, "pseudo", _PSEUDO_PIPELINE_FIELDS,
-                          target_classes=tuple(self.data.classes))
+    def pseudo_params(self, overrides: Mapping[str, Any] | None = None) -> PseudoParams:
+        return _stage_params(PseudoParams, "pseudo", self.pseudo, overrides, _PSEUDO_PIPELINE_FIELDS,
+                             target_classes=tuple(self.data.classes))
 
-    def warp_params(self, default_registry: Path | None) -> WarpParams:
-        reg = self.warp.get("registry_dir")
-        section = {k: v for k, v in self.warp.items() if k != "registry_dir"}
-        return _dataclass(WarpParams, section, "warp", _WARP_PIPELINE_FIELDS,
-                          registry_dir=Path(reg) if reg is not None else default_registry)
+    def warp_params(self, default_registry: Path | None, overrides: Mapping[str, Any] | None = None) -> WarpParams:
+        """``warp.registry_dir`` is the user's to set; unset (or null) it is ``default_registry``."""
+        values = _merged(self.warp, overrides, "warp")
+        if values.get("registry_dir") is None:
+            values["registry_dir"] = default_registry
+        return _stage_params(WarpParams, "warp", values, None, ())
 
-    def refine_params(self) -> RefineParams:
-        return _dataclass(RefineParams, self.refine, "refine", _REFINE_PIPELINE_FIELDS)
+    def refine_params(self, overrides: Mapping[str, Any] | None = None) -> RefineParams:
+        return _stage_params(RefineParams, "refine", self.refine, overrides, _REFINE_PIPELINE_FIELDS)
 
     def teacher_train_fields(self) -> dict[str, Any]:
         return _train_fields(self.teacher.train or {}, "teacher.train")
@@ -212,34 +215,38 @@ def _train_fields(section: dict[str, Any], where: str) -> dict[str, Any]:
     try:
         _TrainFields.model_validate({"base_model": "(checked when training)", **section})
     except ValidationError as exc:
-        raise _pydantic_error(exc, where) from None
+        raise _pydantic_error(exc, where, _TrainFields) from None
     return dict(section)
 
 
-def _dataclass(cls: type, section: dict[str, Any], where: str, owned: tuple[str, ...], **fixed: Any) -> Any:
-    """``cls(**section, **fixed)``; unknown or pipeline-owned keys name the allowed ones."""
-    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in owned]
-    unknown = sorted(k for k in section if k not in allowed)
-    if unknown:
-        raise InputError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}", f"params {where}",
-                         f"allowed keys in '{where}': {allowed}")
-    try:
-        return cls(**section, **fixed)
-    except InputError as exc:
-        raise InputError(f"{exc.what} (section '{where}', values {section})", f"params {where}", exc.fix) from None
-    except TypeError as exc:
-        raise InputError(f"bad value in '{where}': {exc}", f"params {where}", f"allowed keys: {allowed}") from None
+def _merged(section: Mapping[str, Any], overrides: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise InputError(f"parameter overrides for '{where}' must be a mapping of keys to values, got {overrides!r}",
+                         f"params {where}", f"e.g. {{min_size: 2}} (keys of '{where}')")
+    return {**section, **(overrides or {})}
 
 
-def _pydantic_error(exc: ValidationError, where: str) -> InputError:
-    problems = []
-    for e in exc.errors():
-        key = ".".join(str(p) for p in (where, *e["loc"]) if p != "")
-        value = e.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        problems.append(f"{key}: {e['msg']}{shown}")
-    return InputError("; ".join(problems), f"params {where}" if where else "params",
-                      "fix the listed keys (see params.yaml and flows/README.md)")
+def _stage_params(model: type[_P], where: str, section: Mapping[str, Any], overrides: Mapping[str, Any] | None,
+                  owned: tuple[str, ...], **fixed: Any) -> _P:
+    """``model(**section, **overrides, **fixed)`` as one InputError naming ``where.key`` on failure.
+
+    ``owned`` keys are filled by the pipeline (``fixed``): a user setting one would be silently
+    overwritten, so it is refused, with the keys that may be set.
+    """
+    values = _merged(section, overrides, where)
+    taken = sorted(set(values) & set(owned))
+    if taken:
+        allowed = [k for k in model.model_fields if k not in owned]
+        raise InputError(f"{[f'{where}.{k}' for k in taken]} are set by the pipeline itself", f"params {where}",
+                         f"remove them; allowed keys in '{where}': {allowed}")
+    return model.validated({**values, **fixed}, f"params {where}", prefix=where, hidden=owned,
+                           fix=f"fix the listed keys of '{where}' (see params.yaml)")
+
+
+def _pydantic_error(exc: ValidationError, where: str, model: type[BaseModel] | None = None) -> InputError:
+    """The pipeline's wording of a ValidationError (``where``: the dotted section, '' = top level)."""
+    return input_error_from_validation(exc, f"params {where}" if where else "params", prefix=where, model=model,
+                                       fix="fix the listed keys (see params.yaml and flows/README.md)")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -304,7 +311,7 @@ def params_from_dict(data: dict[str, Any], where: str = "params") -> PipelinePar
     try:
         params = PipelineParams.model_validate(data)
     except ValidationError as exc:
-        raise _pydantic_error(exc, "") from None
+        raise _pydantic_error(exc, "", PipelineParams) from None
     params.validate_stages()
     return params
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.errors import InputError
+from core.errors import InputError
 
 log = logging.getLogger(__name__)
 

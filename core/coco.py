@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from tasks import atomic
-from tasks.boxes import xywh_to_xyxy, xyxy_to_xywh
-from tasks.errors import InputError
+from core import atomic
+from core.boxes import xywh_to_xyxy, xyxy_to_xywh
+from core.errors import InputError
 
 
 class CocoFormatError(InputError):
@@ -57,7 +57,7 @@ def _check_bbox(bbox: Any, path: Any, where: str) -> None:
         raise _fail(path, where, f"bbox has a non-finite value {bbox!r}", "drop or repair the box")
     if bbox[2] < 0 or bbox[3] < 0:
         raise _fail(path, where, f"bbox has negative size {bbox!r} (xyxy written as xywh?)",
-                    "COCO bbox is [x, y, width, height]; convert with tasks.boxes.xyxy_to_xywh")
+                    "COCO bbox is [x, y, width, height]; convert with core.boxes.xyxy_to_xywh")
 
 
 def validate_dataset(ds: dict, path: str | os.PathLike[str] | None = None) -> dict:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,6 @@ def short(digest: str, n: int = 16) -> str:
     return digest[:n]
 
 
-def tree_sha256(paths: list[Path]) -> str:
-    """Hash of several files' contents, order-independent (sorted by content hash)."""
-    return json_sha256(sorted(file_sha256(p) for p in paths))
-
-
 #: A file modified this close (seconds) to the moment it was hashed may change again within the
 #: file system's mtime granularity without its stat changing: such hashes are used once, not kept.
 RACY_SECONDS = 2.0
@@ -86,6 +82,7 @@ class HashMemo:
         self.path = Path(path) if path is not None else None
         self._entries: dict[str, list] = {}
         self._dirty = False
+        self._lock = threading.Lock()      # steps of a Prefect flow may hash concurrently (threads)
         self.hits = 0
         self.misses = 0
         if self.path is not None and self.path.is_file():
@@ -122,16 +119,18 @@ class HashMemo:
     def remember(self, path: str | os.PathLike[str], st: os.stat_result, digest: str) -> None:
         """Record a hash computed elsewhere (e.g. from bytes already read) for ``path`` at stat ``st``."""
         key = os.path.abspath(path)
-        if time.time() - st.st_mtime_ns / 1e9 < RACY_SECONDS:
-            self._entries.pop(key, None)
-            return
-        self._entries[key] = [*self._stamp(st), digest]
-        self._dirty = True
+        with self._lock:
+            if time.time() - st.st_mtime_ns / 1e9 < RACY_SECONDS:
+                self._entries.pop(key, None)
+                return
+            self._entries[key] = [*self._stamp(st), digest]
+            self._dirty = True
 
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return
-        from tasks import atomic
+        from core import atomic
 
-        atomic.write_json(self.path, {"schema": MEMO_SCHEMA, "files": self._entries}, indent=None)
-        self._dirty = False
+        with self._lock:
+            atomic.write_json(self.path, {"schema": MEMO_SCHEMA, "files": dict(self._entries)}, indent=None)
+            self._dirty = False

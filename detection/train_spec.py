@@ -1,7 +1,7 @@
 """The typed training spec: everything a training run depends on, validated at the boundary.
 
 Why: users used to hand-edit ``yolox_s.py`` and lost track of which config produced which
-number. A run is now described by this small spec (YAML or flags); ``tasks.train_config``
+number. A run is now described by this small spec (YAML or flags); ``detection.train_config``
 turns it into a fully resolved mmdet config written next to the run's results.
 
 Units: ``input_size`` is ``(width, height)`` in pixels (multiples of 32); ``lr`` is the
@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.errors import InputError
+from core.errors import input_error_from_validation
 
 #: which YOLOX head losses can be overridden, and the mmdet loss types that fit each slot
 #: (YOLOX passes soft IoU-aware class targets and (N, 1) objectness targets, and xyxy boxes).
@@ -161,13 +161,13 @@ def spec_from_dict(data: dict[str, Any], where: str = "train spec") -> TrainSpec
     try:
         return TrainSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors())
-        raise InputError(problems, where, "fix the listed fields (see `rgb2thermal train --help`)") from None
+        raise input_error_from_validation(exc, where, model=TrainSpec,
+                                          fix="fix the listed fields (see `rgb2thermal train --help`)") from None
 
 
 def load_spec(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> TrainSpec:
     """Read a YAML spec; relative paths in it are relative to the YAML file's folder."""
-    from tasks.yamlio import read_mapping
+    from core.yamlio import read_mapping
 
     p = Path(path)
     data = read_mapping(p, "spec", "see `rgb2thermal train --help`")

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.coco import load_dataset
-from tasks.errors import InputError
-from tasks.train_spec import LOSS_SLOTS, DatasetSpec, TrainSpec
+from core.coco import load_dataset
+from core.errors import InputError
+from detection.train_spec import LOSS_SLOTS, DatasetSpec, TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,8 @@ def build_config(spec: TrainSpec) -> Any:
     """
     from mmengine.config import Config
 
-    from tasks.detector import resolve_device
-    from tasks.mmdet_utils import load_config, register_mmdet
+    from detection.detector import resolve_device
+    from detection.mmdet_utils import load_config, register_mmdet
 
     register_mmdet()
     try:
@@ -234,7 +234,8 @@ def build_config(spec: TrainSpec) -> Any:
     val_loader = loader(_dataset(val_spec, spec.classes, test_pipe, True), False)
     evaluator = dict(type="CocoMetric", ann_file=str(val_spec.ann_file), metric="bbox", format_only=False,
                      backend_args=None)
-    custom_hooks: list[dict] = [dict(type="NonFiniteLossGuardHook", priority="VERY_HIGH")]
+    custom_hooks: list[dict] = [dict(type="NonFiniteLossGuardHook", priority="VERY_HIGH"),
+                                dict(type="EpochSeedHook", seed=spec.seed, priority="VERY_HIGH")]
     if spec.freeze_bn:
         custom_hooks.append(dict(type="FrozenBatchNormHook", priority="VERY_HIGH"))
     if spec.ema:

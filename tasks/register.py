@@ -18,7 +18,7 @@ import numpy as np
 
 from registration.homography import Estimate, estimate_auto, estimate_from_points, save_overlay
 from registration.registry import HomographyEntry, save_entry
-from tasks.errors import InputError
+from core.errors import InputError
 
 log = logging.getLogger(__name__)
 

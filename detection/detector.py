@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from tasks import hashing
-from tasks.boxes import clip, xyxy_to_xywh
-from tasks.coco import validate_results
-from tasks.errors import InputError
+from core import hashing
+from core.boxes import clip, xyxy_to_xywh
+from core.coco import validate_results
+from core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,13 @@ def resolve_device(device: str) -> str:
 
 
 def read_checkpoint(checkpoint: str | os.PathLike[str]) -> dict:
-    """Load a user-named checkpoint (trusted: see ``tasks.compat``) as a dict with ``state_dict``.
+    """Load a user-named checkpoint (trusted: see ``core.compat``) as a dict with ``state_dict``.
 
     Accepts mmengine training checkpoints, slim inference checkpoints and bare state dicts.
     """
     import torch
 
-    from tasks.compat import trusted_checkpoints
+    from core.compat import trusted_checkpoints
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -144,7 +144,7 @@ def load_detector(config: str | os.PathLike[str], checkpoint: str | os.PathLike[
     """
     import torch
 
-    from tasks.mmdet_utils import build_model, load_config
+    from detection.mmdet_utils import build_model, load_config
 
     try:
         cfg = load_config(config)
@@ -172,7 +172,7 @@ def load_detector(config: str | os.PathLike[str], checkpoint: str | os.PathLike[
     if ckpt is not None:
         from mmdet.registry import MODELS
 
-        from tasks.mmdet_utils import register_mmdet
+        from detection.mmdet_utils import register_mmdet
 
         register_mmdet()
         model = MODELS.build(cfg.model)  # no init_weights(): every weight comes from the checkpoint
@@ -180,11 +180,11 @@ def load_detector(config: str | os.PathLike[str], checkpoint: str | os.PathLike[
         model = build_model(cfg.model)
     if ckpt is not None:
         _load_state_strict(model, ckpt["state_dict"], str(checkpoint))
-        fingerprint = hashing.json_sha256({"config": cfg.to_dict(), "checkpoint": hashing.file_sha256(checkpoint)})
-        description = (f"{Path(str(config)).name} + {Path(checkpoint)} "
+        fingerprint = hashing.json_sha256({"config": _prediction_config(cfg), "checkpoint": hashing.file_sha256(checkpoint)})
+        description = (f"{Path(str(config)).name} + {Path(checkpoint).name} "
                        f"(sha256 {hashing.short(hashing.file_sha256(checkpoint), 12)}), classes {list(resolved)}")
     else:
-        h = hashing.bytes_sha256(hashing.json_sha256(cfg.to_dict()).encode() + _state_bytes(model))
+        h = hashing.bytes_sha256(hashing.json_sha256(_prediction_config(cfg)).encode() + _state_bytes(model))
         fingerprint = f"{RANDOM_INIT}:{h}"
         description = f"{Path(str(config)).name} with RANDOM WEIGHTS (no checkpoint), classes {list(resolved)}"
         log.warning("detector %s has random weights (no checkpoint given)", Path(str(config)).name)
@@ -197,6 +197,15 @@ def load_detector(config: str | os.PathLike[str], checkpoint: str | os.PathLike[
 
 def _state_bytes(model: Any) -> bytes:
     return b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in model.state_dict().values())
+
+
+def _prediction_config(cfg: Any) -> dict:
+    """The parts of a config that change predictions: the model (with its data preprocessor) and
+    the test pipeline. Not the training sections: they name dataset files by path, and a
+    fingerprint must not change when the same model is used from another folder."""
+    d = cfg.to_dict()
+    test = (d.get("test_dataloader") or {}).get("dataset") or {}
+    return {"model": d.get("model"), "test_pipeline": test.get("pipeline", d.get("test_pipeline"))}
 
 
 def _load_state_strict(model: Any, state_dict: Mapping[str, Any], where: str) -> None:
@@ -270,7 +279,7 @@ def predict_batch(detector: Detector, images: Sequence[np.ndarray]) -> list[Dete
     import torch
     from mmcv.transforms import Compose
 
-    from tasks.mmdet_utils import register_mmdet
+    from detection.mmdet_utils import register_mmdet
 
     if len(images) == 0:
         return []
@@ -337,7 +346,7 @@ def predict_dataset(detector: Detector, ann_file: str | os.PathLike[str], image_
     import cv2
     from tqdm import tqdm
 
-    from tasks.coco import load_dataset
+    from core.coco import load_dataset
 
     ds = load_dataset(ann_file)
     label_map = label_map_by_name(detector.classes, ds["categories"])

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from tasks import atomic
-from tasks.errors import InputError
-from tasks.hashing import HashMemo, file_sha256, json_sha256
+from core import atomic
+from core.errors import InputError
+from core.hashing import HashMemo, file_sha256, json_sha256
 
 RECORD_NAME = "record.json"
 
@@ -47,12 +47,19 @@ class RunRecord:
     params: dict[str, Any] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
     stages: list[StageRecord] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)    # per step: {step name: that step's metrics}
     fallbacks: list[str] = field(default_factory=list)
     error: str = ""
 
     def stage(self, name: str) -> StageRecord | None:
         return next((s for s in self.stages if s.name == name), None)
+
+    def eval_metrics(self, step: str | None = None) -> dict[str, Any]:
+        """The metrics of evaluation step ``step`` (default: the last step that recorded metrics),
+        ``{model column: {category or 'all': {metric: value}}, 'table_markdown': ...}``; {} if none."""
+        if step is not None:
+            return dict(self.metrics.get(step) or {})
+        return dict(next(reversed(self.metrics.values()), {}) or {})
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,7 +156,7 @@ def list_records(workspace: str | os.PathLike[str]) -> list[RunRecord]:
 
 def _metric(record: RunRecord, run: str, category: str, metric: str) -> float | None:
     try:
-        return record.metrics[run][category][metric]
+        return record.eval_metrics()[run][category][metric]
     except (KeyError, TypeError):
         return None
 
@@ -176,8 +183,9 @@ def format_show(record: RunRecord) -> str:
     out += ["", "| stage | seconds | cache hits | cache misses | reused |", "|---|---|---|---|---|"]
     out += [f"| {s.name} | {s.seconds:.2f} | {s.cache_hits} | {s.cache_misses} | {'yes' if s.reused else 'no'} |"
             for s in record.stages]
-    if record.metrics.get("table_markdown"):
-        out += ["", record.metrics["table_markdown"]]
+    for step, m in record.metrics.items():
+        if isinstance(m, dict) and m.get("table_markdown"):
+            out += ["", f"## {step}", "", m["table_markdown"]]
     return "\n".join(out)
 
 
@@ -185,7 +193,7 @@ def format_compare(records: list[RunRecord], metrics: tuple[str, ...] = ("mAP", 
     """Side-by-side table: one row per category, one column block per run record."""
     cats: list[str] = []
     for r in records:
-        for c in (r.metrics.get(run) or {}):
+        for c in (r.eval_metrics().get(run) or {}):
             if c not in cats:
                 cats.append(c)
     head = "| category | " + " | ".join(f"{r.run_id} {m}" for r in records for m in metrics) + " |"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tasks.errors import InputError
+from core.errors import InputError
 
 LOCK_NAME = ".rgb2thermal.lock"
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic
+from core import atomic
 
 
 def report_path(out: str | os.PathLike[str]) -> Path:

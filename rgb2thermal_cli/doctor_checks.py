@@ -70,7 +70,7 @@ def check_mmcv_ops() -> str:
 def check_yolox() -> str:
     import torch
 
-    from tasks.mmdet_utils import build_model, load_config
+    from detection.mmdet_utils import build_model, load_config
 
     cfg = load_config("yolox_tiny_8xb8-300e_coco")
     cfg.model.bbox_head.num_classes = 2

@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic
-from tasks.errors import InputError
-from tasks.hashing import HashMemo, file_sha256, json_sha256
-from tasks.runs import content_fingerprint
+from core import atomic
+from core.errors import InputError
+from core.hashing import HashMemo, file_sha256, json_sha256
+from pipeline.runs import content_fingerprint
 
 CHAMPION_NAME = "champion.json"
 HISTORY_NAME = "champion_history.jsonl"
@@ -152,7 +152,7 @@ def evaluate_model(model: dict[str, str], gt: str | os.PathLike[str], *, device:
     """
     import tempfile
 
-    from tasks.detector import load_detector, predict_dataset
+    from detection.detector import load_detector, predict_dataset
     from tasks.evaluate import evaluate_runs
 
     det = load_detector(model["config"], model["checkpoint"], device=device)
@@ -239,7 +239,7 @@ def decide(champion: Champion | None, challenger_metrics: dict[str, Any], metric
 def watched_fingerprints(params: Any, memo: HashMemo | None = None) -> dict[str, str]:
     """Fingerprint of every dataset the pipeline reads, by version (``PipelineParams``).
 
-    Folders: :func:`tasks.runs.content_fingerprint` (their content, so a folder edited without a
+    Folders: :func:`pipeline.runs.content_fingerprint` (their content, so a folder edited without a
     new ``dvc add`` still counts as changed; ``memo`` makes unchanged files a stat each).
     Synthetic demo data is a pure function of its spec, so its fingerprint is the spec's hash.
     """

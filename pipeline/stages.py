@@ -1,0 +1,249 @@
+"""What each step *kind* does: thin glue from a :class:`pipeline.executor.Step` to the stage
+functions in :mod:`tasks` (one implementation per stage; this module only wires files).
+
+A kind reads its inputs through ``ctx.input(step, role)`` (the upstream outputs its plan entry
+names) and writes only under its own stage folder. Models travel between steps as a small
+descriptor ``model.json`` (``config``, ``checkpoint``, ``checkpoint_sha256``; paths relative to
+the workspace when inside it), so "the teacher" of a step is whatever model its plan entry
+points at: the user's checkpoint, a trained teacher or a previous student.
+
+Boxes in every file are COCO ``xywh`` pixels (see :mod:`core.coco`); nothing is converted here.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core import atomic
+from core.errors import InputError
+from core.hashing import file_sha256
+from pipeline.executor import PipelineContext, Step, StepOutput
+from pipeline.runs import content_fingerprint, dataset_fingerprint
+
+Kind = Callable[[PipelineContext, Step, Path], StepOutput]
+
+
+def run_kind(ctx: PipelineContext, step: Step, out: Path, *, resume: bool = False) -> StepOutput:
+    """Run ``step``'s kind into ``out``; ``resume`` continues an interrupted attempt (training)."""
+    if step.kind == "train":
+        return _train_step(ctx, step, out, resume=resume)
+    return KINDS[step.kind](ctx, step, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def _data(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
+    d = ctx.params.data
+    roots: dict[str, Path] = {}
+    files: dict[str, Path] = {}
+    if d.synthetic is not None:
+        from data.synthetic import generate
+        from registration.registry import HomographyEntry, save_entry
+
+        s = d.synthetic
+        info = generate(out / s.version, s.n_pairs, seed=s.seed, rgb_size=s.rgb_size, thermal_size=s.thermal_size,
+                        night_fraction=s.night_fraction, classes=d.classes, version=s.version)
+        save_entry(out / "registry", s.version, HomographyEntry(
+            H=info.homography, rgb_size=info.rgb_size, thermal_size=info.thermal_size, method="synthetic_known",
+            error_px=0.0, error_kind="exact", notes="the generator's homography (exact by construction)"))
+        roots[s.version] = out / s.version
+        files["registry"] = out / "registry"
+    else:
+        roots = {r.version: Path(r.path) for r in d.roots}
+    content = {v: content_fingerprint(p, ctx.memo) for v, p in roots.items()}
+    fps = {v: dataset_fingerprint(p, content=content[v]) for v, p in roots.items()}
+    files["datasets"] = atomic.write_json(out / "datasets.json", {
+        v: {"path": ctx.rel(roots[v]), "fingerprint": fps[v], "content": content[v]} for v in sorted(roots)})
+    return StepOutput(files=files, info={"datasets": fps})
+
+
+def _split_coco(ds: dict, split: str) -> dict:
+    keep = {im["id"] for im in ds["images"] if im.get("split") == split}
+    return {**ds, "images": [im for im in ds["images"] if im["id"] in keep],
+            "annotations": [a for a in ds["annotations"] if a["image_id"] in keep]}
+
+
+def _index(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
+    from core.coco import save_dataset
+    from data.adapters.folder import build_index
+    from data.merge import merge_indexes
+
+    d = ctx.params.data
+    roots = atomic.read_json(ctx.input(step, "datasets"))
+    built = [build_index(ctx.resolve(info["path"]), version, out / "versions", classes=d.classes, progress=False)
+             for version, info in roots.items()]
+    idx = merge_indexes(built, out / "index.json") if len(built) > 1 else built[0]
+    files = {"index": Path(idx.path)}
+    rgb, thermal = idx.load_labels("rgb"), idx.load_labels("thermal")
+    if rgb is None:
+        raise InputError("the dataset has no RGB labels", str(roots), "the pipeline needs labelled RGB images "
+                         "(teacher training) or at least RGB images; add labels_rgb/")
+    splits = {im.get("split") for im in rgb["images"]}
+    for want in (d.adapt_split, d.test_split):
+        if want not in splits:
+            raise InputError(f"no image has split '{want}' (splits present: {sorted(s for s in splits if s)})",
+                             str(idx.path), "set data.adapt_split/data.test_split or fix split.csv")
+    files["rgb_adapt"] = save_dataset(out / "rgb_adapt.json", _split_coco(rgb, d.adapt_split))
+    if thermal is None:
+        raise InputError("the dataset has no thermal labels for the test split", str(idx.path),
+                         "add labels_thermal/ (test split at least): evaluation needs thermal ground truth")
+    files["thermal_test"] = save_dataset(out / "thermal_test.json", _split_coco(thermal, d.test_split))
+    # always written, so that readers can depend on it; no annotations = no thermal adapt labels
+    files["thermal_adapt"] = save_dataset(out / "thermal_adapt.json", _split_coco(thermal, d.adapt_split))
+    counts = {"pairs": len(idx.pairs), "adapt": len(idx.select(split=d.adapt_split)),
+              "test": len(idx.select(split=d.test_split))}
+    return StepOutput(files=files, info={"counts": counts})
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------
+def _write_model(ctx: PipelineContext, out: Path, config: str, checkpoint: Path | None, source: str) -> Path:
+    sha = file_sha256(checkpoint) if checkpoint is not None else None
+    cfg = ctx.rel(config) if Path(config).is_file() else config            # a bundled mmdet name stays a name
+    return atomic.write_json(out / "model.json", {"config": cfg, "checkpoint": ctx.rel(checkpoint) if checkpoint else None,
+                                                  "checkpoint_sha256": sha, "source": source})
+
+
+def model_of(ctx: PipelineContext, descriptor: Path) -> tuple[str, str | None]:
+    """(config, checkpoint) of a ``model.json`` descriptor, as absolute paths where they are files."""
+    d = atomic.read_json(descriptor)
+    cfg = str(ctx.resolve(d["config"])) if d["config"].endswith(".py") else d["config"]
+    return cfg, (str(ctx.resolve(d["checkpoint"])) if d["checkpoint"] else None)
+
+
+def _model_step(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
+    """The user's detector (config + checkpoint), described for the steps that use it."""
+    t = ctx.params.teacher
+    assert t.config is not None
+    ck = Path(t.checkpoint) if t.checkpoint is not None else None
+    fallbacks = [] if ck else ["the teacher has no checkpoint: RANDOM weights (its pseudo-labels are meaningless)"]
+    model = _write_model(ctx, out, t.config, ck, "user")
+    fp = f"sha256:{atomic.read_json(model)['checkpoint_sha256']}" if ck else "random-init"
+    return StepOutput(files={"model": model}, info={"models": {step.name: fp}, "fallbacks": fallbacks})
+
+
+def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) -> StepOutput:
+    from detection.train_spec import spec_from_dict
+    from tasks.train import train
+
+    labels = ctx.input(step, "labels")
+    if not atomic.read_json(labels)["annotations"]:
+        raise InputError(f"no labels survived to train '{step.name}' on (0 boxes)", str(labels),
+                         "lower pseudo.score_threshold, check the teacher (train it longer), or look at the "
+                         "infer/pseudo/warp reports' dropped counts")
+    p = ctx.params
+    fields = p.teacher_train_fields() if step.options["fields"] == "teacher" else p.student_train_fields()
+    init = model_of(ctx, ctx.input(step, "init"))[1] if "init" in step.needs else None
+    spec = spec_from_dict({**fields, "classes": list(p.data.classes),
+                           "train": {"ann_file": str(labels), "img_root": "/"}, "work_dir": str(out / "train"),
+                           "resume": resume, **({"load_from": init} if init else {})}, f"params ({step.name})")
+    result = train(spec)
+    if result.slim_checkpoint is None:
+        raise RuntimeError(f"{step.name} training produced no checkpoint (see {result.run_dir})")
+    ck = Path(result.slim_checkpoint)
+    model = _write_model(ctx, out, str(result.config_path), ck, "trained")
+    return StepOutput(files={"model": model, "config": Path(result.config_path), "checkpoint": ck,
+                             "train_result": Path(result.run_dir) / "train_result.json"},
+                      info={"models": {step.name: f"sha256:{atomic.read_json(model)['checkpoint_sha256']}"},
+                            "fallbacks": list(result.warnings),
+                            "train": {"epochs_run": result.epochs_run, "timings": result.timings,
+                                      "resumed_from_epoch_checkpoint": "resumed_from" in result.weights}})
+
+
+# ---------------------------------------------------------------------------------------------
+# label transfer
+# ---------------------------------------------------------------------------------------------
+def _from_report(rep: Any, files: dict[str, Path]) -> StepOutput:
+    from core.stage_report import report_path
+
+    files = {**files, "report": report_path(files["coco"])}
+    return StepOutput(files=files, cache_hits=rep.cache_hits, cache_misses=rep.cache_misses,
+                      info={"counts": rep.counts, "dropped": rep.dropped, "fallbacks": list(rep.fallbacks),
+                            "skipped_images": len(rep.skipped_images)})
+
+
+def _infer(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
+    from tasks.infer import run_infer
+
+    config, ck = model_of(ctx, ctx.input(step, "model"))
+    rep = run_infer(ctx.input(step, "images"), out / "infer.json",
+                    ctx.params.infer_params(config, ck, source=step.options.get("source", "rgb_teacher")),
+                    cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo)
+    return _from_report(rep, {"coco": out / "infer.json"})
+
+
+def _pseudo(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
+    from tasks.pseudo import run_pseudo
+
+    rep = run_pseudo(ctx.input(step, "predictions"), out / "pseudo.json", ctx.params.pseudo_params(step.options.get("params")))
+    return _from_report(rep, {"coco": out / "pseudo.json"})
+
+
+def _warp(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
+    from tasks.warp import run_warp
+
+    registry = step.external.get("registry") or ctx.input(step, "registry")
+    rep = run_warp(ctx.input(step, "labels"), out / "warped.json", ctx.params.warp_params(Path(registry)),
+                   index=ctx.input(step, "index"))
+    return _from_report(rep, {"coco": out / "warped.json"})
+
+
+def _refine(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
+    from tasks.refine import run_refine
+
+    rep = run_refine(ctx.input(step, "labels"), out / "refined.json", ctx.params.refine_params(),
+                     index=ctx.input(step, "index"), cache_dir=ctx.cache_dir("refine"), hash_memo=ctx.memo)
+    return _from_report(rep, {"coco": out / "refined.json"})
+
+
+# ---------------------------------------------------------------------------------------------
+# reports
+# ---------------------------------------------------------------------------------------------
+def _quality(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
+    """Score pseudo-labels stage by stage against thermal labels of the adapt split, where they
+    exist (synthetic data, benchmarks). Without them the report says so and scores nothing."""
+    from tasks.report import ReportInputs, ReportParams, run_report
+
+    index, thermal_gt = ctx.input(step, "index"), ctx.input(step, "thermal_gt")
+    if not atomic.read_json(thermal_gt)["annotations"]:
+        note = "no thermal labels on the adapt split: pseudo-label quality cannot be measured"
+        md = atomic.write_text(out / "quality" / "quality.md", f"# Pseudo-label quality\n\n{note}.\n")
+        return StepOutput(files={"markdown": md}, info={"note": note})
+    rep = run_report(ReportInputs(thermal_gt=thermal_gt, rgb_gt=ctx.input(step, "rgb_gt"),
+                                  pseudo=ctx.input(step, "pseudo"), warped=ctx.input(step, "warped"),
+                                  refined=ctx.input(step, "refined")),
+                     out / "quality", ReportParams(n_overlays=2), index=index)
+    return StepOutput(files={"markdown": Path(rep.outputs["markdown"]), "json": Path(rep.outputs["json"])},
+                      info={"counts": rep.counts})
+
+
+def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
+    from detection.detector import load_detector, predict_dataset
+    from tasks.evaluate import evaluate_runs, format_markdown
+
+    gt = ctx.input(step, "gt")
+    ev = ctx.params.eval
+    device = str(ctx.params.student.train.get("device", "auto"))
+    preds: dict[str, Path] = {}
+    for column in step.options["columns"]:
+        config, ck = model_of(ctx, ctx.input(step, f"model:{column}"))
+        det = load_detector(config, ck, device=device)
+        preds[column] = atomic.write_json(out / f"predictions_{column}.json",
+                                          predict_dataset(det, gt, "/", batch_size=ev.batch_size, progress=False),
+                                          indent=None)
+    report = evaluate_runs(gt, preds)
+    md = format_markdown(report, ev.metrics)
+    metrics: dict[str, Any] = {r.name: {**r.per_category, "all": r.overall} for r in report.runs}
+    files = {"table": atomic.write_text(out / "eval.md", md), "json": atomic.write_json(out / "eval.json", report.to_json()),
+             "metrics": atomic.write_json(out / "metrics.json", {
+                 name: {cat: {m: vals.get(m) for m in ev.metrics} for cat, vals in per.items()}
+                 for name, per in metrics.items()}),
+             **{f"predictions_{k}": v for k, v in preds.items()}}
+    return StepOutput(files=files, info={"metrics": {**metrics, "table_markdown": md}})
+
+
+KINDS: dict[str, Kind] = {"data": _data, "index": _index, "model": _model_step, "infer": _infer, "pseudo": _pseudo,
+                          "warp": _warp, "refine": _refine, "quality": _quality, "eval": _eval}
