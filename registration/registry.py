@@ -23,7 +23,6 @@ File format (``H_rgb_to_thermal`` maps continuous RGB pixel coordinates to therm
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

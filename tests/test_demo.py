@@ -68,15 +68,22 @@ def test_demo_writes_the_parameters_it_ran_and_the_other_doors_reuse_every_step(
     from pipeline.params import load_params
     from rgb2thermal_cli.main import main
 
-    tiny = ["data.synthetic.n_pairs=8", "data.synthetic.rgb_size=[160, 128]", "data.synthetic.thermal_size=[128, 96]",
-            "teacher.train.epochs=1", "teacher.train.input_size=[128, 128]", "student.train.epochs=1",
-            "student.train.input_size=[128, 128]", "teacher.train.device=cpu", "student.train.device=cpu",
-            "infer.device=cpu", "infer.min_score=0.0", "pseudo.score_threshold=0.0", "pseudo.max_per_image=5"]
+    import yaml
+
+    from tests.test_pipeline import NANO, TRAIN
+
+    if not (NANO / "yolox_nano_coco.pth").is_file():
+        pytest.skip(f"shared YOLOX-nano teacher absent at {NANO}")
+    params = yaml.safe_load(demo.DEFAULT_PARAMS.read_text())
+    params["data"]["synthetic"].update(n_pairs=8, rgb_size=[160, 128], thermal_size=[128, 96])
+    params["teacher"] = {"config": str(NANO / "yolox_nano_coco.py"), "checkpoint": str(NANO / "yolox_nano_coco.pth")}
+    params["infer"].update(device="cpu", min_score=0.01)
+    params["pseudo"].update(score_threshold=0.02, max_per_image=5)
+    params["student"]["train"] = {**TRAIN, "freeze_bn": True, "frozen_stages": 0}
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(params))
     ws = tmp_path / "ws"
-    args = ["demo", "--data", str(tmp_path / "sample"), "--workspace", str(ws)]
-    for item in tiny:
-        args += ["--set", item]
-    assert main(args) == 0
+    assert main(["demo", "--params", str(tmp_path / "demo.yaml"), "--data", str(tmp_path / "sample"),
+                 "--workspace", str(ws)]) == 0
     ran = ws / "params.run.yaml"
     assert ran.is_file()
     record = adapt_flow(params_path=str(ran), workspace=str(ws))

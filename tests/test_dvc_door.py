@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import yaml
 
 from core.hashing import file_sha256
 from tests.test_pipeline import _folder, _params, needs_nano
+from tests.test_pipeline_dvc import project_shell
 
 pytest.importorskip("prefect")
 pytest.importorskip("mmdet")
@@ -107,14 +107,7 @@ def dvc_project(tmp_path: Path):
     for rel in COMMITTED:
         (proj / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / rel, proj / rel)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
-           "OMP_NUM_THREADS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-
-    def sh(*cmd: str) -> str:
-        r = subprocess.run(list(cmd), cwd=proj, env=env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, (cmd, r.stdout[-3000:], r.stderr[-3000:])
-        return r.stdout + r.stderr
+    sh = project_shell(proj, timeout=300)
 
     def dvc(*args: str) -> str:
         return sh(str(BIN / "dvc"), *args)

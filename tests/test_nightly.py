@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.champion import (Champion, champion_path, decide, format_report, history_path, load_champion,
+from pipeline.champion import (Champion, champion_path, decide, format_report, load_champion,
                             metric_value, promote, read_history, watched_fingerprints)
 from core.errors import InputError
 from tests.test_pipeline import _folder, _params, needs_nano

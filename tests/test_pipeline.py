@@ -23,15 +23,7 @@ TRAIN = {"device": "cpu", "input_size": [128, 128], "batch_size": 4, "epochs": 1
          "progress": False, "ema": False, "warmup_epochs": 0, "seed": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: 2 torch threads thrash under load."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")     # tiny models: 2 threads thrash on 2 cores
 
 
 def _folder(root: Path, n: int, start: int = 0) -> None:

@@ -27,6 +27,21 @@ pytestmark = pytest.mark.slow
 AFTER_WARP = {"warp", "refine", "student", "quality", "eval"}
 
 
+def project_shell(proj: Path, timeout: int = 600):
+    """``sh(*cmd) -> output`` running in ``proj`` with this venv's tools first on PATH and a git
+    identity; a failing command fails the test with its output."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
+           "OMP_NUM_THREADS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def sh(*cmd: str) -> str:
+        r = subprocess.run(list(cmd), cwd=proj, env=env, capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, (cmd, r.stdout[-3000:], r.stderr[-3000:])
+        return r.stdout + r.stderr
+
+    return sh
+
+
 def _ran(out: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
@@ -44,15 +59,7 @@ def test_dvc_reruns_exactly_what_each_change_reaches(tmp_path: Path) -> None:
     params["warp"]["registry_dir"] = "registry"
     params["eval"] = {"baselines": ["source_only"]}
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
-           "OMP_NUM_THREADS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-
-    def sh(*cmd: str) -> str:
-        r = subprocess.run(list(cmd), cwd=proj, env=env, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, (cmd, r.stdout[-3000:], r.stderr[-3000:])
-        return r.stdout + r.stderr
-
+    sh = project_shell(proj)
     sh(str(BIN / "rgb2thermal"), "dvc-yaml", "--params", "params.yaml")
     sh("git", "init", "-q")
     sh(str(BIN / "dvc"), "init", "-q")

@@ -17,16 +17,7 @@ from tests.test_pipeline import SIZES, TRAIN, _folder, _params, needs_nano
 
 pytest.importorskip("mmdet")
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @needs_nano

@@ -1,7 +1,6 @@
 """Class-head transfer: mapped COCO rows land bit-for-bit, everything else is copied, errors are clear."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
