@@ -43,10 +43,8 @@ BOXES_PER_IMAGE = 10
 
 def _frames(work: Path, n: int, thermal_size: tuple[int, int]) -> tuple[Path, list[np.ndarray], list[np.ndarray]]:
     """``n`` generated thermal frames, each with 10 boxes (the GT boxes topped up with random ones)."""
-    import cv2
-
+    from core.images import read_image, to_rgb_u8
     from data.synthetic import generate
-    from tasks.refine_sam2 import to_rgb_u8
 
     rgb_size = (thermal_size[0] * 5 // 4, thermal_size[1] * 5 // 4)
     generate(work / "syn", n, seed=7, rgb_size=rgb_size, thermal_size=thermal_size, progress=False)
@@ -64,7 +62,7 @@ def _frames(work: Path, n: int, thermal_size: tuple[int, int]) -> tuple[Path, li
         for box in b:
             anns.append(coco.annotation(len(anns) + 1, im["id"], 1, box))
         im["file_name"] = str(work / "syn" / "thermal" / im["file_name"])
-        images.append(to_rgb_u8(cv2.imread(im["file_name"], cv2.IMREAD_UNCHANGED)))
+        images.append(to_rgb_u8(read_image(im["file_name"])[0]))
         boxes.append(b.astype(np.float32))
     path = work / "warped10.json"
     coco.save_dataset(path, coco.new_dataset(ds["images"], anns, ds["categories"]))

@@ -32,6 +32,7 @@ from core import hashing
 from core.boxes import clip, xyxy_to_xywh
 from core.coco import validate_results
 from core.errors import InputError
+from core.images import read_image, to_bgr_u8
 
 log = logging.getLogger(__name__)
 
@@ -256,15 +257,13 @@ def test_pipeline_cfg(cfg: Any) -> list[dict]:
 
 
 def _as_bgr3(img: np.ndarray, i: int) -> np.ndarray:
+    """An in-memory image must already be 8-bit gray or BGR (other depths are not silently rescaled
+    here: decode files with ``core.images``); gray is replicated by ``core.images.to_bgr_u8``."""
     if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
         raise InputError(f"image {i} must be a uint8 numpy array, got {getattr(img, 'dtype', type(img))}",
-                         "predict_batch", "read images with cv2.imread (BGR uint8)")
-    if img.ndim == 2:
-        return np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim == 3 and img.shape[2] == 1:
-        return np.repeat(img, 3, axis=2)
-    if img.ndim == 3 and img.shape[2] == 3:
-        return img
+                         "predict_batch", "decode images with core.images.read_image + to_bgr_u8 (BGR uint8)")
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (1, 3)):
+        return to_bgr_u8(img)
     raise InputError(f"image {i} has shape {img.shape}; expected HxW (gray) or HxWx3 (BGR)", "predict_batch",
                      "convert to 8-bit gray or BGR")
 
@@ -341,9 +340,10 @@ def predict_dataset(detector: Detector, ann_file: str | os.PathLike[str], image_
     """Run ``detector`` on every image of a COCO dataset; return a COCO results list.
 
     Image ids and category ids are those of ``ann_file`` (matched by class name), so the
-    output can be scored against that file with ``rgb2thermal eval``.
+    output can be scored against that file with ``rgb2thermal eval``. Images are decoded like
+    every stage decodes them (``core.images``: 8/16-bit, gray or colour; ``to_bgr_u8``), so a
+    detector is evaluated on the pixels it is fed by ``infer``.
     """
-    import cv2
     from tqdm import tqdm
 
     from core.coco import load_dataset
@@ -359,14 +359,10 @@ def predict_dataset(detector: Detector, ann_file: str | os.PathLike[str], image_
         arrays = []
         for im in chunk:
             path = root / im["file_name"]
-            arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            arr, err = read_image(path)
             if arr is None:
-                raise InputError("image cannot be read", str(path), "check image_root and file_name")
-            if arr.dtype != np.uint8:
-                raise InputError(f"image is {arr.dtype}, expected 8-bit", str(path), "convert to 8-bit first")
-            if arr.ndim == 3 and arr.shape[2] == 4:
-                arr = arr[:, :, :3]
-            arrays.append(arr)
+                raise InputError(f"image cannot be read: {err}", str(path), "check image_root and file_name")
+            arrays.append(to_bgr_u8(arr))
         for im, dets in zip(chunk, predict_batch(detector, arrays)):
             results.extend(detections_to_coco_results(dets, im["id"], label_map))
         bar.update(len(chunk))

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.errors import InputError, input_error_from_validation
 from core.stage_params import StageParams
 from core.yamlio import read_mapping
+from tasks.fuse import FuseParams
 from tasks.infer import InferParams
 from tasks.pseudo import PseudoParams
 from tasks.refine import RefineParams
@@ -132,12 +133,34 @@ class StudentSection(_Strict):
 
 
 class EvalSection(_Strict):
-    """Evaluation on the thermal test split (ground truth) with the baselines side by side."""
+    """Evaluation on the thermal test split (ground truth) with the baselines side by side:
+    ``source_only`` (the teacher on thermal), ``no_refinement`` (a student on warped RGB labels),
+    ``classic`` (a student on refined RGB labels alone: the classic recipe, when a thermal source
+    or self-training changes what ``adapted`` trains on) and ``oracle`` (a student on the thermal
+    labels of the adapt frames — an upper bound, shown only when those labels exist)."""
 
-    baselines: list[Literal["source_only", "no_refinement"]] = Field(
+    baselines: list[Literal["source_only", "no_refinement", "classic", "oracle"]] = Field(
         default_factory=lambda: ["source_only", "no_refinement"])
     batch_size: int = Field(default=8, ge=1)
     metrics: list[str] = Field(default_factory=lambda: ["mAP", "mAP_50"])
+
+
+class ThermalSourceSection(_Strict):
+    """A detector run on the thermal adapt frames as a second pseudo-label source, fused with the
+    RGB one (``fuse``). Round 1 uses the teacher; later self-training rounds use the previous
+    student. ``pseudo``: pseudo-label parameters of this source (keys of ``pseudo``, e.g. per-class
+    ``thresholds``), merged over the ``pseudo`` section."""
+
+    enabled: bool = False
+    pseudo: dict[str, Any] = Field(default_factory=dict)
+
+
+class SelfTrainingSection(_Strict):
+    """Self-training: round k's student labels the thermal adapt frames, fused with the RGB labels,
+    for student k+1. ``init``: student k+1 starts from the teacher's weights or from student k's."""
+
+    rounds: int = Field(default=1, ge=1, le=10)
+    init: Literal["teacher", "previous"] = "teacher"
 
 
 class PipelineParams(_Strict):
@@ -150,6 +173,9 @@ class PipelineParams(_Strict):
     warp: dict[str, Any] = Field(default_factory=dict)
     refine: dict[str, Any] = Field(default_factory=dict)
     student: StudentSection = Field(default_factory=StudentSection)
+    thermal_source: ThermalSourceSection = Field(default_factory=ThermalSourceSection)
+    fuse: dict[str, Any] = Field(default_factory=dict)
+    self_training: SelfTrainingSection = Field(default_factory=SelfTrainingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
 
     # ---- stage parameter objects (validated by their own classes) -----------------------
@@ -174,6 +200,9 @@ class PipelineParams(_Strict):
     def refine_params(self, overrides: Mapping[str, Any] | None = None) -> RefineParams:
         return _stage_params(RefineParams, "refine", self.refine, overrides, _REFINE_PIPELINE_FIELDS)
 
+    def fuse_params(self, overrides: Mapping[str, Any] | None = None) -> FuseParams:
+        return _stage_params(FuseParams, "fuse", self.fuse, overrides, ())
+
     def teacher_train_fields(self) -> dict[str, Any]:
         return _train_fields(self.teacher.train or {}, "teacher.train")
 
@@ -190,6 +219,8 @@ class PipelineParams(_Strict):
         self.pseudo_params()
         self.warp_params(None)
         self.refine_params()
+        self.fuse_params()
+        self.pseudo_params(self.thermal_source.pseudo)
         if self.teacher.train is not None:
             if "base_model" not in self.teacher.train:
                 raise InputError("teacher.train needs base_model", "params teacher.train",

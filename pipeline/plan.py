@@ -21,10 +21,6 @@ from pathlib import Path
 from pipeline.executor import Ref, Step
 from pipeline.params import PipelineParams
 
-#: eval column name -> the step whose model it scores (default plan).
-EVAL_MODELS = {"adapted": "student", "no_refinement": "baseline", "source_only": "teacher"}
-
-
 def _model(step: str) -> Ref:
     return Ref(step, "model")
 
@@ -69,23 +65,66 @@ def plan(params: PipelineParams) -> list[Step]:
                       needs={"labels": Ref("warp", "coco"), "index": Ref("index", "index"), **datasets},
                       external={"sam2_checkpoint": Path(sam2)} if sam2 else {}))
 
-    init = {"init": _model("teacher")} if params.student.init_from_teacher else {}
-    steps.append(Step("student", "train", ("student", "data"), needs={"labels": Ref("refine", "coco"), **datasets, **init},
-                      options={"role": "student", "fields": "student"}, resumable=True))
-    if "no_refinement" in params.eval.baselines:
-        steps.append(Step("baseline", "train", ("student", "data"),
-                          needs={"labels": Ref("warp", "coco"), **datasets, **init},
-                          options={"role": "baseline", "fields": "student"}, resumable=True))
+    _students(params, steps, datasets)
+    return steps
+
+
+def _train(name: str, labels: Ref, datasets: dict[str, Ref], init: Ref | None, **options: object) -> Step:
+    return Step(name, "train", ("student", "data"), needs={"labels": labels, **datasets, **({"init": init} if init else {})},
+                options={"role": name, "fields": "student", **options}, resumable=True)
+
+
+def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref]) -> None:
+    """The students, the self-training rounds, the baselines, quality and eval (appended to ``steps``).
+
+    Round k (k = 1..rounds): a thermal source labels the thermal adapt frames — the teacher in
+    round 1 (when ``thermal_source.enabled``), student k-1 after that — its pseudo-labels are fused
+    with the refined RGB labels (``fuse``), and student k trains on the fused set. Without a
+    thermal source, round 1's student trains on the refined RGB labels (the classic recipe).
+    """
+    teacher = _model("teacher") if params.student.init_from_teacher else None
+    thermal_pseudo = dict(params.thermal_source.pseudo)
+    rounds = params.self_training.rounds
+    students: list[str] = []
+    for k in range(1, rounds + 1):
+        tag = "thermal" if k == 1 else f"round{k}"
+        source = "teacher" if k == 1 else students[-1]
+        labels = Ref("refine", "coco")
+        if k > 1 or params.thermal_source.enabled:
+            steps.append(Step(f"infer@{tag}", "infer", ("infer",), retries=1,
+                              needs={"images": Ref("index", "thermal_adapt_images"), "model": _model(source),
+                                     **datasets},
+                              options={"source": "thermal_teacher" if k == 1 else "thermal_student"}))
+            steps.append(Step(f"pseudo@{tag}", "pseudo", ("pseudo", "thermal_source", "data"),
+                              needs={"predictions": Ref(f"infer@{tag}", "coco")}, options={"params": thermal_pseudo}))
+            fuse = "fuse" if k == 1 else f"fuse@{tag}"
+            steps.append(Step(fuse, "fuse", ("fuse",), retries=1,
+                              needs={"rgb": Ref("refine", "coco"), "thermal": Ref(f"pseudo@{tag}", "coco")}))
+            labels = Ref(fuse, "coco")
+        init = _model(students[-1]) if (k > 1 and params.self_training.init == "previous") else teacher
+        students.append("student" if k == 1 else f"student@round{k}")
+        steps.append(_train(students[-1], labels, datasets, init))
+
+    baselines = params.eval.baselines
+    if "no_refinement" in baselines:
+        steps.append(_train("baseline", Ref("warp", "coco"), datasets, teacher))
+    if "classic" in baselines and len(students) + int(params.thermal_source.enabled) > 1:
+        steps.append(_train("classic", Ref("refine", "coco"), datasets, teacher))
+    if "oracle" in baselines:
+        steps.append(_train("oracle", Ref("index", "thermal_adapt"), datasets, teacher, optional=True))
     steps.append(Step("quality", "quality", (), retries=1, needs={
         "rgb_gt": Ref("index", "rgb_adapt"), "pseudo": Ref("pseudo", "coco"), "warped": Ref("warp", "coco"),
         "refined": Ref("refine", "coco"), "index": Ref("index", "index"),
         "thermal_gt": Ref("index", "thermal_adapt")}))
 
-    columns = ["adapted", *[b for b in ("no_refinement", "source_only") if b in params.eval.baselines]]
+    columns = {"adapted": students[-1]}
+    columns.update({f"round{k}": name for k, name in enumerate(students[:-1], start=1)})
+    for b, step in (("classic", "classic"), ("no_refinement", "baseline"), ("oracle", "oracle"), ("source_only", "teacher")):
+        if b in baselines and any(s.name == step for s in steps):
+            columns[b] = step
     steps.append(Step("eval", "eval", ("eval",), needs={
-        "gt": Ref("index", "thermal_test"), **datasets, **{f"model:{c}": _model(EVAL_MODELS[c]) for c in columns}},
-        options={"columns": columns}))
-    return steps
+        "gt": Ref("index", "thermal_test"), **datasets, **{f"model:{c}": _model(m) for c, m in columns.items()}},
+        options={"columns": list(columns)}))
 
 
 def step_names(params: PipelineParams) -> list[str]:

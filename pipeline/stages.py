@@ -11,6 +11,7 @@ Boxes in every file are COCO ``xywh`` pixels (see :mod:`core.coco`); nothing is 
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from core.hashing import file_sha256
 from pipeline.executor import PipelineContext, Step, StepOutput
 from pipeline.runs import content_fingerprint, dataset_fingerprint
 
+log = logging.getLogger(__name__)
 Kind = Callable[[PipelineContext, Step, Path], StepOutput]
 
 
@@ -66,7 +68,7 @@ def _split_coco(ds: dict, split: str) -> dict:
 
 
 def _index(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
-    from core.coco import save_dataset
+    from core.coco import load_dataset, save_dataset
     from data.adapters.folder import build_index
     from data.merge import merge_indexes
 
@@ -92,6 +94,9 @@ def _index(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     files["thermal_test"] = save_dataset(out / "thermal_test.json", _split_coco(thermal, d.test_split))
     # always written, so that readers can depend on it; no annotations = no thermal adapt labels
     files["thermal_adapt"] = save_dataset(out / "thermal_adapt.json", _split_coco(thermal, d.adapt_split))
+    # the thermal adapt frames without labels: what a thermal pseudo-label source runs on
+    files["thermal_adapt_images"] = save_dataset(out / "thermal_adapt_images.json",
+                                                 _split_coco(load_dataset(idx.thermal_images), d.adapt_split))
     counts = {"pairs": len(idx.pairs), "adapt": len(idx.select(split=d.adapt_split)),
               "test": len(idx.select(split=d.test_split))}
     return StepOutput(files=files, info={"counts": counts})
@@ -110,6 +115,8 @@ def _write_model(ctx: PipelineContext, out: Path, config: str, checkpoint: Path 
 def model_of(ctx: PipelineContext, descriptor: Path) -> tuple[str, str | None]:
     """(config, checkpoint) of a ``model.json`` descriptor, as absolute paths where they are files."""
     d = atomic.read_json(descriptor)
+    if "absent" in d:
+        raise InputError(f"no model to use: {d['absent']}", str(descriptor), "provide the labels that step needs")
     cfg = str(ctx.resolve(d["config"])) if d["config"].endswith(".py") else d["config"]
     return cfg, (str(ctx.resolve(d["checkpoint"])) if d["checkpoint"] else None)
 
@@ -130,6 +137,10 @@ def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) ->
     from tasks.train import train
 
     labels = ctx.input(step, "labels")
+    if not atomic.read_json(labels)["annotations"] and step.options.get("optional"):
+        note = f"'{step.name}' not trained: its labels ({labels.name}) are empty (e.g. no thermal labels on the adapt split)"
+        log.info(note)
+        return StepOutput(files={"model": atomic.write_json(out / "model.json", {"absent": note})}, info={"note": note})
     if not atomic.read_json(labels)["annotations"]:
         raise InputError(f"no labels survived to train '{step.name}' on (0 boxes)", str(labels),
                          "lower pseudo.score_threshold, check the teacher (train it longer), or look at the "
@@ -228,7 +239,12 @@ def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     ev = ctx.params.eval
     device = str(ctx.params.student.train.get("device", "auto"))
     preds: dict[str, Path] = {}
+    notes = []
     for column in step.options["columns"]:
+        descriptor = atomic.read_json(ctx.input(step, f"model:{column}"))
+        if "absent" in descriptor:            # an optional model (the oracle without thermal labels)
+            notes.append(f"column {column} left out: {descriptor['absent']}")
+            continue
         config, ck = model_of(ctx, ctx.input(step, f"model:{column}"))
         det = load_detector(config, ck, device=device)
         preds[column] = atomic.write_json(out / f"predictions_{column}.json",
@@ -242,8 +258,16 @@ def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
                  name: {cat: {m: vals.get(m) for m in ev.metrics} for cat, vals in per.items()}
                  for name, per in metrics.items()}),
              **{f"predictions_{k}": v for k, v in preds.items()}}
-    return StepOutput(files=files, info={"metrics": {**metrics, "table_markdown": md}})
+    return StepOutput(files=files, info={"metrics": {**metrics, "table_markdown": md}, "notes": notes})
+
+
+def _fuse(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
+    from tasks.fuse import run_fuse
+
+    rep = run_fuse({"rgb": ctx.input(step, "rgb"), "thermal": ctx.input(step, "thermal")}, out / "fused.json",
+                   ctx.params.fuse_params(step.options.get("params")))
+    return _from_report(rep, {"coco": out / "fused.json"})
 
 
 KINDS: dict[str, Kind] = {"data": _data, "index": _index, "model": _model_step, "infer": _infer, "pseudo": _pseudo,
-                          "warp": _warp, "refine": _refine, "quality": _quality, "eval": _eval}
+                          "warp": _warp, "refine": _refine, "fuse": _fuse, "quality": _quality, "eval": _eval}

@@ -10,8 +10,11 @@ which makes a re-run after *adding* images infer only the new ones, and a later 
 pseudo-label threshold (stage ``pseudo``) infer nothing. Paths and mtimes are not in the key:
 renaming a dataset folder keeps the cache, editing an image in place invalidates it.
 
-Nothing here assumes RGB: the same stage runs a teacher directly on thermal frames (gray
-images are decoded to 3 identical BGR channels), tagged ``source="thermal_teacher"``.
+Nothing here assumes RGB: the same stage runs a teacher directly on thermal frames, tagged
+``source="thermal_teacher"``. Images are decoded by :mod:`core.images` (``to_bgr_u8``: gray is
+replicated to 3 identical BGR channels, 16-bit frames are stretched between their 0.5/99.5
+percentiles, alpha is dropped); 8-bit files give exactly what ``cv2.IMREAD_COLOR`` gives.
+The cache is :class:`core.image_cache.ImageCache` (``<cache_dir>/<key[:2]>/<key>.json``).
 
 Boxes: detections are ``xyxy`` float pixels in the ORIGINAL image (as decoded from the file);
 the COCO output is ``xywh`` (via ``core.coco.annotation``).
@@ -22,7 +25,6 @@ written, so memory does not grow with the number of images beyond the annotation
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -32,18 +34,20 @@ from typing import Any, Literal, get_args
 import numpy as np
 from pydantic import Field, field_validator
 
-from core import atomic
 from core.coco import annotations, categories_from_names, load_dataset, new_dataset, save_dataset
 from core.errors import InputError
-from core.hashing import HashMemo, json_sha256, sha256_read_once
+from core.hashing import HashMemo, sha256_read_once
+from core.image_cache import ImageCache
+from core.images import read_error, read_image, size_mismatch, to_bgr_u8
 from core.stage_params import PathStr, StageParams
 from core.stage_report import StageReport, report_path
 
 log = logging.getLogger(__name__)
 
-#: Bumped whenever the cache entry format or its meaning changes.
-CACHE_SCHEMA = "rgb2thermal.infer-cache/1"
-Source = Literal["rgb_teacher", "thermal_teacher"]
+#: Bumped whenever the cache key material, the entry format or its meaning changes
+#: (/2: one ``core.images`` decoder, 16-bit frames stretched instead of shifted to 8 bit).
+CACHE_SCHEMA = "rgb2thermal.infer-cache/2"
+Source = Literal["rgb_teacher", "thermal_teacher", "thermal_student"]
 SOURCES: tuple[str, ...] = get_args(Source)
 DEFAULT_CACHE_DIR = Path(".cache/rgb2thermal/infer")
 
@@ -89,34 +93,13 @@ class InferParams(StageParams):
         return {"min_score": round(float(self.min_score), 6), "max_per_image": int(self.max_per_image)}
 
 
-def cache_key(image_sha256: str, fingerprint: str, params: InferParams) -> str:
-    """Content-addressed key of one image's inference result."""
-    return json_sha256({"schema": CACHE_SCHEMA, "image": image_sha256, "model": fingerprint,
-                        "params": params.cache_params()})
-
-
-def _cache_file(cache_dir: Path, key: str) -> Path:
-    return cache_dir / key[:2] / f"{key}.json"
-
-
-def _read_cache(path: Path) -> dict | None:
-    """A cache entry, or None when absent or unreadable (then it is recomputed and rewritten)."""
-    try:
-        entry = atomic.read_json(path)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("cache entry %s is unreadable (%s); recomputing it", path, exc)
-        return None
-    if (not isinstance(entry, dict) or entry.get("schema") != CACHE_SCHEMA
-            or not all(k in entry for k in ("size", "boxes", "scores", "labels"))):
-        log.warning("cache entry %s has an unexpected format; recomputing it", path)
-        return None
-    return entry
+def _entry_ok(entry: dict) -> bool:
+    """A cache entry has what :class:`_Result` and the size check read."""
+    return all(k in entry for k in ("size", "boxes", "scores", "labels"))
 
 
 def _entry(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> dict:
-    return {"schema": CACHE_SCHEMA, "size": [int(size[0]), int(size[1])],
+    return {"size": [int(size[0]), int(size[1])],
             "boxes": np.round(boxes.astype(np.float64), 3).tolist(),
             "scores": np.round(scores.astype(np.float64), 6).tolist(),
             "labels": labels.astype(np.int64).tolist()}
@@ -172,7 +155,6 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
     so a cached image whose file is unchanged is not even read (the pipeline passes its
     workspace memo; 10k cached images then cost a stat and a cache read each).
     """
-    import cv2
     from tqdm import tqdm
 
     from detection.detector import RANDOM_INIT, load_detector, predict_batch
@@ -180,6 +162,7 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
     t0 = time.perf_counter()
     inp, out = Path(inp), Path(out)
     cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    cache = ImageCache(cache_dir, CACHE_SCHEMA)
     root = Path(image_root) if image_root is not None else inp.parent
     ds = load_dataset(inp)
     report = StageReport(stage="infer", inputs={"coco": str(inp)}, params=params.to_dict())
@@ -198,19 +181,17 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
         report.fallbacks.append(msg)
 
     results: dict[int, _Result] = {}
-    pending: list[tuple[int, np.ndarray, Path]] = []
+    pending: list[tuple[int, np.ndarray, str]] = []
     n_missing = 0
 
     def flush() -> None:
         if not pending:
             return
         dets = predict_batch(detector, [img for _, img, _ in pending])
-        for (image_id, img, cpath), d in zip(pending, dets):
+        for (image_id, img, key), d in zip(pending, dets):
             b, s, lab = _filter(d.boxes, d.scores, d.labels, params)
             entry = _entry(b, s, lab, (img.shape[1], img.shape[0]))
-            # cache entries: atomic rename but no fsync (a torn entry after a crash is detected and
-            # recomputed; an fsync per image would cost as much as the detector)
-            atomic.write_bytes(cpath, json.dumps(entry, separators=(",", ":")).encode("utf-8"), fsync=False)
+            cache.put(key, entry)
             results[image_id] = _Result.from_entry(entry)
         pending.clear()
 
@@ -220,35 +201,29 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
             sha, data = sha256_read_once(path, hash_memo)
         except OSError as exc:
             n_missing += isinstance(exc, FileNotFoundError)
-            report.skip_image(path, f"cannot read file ({exc.__class__.__name__}: {exc.strerror or exc})")
+            report.skip_image(path, read_error(exc))
             continue
-        key = cache_key(sha, detector.fingerprint, params)
-        cpath = _cache_file(cache_dir, key)
-        entry = _read_cache(cpath)
+        expected = (im["width"], im["height"])
+        key = cache.key(image=sha, model=detector.fingerprint, params=params.cache_params())
+        entry = cache.get(key, _entry_ok)
         if entry is not None:
-            if tuple(entry["size"]) != (im["width"], im["height"]):
-                report.skip_image(path, f"image is {entry['size'][0]}x{entry['size'][1]} but the COCO file says "
-                                        f"{im['width']}x{im['height']}")
+            if wrong := size_mismatch(entry["size"], expected):
+                report.skip_image(path, wrong)
                 continue
             report.cache_hits += 1
             results[im["id"]] = _Result.from_entry(entry)
             continue
-        try:
-            data = data if data is not None else path.read_bytes()
-        except OSError as exc:
-            report.skip_image(path, f"cannot read file ({exc.__class__.__name__}: {exc.strerror or exc})")
-            continue
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        decoded, err = read_image(path, data)
         del data
-        if img is None or img.size == 0:
-            report.skip_image(path, "corrupt or unsupported image (OpenCV could not decode it)")
+        if decoded is None:
+            report.skip_image(path, err)
             continue
-        if (img.shape[1], img.shape[0]) != (im["width"], im["height"]):
-            report.skip_image(path, f"image is {img.shape[1]}x{img.shape[0]} but the COCO file says "
-                                    f"{im['width']}x{im['height']}")
+        if wrong := size_mismatch((decoded.shape[1], decoded.shape[0]), expected):
+            report.skip_image(path, wrong)
             continue
         report.cache_misses += 1
-        pending.append((im["id"], img, cpath))
+        pending.append((im["id"], to_bgr_u8(decoded), key))
+        del decoded
         if len(pending) >= params.batch_size:
             flush()
     flush()

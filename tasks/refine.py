@@ -20,7 +20,10 @@ the stage logs a WARNING, uses the classical refiner and records that fallback i
 Cache: per image, content-addressed: key = image bytes' sha256 + refiner fingerprint (model
 config + checkpoint hash, or the classical parameters) + the prompt boxes. The cached value is
 the refiner's *raw* output (new boxes + scores), before the policy, so changing
-``min_iou``/thresholds/``on_reject`` re-runs no model. Memory: images are decoded one batch at a
+``min_iou``/thresholds/``on_reject`` re-runs no model. The cache is
+:class:`core.image_cache.ImageCache`; images are decoded by :mod:`core.images` (SAM2 gets
+``to_rgb_u8``, the classical refiner ``to_gray_u8``: 16-bit frames are stretched between their
+0.5/99.5 percentiles). Memory: images are decoded one batch at a
 time; only the COCO annotations are held for the whole dataset.
 
 Boxes are ``xyxy`` float pixels internally, COCO ``xywh`` in files (see ``core.boxes``).
@@ -37,18 +40,22 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from core import atomic, coco
+from core import coco
 from core.boxes import as_boxes, clip, iou_matrix, xywh_to_xyxy, xyxy_to_xywh
 from core.hashing import HashMemo, json_sha256, sha256_read_once
-from tasks.refine_classical import ClassicalConfig
-from tasks.refine_sam2 import DEFAULT_CONFIG, Sam2Config
+from core.image_cache import ImageCache
+from core.images import read_error, read_image, size_mismatch, to_gray_u8, to_rgb_u8
 from core.stage_params import PathStr, StageParams
 from core.stage_report import StageReport, report_path
+from tasks.refine_classical import ClassicalConfig
+from tasks.refine_sam2 import DEFAULT_CONFIG, Sam2Config
 
 log = logging.getLogger(__name__)
 
 STAGE = "refine"
-CACHE_VERSION = 2
+#: Bumped whenever the cache key material, the entry format or its meaning changes
+#: (/3: ``core.image_cache`` entries, one ``core.images`` decoder).
+CACHE_SCHEMA = "rgb2thermal.refine-cache/3"
 DEFAULT_CACHE_DIR = Path(".cache/rgb2thermal") / STAGE
 
 
@@ -189,10 +196,8 @@ class _Refiner:
 
     def run(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         if self.sam2 is not None:
-            from tasks.refine_sam2 import to_rgb_u8
-
             return self.sam2.refine_images([to_rgb_u8(im) for im in images], boxes)
-        from tasks.refine_classical import refine_boxes, to_gray_u8
+        from tasks.refine_classical import refine_boxes
 
         cfg = self.params.classical_config()
         return [refine_boxes(to_gray_u8(im), b, cfg) for im, b in zip(images, boxes)]
@@ -217,58 +222,32 @@ def _index_thermal_paths(index: Path | None) -> dict[str, Path] | None:
     return {p.pair_id: Path(p.thermal_path) for p in load_index(index).pairs}
 
 
-def _decode(path: Path, data: bytes | None = None) -> tuple[np.ndarray | None, str]:
-    """Decode an image (from ``data`` when already read): ``(image, error)``; ``image`` None on failure."""
-    import cv2
-
-    try:
-        data = data if data is not None else path.read_bytes()
-    except OSError as exc:
-        return None, f"unreadable: {exc.strerror or exc}"
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    if img is None or img.size == 0:
-        return None, "not a decodable image (corrupt or unsupported format)"
-    return img, ""
+def raw_key(cache: ImageCache, image_sha: str, fingerprint: str, prompts: np.ndarray) -> str:
+    """Cache key of one image's raw refiner output: image content, refiner, clipped prompt boxes."""
+    return cache.key(image=image_sha, refiner=fingerprint, boxes=np.round(prompts, 3).tolist())
 
 
-def _image_sha(path: Path, memo: HashMemo | None) -> tuple[str | None, bytes | None, str]:
-    """``(sha256 of the file, its bytes if they had to be read, error)``: unchanged files known to
-    ``memo`` are not read at all."""
-    try:
-        sha, data = sha256_read_once(path, memo)
-    except OSError as exc:
-        return None, None, f"unreadable: {exc.strerror or exc}"
-    return sha, data, ""
+def _parse_raw(entry: dict) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """``(new boxes (N, 4) xyxy with NaN rows where nothing was found, scores (N,), (width, height))``."""
+    new = np.array([[np.nan if v is None else v for v in row] for row in entry["boxes"]],
+                   dtype=np.float64).reshape(-1, 4)
+    return new, np.asarray(entry["scores"], dtype=np.float64), (int(entry["size"][0]), int(entry["size"][1]))
 
 
-def _cache_key(image_sha: str, fingerprint: str, boxes: np.ndarray) -> str:
-    return json_sha256({"v": CACHE_VERSION, "image": image_sha, "refiner": fingerprint,
-                        "boxes": np.round(boxes, 3).tolist()})
+def raw_get(cache: ImageCache, key: str, n: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
+    """The cached raw output for ``n`` prompt boxes (see :func:`_parse_raw`), or None when absent."""
+    def valid(entry: dict) -> bool:
+        new, scores, _ = _parse_raw(entry)
+        return len(new) == len(scores) == n
+
+    entry = cache.get(key, valid)
+    return None if entry is None else _parse_raw(entry)
 
 
-def _cache_file(cache_dir: Path, key: str) -> Path:
-    return cache_dir / key[:2] / f"{key}.json"
-
-
-def _cache_get(cache_dir: Path, key: str, n: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
-    f = _cache_file(cache_dir, key)
-    try:
-        d = atomic.read_json(f)
-        new = np.array([[np.nan if v is None else v for v in row] for row in d["boxes"]], dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(d["scores"], dtype=np.float64)
-        size = (int(d["size"][0]), int(d["size"][1]))
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return None
-    if len(new) != n or len(scores) != n:
-        return None
-    return new, scores, size
-
-
-def _cache_put(cache_dir: Path, key: str, new: np.ndarray, scores: np.ndarray, size: tuple[int, int]) -> None:
+def _raw_put(cache: ImageCache, key: str, new: np.ndarray, scores: np.ndarray, size: tuple[int, int]) -> None:
     """One image's refiner output (before the keep/replace policy) and the image's (width, height)."""
     rows = [[None if not np.isfinite(v) else float(v) for v in row] for row in new]
-    atomic.write_json(_cache_file(cache_dir, key), {"boxes": rows, "scores": [float(s) for s in scores],
-                                                    "size": list(size)}, indent=None)
+    cache.put(key, {"boxes": rows, "scores": [float(s) for s in scores], "size": list(size)})
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -297,7 +276,7 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
                          params=params.to_dict())
     if index is not None:
         report.inputs["index"] = str(index)
-    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    cache = ImageCache(Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR, CACHE_SCHEMA)
 
     if params.method == "auto" and not params.uses_sam2():
         msg = ("no SAM2 checkpoint configured: boxes are refined by the CLASSICAL Otsu refiner, not SAM2 "
@@ -334,23 +313,24 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
             path = resolve_image_path(im, inp, params.image_root, pairs)
             size = (im["width"], im["height"])
             prompts = clip(xywh_to_xyxy([a["bbox"] for a in anns_by_image[im["id"]]]), *size)
-            sha, data, err = _image_sha(path, hash_memo)
-            key = _cache_key(sha, refiner.fingerprint, prompts) if sha is not None else ""
-            hit = _cache_get(cache, key, len(prompts)) if sha is not None and params.use_cache else None
+            try:
+                sha, data = sha256_read_once(path, hash_memo)
+            except OSError as exc:
+                sha, data, err = None, None, read_error(exc)
+            key = raw_key(cache, sha, refiner.fingerprint, prompts) if sha is not None else ""
+            hit = raw_get(cache, key, len(prompts)) if sha is not None and params.use_cache else None
             if hit is not None and hit[2] == size:
                 report.cache_hits += 1
                 results[im["id"]] = hit[:2]
                 continue
-            img, err = _decode(path, data) if sha is not None else (None, err)
+            img, err = read_image(path, data) if sha is not None else (None, err)
             del data
             if img is None:
                 report.skip_image(path, err)
                 report.add_dropped("unreadable_image", len(anns_by_image[im["id"]]))
                 log.warning("refine: skipping %s (%s)", path, err)
                 continue
-            h, w = img.shape[:2]
-            if (w, h) != size:
-                reason = f"image is {w}x{h} but the COCO file says {im['width']}x{im['height']}"
+            if reason := size_mismatch((img.shape[1], img.shape[0]), size):
                 report.skip_image(path, reason)
                 report.add_dropped("image_size_mismatch", len(anns_by_image[im["id"]]))
                 log.warning("refine: skipping %s (%s)", path, reason)
@@ -362,7 +342,7 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
             for (im, img, _, key), (new, scores) in zip(misses, computed):
                 results[im["id"]] = (new, scores)
                 if params.use_cache:
-                    _cache_put(cache, key, new, scores, (img.shape[1], img.shape[0]))
+                    _raw_put(cache, key, new, scores, (img.shape[1], img.shape[0]))
         del misses
 
         for im in batch:

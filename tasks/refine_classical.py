@@ -85,26 +85,6 @@ class ClassicalConfig:
             raise InputError(f"min_crop must be >= 2, got {self.min_crop}", "refine params", "use e.g. 4")
 
 
-def to_gray_u8(image: np.ndarray) -> np.ndarray:
-    """Any decoded image (gray or BGR, 8 or 16 bit) -> ``(H, W)`` uint8 gray.
-
-    16-bit radiometric thermal frames are stretched between their 0.5 and 99.5 percentiles
-    (a fixed /256 would leave most frames nearly flat).
-    """
-    import cv2
-
-    img = image
-    if img.ndim == 3:
-        img = img[..., 0] if img.shape[2] == 1 else cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
-    if img.dtype == np.uint8:
-        return img
-    f = img.astype(np.float32)
-    lo, hi = np.percentile(f, [0.5, 99.5])
-    if hi <= lo:
-        return np.zeros(f.shape, dtype=np.uint8)
-    return np.clip((f - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
-
-
 def _otsu_eta(crop: np.ndarray) -> tuple[float, float]:
     """Otsu threshold and separability of a uint8 crop (threshold: foreground is ``> t``)."""
     hist = np.bincount(crop.ravel(), minlength=256).astype(np.float64)
@@ -165,7 +145,7 @@ def refine_one(gray: np.ndarray, box: np.ndarray, cfg: ClassicalConfig) -> tuple
 
 
 def refine_boxes(gray: np.ndarray, boxes: object, cfg: ClassicalConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Refine all boxes of one image.
+    """Refine all boxes of one image; ``gray`` is ``(H, W)`` uint8 (decode with ``core.images.to_gray_u8``).
 
     Returns ``(new_boxes, scores)``: ``(N, 4)`` float64 ``xyxy`` (a row of NaN where no
     component was found) and ``(N,)`` separability scores in ``[0, 1]``.

@@ -116,18 +116,6 @@ def masks_to_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return boxes, empty
 
 
-def to_rgb_u8(image: np.ndarray) -> np.ndarray:
-    """A decoded thermal image (gray or BGR, 8/16 bit) -> ``(H, W, 3)`` RGB uint8 for SAM2."""
-    import cv2
-
-    from tasks.refine_classical import to_gray_u8
-
-    if image.ndim == 3 and image.shape[2] >= 3 and image.dtype == np.uint8:
-        return cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
-    g = to_gray_u8(image)
-    return np.repeat(g[..., None], 3, axis=2)
-
-
 def _load_state(model: Any, ckpt: str, config_name: str) -> str:
     """Load a SAM2 checkpoint's ``model`` state dict into ``model``; returns how it was read."""
     import pickle
@@ -216,7 +204,7 @@ class Sam2Refiner:
     def refine_images(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Refine the boxes of several images: ``[(new_boxes (N,4) xyxy, scores (N,)), ...]``.
 
-        ``images`` are RGB uint8 ``(H, W, 3)``; every image must have at least one box.
+        ``images`` are RGB uint8 ``(H, W, 3)`` (``core.images.to_rgb_u8``); every image must have at least one box.
         One image -> ``set_image`` + ``predict``; several -> ``set_image_batch`` + ``predict_batch``.
         """
         import torch

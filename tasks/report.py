@@ -26,6 +26,7 @@ import numpy as np
 
 from core import atomic, coco
 from core.errors import InputError
+from core.images import read_image, to_gray_u8
 from tasks.quality import ALL, ImageMatch, QualityResult, evaluate
 from core.stage_report import StageReport, report_path
 
@@ -123,10 +124,9 @@ def markdown(results: dict[str, QualityResult], inputs: dict[str, str], params: 
 
 
 def draw_overlay(image: np.ndarray, m: ImageMatch) -> np.ndarray:
-    """Draw one image's matching result (see module docstring for the colours); returns BGR uint8."""
+    """Draw one image's matching result (see module docstring for the colours) on the image in gray
+    (``core.images.to_gray_u8``: 16-bit frames stretched); returns ``(H, W, 3)`` BGR uint8."""
     import cv2
-
-    from tasks.refine_classical import to_gray_u8
 
     canvas = cv2.cvtColor(to_gray_u8(image), cv2.COLOR_GRAY2BGR)
 
@@ -196,10 +196,10 @@ def run_report(inp: ReportInputs, out: Path, params: ReportParams, *, index: Pat
         worst = sorted((m for m in last_matches if m.n_errors), key=lambda m: (-m.n_errors, m.image_id))
         for m in worst[:params.n_overlays]:
             path = resolve_image_path(images[m.image_id], Path(inp.thermal_gt), params.image_root, None)
-            img = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+            img, err = read_image(path)
             if img is None:
-                report.skip_image(path, "overlay: image not readable")
-                log.warning("report: cannot read %s for its overlay", path)
+                report.skip_image(path, f"overlay: {err}")
+                log.warning("report: cannot read %s for its overlay (%s)", path, err)
                 continue
             target = out / "overlays" / f"{Path(images[m.image_id]['file_name']).stem}_{m.image_id}.png"
             with atomic.atomic_path(target) as tmp:

@@ -385,7 +385,7 @@ def train(spec: TrainSpec) -> TrainResult:
     if chosen is not None:
         slim = write_slim(chosen, work_dir / SLIM_NAME,
                           {"classes": list(spec.classes), "config": "config.py", "source": chosen.name,
-                           "spec_sha256": hashing.json_sha256(spec.model_dump(mode="json"))})
+                           "spec_sha256": _spec_identity(spec)})
     iters = progress.iter_seconds
     timings = {"total_s": round(time.perf_counter() - t_start, 3), "build_s": round(t_build - t_start, 3),
                "train_loop_s": round(t_train - t_build, 3), "iterations": len(iters),
@@ -401,6 +401,18 @@ def train(spec: TrainSpec) -> TrainResult:
         result.test_predictions = _predict_test(spec, config_path, slim, work_dir)
     atomic.write_json(work_dir / "train_result.json", result.to_json())
     return result
+
+
+def _spec_identity(spec: TrainSpec) -> str:
+    """Hash of what the training was: its settings and the *content* of its label files, not the
+    paths of its work dir or datasets (a checkpoint must not change because a workspace moved)."""
+    d = spec.model_dump(mode="json")
+    for role in ("train", "val", "test"):
+        ds = getattr(spec, role)
+        d[role] = None if ds is None else hashing.file_sha256(ds.ann_file)
+    d["load_from"] = hashing.file_sha256(spec.load_from) if spec.load_from is not None else None
+    d.pop("work_dir", None)
+    return hashing.json_sha256(d)
 
 
 def _predict_test(spec: TrainSpec, config_path: Path, slim: Path, work_dir: Path) -> Path:

@@ -1,7 +1,6 @@
 """Detector: save (a few real training iterations) -> load -> predict; batching and conventions."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +86,31 @@ def test_gray_is_replicated_and_batch_equals_single(trained_run):
     np.testing.assert_allclose(both.scores, single.scores, atol=1e-5)
     with pytest.raises(InputError, match="uint8"):
         predict_batch(det, [rgb.astype(np.float32)])
+
+
+def test_predict_dataset_decodes_16bit_and_gray_through_core_images(trained_run, tmp_path):
+    """``predict_dataset`` reads 16-bit and gray frames (it refused 16-bit before) exactly as
+    ``core.images.to_bgr_u8`` converts them: same results as on the 8-bit stretched copies."""
+    import cv2
+
+    from core.images import to_gray_u8
+    from detection.detector import load_detector, predict_dataset
+
+    syn, result = trained_run
+    det = load_detector(result.config_path, result.last_checkpoint, device="cpu")
+    det.model.bbox_head.test_cfg["score_thr"] = 0.0
+    ann = syn / "labels_thermal" / "coco.json"
+    for depth in ("16", "8"):
+        (tmp_path / depth).mkdir()
+    for png in sorted((syn / "thermal").glob("*.png")):
+        raw = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 5 + 9_000
+        assert cv2.imwrite(str(tmp_path / "16" / png.name), raw)
+        assert cv2.imwrite(str(tmp_path / "8" / png.name), to_gray_u8(raw))
+    wide = predict_dataset(det, ann, tmp_path / "16", progress=False)
+    assert wide and wide == predict_dataset(det, ann, tmp_path / "8", progress=False)
+    (tmp_path / "16" / png.name).write_bytes(b"")
+    with pytest.raises(InputError, match="cannot be read: corrupt"):
+        predict_dataset(det, ann, tmp_path / "16", progress=False)
 
 
 def test_random_init_is_marked_and_mismatch_refused(trained_run):

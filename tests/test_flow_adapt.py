@@ -37,6 +37,10 @@ def test_flow_matches_plain_pipeline(tmp_path: Path, prefect_harness) -> None:
         plain_text = (tmp_path / "ws_plain" / "stages" / rel).read_text().replace("ws_plain", "WS")
         assert flow_text == plain_text, rel
     assert record["metrics"]["eval"]["source_only"] == plain.metrics["eval"]["source_only"]
+    # in two different workspace folders the trained weights and the metrics are byte-identical:
+    # no output depends on where the workspace is
+    for rel in ("student/train/best_slim.pth", "student/model.json", "eval/metrics.json"):
+        assert (tmp_path / "ws_flow" / "stages" / rel).read_bytes() == (tmp_path / "ws_plain" / "stages" / rel).read_bytes(), rel
 
     # the plain pipeline on the flow's workspace finds every step current: same keys, same outputs
     again = run_pipeline(params_from_dict(params), tmp_path / "ws_flow")

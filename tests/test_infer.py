@@ -156,6 +156,28 @@ def test_thermal_frames_and_bad_params(tmp_path: Path, synth: Path, tiny_detecto
         InferParams.validated({"config": "x.py", "batch_size": 0}, "stage infer")
 
 
+def test_16bit_thermal_frames_are_stretched_like_core_images(tmp_path: Path, synth: Path, tiny_detector,
+                                                             loaded) -> None:
+    """A 16-bit radiometric frame is fed to the detector as ``core.images.to_bgr_u8`` makes it (stretched
+    between its 0.5/99.5 percentiles), not shifted to its high byte: the detections equal those on the
+    8-bit frames written from that stretch."""
+    import numpy as np
+
+    from core.images import to_gray_u8
+
+    coco = synth / "labels_thermal" / "coco.json"
+    for depth in ("16", "8"):
+        (tmp_path / depth).mkdir()
+    for im in load_dataset(coco)["images"]:
+        raw = cv2.imread(str(synth / "thermal" / im["file_name"]), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 7 + 21_000
+        assert cv2.imwrite(str(tmp_path / "16" / im["file_name"]), raw)
+        assert cv2.imwrite(str(tmp_path / "8" / im["file_name"]), to_gray_u8(raw))
+    reps = [run_infer(coco, tmp_path / f"t{d}.json", _params(tiny_detector, source="thermal_teacher"),
+                      cache_dir=tmp_path / "c", image_root=tmp_path / d, detector=loaded) for d in ("16", "8")]
+    assert [(r.cache_misses, len(r.skipped_images)) for r in reps] == [(4, 0), (4, 0)]
+    assert _dets(tmp_path / "t16.json") == _dets(tmp_path / "t8.json") != []
+
+
 def test_cli_infer(tmp_path: Path, synth: Path, tiny_detector, capsys) -> None:
     """``rgb2thermal stage infer`` runs alone on a COCO file and writes COCO + report."""
     from rgb2thermal_cli.main import main

@@ -125,6 +125,23 @@ def test_cache_hits_and_policy_change_reuses_raw_results(syn, tmp_path):
     assert changed.cache_misses == n_img
 
 
+def test_damaged_cache_entry_is_recomputed_with_a_warning(syn, tmp_path, caplog):
+    inp, _ = write_loose(syn, tmp_path)
+    cache = tmp_path / "cache"
+    first = run_refine(inp, tmp_path / "a.json", RefineParams(method="classical"), cache_dir=cache)
+    entries = sorted(cache.glob("*/*.json"))
+    assert len(entries) == first.cache_misses > 1
+    entries[0].write_text(entries[0].read_text()[:20])             # torn
+    entries[1].write_text('{"schema": "rgb2thermal.refine-cache/2"}')  # an older format
+    with caplog.at_level(logging.WARNING, logger="core.image_cache"):
+        again = run_refine(inp, tmp_path / "b.json", RefineParams(method="classical"), cache_dir=cache)
+    assert (again.cache_misses, again.cache_hits) == (2, first.cache_misses - 2)
+    warned = [r.getMessage() for r in caplog.records if r.name == "core.image_cache"]
+    assert len(warned) == 2 and all("recomputing" in m for m in warned)
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert run_refine(inp, tmp_path / "c.json", RefineParams(method="classical"), cache_dir=cache).cache_misses == 0
+
+
 def test_corrupt_image_is_reported_and_skipped(syn, tmp_path):
     gt = coco.load_dataset(syn / "labels_thermal" / "coco.json")
     imgs = tmp_path / "thermal"

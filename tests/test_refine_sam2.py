@@ -82,16 +82,19 @@ def first_run(refiner, thermal_coco, tmp_path_factory):
 def raw_results(ds: dict, cache: Path, fingerprint: str) -> dict:
     """The refiner's raw (new boxes, scores) per image, read back from the stage's cache."""
     from core.boxes import clip
-    from tasks.refine import _cache_get, _cache_key, _image_sha, resolve_image_path
+    from core.hashing import file_sha256
+    from core.image_cache import ImageCache
+    from tasks.refine import CACHE_SCHEMA, raw_get, raw_key, resolve_image_path
 
     out = {}
     by_img = coco.boxes_by_image(ds)
+    store = ImageCache(cache, CACHE_SCHEMA)
     for im in ds["images"]:
         b = by_img[im["id"]].boxes
         if len(b):
-            sha, _, _ = _image_sha(resolve_image_path(im, Path("."), None, None), None)
-            key = _cache_key(sha, fingerprint, clip(b, im["width"], im["height"]))
-            out[im["id"]] = _cache_get(cache, key, len(b))[:2]
+            sha = file_sha256(resolve_image_path(im, Path("."), None, None))
+            key = raw_key(store, sha, fingerprint, clip(b, im["width"], im["height"]))
+            out[im["id"]] = raw_get(store, key, len(b))[:2]
     return out
 
 
@@ -150,15 +153,15 @@ def test_decisions_follow_thresholds(refiner, first_run, thermal_coco, tmp_path)
 def test_image_batched_path_agrees(refiner, first_run, thermal_coco):
     """``set_image_batch`` + ``predict_batch`` over 2 images = the per-image results."""
     from core.boxes import clip
-    from tasks.refine import _decode, resolve_image_path
-    from tasks.refine_sam2 import to_rgb_u8
+    from core.images import read_image, to_rgb_u8
+    from tasks.refine import resolve_image_path
 
     ds = coco.load_dataset(thermal_coco)
     ref = raw_results(ds, first_run["cache"], refiner.fingerprint)
     by_img = coco.boxes_by_image(ds)
     ids = sorted(ref)
     images = {im["id"]: im for im in ds["images"]}
-    imgs = [to_rgb_u8(_decode(resolve_image_path(images[i], thermal_coco, None, None))[0]) for i in ids]
+    imgs = [to_rgb_u8(read_image(resolve_image_path(images[i], thermal_coco, None, None))[0]) for i in ids]
     boxes = [clip(by_img[i].boxes, images[i]["width"], images[i]["height"]) for i in ids]
     counter = CallCounter(refiner.predictor, ["set_image_batch", "predict_batch"])
     try:
@@ -187,10 +190,10 @@ def test_user_checkpoint_loads_and_chunked_prompts_agree(refiner, first_run, the
     iid = max(ref, key=lambda i: len(ref[i][1]))
     im = next(x for x in ds["images"] if x["id"] == iid)
     from core.boxes import clip
-    from tasks.refine import _decode, resolve_image_path
-    from tasks.refine_sam2 import to_rgb_u8
+    from core.images import read_image, to_rgb_u8
+    from tasks.refine import resolve_image_path
 
-    img = to_rgb_u8(_decode(resolve_image_path(im, thermal_coco, None, None))[0])
+    img = to_rgb_u8(read_image(resolve_image_path(im, thermal_coco, None, None))[0])
     boxes = clip(coco.boxes_by_image(ds)[iid].boxes, im["width"], im["height"])
     counter = CallCounter(loaded.predictor, ["predict"])
     try:

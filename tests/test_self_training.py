@@ -1,0 +1,94 @@
+"""A thermal pseudo-label source fused with the RGB one, and two self-training rounds, as steps of
+the pipeline: the plain run and the Prefect flow write the same outputs, a re-run reuses every
+step, and the evaluation has the rounds, the classic recipe and the oracle side by side.
+
+Real components: the shared YOLOX-nano teacher, classical refiner, 1-epoch students (128x128).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_pipeline import _folder, _params, needs_nano
+
+pytest.importorskip("mmdet")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+ROUNDS_STEPS = ["data", "index", "teacher", "infer", "pseudo", "warp", "refine", "infer@thermal", "pseudo@thermal",
+                "fuse", "student", "infer@round2", "pseudo@round2", "fuse@round2", "student@round2", "classic", "oracle",
+                "quality", "eval"]
+
+
+def _rounds_params(root: Path) -> dict:
+    p = _params(root)
+    p["thermal_source"] = {"enabled": True, "pseudo": {"score_threshold": 0.02}}
+    p["fuse"] = {"method": "agreement", "iou": 0.5}
+    p["self_training"] = {"rounds": 2, "init": "teacher"}
+    p["eval"] = {"baselines": ["source_only", "classic", "oracle"]}
+    return p
+
+
+@needs_nano
+def test_thermal_source_fusion_and_two_rounds(tmp_path: Path, prefect_harness, quick_prefect) -> None:
+    from core import atomic
+    from flows.adapt import adapt_flow
+    from pipeline.executor import run_pipeline
+    from pipeline.params import params_from_dict
+    from pipeline.plan import plan
+
+    _folder(tmp_path, 8)
+    raw = _rounds_params(tmp_path)
+    p = params_from_dict(raw)
+    assert [s.name for s in plan(p)] == ROUNDS_STEPS
+    steps = {s.name: s for s in plan(p)}
+    assert steps["infer@round2"].needs["model"].step == "student"           # round 2's teacher is student 1
+    assert steps["student@round2"].needs["labels"].step == "fuse@round2"
+    assert steps["classic"].needs["labels"].step == "refine"
+
+    rec = run_pipeline(p, tmp_path / "ws")
+    assert [s.name for s in rec.stages] == ROUNDS_STEPS and rec.status == "succeeded"
+    stages = tmp_path / "ws" / "stages"
+    fused = atomic.read_json(stages / "fuse" / "fused.json")
+    assert fused["annotations"] and all("provenance" in a and a["provenance"]["sources"] for a in fused["annotations"])
+    srcs = {s for a in fused["annotations"] for s in a["provenance"]["sources"]}
+    assert "thermal" in srcs
+    thermal_pseudo = atomic.read_json(stages / "infer@round2" / "infer.json")
+    assert {a["source"] for a in thermal_pseudo["annotations"]} <= {"thermal_student"}
+    metrics = rec.metrics["eval"]
+    assert set(metrics) - {"table_markdown"} == {"adapted", "round1", "classic", "oracle", "source_only"}
+
+    again = run_pipeline(p, tmp_path / "ws")
+    assert all(s.reused for s in again.stages)
+
+    flow = adapt_flow(params_path=None, workspace=str(tmp_path / "ws_flow"), params=raw)
+    assert [s["name"] for s in flow["stages"]] == ROUNDS_STEPS
+    for rel in ("fuse/fused.json", "fuse@round2/fused.json", "pseudo@round2/pseudo.json", "eval/metrics.json"):
+        assert (stages / rel).read_bytes() == (tmp_path / "ws_flow" / "stages" / rel).read_bytes(), rel
+
+
+@needs_nano
+def test_oracle_column_only_with_thermal_adapt_labels(tmp_path: Path) -> None:
+    """Without thermal labels on the adapt split the oracle step trains nothing and eval leaves it out."""
+    import shutil
+
+    from core import atomic
+    from pipeline.executor import run_pipeline
+    from pipeline.params import params_from_dict
+
+    _folder(tmp_path, 8)
+    import csv
+
+    with open(tmp_path / "data" / "split.csv") as fh:
+        adapt = {Path(r["name"]).stem for r in csv.DictReader(fh) if r["split"] == "adapt"}
+    labels = tmp_path / "data" / "labels_thermal" / "coco.json"
+    ds = atomic.read_json(labels)                     # drop the thermal labels of the adapt frames
+    keep = {im["id"] for im in ds["images"] if Path(im["file_name"]).stem not in adapt}
+    ds["annotations"] = [a for a in ds["annotations"] if a["image_id"] in keep]
+    atomic.write_json(labels, ds)
+    raw = _params(tmp_path)
+    raw["eval"] = {"baselines": ["source_only", "oracle"]}
+    rec = run_pipeline(params_from_dict(raw), tmp_path / "ws")
+    assert "oracle" not in rec.metrics["eval"] and "adapted" in rec.metrics["eval"]
+    marker = atomic.read_json(tmp_path / "ws" / "stages" / "eval" / "stage.json")
+    assert any("oracle" in n for n in marker["info"]["notes"])
+    shutil.rmtree(tmp_path / "ws")
