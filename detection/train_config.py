@@ -248,7 +248,7 @@ def build_config(spec: TrainSpec) -> Any:
 
     cfg = dict(
         default_scope="mmdet",
-        custom_imports=dict(imports=["tasks.train"], allow_failed_imports=False),
+        custom_imports=dict(imports=["tasks.train_hooks"], allow_failed_imports=False),
         model=model,
         work_dir=str(spec.work_dir),
         experiment_name=f"{Path(spec.work_dir).name}_{time.strftime('%Y%m%d_%H%M%S')}_{time.time_ns() % 10**9:09d}",

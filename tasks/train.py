@@ -13,190 +13,27 @@ Why guarded: a run that hits a NaN keeps "training" on garbage for hours; an emp
 
 The Runner is built in-process (``Runner.from_cfg``); the resolved config is written to
 ``work_dir/config.py`` and the result to ``work_dir/train_result.json``. The hooks are
-registered in mmengine's hook registry so ``config.py`` names them and stays runnable with
-mmdet's own tools (``custom_imports: tasks.train``).
+in :mod:`tasks.train_hooks`, registered in mmengine's hook registry so ``config.py`` names them
+and stays runnable with mmdet's own tools (``custom_imports: tasks.train_hooks``).
 """
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
-
 from core import atomic, hashing
 from core.errors import InputError
 from detection.train_spec import TrainSpec
+from tasks.train_hooks import ProgressHook
 
 log = logging.getLogger(__name__)
 
 INIT_WEIGHTS = "init_weights.pth"
 SLIM_NAME = "best_slim.pth"
-
-
-class NonFiniteLossError(InputError):
-    """Training produced a NaN/inf loss (or NaN/inf predictions, from which every loss is NaN).
-
-    Raised at the first such iteration; training stops there and no later checkpoint is written.
-    ``loss_name`` is the loss (``loss_cls``...) or ``"<module> output"`` when the network's
-    own output became non-finite before a loss could be computed.
-    """
-
-    def __init__(self, loss_name: str, value: float, iteration: int, epoch: int, lr: float) -> None:
-        self.loss_name, self.value, self.iteration, self.epoch, self.lr = loss_name, value, iteration, epoch, lr
-        what = (f"loss '{loss_name}' became {value}" if not loss_name.endswith(" output") else
-                f"the {loss_name} became {value} (so every loss is non-finite)")
-        super().__init__(f"{what} at iteration {iteration} (epoch {epoch}), lr={lr:.6g}",
-                         "training", "lower the lr (or check the labels for degenerate boxes), enable grad_clip, "
-                                     "and with BN-folded checkpoints use freeze_bn + frozen_stages=0")
-
-
-def _first_nonfinite(obj: Any) -> float | None:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
-            bad = obj.detach()[~torch.isfinite(obj.detach())]
-            return float(bad.flatten()[0])
-        return None
-    if isinstance(obj, (list, tuple)):
-        for o in obj:
-            v = _first_nonfinite(o)
-            if v is not None:
-                return v
-    return None
-
-
-@HOOKS.register_module(force=True)
-class NonFiniteLossGuardHook(Hook):
-    """Raise ``NonFiniteLossError`` at the first non-finite loss or network output.
-
-    Losses are checked after each iteration (before checkpointing hooks run). The outputs of
-    the detector's parts (backbone, neck, head) are checked by forward hooks during training:
-    once weights blow up, YOLOX's label assigner crashes on NaN scores before any loss exists
-    ("all elements of input should be between 0 and 1"), so the guard must fire earlier.
-    """
-
-    priority = "VERY_HIGH"
-
-    def __init__(self) -> None:
-        self._handles: list[Any] = []
-
-    def _lr(self, runner: Any) -> float:
-        return float(runner.optim_wrapper.get_lr().get("lr", [float("nan")])[0])
-
-    def before_train(self, runner: Any) -> None:
-        from mmengine.model import is_model_wrapper
-
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        for name, child in model.named_children():
-            if name == "data_preprocessor":
-                continue
-
-            def check(module: Any, args: Any, output: Any, name: str = name) -> None:
-                if not module.training:
-                    return
-                v = _first_nonfinite(output)
-                if v is not None:
-                    raise NonFiniteLossError(f"{name} output", v, runner.iter + 1, runner.epoch + 1, self._lr(runner))
-
-            self._handles.append(child.register_forward_hook(check))
-
-    def after_train(self, runner: Any) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
-        for name, value in (outputs or {}).items():
-            if "loss" not in name:
-                continue
-            v = float(value.item() if hasattr(value, "item") else value)
-            if not math.isfinite(v):
-                raise NonFiniteLossError(name, v, runner.iter + 1, runner.epoch + 1, self._lr(runner))
-
-
-@HOOKS.register_module(force=True)
-class FrozenBatchNormHook(Hook):
-    """Keep every BatchNorm layer in eval mode while training (frozen statistics, affine trainable).
-
-    Needed for BN-folded checkpoints (BN layers are identities there) and good practice at
-    small batch sizes. The loop calls ``model.train()`` each epoch, so this re-applies per iteration.
-    """
-
-    priority = "VERY_HIGH"
-
-    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
-        from torch.nn.modules.batchnorm import _BatchNorm
-
-        for m in runner.model.modules():
-            if isinstance(m, _BatchNorm) and m.training:
-                m.eval()
-
-
-@HOOKS.register_module(force=True)
-class EpochSeedHook(Hook):
-    """Re-seed Python, NumPy and torch at the start of every epoch from ``(seed, epoch)``.
-
-    Why: mmengine seeds once at start-up and keeps no RNG state in its checkpoints, so a training
-    resumed at epoch k would draw other augmentations (flip, affine) than an uninterrupted one and
-    end with other weights. Seeded per epoch, epoch k's randomness is the same either way, and a
-    run killed and resumed ends with the very weights of a run that was never interrupted.
-    """
-
-    priority = "VERY_HIGH"
-
-    def __init__(self, seed: int) -> None:
-        self.seed = int(seed)
-
-    def before_train_epoch(self, runner: Any) -> None:
-        from mmengine.runner import set_random_seed
-
-        set_random_seed((self.seed * 1_000_003 + int(runner.epoch)) % (2**31))
-
-
-@HOOKS.register_module(force=True)
-class ProgressHook(Hook):
-    """A tqdm bar over all training iterations (ETA included) plus the loss; records timings."""
-
-    priority = "LOWEST"
-
-    def __init__(self, show_bar: bool = True) -> None:
-        self.show_bar = show_bar
-        self.bar: Any = None
-        self.iter_seconds: list[float] = []
-        self.val_history: list[dict[str, Any]] = []
-        self._t0 = 0.0
-
-    def before_train(self, runner: Any) -> None:
-        from tqdm import tqdm
-
-        if self.show_bar:
-            self.bar = tqdm(total=runner.max_iters, initial=runner.iter, desc="train", unit="it", dynamic_ncols=True)
-
-    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
-        self._t0 = time.perf_counter()
-
-    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
-        self.iter_seconds.append(time.perf_counter() - self._t0)
-        if self.bar is not None:
-            loss = (outputs or {}).get("loss")
-            value = float(loss.item() if hasattr(loss, "item") else loss) if loss is not None else None
-            self.bar.set_postfix(epoch=runner.epoch + 1, loss=f"{value:.3f}" if value is not None else "-")
-            self.bar.update(1)
-
-    def after_val_epoch(self, runner: Any, metrics: dict | None = None) -> None:
-        self.val_history.append({"epoch": runner.epoch, **{k: float(v) for k, v in (metrics or {}).items()
-                                                          if isinstance(v, (int, float))}})
-
-    def after_train(self, runner: Any) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 @dataclass

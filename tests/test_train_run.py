@@ -78,7 +78,8 @@ def test_resume_continues_from_last_checkpoint(trained, synthetic):
 
 
 def test_nan_guard_stops_with_iteration_loss_and_lr(synthetic, tmp_path):
-    from tasks.train import NonFiniteLossError, train
+    from tasks.train import train
+    from tasks.train_hooks import NonFiniteLossError
 
     spec = _spec(synthetic, tmp_path / "nan", lr=1e12, grad_clip=None, warmup_epochs=0, epochs=3, schedule="constant")
     with pytest.raises(NonFiniteLossError) as info:
