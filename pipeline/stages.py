@@ -68,8 +68,9 @@ def _split_coco(ds: dict, split: str) -> dict:
 
 
 def _index(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
-    from core.coco import load_dataset, save_dataset
+    from core.coco import save_dataset
     from data.adapters.folder import build_index
+    from data.index import images_dataset
     from data.merge import merge_indexes
 
     d = ctx.params.data
@@ -95,8 +96,8 @@ def _index(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     # always written, so that readers can depend on it; no annotations = no thermal adapt labels
     files["thermal_adapt"] = save_dataset(out / "thermal_adapt.json", _split_coco(thermal, d.adapt_split))
     # the thermal adapt frames without labels: what a thermal pseudo-label source runs on
-    files["thermal_adapt_images"] = save_dataset(out / "thermal_adapt_images.json",
-                                                 _split_coco(load_dataset(idx.thermal_images), d.adapt_split))
+    files["thermal_adapt_images"] = save_dataset(out / "thermal_adapt_images.json", images_dataset(
+        idx.select(split=d.adapt_split), "thermal", d.classes))
     counts = {"pairs": len(idx.pairs), "adapt": len(idx.select(split=d.adapt_split)),
               "test": len(idx.select(split=d.test_split))}
     return StepOutput(files=files, info={"counts": counts})
