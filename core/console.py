@@ -17,4 +17,5 @@ def configure_logging(verbose: int) -> None:
     if verbose == 0:
         # deprecation notices that third-party packages raise about each other (torch.cuda.amp in
         # mmdet, torch.jit in sam2): nothing a user of this tool can act on
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(mmdet|mmengine|mmcv|torch|sam2)(\.|$)")
+        for category in (FutureWarning, UserWarning):   # e.g. torch.meshgrid's indexing notice, every training
+            warnings.filterwarnings("ignore", category=category, module=r"(mmdet|mmengine|mmcv|torch|sam2)(\.|$)")

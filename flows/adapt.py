@@ -24,11 +24,10 @@ Run: ``python -m flows.adapt --params params.yaml --workspace workspace [--set K
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from flows import quiet  # noqa: F401  (before prefect: telemetry off, third-party noise down)
+from flows import quiet  # before prefect: telemetry off, third-party noise down
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -114,19 +113,12 @@ def adapt_flow(params_path: str | None = "params.yaml", workspace: str = "worksp
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flows.adapt", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml", help="pipeline parameters (default: params.yaml)")
-    ap.add_argument("--workspace", default="workspace", help="stage outputs, caches and run records (default: workspace)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override one parameter (dotted key, YAML value); repeatable")
-    ap.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                    help="wait this long for another run holding the workspace (default: fail at once)")
-    ap.add_argument("-v", "--verbose", action="count", default=0, help="third-party log output too")
+    ap = quiet.flow_parser("python -m flows.adapt", __doc__.split("\n\n")[0], "stage outputs, caches and run records")
     args = ap.parse_args(argv)
     quiet.configure(args.verbose)
     try:
         record = adapt_flow(params_path=args.params, workspace=args.workspace, overrides=args.overrides,
-                            lock_wait_seconds=args.wait)
+                            lock_wait_seconds=args.wait or 0.0)
     except InputError as exc:
         print(f"error: {exc}")
         return 2

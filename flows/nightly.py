@@ -23,11 +23,10 @@ stored value is then used, logged at WARNING and said in the report.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from flows import quiet  # noqa: F401  (before prefect: telemetry off, third-party noise down)
+from flows import quiet  # before prefect: telemetry off, third-party noise down
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -125,18 +124,17 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flows.nightly", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml", help="pipeline parameters (default: params.yaml)")
-    ap.add_argument("--workspace", default="workspace", help="stage outputs, run records and champion.json (default: workspace)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override one parameter (dotted key, YAML value); repeatable")
+    ap = quiet.flow_parser("python -m flows.nightly", __doc__.split("\n\n")[0],
+                           "stage outputs, run records and champion.json")
     ap.add_argument("--metric", default=DEFAULT_METRIC,
                     help=f"dotted metric path deciding promotion, higher is better (default: {DEFAULT_METRIC})")
     ap.add_argument("--min-improvement", type=float, default=0.0,
                     help="the challenger must beat the champion by more than this (metric units; default 0)")
     args = ap.parse_args(argv)
+    quiet.configure(args.verbose)
     out = nightly_flow(params_path=args.params, workspace=args.workspace, overrides=args.overrides,
-                       metric=args.metric, min_improvement=args.min_improvement)
+                       metric=args.metric, min_improvement=args.min_improvement,
+                       **({"lock_wait_seconds": args.wait} if args.wait is not None else {}))
     print(f"nightly {out['nightly_id']}: {out['outcome']} — {out['reason']} (report: {out['report']})")
     return 0
 

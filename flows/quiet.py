@@ -14,6 +14,21 @@ for _key, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRA
                      ("PREFECT_LOGGING_LEVEL", "WARNING")):
     os.environ.setdefault(_key, _value)
 
+import argparse  # noqa: E402
+
 from core.console import configure_logging as configure  # noqa: E402  (re-exported for the flow CLIs)
 
-__all__ = ["configure"]
+__all__ = ["configure", "flow_parser"]
+
+
+def flow_parser(prog: str, description: str, workspace_holds: str) -> argparse.ArgumentParser:
+    """The options every flow's ``python -m flows.<name>`` shares: --params, --workspace, --set, --wait, -v."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--params", default="params.yaml", help="pipeline parameters (default: params.yaml)")
+    ap.add_argument("--workspace", default="workspace", help=f"{workspace_holds} (default: workspace)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one parameter (dotted key, YAML value); repeatable")
+    ap.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                    help="wait this long for another run holding the workspace (default: the flow's own)")
+    ap.add_argument("-v", "--verbose", action="count", default=0, help="third-party log output too")
+    return ap

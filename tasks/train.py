@@ -18,10 +18,12 @@ and stays runnable with mmdet's own tools (``custom_imports: tasks.train_hooks``
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,18 @@ def _log_file_at_info(runner: Any) -> None:
             h.setLevel(logging.INFO)
 
 
+@contextlib.contextmanager
+def _prints_to_file(path: Path, active: bool) -> Iterator[None]:
+    """Send what third-party code ``print``s during training (pycocotools' 12-line AP summary and
+    "loading annotations into memory..." at every validation) to ``path`` instead of the console,
+    unless the caller asked for verbose output. Nothing is lost: the file keeps it."""
+    if not active:
+        yield
+        return
+    with open(path, "a", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
+        yield
+
+
 def train(spec: TrainSpec) -> TrainResult:
     """Train per ``spec`` and return what was produced (see module docstring).
 
@@ -201,7 +215,7 @@ def train(spec: TrainSpec) -> TrainResult:
     runner_cfg = Config(cfg.to_dict(), format_python_code=False)
     runner_cfg.log_level = _console_log_level()
     t_build = time.perf_counter()
-    with trusted_checkpoints(work_dir):
+    with trusted_checkpoints(work_dir), _prints_to_file(work_dir / "prints.log", runner_cfg.log_level != "INFO"):
         runner = Runner.from_cfg(runner_cfg)
         _log_file_at_info(runner)
         progress = next(h for h in runner.hooks if isinstance(h, ProgressHook))

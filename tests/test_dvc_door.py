@@ -34,13 +34,14 @@ STEPS = ("data", "index", "teacher", "infer", "pseudo", "warp", "refine", "stude
 #  - wall-clock fields in the markers (stage.json, attempt.json), the step reports (*.report.json) and the
 #    training summary (train_result.json): compared without TIMING_KEYS;
 #  - mmengine's run log, train/<start time>.py and train/<start time>/ (named after the start
-#    time; it holds the log and per-iteration timings): only its presence is compared;
+#    time; it holds the log and per-iteration timings), and train/prints.log (what pycocotools
+#    printed, with its timings): only their presence is compared;
 #  - mmengine's own config dump train/config.py: its experiment_name holds the start time;
 #    compared without that line;
 #  - mmengine's full checkpoints (epoch_*.pth, best_coco_*.pth): their meta/message_hub hold the
 #    start time and timings; compared by their weights (state_dict) and dataset_meta.
 TIMING_KEYS = {"seconds", "finished", "timings", "started"}
-MMENGINE_LOG = re.compile(r"^[a-z]+/train/\d{8}_\d{6}(\.py$|/)")
+MMENGINE_LOG = re.compile(r"^[a-z]+/train/(\d{8}_\d{6}(\.py$|/)|prints\.log$)")
 MMENGINE_CKPT = re.compile(r"^[a-z]+/train/(epoch_\d+|best_coco_.*)\.pth$")
 
 
