@@ -331,6 +331,20 @@ def dvc_stage_name(name: str) -> str:
     return name.replace("@", "-")
 
 
+def check_plan(steps: Sequence[Step]) -> None:
+    """A plan's names are unique and each step reads only steps before it (so one pass runs it)."""
+    seen: set[str] = set()
+    for step in steps:
+        if step.name in seen:
+            raise InputError(f"step name '{step.name}' occurs twice in the plan", "pipeline plan",
+                             "give every instance its own name, e.g. student@round2")
+        later = [u for u in step.upstream() if u not in seen]
+        if later:
+            raise InputError(f"step '{step.name}' reads {later}, which do not run before it", "pipeline plan",
+                             "order the steps so that every step comes after the steps it reads")
+        seen.add(step.name)
+
+
 def run_steps(ctx: PipelineContext, steps: Sequence[Step], *, only: str | None = None, until: str | None = None,
               trust_upstream: bool = False, execute: Callable[[PipelineContext, Step], StepOutput] = execute_step
               ) -> None:
@@ -361,6 +375,7 @@ def run_pipeline(params: PipelineParams, workspace: str | Path, *, flow: str = "
     from pipeline.plan import plan
 
     steps = list(steps) if steps is not None else plan(params)
+    check_plan(steps)
     with pipeline_run(params, workspace, flow, lock_wait_seconds, cache_root) as ctx:
         run_steps(ctx, steps, only=only, until=until, trust_upstream=trust_upstream)
     return ctx.record

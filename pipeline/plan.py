@@ -12,6 +12,12 @@ Default plan::
          -> student (refined labels) -> baseline (warped labels, when eval.baselines has
          no_refinement) -> quality -> eval (thermal test split, models side by side)
 
+With a thermal source and self-training (``thermal_source.enabled``, ``self_training.rounds: 2``)::
+
+    ... refine -> infer@thermal (teacher on thermal adapt frames) -> pseudo@thermal
+        -> fuse (RGB + thermal) -> student -> infer@round2 (student on thermal) -> pseudo@round2
+        -> fuse@round2 -> student@round2 -> [baseline, classic, oracle] -> quality -> eval
+
 The teacher of a step is an input (``Ref("teacher", "model")``), never a name the stage knows.
 """
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 
 from pipeline.executor import Ref, Step
 from pipeline.params import PipelineParams
+
 
 def _model(step: str) -> Ref:
     return Ref(step, "model")

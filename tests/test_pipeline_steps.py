@@ -132,3 +132,15 @@ def test_training_killed_mid_way_resumes_from_its_last_epoch(tmp_path: Path) -> 
     assert a.keys() == b.keys()
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert diff == 0.0, f"resumed weights differ from an uninterrupted run by up to {diff}"
+
+
+def test_a_plan_must_name_steps_once_and_read_only_earlier_steps() -> None:
+    from core.errors import InputError
+    from pipeline.executor import Ref, Step, check_plan
+
+    a, b = Step("a", "data"), Step("b", "index", needs={"x": Ref("a", "datasets")})
+    check_plan([a, b])
+    with pytest.raises(InputError, match="occurs twice"):
+        check_plan([a, a])
+    with pytest.raises(InputError, match="do not run before it"):
+        check_plan([b, a])
