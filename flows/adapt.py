@@ -36,7 +36,8 @@ from prefect.states import Completed
 from prefect.utilities.annotations import quote
 
 from core.errors import InputError
-from pipeline.executor import PipelineContext, Step, StepOutput, execute_step, pipeline_run
+from pipeline.executor import execute_step, pipeline_run
+from pipeline.step import PipelineContext, Step, StepOutput
 from pipeline.params import load_params
 from pipeline.plan import plan
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.executor import Step, dvc_stage_name
+from pipeline.executor import dvc_stage_name
+from pipeline.step import Step
 from pipeline.params import PipelineParams
 from pipeline.plan import plan
 

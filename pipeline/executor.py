@@ -28,10 +28,8 @@ import contextlib
 import logging
 import os
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,8 @@ from core.hashing import HashMemo, json_sha256
 from pipeline.lock import workspace_lock
 from pipeline.params import PipelineParams
 from pipeline.runs import RunRecord, StageRecord, content_fingerprint, git_revision, new_run_id, now, save_record
+from pipeline.stages import run_kind
+from pipeline.step import PipelineContext, Step, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -49,102 +49,6 @@ PIPELINE_SCHEMA = "rgb2thermal.pipeline/2"
 MARKER = "stage.json"
 ATTEMPT = "attempt.json"
 CACHE_ENV = "RGB2THERMAL_CACHE_DIR"
-
-
-@dataclass(frozen=True)
-class Ref:
-    """One output file of an earlier step: ``Ref("infer", "coco")``."""
-
-    step: str
-    role: str
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of a plan: a value, so one kind can occur several times (``student@round2``).
-
-    - ``name``: unique in the plan; its outputs go to ``stages/<name>/``.
-    - ``kind``: which implementation runs it (:data:`pipeline.stages.KINDS`).
-    - ``sections``: parameter sections of ``params.yaml`` in its key (and in ``dvc.yaml``).
-    - ``needs``: role -> :class:`Ref`, the upstream outputs it reads (their content is keyed).
-    - ``external``: role -> file or folder outside the workspace it reads (teacher checkpoint,
-      homography registry, dataset roots); content keyed, and a DVC dependency.
-    - ``options``: JSON-able instance parameters (which split, which model role), keyed.
-    - ``retries``: Prefect retries for transient (I/O) failures; never for training.
-    - ``resumable``: a killed attempt with the same key continues instead of restarting.
-    """
-
-    name: str
-    kind: str
-    sections: tuple[str, ...] = ()
-    needs: Mapping[str, Ref] = field(default_factory=dict)
-    external: Mapping[str, Path] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)
-    retries: int = 0
-    resumable: bool = False
-
-    def __hash__(self) -> int:      # frozen dataclass with mapping fields: hash by name (unique in a plan)
-        return hash(self.name)
-
-    def upstream(self) -> list[str]:
-        """Names of the steps this one reads, in first-use order, without repeats."""
-        return list(dict.fromkeys(r.step for r in self.needs.values()))
-
-
-@dataclass
-class StepOutput:
-    """What a finished step produced: files by role (absolute paths) and facts for the record."""
-
-    files: dict[str, Path]
-    cache_hits: int = 0
-    cache_misses: int = 0
-    info: dict[str, Any] = field(default_factory=dict)   # JSON-able: models, counts, metrics, fallbacks
-    reused: bool = False
-    seconds: float = 0.0
-    key: str = ""
-
-
-@dataclass
-class PipelineContext:
-    """One run: parameters, workspace, the run record, and the outputs of the steps done so far."""
-
-    params: PipelineParams
-    workspace: Path
-    record: RunRecord
-    outputs: dict[str, StepOutput] = field(default_factory=dict)
-    current: str = ""            # the step being executed (named in the record's error when it fails)
-    memo: HashMemo = field(default_factory=HashMemo)   # file hashes by stat (see core.hashing)
-    cache_root: Path | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)   # guards the record (concurrent flow steps)
-
-    def stage_dir(self, name: str) -> Path:
-        return self.workspace / "stages" / name
-
-    def cache_dir(self, kind: str) -> Path:
-        """Per-image cache of one stage kind; entries are keyed by content, so workspaces may share it."""
-        return (self.cache_root or self.workspace / "cache") / kind
-
-    def input(self, step: Step, role: str) -> Path:
-        """The file ``step`` reads as ``role`` (an upstream output)."""
-        ref = step.needs[role]
-        try:
-            return self.outputs[ref.step].files[ref.role]
-        except KeyError:
-            raise InputError(f"step '{ref.step}' has no output '{ref.role}' in this run", str(self.workspace),
-                             f"run the steps before '{step.name}' first") from None
-
-    def rel(self, path: str | os.PathLike[str]) -> str:
-        """``path`` relative to the workspace when inside it (outputs stay valid after a move), else absolute."""
-        p = Path(path).resolve()
-        try:
-            return p.relative_to(self.workspace).as_posix()
-        except ValueError:
-            return str(p)
-
-    def resolve(self, path: str) -> Path:
-        """Inverse of :meth:`rel`."""
-        p = Path(path)
-        return p if p.is_absolute() else self.workspace / p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,8 +120,6 @@ def _prepare(sdir: Path, step: Step, key: str) -> bool:
 
 def execute_step(ctx: PipelineContext, step: Step) -> StepOutput:
     """Run ``step`` unless its stored outputs are current; record it in the run record either way."""
-    from pipeline.stages import run_kind
-
     t0 = time.perf_counter()
     ctx.current = step.name
     sdir = ctx.stage_dir(step.name)

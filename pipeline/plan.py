@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.executor import Ref, Step
+from pipeline.step import Ref, Step
 from pipeline.params import PipelineParams
 
 

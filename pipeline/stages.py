@@ -1,4 +1,4 @@
-"""What each step *kind* does: thin glue from a :class:`pipeline.executor.Step` to the stage
+"""What each step *kind* does: thin glue from a :class:`pipeline.step.Step` to the stage
 functions in :mod:`tasks` (one implementation per stage; this module only wires files).
 
 A kind reads its inputs through ``ctx.input(step, role)`` (the upstream outputs its plan entry
@@ -18,8 +18,7 @@ from typing import Any
 
 from core import atomic
 from core.errors import InputError
-from core.hashing import file_sha256
-from pipeline.executor import PipelineContext, Step, StepOutput
+from pipeline.step import PipelineContext, Step, StepOutput
 from pipeline.runs import content_fingerprint, dataset_fingerprint
 
 log = logging.getLogger(__name__)
@@ -106,20 +105,31 @@ def _index(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
 # ---------------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------------
-def _write_model(ctx: PipelineContext, out: Path, config: str, checkpoint: Path | None, source: str) -> Path:
-    sha = file_sha256(checkpoint) if checkpoint is not None else None
+def _write_model(ctx: PipelineContext, out: Path, config: str, checkpoint: Path | None, source: str) -> tuple[Path, str]:
+    """Write ``model.json``; returns it and the model's fingerprint for the run record."""
+    sha = ctx.memo.sha256(checkpoint) if checkpoint is not None else None      # memo: the key hashed it already
     cfg = ctx.rel(config) if Path(config).is_file() else config            # a bundled mmdet name stays a name
-    return atomic.write_json(out / "model.json", {"config": cfg, "checkpoint": ctx.rel(checkpoint) if checkpoint else None,
+    path = atomic.write_json(out / "model.json", {"config": cfg, "checkpoint": ctx.rel(checkpoint) if checkpoint else None,
                                                   "checkpoint_sha256": sha, "source": source})
+    return path, f"sha256:{sha}" if sha else "random-init"
 
 
-def model_of(ctx: PipelineContext, descriptor: Path) -> tuple[str, str | None]:
-    """(config, checkpoint) of a ``model.json`` descriptor, as absolute paths where they are files."""
+def model_of(ctx: PipelineContext, descriptor: Path) -> tuple[str, str | None] | None:
+    """(config, checkpoint) of a ``model.json`` descriptor, absolute where they are files; None when
+    the descriptor says the model is absent (an optional step that had nothing to train on)."""
     d = atomic.read_json(descriptor)
     if "absent" in d:
-        raise InputError(f"no model to use: {d['absent']}", str(descriptor), "provide the labels that step needs")
+        return None
     cfg = str(ctx.resolve(d["config"])) if d["config"].endswith(".py") else d["config"]
     return cfg, (str(ctx.resolve(d["checkpoint"])) if d["checkpoint"] else None)
+
+
+def _required_model(ctx: PipelineContext, descriptor: Path) -> tuple[str, str | None]:
+    model = model_of(ctx, descriptor)
+    if model is None:
+        raise InputError(f"no model to use: {atomic.read_json(descriptor)['absent']}", str(descriptor),
+                         "provide the labels the step that makes this model needs")
+    return model
 
 
 def _model_step(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
@@ -128,8 +138,7 @@ def _model_step(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     assert t.config is not None
     ck = Path(t.checkpoint) if t.checkpoint is not None else None
     fallbacks = [] if ck else ["the teacher has no checkpoint: RANDOM weights (its pseudo-labels are meaningless)"]
-    model = _write_model(ctx, out, t.config, ck, "user")
-    fp = f"sha256:{atomic.read_json(model)['checkpoint_sha256']}" if ck else "random-init"
+    model, fp = _write_model(ctx, out, t.config, ck, "user")
     return StepOutput(files={"model": model}, info={"models": {step.name: fp}, "fallbacks": fallbacks})
 
 
@@ -138,17 +147,18 @@ def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) ->
     from tasks.train import train
 
     labels = ctx.input(step, "labels")
-    if not atomic.read_json(labels)["annotations"] and step.options.get("optional"):
+    empty = not atomic.read_json(labels)["annotations"]
+    if empty and step.options.get("optional"):
         note = f"'{step.name}' not trained: its labels ({labels.name}) are empty (e.g. no thermal labels on the adapt split)"
         log.info(note)
         return StepOutput(files={"model": atomic.write_json(out / "model.json", {"absent": note})}, info={"note": note})
-    if not atomic.read_json(labels)["annotations"]:
+    if empty:
         raise InputError(f"no labels survived to train '{step.name}' on (0 boxes)", str(labels),
                          "lower pseudo.score_threshold, check the teacher (train it longer), or look at the "
                          "infer/pseudo/warp reports' dropped counts")
     p = ctx.params
     fields = p.teacher_train_fields() if step.options["fields"] == "teacher" else p.student_train_fields()
-    init = model_of(ctx, ctx.input(step, "init"))[1] if "init" in step.needs else None
+    init = _required_model(ctx, ctx.input(step, "init"))[1] if "init" in step.needs else None
     spec = spec_from_dict({**fields, "classes": list(p.data.classes),
                            "train": {"ann_file": str(labels), "img_root": "/"}, "work_dir": str(out / "train"),
                            "resume": resume, **({"load_from": init} if init else {})}, f"params ({step.name})")
@@ -156,10 +166,10 @@ def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) ->
     if result.slim_checkpoint is None:
         raise RuntimeError(f"{step.name} training produced no checkpoint (see {result.run_dir})")
     ck = Path(result.slim_checkpoint)
-    model = _write_model(ctx, out, str(result.config_path), ck, "trained")
+    model, fp = _write_model(ctx, out, str(result.config_path), ck, "trained")
     return StepOutput(files={"model": model, "config": Path(result.config_path), "checkpoint": ck,
                              "train_result": Path(result.run_dir) / "train_result.json"},
-                      info={"models": {step.name: f"sha256:{atomic.read_json(model)['checkpoint_sha256']}"},
+                      info={"models": {step.name: fp},
                             "fallbacks": list(result.warnings),
                             "train": {"epochs_run": result.epochs_run, "timings": result.timings,
                                       "resumed_from_epoch_checkpoint": "resumed_from" in result.weights}})
@@ -180,7 +190,7 @@ def _from_report(rep: Any, files: dict[str, Path]) -> StepOutput:
 def _infer(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     from tasks.infer import run_infer
 
-    config, ck = model_of(ctx, ctx.input(step, "model"))
+    config, ck = _required_model(ctx, ctx.input(step, "model"))
     rep = run_infer(ctx.input(step, "images"), out / "infer.json",
                     ctx.params.infer_params(config, ck, source=step.options.get("source", "rgb_teacher")),
                     cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo)
@@ -242,11 +252,11 @@ def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     preds: dict[str, Path] = {}
     notes = []
     for column in step.options["columns"]:
-        descriptor = atomic.read_json(ctx.input(step, f"model:{column}"))
-        if "absent" in descriptor:            # an optional model (the oracle without thermal labels)
-            notes.append(f"column {column} left out: {descriptor['absent']}")
+        model = model_of(ctx, ctx.input(step, f"model:{column}"))
+        if model is None:                     # an optional model (the oracle without thermal labels)
+            notes.append(f"column {column} left out: {atomic.read_json(ctx.input(step, f'model:{column}'))['absent']}")
             continue
-        config, ck = model_of(ctx, ctx.input(step, f"model:{column}"))
+        config, ck = model
         det = load_detector(config, ck, device=device)
         preds[column] = atomic.write_json(out / f"predictions_{column}.json",
                                           predict_dataset(det, gt, "/", batch_size=ev.batch_size, progress=False),

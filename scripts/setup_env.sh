@@ -11,8 +11,9 @@
 #   ${RGB2THERMAL_WHEEL_CACHE:-${XDG_CACHE_HOME:-~/.cache}/rgb2thermal/wheels}/<key>/
 # <key> hashes everything that changes the binary: mmcv version, torch version, the patch
 # (this script's build lines), Python version, machine and CUDA-or-not. A second clone on
-# the same machine installs in about a minute. RGB2THERMAL_NO_WHEEL_CACHE=1 (what .ci/run
-# sets) builds from the sdist into the clone's own .cache/wheels, proving the build step.
+# the same machine skips the build. Under CI (CI=true, which CI sets) or with
+# RGB2THERMAL_NO_WHEEL_CACHE=1 the cache is off: mmcv is built from the sdist into the clone's own
+# .cache/wheels, so every CI run proves the build step.
 set -euo pipefail
 SELF=$(realpath "$0")
 cd "$(dirname "$SELF")/.."
@@ -51,9 +52,9 @@ cuda=$("$VENV/bin/python" -c 'import torch; print("cuda" if torch.cuda.is_availa
 recipe=$(sed -n '/^# BUILD-RECIPE-BEGIN/,/^# BUILD-RECIPE-END/p' "$0")
 key=$(printf '%s|%s|%s|%s|%s|%s' "$MMCV_VERSION" "$TORCH_VERSION" "$("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')" \
   "$(uname -m)" "$cuda" "$recipe" | sha256sum | cut -c1-16)
-if [[ "${RGB2THERMAL_NO_WHEEL_CACHE:-0}" == 1 ]]; then
+if [[ "${RGB2THERMAL_NO_WHEEL_CACHE:-0}" == 1 || "${CI:-}" == true ]]; then
   WHEELS=.cache/wheels/$key
-  say "wheel cache off (RGB2THERMAL_NO_WHEEL_CACHE=1): mmcv is built from its sdist into $WHEELS"
+  say "wheel cache off (CI=${CI:-} RGB2THERMAL_NO_WHEEL_CACHE=${RGB2THERMAL_NO_WHEEL_CACHE:-0}): mmcv is built from its sdist into $WHEELS"
 else
   WHEELS=${RGB2THERMAL_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rgb2thermal/wheels}/$key
 fi

@@ -96,14 +96,19 @@ def _by_image_class(ds: dict, cat_names: dict[int, str]) -> dict[tuple[int, str]
     return out
 
 
-def _arrays(anns: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+#: One source's boxes of one class in one image: (annotations, xyxy boxes (N, 4), scores (N,)).
+Group = tuple[list[dict], np.ndarray, np.ndarray]
+
+
+def _group(anns: list[dict]) -> Group:
+    """The arrays of one (image, class, source), built once and shared by fusion and provenance."""
     boxes = xywh_to_xyxy([a["bbox"] for a in anns]) if anns else np.zeros((0, 4))
-    return boxes.reshape(-1, 4), np.asarray([float(a.get("score", 1.0)) for a in anns], dtype=np.float64)
+    return anns, boxes.reshape(-1, 4), np.asarray([float(a.get("score", 1.0)) for a in anns], dtype=np.float64)
 
 
-def _agreement(groups: dict[str, list[dict]], p: FuseParams) -> list[tuple[np.ndarray, float]]:
+def _agreement(groups: dict[str, Group], p: FuseParams) -> list[tuple[np.ndarray, float]]:
     """Greedy clusters across sources (highest score first); noisy-OR score for agreeing sources."""
-    items = [(s, i, b, sc) for s, anns in groups.items() for i, (b, sc) in enumerate(zip(*_arrays(anns)))]
+    items = [(s, i, b, sc) for s, (_, boxes, scores) in groups.items() for i, (b, sc) in enumerate(zip(boxes, scores))]
     items.sort(key=lambda t: -t[3])
     used: set[tuple[str, int]] = set()
     out = []
@@ -112,10 +117,9 @@ def _agreement(groups: dict[str, list[dict]], p: FuseParams) -> list[tuple[np.nd
             continue
         used.add((src, i))
         members = [(box, score, p.weights.get(src, 1.0))]
-        for other, anns in groups.items():
+        for other, (anns, ob, os_) in groups.items():
             if other == src or not anns:
                 continue
-            ob, os_ = _arrays(anns)
             ious = iou_matrix(box[None], ob)[0]
             for j in np.argsort(-ious):
                 if ious[j] < p.iou:
@@ -131,15 +135,15 @@ def _agreement(groups: dict[str, list[dict]], p: FuseParams) -> list[tuple[np.nd
     return out
 
 
-def _ensemble(groups: dict[str, list[dict]], p: FuseParams, size: tuple[int, int]) -> list[tuple[np.ndarray, float]]:
+def _ensemble(groups: dict[str, Group], p: FuseParams, size: tuple[int, int]) -> list[tuple[np.ndarray, float]]:
     """WBF or NMS over normalised boxes (``ensemble-boxes`` works in [0, 1] ``xyxy``)."""
     from ensemble_boxes import nms, weighted_boxes_fusion
 
     scale = np.array([size[0], size[1], size[0], size[1]], dtype=np.float64)
     # WBF keeps a source without boxes (its score average counts every source); the NMS of
     # ensemble-boxes cannot take an empty list and does not need it
-    names = sorted(n for n in groups if groups[n] or p.method == "wbf")
-    boxes, scores = zip(*(_arrays(groups[n]) for n in names))
+    names = sorted(n for n in groups if groups[n][0] or p.method == "wbf")
+    boxes, scores = [groups[n][1] for n in names], [groups[n][2] for n in names]
     blist = [np.clip(b / scale, 0, 1).tolist() for b in boxes]
     slist = [s.tolist() for s in scores]
     llist = [[0] * len(s) for s in slist]
@@ -152,13 +156,12 @@ def _ensemble(groups: dict[str, list[dict]], p: FuseParams, size: tuple[int, int
     return [(np.asarray(b, dtype=np.float64) * scale, float(s)) for b, s in zip(fb, fs)]
 
 
-def _provenance(box: np.ndarray, groups: dict[str, list[dict]], iou: float) -> dict[str, Any]:
+def _provenance(box: np.ndarray, groups: dict[str, Group], iou: float) -> dict[str, Any]:
     prov: dict[str, Any] = {"sources": [], "scores": {}, "ann_ids": {}}
     for src in sorted(groups):
-        anns = groups[src]
+        anns, b, s = groups[src]
         if not anns:
             continue
-        b, s = _arrays(anns)
         ious = iou_matrix(box[None], b)[0]
         j = int(np.argmax(ious))
         if ious[j] >= iou:
@@ -192,8 +195,8 @@ def run_fuse(sources: Mapping[str, Path], out: Path, params: FuseParams) -> Stag
     for image_id in sorted(images):
         im = images[image_id]
         for cls in names:
-            groups = {src: per_source[src].get((image_id, cls), []) for src in dss}
-            if not any(groups.values()):
+            groups = {src: _group(per_source[src].get((image_id, cls), [])) for src in dss}
+            if not any(g[0] for g in groups.values()):
                 continue
             fused = (_agreement(groups, params) if params.method == "agreement"
                      else _ensemble(groups, params, (im["width"], im["height"])))

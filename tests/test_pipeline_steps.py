@@ -23,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @needs_nano
 def test_a_kind_twice_with_its_own_parameters_and_metrics_per_step(tmp_path: Path) -> None:
     from core import atomic
-    from pipeline.executor import Ref, Step, run_pipeline
+    from pipeline.executor import run_pipeline
+    from pipeline.step import Ref, Step
     from pipeline.params import params_from_dict
     from pipeline.plan import plan
 
@@ -136,7 +137,8 @@ def test_training_killed_mid_way_resumes_from_its_last_epoch(tmp_path: Path) -> 
 
 def test_a_plan_must_name_steps_once_and_read_only_earlier_steps() -> None:
     from core.errors import InputError
-    from pipeline.executor import Ref, Step, check_plan
+    from pipeline.executor import check_plan
+    from pipeline.step import Ref, Step
 
     a, b = Step("a", "data"), Step("b", "index", needs={"x": Ref("a", "datasets")})
     check_plan([a, b])
