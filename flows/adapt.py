@@ -71,7 +71,7 @@ def _task_for(step: Step) -> Any:
     return run_step
 
 
-def run_plan(ctx: PipelineContext, steps: list[Step]) -> dict[str, StepOutput]:
+def run_plan(ctx: PipelineContext, steps: list[Step]) -> None:
     """Submit every step with its upstream steps as ``wait_for``; trainings chained one after another."""
     futures: dict[str, Any] = {}
     last_train = None
@@ -82,10 +82,10 @@ def run_plan(ctx: PipelineContext, steps: list[Step]) -> dict[str, StepOutput]:
         futures[step.name] = _task_for(step).submit(quote(ctx), wait_for=wait)   # quote: one shared ctx, not a copy
         if step.kind == "train":
             last_train = futures[step.name]
-    results = {name: fut.result() for name, fut in futures.items()}   # raises the first failure
+    for fut in futures.values():          # in plan order: raises the first failure
+        fut.result()
     order = {s.name: i for i, s in enumerate(steps)}
     ctx.record.stages.sort(key=lambda s: order.get(s.name, len(order)))
-    return results
 
 
 @flow(name="rgb2thermal-adapt", persist_result=False)
