@@ -37,7 +37,7 @@ from prefect.utilities.annotations import quote
 
 from core.errors import InputError
 from pipeline.executor import execute_step, pipeline_run
-from pipeline.step import PipelineContext, Step, StepOutput
+from pipeline.step import PipelineContext, Step
 from pipeline.params import load_params
 from pipeline.plan import plan
 
