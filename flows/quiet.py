@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 
+# The temporary server a flow starts when no PREFECT_API_URL is set gets 90 s instead of Prefect's
+# 20 s to come up: on a busy 2-core machine it was measured to miss 20 s and fail the whole run.
 for _key, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
-                     ("PREFECT_LOGGING_LEVEL", "WARNING")):
+                     ("PREFECT_LOGGING_LEVEL", "WARNING"), ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")):
     os.environ.setdefault(_key, _value)
 
 import argparse  # noqa: E402
