@@ -208,3 +208,30 @@ def annotations(first_id: int, image_id: int, category_ids: Sequence[int], boxes
         out.append({"id": first_id + i, "image_id": image_id, "category_id": int(cat), "bbox": box,
                     "area": area[i], "iscrowd": 0, **common, **(extras[i] if extras is not None else {})})
     return out
+
+
+def concat_datasets(parts: Sequence[dict], tags: Sequence[str] | None = None) -> dict:
+    """One training set from several COCO datasets (e.g. thermal pseudo-labelled frames + RGB frames
+    with their ground truth): images and annotations renumbered 1..N, categories mapped **by name**
+    onto the first dataset's (a category the first one lacks is an error, not a silent drop).
+    ``tags``: written as ``images[*].part`` so a reader can tell the parts apart. Boxes unchanged."""
+    if not parts:
+        raise InputError("nothing to concatenate", "concat_datasets", "pass at least one COCO dataset")
+    cats = [dict(c) for c in parts[0]["categories"]]
+    by_name = {c["name"]: c["id"] for c in cats}
+    images: list[dict] = []
+    anns: list[dict] = []
+    for k, ds in enumerate(parts):
+        names = {c["id"]: c["name"] for c in ds["categories"]}
+        missing = sorted(set(names.values()) - set(by_name))
+        if missing:
+            raise InputError(f"categories {missing} of part {k} are not in the first part's {sorted(by_name)}",
+                             "concat_datasets", "use the same target classes in every part")
+        new_id = {}
+        for im in ds["images"]:
+            new_id[im["id"]] = len(images) + 1
+            images.append({**im, "id": new_id[im["id"]], **({"part": tags[k]} if tags else {})})
+        for a in ds["annotations"]:
+            anns.append({**a, "id": len(anns) + 1, "image_id": new_id[a["image_id"]],
+                         "category_id": by_name[names[a["category_id"]]]})
+    return new_dataset(images, anns, cats, {"parts": list(tags) if tags else len(parts)})

@@ -125,6 +125,8 @@ def _pipelines(spec: TrainSpec) -> tuple[list[dict], list[dict]]:
     size = tuple(spec.input_size)  # (width, height), as mmdet's Resize/Pad expect
     pad = dict(type="Pad", size=size, pad_val=dict(img=(PAD_VALUE,) * 3))
     train = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True)]
+    if spec.erase_ignored:
+        train.append(dict(type="EraseIgnoredBoxes", fill=PAD_VALUE))
     if "affine" in spec.augment:
         train.append(dict(type="RandomAffine", max_rotate_degree=0.0, max_shear_degree=0.0,
                           scaling_ratio_range=(0.5, 1.5), max_translate_ratio=0.1, border=(0, 0),
@@ -248,7 +250,8 @@ def build_config(spec: TrainSpec) -> Any:
 
     cfg = dict(
         default_scope="mmdet",
-        custom_imports=dict(imports=["tasks.train_hooks"], allow_failed_imports=False),
+        custom_imports=dict(imports=["tasks.train_hooks", *(["detection.transforms"] if spec.erase_ignored else [])],
+                            allow_failed_imports=False),
         model=model,
         work_dir=str(spec.work_dir),
         experiment_name=f"{Path(spec.work_dir).name}_{time.strftime('%Y%m%d_%H%M%S')}_{time.time_ns() % 10**9:09d}",

@@ -90,6 +90,9 @@ class TrainSpec(BaseModel):
     grad_clip: float | None = Field(default=10.0, gt=0)
     losses: dict[str, LossSpec] = Field(default_factory=dict)
     augment: list[Literal["flip", "affine", "hsv"]] = Field(default_factory=lambda: ["flip", "affine"])
+    erase_ignored: bool = Field(default=False, description=(
+        "fill ignore regions (COCO iscrowd boxes, e.g. uncertain pseudo-labels) with the pad grey before "
+        "augmentation, so they are taught neither as objects nor as background (YOLOX has no ignore loss)"))
     load_from: Path | None = None
     head_init: Literal["transfer", "reinit"] = Field(default="transfer", description=(
         "with load_from of other classes: carry the mapped classifier rows (transfer) or re-initialise the head"))

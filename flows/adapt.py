@@ -15,7 +15,8 @@ Prefect adds:
   training (a retry would repeat an hour of work to the same error);
 - independent steps run concurrently (``quality`` beside the trainings); trainings are chained
   one after another (2 CPU cores, and mmengine keeps process-wide state);
-- artifacts: each evaluation table (``adapt-metrics``) and the pseudo-label quality report.
+- artifacts: each evaluation table (``adapt-metrics``, with the per-class day/night and gap-closed
+  table), the per-round plot (``adapt-rounds-plot``) and the pseudo-label quality report.
 
 Prefect's own result caching is off (``NO_CACHE``): reuse is decided by the stage keys, which
 hash file *contents*. Telemetry is off unless the user turned it on (see :mod:`flows.quiet`).
@@ -24,13 +25,14 @@ Run: ``python -m flows.adapt --params params.yaml --workspace workspace [--set K
 """
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 from flows import quiet  # before prefect: telemetry off, third-party noise down
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 from prefect.utilities.annotations import quote
@@ -43,6 +45,7 @@ from pipeline.plan import plan
 
 METRICS_ARTIFACT = "adapt-metrics"
 QUALITY_ARTIFACT = "pseudo-label-quality"
+ROUNDS_ARTIFACT = "adapt-rounds-plot"
 REUSED = "Reused"
 
 
@@ -107,6 +110,12 @@ def adapt_flow(params_path: str | None = "params.yaml", workspace: str = "worksp
                                      description=f"{name}: thermal test split, adapted student vs baselines, per class")
     for step in steps:
         out = ctx.outputs.get(step.name)
+        if step.kind == "eval" and out is not None and "rounds_plot" in out.files:
+            # a data: URL, because the plot lives in the workspace, which the Prefect UI cannot reach
+            png = base64.b64encode(Path(out.files["rounds_plot"]).read_bytes()).decode("ascii")
+            create_image_artifact(image_url=f"data:image/png;base64,{png}", key=ROUNDS_ARTIFACT,
+                                  description=f"{step.name}: mAP_50 per self-training round and class, "
+                                              "with the source-only (dashed) and oracle (dotted) levels")
         if step.kind == "quality" and out is not None and "json" in out.files:
             create_markdown_artifact(key=QUALITY_ARTIFACT, markdown=Path(out.files["markdown"]).read_text(),
                                      description="pseudo-label quality per stage (pseudo, warped, refined)")

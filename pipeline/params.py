@@ -126,9 +126,12 @@ class TeacherSection(_Strict):
 
 
 class StudentSection(_Strict):
-    """Thermal student training (a TrainSpec section) and whether it starts from the teacher's weights."""
+    """Thermal student training (a TrainSpec section) and whether it starts from the teacher's weights.
+    ``mix_rgb``: the adapted students (every self-training round) also train on the labelled RGB
+    adapt frames with their RGB ground truth, next to the pseudo-labelled thermal frames."""
 
     init_from_teacher: bool = True
+    mix_rgb: bool = False
     train: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -149,10 +152,12 @@ class ThermalSourceSection(_Strict):
     """A detector run on the thermal adapt frames as a second pseudo-label source, fused with the
     RGB one (``fuse``). Round 1 uses the teacher; later self-training rounds use the previous
     student. ``pseudo``: pseudo-label parameters of this source (keys of ``pseudo``, e.g. per-class
-    ``thresholds``), merged over the ``pseudo`` section."""
+    ``thresholds``), merged over the ``pseudo`` section; ``infer``: inference parameters of this
+    source (keys of ``infer``, e.g. ``tta: [flip]``), merged over the ``infer`` section."""
 
     enabled: bool = False
     pseudo: dict[str, Any] = Field(default_factory=dict)
+    infer: dict[str, Any] = Field(default_factory=dict)
 
 
 class SelfTrainingSection(_Strict):
@@ -221,6 +226,7 @@ class PipelineParams(_Strict):
         self.refine_params()
         self.fuse_params()
         self.pseudo_params(self.thermal_source.pseudo)
+        self.infer_params("(set by the pipeline)", None, overrides=self.thermal_source.infer)
         if self.teacher.train is not None:
             if "base_model" not in self.teacher.train:
                 raise InputError("teacher.train needs base_model", "params teacher.train",

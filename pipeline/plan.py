@@ -76,8 +76,12 @@ def plan(params: PipelineParams) -> list[Step]:
     return steps
 
 
-def _train(name: str, labels: Ref, datasets: dict[str, Ref], init: Ref | None, **options: object) -> Step:
-    return Step(name, "train", ("student", "data"), needs={"labels": labels, **datasets, **({"init": init} if init else {})},
+def _train(name: str, labels: Ref, datasets: dict[str, Ref], init: Ref | None, mix_rgb: bool = False,
+           **options: object) -> Step:
+    """A student trained on ``labels`` (+ the RGB adapt frames' ground truth when ``mix_rgb``)."""
+    extra = {"rgb_labels": Ref("index", "rgb_adapt")} if mix_rgb else {}
+    return Step(name, "train", ("student", "data"),
+                needs={"labels": labels, **extra, **datasets, **({"init": init} if init else {})},
                 options={"role": name, "fields": "student", **options}, resumable=True)
 
 
@@ -93,24 +97,28 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
     thermal_pseudo = dict(params.thermal_source.pseudo)
     rounds = params.self_training.rounds
     students: list[str] = []
+    label_sets: dict[str, Ref] = {}            # thermal-frame label sets the quality report scores
     for k in range(1, rounds + 1):
         tag = "thermal" if k == 1 else f"round{k}"
         source = "teacher" if k == 1 else students[-1]
         labels = Ref("refine", "coco")
         if k > 1 or params.thermal_source.enabled:
-            steps.append(Step(f"infer@{tag}", "infer", ("infer",), retries=1,
+            steps.append(Step(f"infer@{tag}", "infer", ("infer", "thermal_source"), retries=1,
                               needs={"images": Ref("index", "thermal_adapt_images"), "model": _model(source),
                                      **datasets},
-                              options={"source": "thermal_teacher" if k == 1 else "thermal_student"}))
+                              options={"source": "thermal_teacher" if k == 1 else "thermal_student",
+                                       "params": dict(params.thermal_source.infer)}))
             steps.append(Step(f"pseudo@{tag}", "pseudo", ("pseudo", "thermal_source", "data"),
                               needs={"predictions": Ref(f"infer@{tag}", "coco")}, options={"params": thermal_pseudo}))
             fuse = "fuse" if k == 1 else f"fuse@{tag}"
             steps.append(Step(fuse, "fuse", ("fuse",), retries=1,
                               needs={"rgb": Ref("refine", "coco"), "thermal": Ref(f"pseudo@{tag}", "coco")}))
             labels = Ref(fuse, "coco")
+            label_sets[f"label:{'teacher' if k == 1 else students[-1]} on thermal"] = Ref(f"pseudo@{tag}", "coco")
+            label_sets[f"label:fused, round {k}"] = labels
         init = _model(students[-1]) if (k > 1 and params.self_training.init == "previous") else teacher
         students.append("student" if k == 1 else f"student@round{k}")
-        steps.append(_train(students[-1], labels, datasets, init))
+        steps.append(_train(students[-1], labels, datasets, init, mix_rgb=params.student.mix_rgb))
 
     baselines = params.eval.baselines
     if "no_refinement" in baselines:
@@ -122,7 +130,7 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
     steps.append(Step("quality", "quality", (), retries=1, needs={
         "rgb_gt": Ref("index", "rgb_adapt"), "pseudo": Ref("pseudo", "coco"), "warped": Ref("warp", "coco"),
         "refined": Ref("refine", "coco"), "index": Ref("index", "index"),
-        "thermal_gt": Ref("index", "thermal_adapt")}))
+        "thermal_gt": Ref("index", "thermal_adapt"), **label_sets}))
 
     columns = {"adapted": students[-1]}
     columns.update({f"round{k}": name for k, name in enumerate(students[:-1], start=1)})
@@ -131,7 +139,27 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
             columns[b] = step
     steps.append(Step("eval", "eval", ("eval",), needs={
         "gt": Ref("index", "thermal_test"), **datasets, **{f"model:{c}": _model(m) for c, m in columns.items()}},
-        options={"columns": list(columns)}))
+        options={"columns": list(columns), "describe": _describe(params, list(columns))}))
+
+
+def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:
+    """What each evaluated model was trained on, in words (the rows of the adaptation table)."""
+    rp = params.refine_params()
+    rgb = "RGB labels warped, not refined" if rp.method == "none" else \
+        f"RGB labels warped + refined ({'SAM2' if rp.uses_sam2() else 'classical'})"
+    thermal = params.thermal_source.enabled
+    rounds = params.self_training.rounds
+
+    def round_words(k: int) -> str:
+        if k == 1 and not thermal:
+            return rgb
+        return f"{rgb} + {'teacher' if k == 1 else f'student {k - 1}'} on thermal, fused ({params.fuse_params().method})"
+
+    words = {"source_only": "the teacher on thermal, not adapted", "classic": f"{rgb} alone (the classic recipe)",
+             "no_refinement": "RGB labels warped, not refined", "oracle": "the adapt frames' thermal labels",
+             "adapted": f"round {rounds}: {round_words(rounds)}" if rounds > 1 or thermal else rgb}
+    words.update({f"round{k}": f"round {k}: {round_words(k)}" for k in range(1, rounds)})
+    return {c: words[c] for c in columns if c in words}
 
 
 def step_names(params: PipelineParams) -> list[str]:

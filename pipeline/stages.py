@@ -156,8 +156,16 @@ def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) ->
         raise InputError(f"no labels survived to train '{step.name}' on (0 boxes)", str(labels),
                          "lower pseudo.score_threshold, check the teacher (train it longer), or look at the "
                          "infer/pseudo/warp reports' dropped counts")
+    if "rgb_labels" in step.needs:             # mixed training: + the RGB frames with their ground truth
+        from core.coco import concat_datasets
+
+        labels = atomic.write_json(out / "train_labels.json", concat_datasets(
+            [atomic.read_json(labels), atomic.read_json(ctx.input(step, "rgb_labels"))], tags=["thermal", "rgb"]),
+            indent=None)
     p = ctx.params
     fields = p.teacher_train_fields() if step.options["fields"] == "teacher" else p.student_train_fields()
+    if "erase_ignored" not in fields and any(a.get("iscrowd") for a in atomic.read_json(labels)["annotations"]):
+        fields = {**fields, "erase_ignored": True}      # uncertain pseudo-labels (fuse.ignore_from): not background
     init = _required_model(ctx, ctx.input(step, "init"))[1] if "init" in step.needs else None
     spec = spec_from_dict({**fields, "classes": list(p.data.classes),
                            "train": {"ann_file": str(labels), "img_root": "/"}, "work_dir": str(out / "train"),
@@ -192,7 +200,8 @@ def _infer(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
 
     config, ck = _required_model(ctx, ctx.input(step, "model"))
     rep = run_infer(ctx.input(step, "images"), out / "infer.json",
-                    ctx.params.infer_params(config, ck, source=step.options.get("source", "rgb_teacher")),
+                    ctx.params.infer_params(config, ck, source=step.options.get("source", "rgb_teacher"),
+                                            overrides=step.options.get("params")),
                     cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo)
     return _from_report(rep, {"coco": out / "infer.json"})
 
@@ -236,7 +245,9 @@ def _quality(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
         return StepOutput(files={"markdown": md}, info={"note": note})
     rep = run_report(ReportInputs(thermal_gt=thermal_gt, rgb_gt=ctx.input(step, "rgb_gt"),
                                   pseudo=ctx.input(step, "pseudo"), warped=ctx.input(step, "warped"),
-                                  refined=ctx.input(step, "refined")),
+                                  refined=ctx.input(step, "refined"),
+                                  extra=tuple((role.removeprefix("label:"), ctx.input(step, role))
+                                              for role in step.needs if role.startswith("label:"))),
                      out / "quality", ReportParams(n_overlays=2), index=index)
     return StepOutput(files={"markdown": Path(rep.outputs["markdown"]), "json": Path(rep.outputs["json"])},
                       info={"counts": rep.counts})
@@ -262,14 +273,34 @@ def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
                                           predict_dataset(det, gt, "/", batch_size=ev.batch_size, progress=False),
                                           indent=None)
     report = evaluate_runs(gt, preds)
-    md = format_markdown(report, ev.metrics)
     metrics: dict[str, Any] = {r.name: {**r.per_category, "all": r.overall} for r in report.runs}
-    files = {"table": atomic.write_text(out / "eval.md", md), "json": atomic.write_json(out / "eval.json", report.to_json()),
+    files = {"json": atomic.write_json(out / "eval.json", report.to_json()),
              "metrics": atomic.write_json(out / "metrics.json", {
                  name: {cat: {m: vals.get(m) for m in ev.metrics} for cat, vals in per.items()}
                  for name, per in metrics.items()}),
              **{f"predictions_{k}": v for k, v in preds.items()}}
+    md = format_markdown(report, ev.metrics)
+    comparison, extra = _comparison(step, gt, preds, out)
+    files.update(extra)
+    md += "\n" + comparison
+    files["table"] = atomic.write_text(out / "eval.md", md)
     return StepOutput(files=files, info={"metrics": {**metrics, "table_markdown": md}, "notes": notes})
+
+
+def _comparison(step: Step, gt: Path, preds: dict[str, Path], out: Path) -> tuple[str, dict[str, Path]]:
+    """The adaptation table (mAP_50 per class and day/night, gap closed) and the per-round plot."""
+    from tasks.compare import comparison_json, comparison_markdown, evaluate_grouped, plot_rounds, split_groups
+
+    gt_ds = atomic.read_json(gt)
+    grouped = evaluate_grouped(gt_ds, {k: atomic.read_json(v) for k, v in preds.items()})
+    rounds = [c for c in step.options["columns"] if c.startswith("round") and c in grouped] + ["adapted"]
+    sizes = {g: len(ds["images"]) for g, ds in split_groups(gt_ds).items()}
+    md = comparison_markdown(grouped, "mAP_50", describe=step.options.get("describe"), sizes=sizes)
+    files = {"comparison": atomic.write_json(out / "comparison.json", comparison_json(grouped, "mAP_50"))}
+    if "adapted" in grouped:
+        files["rounds_plot"] = plot_rounds(grouped, rounds, out / "rounds.png", "mAP_50")
+        md += "\n![mAP_50 per self-training round](rounds.png)\n"
+    return md, files
 
 
 def _fuse(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:

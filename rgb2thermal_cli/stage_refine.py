@@ -16,10 +16,10 @@ def _refine_args(p: argparse.ArgumentParser) -> None:
                      out_help="COCO refined labels: same images and ids; every box records "
                               "refine={method, score, iou_to_prompt, decision, reason, prompt_bbox}.",
                      index="paired index JSON (optional): thermal image files are then taken from it by pair_id")
-    p.add_argument("--method", choices=["auto", "sam2", "classical"], default="auto",
+    p.add_argument("--method", choices=["auto", "sam2", "classical", "none"], default="auto",
                    help="auto (default): SAM2 when --sam2-checkpoint is given, otherwise the classical Otsu refiner "
                         "with a loud WARNING and a 'fallbacks' entry in the report; sam2: fail without a checkpoint; "
-                        "classical: the Otsu refiner by choice")
+                        "classical: the Otsu refiner by choice; none: boxes pass through unchanged")
     p.add_argument("--sam2-config", default="configs/sam2.1/sam2.1_hiera_t.yaml",
                    help="SAM2 model config bundled with the sam2 package, matching the checkpoint "
                         "(default configs/sam2.1/sam2.1_hiera_t.yaml; _s, _b+, _l for the larger models)")

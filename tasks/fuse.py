@@ -55,6 +55,10 @@ class FuseParams(StageParams):
     - ``thresholds``: per target class, a number or ``{day: x, night: y}`` (images whose
       ``daynight`` is unknown use the larger of the two).
     - ``single_source_factor``: ``agreement`` only: score factor for a box one source alone proposes.
+    - ``ignore_from``: fused boxes scoring at least this but below their class threshold are kept
+      as *ignore regions* (COCO ``iscrowd: 1``, ``uncertain: true``) instead of dropped: an
+      uncertain box is not background (training erases them, ``TrainSpec.erase_ignored``). Off
+      (``None``) by default.
     """
 
     method: Literal["wbf", "nms_union", "agreement"] = "agreement"
@@ -63,6 +67,7 @@ class FuseParams(StageParams):
     score_threshold: float = Field(default=0.0, ge=0, le=1)
     thresholds: dict[str, Threshold] = Field(default_factory=dict)
     single_source_factor: float = Field(default=1.0, ge=0, le=1)
+    ignore_from: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("thresholds")
     @classmethod
@@ -202,16 +207,18 @@ def run_fuse(sources: Mapping[str, Path], out: Path, params: FuseParams) -> Stag
                      else _ensemble(groups, params, (im["width"], im["height"])))
             thr = params.threshold(cls, im.get("daynight"))
             for box, score in sorted(fused, key=lambda t: -t[1]):
-                if score < thr:
+                uncertain = score < thr and params.ignore_from is not None and score >= params.ignore_from
+                if score < thr and not uncertain:
                     report.add_dropped(f"below_threshold_{cls}")
                     continue
-                anns.extend(annotations(len(anns) + 1, image_id, [cat_id[cls]], box[None], [{
-                    "score": round(score, 6), "provenance": _provenance(box, groups, params.iou)}], source="fused"))
+                extra = {"score": round(score, 6), "provenance": _provenance(box, groups, params.iou),
+                         **({"iscrowd": 1, "uncertain": True} if uncertain else {})}
+                anns.extend(annotations(len(anns) + 1, image_id, [cat_id[cls]], box[None], [extra], source="fused"))
     info = {"stage": "fuse", "sources": sorted(sources), "params": params.to_dict()}     # no paths (keys later steps)
     save_dataset(out, new_dataset([images[i] for i in sorted(images)], anns, first["categories"], info), indent=None)
     both = sum(1 for a in anns if len(a["provenance"]["sources"]) > 1)
     report.counts = {"images": len(images), "boxes_in": sum(len(ds["annotations"]) for ds in dss.values()),
-                     "boxes_out": len(anns), "boxes_agreed": both,
+                     "boxes_out": len(anns), "boxes_agreed": both, "boxes_uncertain": sum(1 for a in anns if a.get("iscrowd")),
                      **{f"boxes_in_{k}": len(ds["annotations"]) for k, ds in dss.items()}}
     report.outputs = {"coco": str(out), "report": str(report_path(out))}
     report.seconds = round(time.perf_counter() - t0, 3)

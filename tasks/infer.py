@@ -41,6 +41,7 @@ from core.image_cache import ImageCache
 from core.images import read_error, read_image, size_mismatch, to_bgr_u8
 from core.stage_params import PathStr, StageParams
 from core.stage_report import StageReport, report_path
+from tasks.tta import View, fuse_views, hflip, unflip_boxes
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class InferParams(StageParams):
       threshold you may try, so threshold changes never need re-inference.
     - ``max_per_image``: keep at most this many detections per image (highest scores).
     - ``source``: provenance tag on every box (``rgb_teacher`` or ``thermal_teacher``).
+    - ``tta``: test-time views fused with the plain one per image (:mod:`tasks.tta`):
+      ``[flip]`` also runs the mirrored image (twice the inference time).
     """
 
     config: PathStr
@@ -73,6 +76,7 @@ class InferParams(StageParams):
     min_score: float = Field(default=0.05, ge=0, le=1)
     max_per_image: int = Field(default=100, ge=1)
     source: Source = "rgb_teacher"
+    tta: list[View] = Field(default_factory=list)
 
     @field_validator("config")
     @classmethod
@@ -90,7 +94,10 @@ class InferParams(StageParams):
 
     def cache_params(self) -> dict[str, Any]:
         """The parameters that change a stored result (batch size and device do not)."""
-        return {"min_score": round(float(self.min_score), 6), "max_per_image": int(self.max_per_image)}
+        out: dict[str, Any] = {"min_score": round(float(self.min_score), 6), "max_per_image": int(self.max_per_image)}
+        if self.tta:                      # absent when off: caches made before TTA existed stay valid
+            out["tta"] = sorted(set(self.tta))
+        return out
 
 
 def _entry_ok(entry: dict) -> bool:
@@ -188,8 +195,15 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
         if not pending:
             return
         dets = predict_batch(detector, [img for _, img, _ in pending])
-        for (image_id, img, key), d in zip(pending, dets):
-            b, s, lab = _filter(d.boxes, d.scores, d.labels, params)
+        flipped = predict_batch(detector, [hflip(img) for _, img, _ in pending]) if "flip" in params.tta else None
+        for i, ((image_id, img, key), d) in enumerate(zip(pending, dets)):
+            boxes, scores, labels = d.boxes, d.scores, d.labels
+            if flipped is not None:
+                f = flipped[i]
+                boxes, scores, labels = fuse_views([(boxes, scores, labels),
+                                                    (unflip_boxes(f.boxes, img.shape[1]), f.scores, f.labels)],
+                                                   img.shape[1], img.shape[0])
+            b, s, lab = _filter(boxes, scores, labels, params)
             entry = _entry(b, s, lab, (img.shape[1], img.shape[0]))
             cache.put(key, entry)
             results[image_id] = _Result.from_entry(entry)

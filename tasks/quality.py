@@ -119,7 +119,7 @@ def match_datasets(gt: dict, pred: dict, *, classes: Iterable[str], iou_threshol
 
     Every GT image is evaluated (an image missing from ``pred`` counts as all-missed);
     predictions on images that are not in ``gt`` are ignored. Boxes of other classes are
-    ignored on both sides.
+    ignored on both sides, and so are ``iscrowd`` boxes (ignore regions, e.g. uncertain pseudo-labels).
     """
     classes = list(classes)
     wanted = set(classes)
@@ -130,7 +130,7 @@ def match_datasets(gt: dict, pred: dict, *, classes: Iterable[str], iou_threshol
             by_img_gt[a["image_id"]].append(a)
     by_img_pred: dict[int, list[dict]] = {i: [] for i in by_img_gt}
     for a in pred["annotations"]:
-        if a["image_id"] in by_img_pred and pred_names[a["category_id"]] in wanted:
+        if a["image_id"] in by_img_pred and pred_names[a["category_id"]] in wanted and not a.get("iscrowd", 0):
             by_img_pred[a["image_id"]].append(a)
     out = []
     for im in gt["images"]:

@@ -63,7 +63,8 @@ class RefineParams(StageParams):
     """Parameters of the refine stage (validated at construction).
 
     - ``method``: ``auto`` (SAM2 when a checkpoint is given, else classical with a loud
-      WARNING + recorded fallback), ``sam2`` (error without a checkpoint), ``classical``.
+      WARNING + recorded fallback), ``sam2`` (error without a checkpoint), ``classical``, or
+      ``none`` (boxes pass through unchanged: the measured choice where no refiner helps).
     - ``sam2_config``/``sam2_checkpoint``/``device``: the SAM2 model (see ``Sam2Config``).
     - ``sam2_random_weights``: build SAM2 with random weights (tests/timing only; recorded).
     - ``sam2_score_threshold``: minimum SAM2 predicted mask IoU (0..1) to replace a box.
@@ -79,7 +80,7 @@ class RefineParams(StageParams):
       input COCO file's folder).
     """
 
-    method: Literal["auto", "sam2", "classical"] = "auto"
+    method: Literal["auto", "sam2", "classical", "none"] = "auto"
     sam2_config: PathStr = DEFAULT_CONFIG
     sam2_checkpoint: PathStr | None = None
     sam2_random_weights: bool = False
@@ -102,8 +103,8 @@ class RefineParams(StageParams):
         if self.method == "sam2" and self.sam2_checkpoint is None and not self.sam2_random_weights:
             raise ValueError("method 'sam2' needs a SAM2 checkpoint (pass --sam2-checkpoint PATH, "
                              "or --method auto/classical)")
-        if self.method == "classical" and self.sam2_checkpoint is not None:
-            raise ValueError("a SAM2 checkpoint was given but method is 'classical' "
+        if self.method in ("classical", "none") and self.sam2_checkpoint is not None:
+            raise ValueError(f"a SAM2 checkpoint was given but method is '{self.method}' "
                              "(drop the checkpoint or use --method sam2/auto)")
         if self.uses_sam2() and self.sam2_checkpoint is not None and not Path(self.sam2_checkpoint).is_file():
             raise ValueError(f"SAM2 checkpoint not found: {self.sam2_checkpoint} (check the path of the SAM2 .pt file)")
@@ -278,6 +279,8 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
         report.inputs["index"] = str(index)
     cache = ImageCache(Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR, CACHE_SCHEMA)
 
+    if params.method == "none":
+        return _pass_through(ds, out, report, t0)
     if params.method == "auto" and not params.uses_sam2():
         msg = ("no SAM2 checkpoint configured: boxes are refined by the CLASSICAL Otsu refiner, not SAM2 "
                "(pass --sam2-checkpoint to use SAM2)")
@@ -383,6 +386,21 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
     n["boxes_out"] = len(out_anns)
     n["images_skipped"] = len(report.skipped_images)
     report.counts = {k: int(v) for k, v in n.items()}
+    report.seconds = round(time.perf_counter() - t0, 3)
+    report.save(report_path(out))
+    return report
+
+
+def _pass_through(ds: dict, out: Path, report: StageReport, t0: float) -> StageReport:
+    """``method: none``: every box unchanged, marked ``refine.method = "none"`` (no image is read)."""
+    for a in ds["annotations"]:
+        a["refine"] = {"method": "none", "decision": "keep", "reason": None, "prompt_bbox": list(a["bbox"])}
+    ds["info"] = {**(ds.get("info") or {}), "refine": {"method": "none", "model": "none", "fallback": False}}
+    report.models["refiner"] = "none (boxes unchanged)"
+    coco.save_dataset(out, ds)
+    n = len(ds["annotations"])
+    report.counts = {"images": len(ds["images"]), "images_refined": 0, "boxes_in": n, "replace": 0, "keep": n,
+                     "drop": 0, "boxes_out": n, "images_skipped": 0}
     report.seconds = round(time.perf_counter() - t0, 3)
     report.save(report_path(out))
     return report

@@ -7,6 +7,9 @@ people the RGB camera cannot). Whenever thermal ground truth exists it scores
 * ``pseudo`` — raw RGB pseudo-labels against the RGB ground truth,
 * ``warped`` — the labels warped to thermal against the thermal ground truth,
 * ``refined`` — the refined labels against the thermal ground truth,
+* any further label sets in the thermal frame (``ReportInputs.extra``: a detector's pseudo-labels
+  on the thermal frames, the fused set of each self-training round) against the thermal ground
+  truth, so each pseudo-label *source* and their fusion are compared side by side,
 
 with :mod:`tasks.quality` (one-to-one matching at IoU ``iou_threshold``; precision, recall,
 mean IoU of matched boxes), per class and per ``daynight`` group. Any subset of the three may
@@ -44,22 +47,28 @@ PRED_FP = (0, 0, 255)
 
 @dataclass(frozen=True)
 class ReportInputs:
-    """The COCO files to score. ``thermal_gt`` is required; ``pseudo`` needs ``rgb_gt``."""
+    """The COCO files to score. ``thermal_gt`` is required; ``pseudo`` needs ``rgb_gt``;
+    ``extra``: ``(name, path)`` of more thermal-frame label sets (scored in this order)."""
 
     thermal_gt: Path
     rgb_gt: Path | None = None
     pseudo: Path | None = None
     warped: Path | None = None
     refined: Path | None = None
+    extra: tuple[tuple[str, Path], ...] = ()
 
     def __post_init__(self) -> None:
         if self.pseudo is not None and self.rgb_gt is None:
             raise InputError("RGB pseudo-labels given without RGB ground truth", "report inputs",
                              "pass --rgb-gt (the RGB label file) or leave out --pseudo")
-        if self.pseudo is None and self.warped is None and self.refined is None:
+        if self.pseudo is None and self.warped is None and self.refined is None and not self.extra:
             raise InputError("nothing to score", "report inputs", "pass at least one of --pseudo, --warped, --refined")
-        for name in ("thermal_gt", "rgb_gt", "pseudo", "warped", "refined"):
-            p = getattr(self, name)
+        names = [n for n, _ in self.extra]
+        if len(set(names)) != len(names) or set(names) & {"pseudo", *THERMAL_STAGES}:
+            raise InputError(f"label set names must be unique and not pseudo/warped/refined, got {names}",
+                             "report inputs", "name each extra label set once")
+        files = [(n, getattr(self, n)) for n in ("thermal_gt", "rgb_gt", "pseudo", "warped", "refined")]
+        for name, p in [*files, *self.extra]:
             if p is not None and not Path(p).is_file():
                 raise InputError(f"{name} file not found: {p}", "report inputs", "check the path")
 
@@ -92,7 +101,8 @@ def markdown(results: dict[str, QualityResult], inputs: dict[str, str], params: 
     """Markdown: a headline recall table, then one table per class (rows: day/night x stage)."""
     lines = ["# Pseudo-label quality", "",
              f"Matching: one-to-one, IoU ≥ {params.iou_threshold}, per class. `pseudo` is scored against the RGB "
-             "ground truth, `warped`/`refined` against the thermal ground truth. Precision = TP / predictions, "
+             "ground truth, every other label set (`warped`, `refined`, each thermal source, each fused set) against "
+             "the thermal ground truth. Precision = TP / predictions, "
              "recall = TP / ground-truth boxes, mean IoU over matched boxes.", "",
              "Inputs: " + ", ".join(f"{k} `{v}`" for k, v in inputs.items()), ""]
     stages = list(results)
@@ -152,7 +162,8 @@ def run_report(inp: ReportInputs, out: Path, params: ReportParams, *, index: Pat
 
     t0 = time.perf_counter()
     out = Path(out)
-    inputs = {k: str(v) for k, v in asdict(inp).items() if v is not None}
+    inputs = {k: str(v) for k, v in asdict(inp).items() if v is not None and k != "extra"}
+    inputs.update({name: str(path) for name, path in inp.extra})
     report = StageReport(stage=STAGE, inputs=dict(inputs), params=asdict(params))
     thermal_gt = coco.load_dataset(inp.thermal_gt)
     rgb_gt = coco.load_dataset(inp.rgb_gt) if inp.rgb_gt is not None else None
@@ -172,6 +183,9 @@ def run_report(inp: ReportInputs, out: Path, params: ReportParams, *, index: Pat
         p = getattr(inp, name)
         if p is not None:
             todo.append((name, coco.load_dataset(p), thermal_gt))
+    thermal_names = [*THERMAL_STAGES, *(n for n, _ in inp.extra)]
+    for name, p in inp.extra:
+        todo.append((name, coco.load_dataset(p), thermal_gt))
 
     classes = list(params.classes) if params.classes else None
     if classes is None:
@@ -185,7 +199,7 @@ def run_report(inp: ReportInputs, out: Path, params: ReportParams, *, index: Pat
         results[name] = res
         report.counts[f"{name}_boxes"] = sum(len(m.pred_boxes) for m in matches)
         report.counts[f"{name}_tp"] = res.table[ALL][ALL]["tp"]
-        if name in THERMAL_STAGES:
+        if name in thermal_names:
             last_matches = matches
     report.counts["images"] = len(thermal_gt["images"])
     report.counts["gt_boxes_thermal"] = sum(len(m.gt_boxes) for m in last_matches)

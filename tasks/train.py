@@ -184,6 +184,9 @@ def train(spec: TrainSpec) -> TrainResult:
     from core.compat import trusted_checkpoints
     from detection.train_config import BEST_METRIC, build_config
 
+    if spec.erase_ignored:
+        import detection.transforms  # noqa: F401  (registers EraseIgnoredBoxes with mmdet's TRANSFORMS)
+
     _fresh_mmengine_logger(spec.work_dir)
 
     t_start = time.perf_counter()

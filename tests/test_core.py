@@ -95,3 +95,19 @@ def test_hashes_are_content_based(tmp_path: Path) -> None:
     assert hashing.json_sha256({"x": 1, "y": 2}) == hashing.json_sha256({"y": 2, "x": 1})
     b.write_bytes(b"other")
     assert hashing.file_sha256(a) != hashing.file_sha256(b)
+
+
+def test_concat_datasets_renumbers_and_maps_categories_by_name() -> None:
+    from core.coco import concat_datasets
+
+    a = {"images": [{"id": 7, "file_name": "t.png", "width": 4, "height": 4}],
+         "annotations": [{"id": 3, "image_id": 7, "category_id": 1, "bbox": [0, 0, 1, 1]}],
+         "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "car"}]}
+    b = {"images": [{"id": 7, "file_name": "r.png", "width": 4, "height": 4}],
+         "annotations": [{"id": 3, "image_id": 7, "category_id": 5, "bbox": [1, 1, 2, 2]}],
+         "categories": [{"id": 5, "name": "car"}]}
+    out = concat_datasets([a, b], tags=["thermal", "rgb"])
+    assert [(im["id"], im["file_name"], im["part"]) for im in out["images"]] == [(1, "t.png", "thermal"), (2, "r.png", "rgb")]
+    assert [(x["id"], x["image_id"], x["category_id"]) for x in out["annotations"]] == [(1, 1, 1), (2, 2, 2)]
+    with pytest.raises(InputError, match="bicycle"):
+        concat_datasets([a, {**b, "categories": [{"id": 5, "name": "bicycle"}]}])

@@ -50,11 +50,15 @@ def test_demo_registry_from_generated_data(tmp_path: Path) -> None:
 
 def test_format_summary_gain_and_missing() -> None:
     metrics = {"source_only": {"person": {"mAP_50": 0.2}, "car": {"mAP_50": 0.4}, "all": {"mAP_50": 0.3}},
-               "no_refinement": {"person": {"mAP_50": 0.3}, "car": {"mAP_50": -1.0}, "all": {"mAP_50": 0.35}},
-               "adapted": {"person": {"mAP_50": 0.5}, "car": {"mAP_50": 0.45}, "all": {"mAP_50": 0.475}}}
-    table = demo.format_summary(metrics, ["person", "car"], "classical")
-    assert "| person | 0.200 | 0.300 | 0.500 | +0.300 |" in table
-    assert "| car | 0.400 | — | 0.450 | +0.050 |" in table
+               "classic": {"person": {"mAP_50": 0.3}, "car": {"mAP_50": -1.0}, "all": {"mAP_50": 0.35}},
+               "adapted": {"person": {"mAP_50": 0.5}, "car": {"mAP_50": 0.45}, "all": {"mAP_50": 0.475}},
+               "oracle": {"person": {"mAP_50": 0.9}, "car": {"mAP_50": 0.8}, "all": {"mAP_50": 0.85}}}
+    table = demo.format_summary(metrics, ["person", "car"], "classical", describe={"adapted": "round 2: fused"})
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [r.split(" | ")[0] for r in rows] == ["| source_only", "| classic", "| adapted: round 2: fused", "| oracle"]
+    assert "| source_only | 0.200 | 0.400 | 0.300 | — |" in table
+    assert "| classic | 0.300 | — | 0.350 | +0.050 |" in table
+    assert "| adapted: round 2: fused | 0.500 | 0.450 | 0.475 | +0.175 |" in table
     assert "Refinement: classical" in table
 
 

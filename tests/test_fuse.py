@@ -86,3 +86,21 @@ def test_bad_inputs_are_refused(tmp_path: Path) -> None:
         run_fuse({"rgb": src["rgb"], "dog": other}, tmp_path / "f.json", FuseParams())
     with pytest.raises(InputError, match=r"fuse.thresholds"):
         FuseParams.validated({"thresholds": {"person": 1.5}}, "params fuse", prefix="fuse")
+
+
+def test_uncertain_boxes_become_ignore_regions_not_background(tmp_path: Path) -> None:
+    """``ignore_from``: a fused box between it and the class threshold is kept as iscrowd, and the
+    label-quality scoring does not count it as a prediction."""
+    from tasks.quality import evaluate
+
+    sources = _sources(tmp_path)
+    sure = run_fuse(sources, tmp_path / "a.json", FuseParams(method="nms_union", score_threshold=0.5))
+    unsure = run_fuse(sources, tmp_path / "b.json", FuseParams(method="nms_union", score_threshold=0.5, ignore_from=0.3))
+    a, b = atomic.read_json(tmp_path / "a.json"), atomic.read_json(tmp_path / "b.json")
+    crowd = [x for x in b["annotations"] if x.get("iscrowd")]
+    assert len(crowd) == 2 and all(x["uncertain"] and 0.3 <= x["score"] < 0.5 for x in crowd)   # 0.4 and 0.35
+    assert len(b["annotations"]) - len(crowd) == len(a["annotations"]) == sure.counts["boxes_out"]
+    assert unsure.counts["boxes_uncertain"] == len(crowd)
+    res_a, _ = evaluate(a, a, classes=["person", "car"])
+    res_b, _ = evaluate(a, b, classes=["person", "car"])
+    assert res_b.table["all"]["all"] == res_a.table["all"]["all"]

@@ -96,3 +96,36 @@ def test_dvc_reruns_exactly_what_each_change_reaches(tmp_path: Path) -> None:
     assert _ran(sh(str(BIN / "dvc"), "repro")) == set()
     metrics = yaml.safe_load((proj / "workspace" / "stages" / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"adapted", "source_only"}
+
+
+@needs_nano
+def test_dvc_repro_runs_the_self_training_rounds_with_the_plain_runs_outputs(tmp_path: Path) -> None:
+    """Thermal source + fusion + 2 rounds through ``dvc repro``: one DVC stage per step (rounds
+    included) and the same bytes as the plain run of the same parameters."""
+    if not (BIN / "dvc").exists() or not (BIN / "rgb2thermal").exists():
+        pytest.skip("dvc or rgb2thermal is not installed beside this python")
+    from pipeline.executor import dvc_stage_name, run_pipeline
+    from pipeline.params import load_params
+    from pipeline.plan import plan
+    from tests.test_self_training import _rounds_params
+
+    proj = tmp_path / "proj"
+    _folder(proj, 8)
+    params = _rounds_params(proj)
+    params["data"]["roots"][0]["path"] = "data"
+    params["warp"]["registry_dir"] = "registry"
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    sh = project_shell(proj)
+    sh(str(BIN / "rgb2thermal"), "dvc-yaml", "--params", "params.yaml")
+    sh("git", "init", "-q")
+    sh(str(BIN / "dvc"), "init", "-q")
+    p = load_params(proj / "params.yaml")
+    names = {dvc_stage_name(s.name) for s in plan(p)}
+    assert {"student-round2", "fuse-round2", "infer-thermal"} <= names
+    assert _ran(sh(str(BIN / "dvc"), "repro")) == names
+    plain = run_pipeline(p, tmp_path / "plain")
+    assert plain.status == "succeeded"
+    for rel in ("fuse/fused.json", "fuse@round2/fused.json", "pseudo@round2/pseudo.json", "eval/metrics.json",
+                "eval/comparison.json"):
+        assert (proj / "workspace" / "stages" / rel).read_bytes() == (tmp_path / "plain" / "stages" / rel).read_bytes(), rel
+    assert _ran(sh(str(BIN / "dvc"), "repro")) == set()

@@ -161,3 +161,27 @@ def test_overrides_and_yaml_file(tmp_path: Path) -> None:
 def test_repository_params_yaml_is_valid() -> None:
     p = load_params(REPO / "params.yaml")
     assert p.data.synthetic is not None and p.teacher.train is not None
+
+
+def test_thermal_source_infer_section_is_validated_up_front() -> None:
+    ok = params_from_dict(apply_overrides(_base(), ["thermal_source.enabled=true", "thermal_source.infer.tta=[flip]"]))
+    assert ok.infer_params("cfg.py", None, overrides=ok.thermal_source.infer).tta == ["flip"]
+    assert ok.infer_params("cfg.py", None).tta == []                  # the RGB teacher's inference is unchanged
+    for override, key in (("thermal_source.infer.tta=[rotate]", "infer.tta"),
+                          ("thermal_source.infer.config=x.py", "infer.config")):
+        with pytest.raises(InputError) as ei:
+            params_from_dict(apply_overrides(_base(), [override]))
+        assert key in str(ei.value), str(ei.value)
+
+
+def test_shipped_real_data_recipe_is_valid_once_the_user_paths_are_given(tmp_path: Path) -> None:
+    """params/real.yaml names placeholders: without the user's paths it stops naming the keys."""
+    with pytest.raises(InputError) as ei:
+        load_params(REPO / "params" / "real.yaml")
+    assert "data.roots" in str(ei.value) or "teacher" in str(ei.value)
+    ck = tmp_path / "w.pth"
+    ck.write_bytes(b"x")
+    (tmp_path / "data").mkdir()
+    p = load_params(REPO / "params" / "real.yaml", [f"teacher.checkpoint={ck}", f"teacher.config={tmp_path / 'c.py'}",
+                                                     f"data.roots=[{{path: {tmp_path / 'data'}, version: v}}]"])
+    assert p.thermal_source.enabled and p.self_training.rounds >= 2 and "oracle" in p.eval.baselines

@@ -89,6 +89,18 @@ def test_explicit_classical_is_not_a_fallback(syn, tmp_path):
     assert rep.fallbacks == [] and "classical" in rep.models["refiner"]
 
 
+def test_method_none_passes_boxes_through_unchanged(syn, tmp_path):
+    from core import coco
+
+    inp, _ = write_loose(syn, tmp_path)
+    rep = run_refine(inp, tmp_path / "o.json", RefineParams(method="none"), cache_dir=tmp_path / "c")
+    a, b = coco.load_dataset(inp), coco.load_dataset(tmp_path / "o.json")
+    assert [x["bbox"] for x in a["annotations"]] == [x["bbox"] for x in b["annotations"]]
+    assert {x["refine"]["method"] for x in b["annotations"]} == {"none"} and b["info"]["refine"]["method"] == "none"
+    assert rep.fallbacks == [] and rep.counts["keep"] == rep.counts["boxes_out"] == len(a["annotations"])
+    assert not (tmp_path / "c").exists()                              # no image read, nothing cached
+
+
 def test_policy_decisions():
     prompt = np.array([[0, 0, 10, 10]] * 5, dtype=float)
     new = np.array([[1, 1, 9, 9],            # good -> replace

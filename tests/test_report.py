@@ -66,6 +66,21 @@ def test_report_numbers_files_and_overlays(syn, tmp_path):
     assert report_path(out).is_file() and atomic.read_json(report_path(out))["stage"] == "report"
 
 
+def test_report_scores_each_source_and_the_fused_set(syn, tmp_path):
+    """Extra thermal-frame label sets (a thermal source, a fused set) are scored side by side."""
+    inp = ReportInputs(thermal_gt=syn / "thermal_gt.json", warped=syn / "warped.json",
+                       extra=(("teacher on thermal", syn / "warped.json"), ("fused, round 1", syn / "thermal_gt.json")))
+    out = tmp_path / "q"
+    run_report(inp, out, ReportParams(n_overlays=0))
+    q = atomic.read_json(out / "quality.json")["stages"]
+    assert list(q) == ["warped", "teacher on thermal", "fused, round 1"]
+    assert q["teacher on thermal"]["table"] == q["warped"]["table"]
+    assert q["fused, round 1"]["table"]["all"]["all"]["recall"] == 1.0
+    assert "| fused, round 1 |" in (out / "quality.md").read_text()
+    with pytest.raises(InputError, match="unique"):
+        ReportInputs(thermal_gt=syn / "thermal_gt.json", extra=(("warped", syn / "warped.json"),))
+
+
 def test_report_inputs_are_validated(syn, tmp_path):
     with pytest.raises(InputError, match="RGB ground truth"):
         ReportInputs(thermal_gt=syn / "thermal_gt.json", pseudo=syn / "rgb_gt.json")

@@ -56,13 +56,25 @@ def test_thermal_source_fusion_and_two_rounds(tmp_path: Path, prefect_harness, q
     assert {a["source"] for a in thermal_pseudo["annotations"]} <= {"thermal_student"}
     metrics = rec.metrics["eval"]
     assert set(metrics) - {"table_markdown"} == {"adapted", "round1", "classic", "oracle", "source_only"}
+    comparison = atomic.read_json(stages / "eval" / "comparison.json")
+    assert set(comparison["gap_closed"]) == {"adapted", "round1", "classic"}          # not the two references
+    groups = set(comparison["by_group"]["adapted"])
+    assert "all" in groups and groups <= {"all", "day", "night"}
+    assert comparison["by_group"]["adapted"]["all"]["all"]["mAP_50"] == pytest.approx(metrics["adapted"]["all"]["mAP_50"])
+    assert (stages / "eval" / "rounds.png").read_bytes()[:4] == b"\x89PNG"
+    quality = atomic.read_json(stages / "quality" / "quality" / "quality.json")["stages"]
+    assert list(quality) == ["pseudo", "warped", "refined", "teacher on thermal", "fused, round 1",
+                             "student on thermal", "fused, round 2"]                     # each source, each fusion
+    assert set(quality["fused, round 1"]["table"]["person"]) >= {"all"}
+    assert "gap closed person" in metrics["table_markdown"] and "round 2: RGB labels" in metrics["table_markdown"]
 
     again = run_pipeline(p, tmp_path / "ws")
     assert all(s.reused for s in again.stages)
 
     flow = adapt_flow(params_path=None, workspace=str(tmp_path / "ws_flow"), params=raw)
     assert [s["name"] for s in flow["stages"]] == ROUNDS_STEPS
-    for rel in ("fuse/fused.json", "fuse@round2/fused.json", "pseudo@round2/pseudo.json", "eval/metrics.json"):
+    for rel in ("fuse/fused.json", "fuse@round2/fused.json", "pseudo@round2/pseudo.json", "eval/metrics.json",
+                "eval/comparison.json"):
         assert (stages / rel).read_bytes() == (tmp_path / "ws_flow" / "stages" / rel).read_bytes(), rel
 
 
@@ -92,3 +104,36 @@ def test_oracle_column_only_with_thermal_adapt_labels(tmp_path: Path) -> None:
     marker = atomic.read_json(tmp_path / "ws" / "stages" / "eval" / "stage.json")
     assert any("oracle" in n for n in marker["info"]["notes"])
     shutil.rmtree(tmp_path / "ws")
+
+
+@needs_nano
+def test_mixed_training_adds_the_rgb_frames_with_their_ground_truth(tmp_path: Path) -> None:
+    """``student.mix_rgb``: each adapted student trains on the thermal pseudo-labelled frames plus
+    the RGB adapt frames with their RGB labels (categories mapped by name); the classic row does not.
+    With ``fuse.ignore_from`` the uncertain fused boxes are ignore regions, erased in training."""
+    from core import atomic
+    from pipeline.executor import run_pipeline
+    from pipeline.params import params_from_dict
+    from pipeline.plan import plan
+
+    _folder(tmp_path, 8)
+    raw = _rounds_params(tmp_path)
+    raw["self_training"]["rounds"] = 1
+    raw["student"]["mix_rgb"] = True
+    raw["fuse"]["ignore_from"] = 0.0                  # every box below its class threshold: an ignore region
+    raw["fuse"]["score_threshold"] = 0.5
+    p = params_from_dict(raw)
+    steps = {s.name: s for s in plan(p)}
+    assert steps["student"].needs["rgb_labels"].step == "index" and "rgb_labels" not in steps["classic"].needs
+    rec = run_pipeline(p, tmp_path / "ws", until="student")
+    assert rec.status == "succeeded"
+    stages = tmp_path / "ws" / "stages"
+    mixed = atomic.read_json(stages / "student" / "train_labels.json")
+    fused, rgb = atomic.read_json(stages / "fuse" / "fused.json"), atomic.read_json(stages / "index" / "rgb_adapt.json")
+    assert len(mixed["images"]) == len(fused["images"]) + len(rgb["images"])
+    assert len(mixed["annotations"]) == len(fused["annotations"]) + len(rgb["annotations"])
+    assert {im["part"] for im in mixed["images"]} == {"thermal", "rgb"}
+    assert sorted(im["id"] for im in mixed["images"]) == list(range(1, len(mixed["images"]) + 1))
+    assert any(a.get("iscrowd") and a["uncertain"] for a in fused["annotations"])
+    cfg_text = "".join(f.read_text() for f in (stages / "student" / "train").rglob("*.py"))
+    assert "train_labels.json" in cfg_text and "EraseIgnoredBoxes" in cfg_text       # uncertain boxes erased
