@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "sections, the upstream outputs it reads and the external files it depends on.")
     s.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="PARAMS_YAML",
                    help="pipeline parameters (default: params.yaml)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter with a dotted key, as for `rgb2thermal run`; repeatable")
     s.set_defaults(func=steps)
 
     d = sub.add_parser("dvc-yaml", help="write dvc.yaml generated from the pipeline steps and params.yaml",
@@ -37,7 +39,7 @@ def steps(args: argparse.Namespace) -> int:
     from pipeline.plan import plan
 
     rows = ["| step | kind | sections | reads | external |", "|---|---|---|---|---|"]
-    for st in plan(load_params(args.params)):
+    for st in plan(load_params(args.params, args.overrides)):
         reads = ", ".join(f"{role}={r.step}:{r.role}" for role, r in st.needs.items()) or "—"
         ext = ", ".join(f"{role}={p}" for role, p in st.external.items()) or "—"
         rows.append(f"| {st.name} | {st.kind} | {', '.join(st.sections) or '—'} | {reads} | {ext} |")
