@@ -60,6 +60,23 @@ def _check_bbox(bbox: Any, path: Any, where: str) -> None:
                     "COCO bbox is [x, y, width, height]; convert with core.boxes.xyxy_to_xywh")
 
 
+def _check_score(score: Any, path: Any, where: str) -> None:
+    """A detection's ``score`` must be a finite number in [0, 1].
+
+    Why: a NaN compares false with every threshold, so pseudo-labelling would drop it as "below
+    threshold" without a word, and pycocotools would rank it arbitrarily; a score outside [0, 1]
+    (a logit, a percentage) means the producer wrote another quantity than a confidence."""
+    try:
+        ok = isinstance(score, _NUM) and not isinstance(score, bool) and math.isfinite(score)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise _fail(path, where, f"score is not a finite number: {score!r}", "drop the detection or repair its score")
+    if not 0.0 <= score <= 1.0:
+        raise _fail(path, where, f"score {score!r} is outside [0, 1]",
+                    "write confidences in [0, 1] (not logits or percentages)")
+
+
 def validate_dataset(ds: dict, path: str | os.PathLike[str] | None = None) -> dict:
     """Check structure, unique ids and references; return ``ds`` unchanged."""
     for key in ("images", "annotations", "categories"):
@@ -125,6 +142,8 @@ def validate_results(results: list, path: str | os.PathLike[str] | None = None,
                      gt: dict | None = None) -> list:
     """Check a COCO results list (``image_id``, ``category_id``, ``bbox``, ``score``).
 
+    Boxes must be finite with non-negative size, scores finite and in [0, 1].
+
     With ``gt`` given, every ``image_id``/``category_id`` must exist there: ids that do not
     match are the usual cause of a silent mAP of 0.
     """
@@ -138,6 +157,7 @@ def validate_results(results: list, path: str | os.PathLike[str] | None = None,
             if k not in r:
                 raise _fail(path, where, f"missing '{k}'", "each detection needs image_id, category_id, bbox, score")
         _check_bbox(r["bbox"], path, where)
+        _check_score(r["score"], path, where)
         if gt_images is not None and r["image_id"] not in gt_images:
             raise _fail(path, where, f"image_id {r['image_id']} is not an image of the ground truth",
                         "predict on the same COCO file as the ground truth (ids must match)")

@@ -92,15 +92,10 @@ def read_checkpoint(checkpoint: str | os.PathLike[str]) -> dict:
 
     Accepts mmengine training checkpoints, slim inference checkpoints and bare state dicts.
     """
-    import torch
-
-    from core.compat import trusted_checkpoints
-
     path = Path(checkpoint)
     if not path.is_file():
         raise InputError("checkpoint file not found", str(path), "check the path (a .pth file)")
-    with trusted_checkpoints(path):
-        ckpt = torch.load(path, map_location="cpu")
+    ckpt = _load_or_refuse(path)
     if not isinstance(ckpt, dict):
         raise InputError(f"not a checkpoint (got {type(ckpt).__name__})", str(path), "pass a .pth saved by mmdet/mmengine")
     if "state_dict" not in ckpt:
@@ -112,6 +107,48 @@ def read_checkpoint(checkpoint: str | os.PathLike[str]) -> dict:
     if sd and all(k.startswith("module.") for k in sd):
         ckpt = {**ckpt, "state_dict": {k[len("module."):]: v for k, v in sd.items()}}
     return ckpt
+
+
+#: Words of the ``RuntimeError`` torch's archive reader raises for a damaged ``.pth`` (zip format):
+#: only those mean "the file is broken"; any other ``RuntimeError`` is not ours to reword.
+_ARCHIVE_ERROR_WORDS = ("PytorchStreamReader", "zip archive", "inline_container", "hasRecord")
+
+
+def _load_or_refuse(path: Path) -> Any:
+    """``torch.load`` of a user-named checkpoint (trusted, as ``core.compat`` explains), with a
+    damaged file turned into an :class:`InputError`.
+
+    Why: a truncated download or an interrupted copy otherwise surfaces as a torch/pickle traceback
+    (``EOFError``, ``UnpicklingError``, ``RuntimeError: PytorchStreamReader failed ...``) that does
+    not say which file is at fault or that the remedy is a fresh copy. Valid files load exactly as
+    before: same call, same ``trusted_checkpoints`` scope, torch's own ``weights_only`` default.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    from core.compat import trusted_checkpoints
+
+    try:
+        with trusted_checkpoints(path):
+            return torch.load(path, map_location="cpu")
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise _unreadable_checkpoint(path, exc) from None
+    except RuntimeError as exc:
+        if not any(w in str(exc) for w in _ARCHIVE_ERROR_WORDS):
+            raise
+        raise _unreadable_checkpoint(path, exc) from None
+
+
+def _unreadable_checkpoint(path: Path, exc: BaseException) -> InputError:
+    """The one wording for a checkpoint file whose bytes torch cannot read (truncated, not a pickle,
+    bad zip): the first line of torch's reason, the size on disk (0 or a few bytes says "torn copy")."""
+    reason = (str(exc).strip().splitlines() or [""])[0].split(". This is an internal")[0][:160]
+    size = path.stat().st_size
+    return InputError(f"not a readable checkpoint ({type(exc).__name__}: {reason or 'no detail'}; "
+                      f"file is {size} bytes): truncated or damaged", str(path),
+                      "re-download the checkpoint, or re-export it from its training run (torch.save / mmengine)")
 
 
 def checkpoint_classes(ckpt: Mapping[str, Any]) -> tuple[str, ...] | None:

@@ -8,6 +8,7 @@ the file's text only says who holds it, for the error message.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -33,14 +34,38 @@ def _holder(path: Path) -> str:
     return f"run {info.get('run_id', '?')} (pid {info.get('pid', '?')} on {info.get('host', '?')}, since {info.get('since', '?')})"
 
 
+#: ``errno`` values that mean "this file system or folder does not let us write", as opposed to a bug.
+_NOT_WRITABLE = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable (permission denied)",
+                 errno.EPERM: "is not writable (operation not permitted)"}
+
+
+def _open_lock_file(ws: Path, path: Path) -> int:
+    """Create the workspace (if needed) and open its lock file; a workspace that cannot be written is
+    an :class:`InputError`.
+
+    Why here: the lock is a run's first write, before any step, so this is where a read-only mount or
+    a folder without write permission shows up. Said plainly it is a choice the user can fix (another
+    ``--workspace``, or make it writable) instead of a raw ``OSError`` traceback from ``os.open``."""
+    try:
+        ws.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in _NOT_WRITABLE:
+            raise
+        failed = exc.filename if exc.filename is not None else path
+        raise InputError(f"the workspace {_NOT_WRITABLE[exc.errno]} ({errno.errorcode[exc.errno]} creating {failed}); "
+                         "no step was run", str(ws),
+                         "choose a writable --workspace, or remount / chmod that folder so this user can write "
+                         "there") from None
+
+
 @contextlib.contextmanager
 def workspace_lock(workspace: str | os.PathLike[str], run_id: str, *, wait_seconds: float = 0.0,
                    poll_seconds: float = 0.5) -> Iterator[Path]:
     """Hold the workspace's lock for the block; wait up to ``wait_seconds`` for it, then fail."""
     ws = Path(workspace)
-    ws.mkdir(parents=True, exist_ok=True)
     path = ws / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(ws, path)
     deadline = time.monotonic() + wait_seconds
     acquired = False
     try:

@@ -9,6 +9,7 @@ model and weights fingerprints, per-stage timings and cache hits, and the metric
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import subprocess
 import uuid
@@ -21,6 +22,8 @@ import yaml
 from core import atomic
 from core.errors import InputError
 from core.hashing import HashMemo, file_sha256, json_sha256
+
+log = logging.getLogger(__name__)
 
 RECORD_NAME = "record.json"
 
@@ -138,20 +141,50 @@ def save_record(workspace: str | os.PathLike[str], record: RunRecord) -> Path:
 
 
 def load_record(workspace: str | os.PathLike[str], run_id: str) -> RunRecord:
+    """The record of ``run_id``. A damaged one is an InputError naming the file: the user asked for
+    exactly that run, so unlike :func:`list_records` there is nothing to skip to."""
     path = runs_dir(workspace) / run_id / RECORD_NAME
     if not path.is_file():
         known = [r.run_id for r in list_records(workspace)][-5:]
         raise InputError(f"no run record '{run_id}'", str(runs_dir(workspace)),
                          f"use one of the run ids from `rgb2thermal runs list` (latest: {', '.join(known) or 'none'})")
-    return RunRecord.from_json(atomic.read_json(path))
+    try:
+        return _read_record(path)
+    except _TORN as exc:
+        raise InputError(f"run record is unreadable ({exc.__class__.__name__}: {exc})", str(path),
+                         "the file was damaged outside rgb2thermal (records are written atomically): "
+                         "restore it from a backup or delete that run's folder") from None
+
+
+#: What reading a damaged ``record.json`` raises: unreadable file, not JSON (``JSONDecodeError`` and
+#: ``UnicodeDecodeError`` are ``ValueError``), or JSON that is not a record (wrong keys or types).
+_TORN = (OSError, ValueError, TypeError, KeyError, AttributeError)
+
+
+def _read_record(path: str | os.PathLike[str]) -> RunRecord:
+    """One ``record.json`` as a :class:`RunRecord` (raises one of ``_TORN`` when it is damaged)."""
+    doc = atomic.read_json(path)
+    if not isinstance(doc, dict):
+        raise TypeError(f"expected a JSON object, got {type(doc).__name__}")
+    return RunRecord.from_json(doc)
 
 
 def list_records(workspace: str | os.PathLike[str]) -> list[RunRecord]:
-    """All records, oldest first (run ids sort by start time)."""
+    """All readable records, oldest first (run ids sort by start time).
+
+    A damaged record (torn or edited outside rgb2thermal: records are written atomically) is
+    skipped with a WARNING naming the file, so one bad run folder does not hide every other run
+    from ``rgb2thermal runs list`` and ``runs show``."""
     root = runs_dir(workspace)
     if not root.is_dir():
         return []
-    return [RunRecord.from_json(atomic.read_json(p)) for p in sorted(root.glob(f"*/{RECORD_NAME}"))]
+    records: list[RunRecord] = []
+    for path in sorted(root.glob(f"*/{RECORD_NAME}")):
+        try:
+            records.append(_read_record(path))
+        except _TORN as exc:
+            log.warning("skipping unreadable run record %s (%s: %s)", path, exc.__class__.__name__, exc)
+    return records
 
 
 def _metric(record: RunRecord, run: str, category: str, metric: str) -> float | None:

@@ -203,6 +203,61 @@ def test_torn_infer_cache_entries_are_recomputed_to_the_same_output(synth, tiny,
     assert run_infer(src / "labels_rgb" / "coco.json", tmp_path / "c.json", params, **args).cache_hits == 5
 
 
+# ------------------------------------------------------------------ paths outside the dataset root
+def _rewrite_coco(path: Path, k: int, file_name: str) -> None:
+    ds = json.loads(path.read_text())
+    ds["images"][k]["file_name"] = file_name
+    path.write_text(json.dumps(ds))
+
+
+def test_label_and_pairs_paths_outside_the_dataset_root_are_refused(synth, tmp_path: Path) -> None:
+    """Row: path traversal / a path outside the data root (dataset adapters).
+
+    A COCO ``file_name`` that leaves the root (``..`` or absolute elsewhere) is an InputError naming
+    the label file and ``images[i]``, even when its stem matches a frame of the data set (before, its
+    boxes were silently attached to that frame); so is a ``pairs.json`` path outside the root, naming
+    ``pairs[k].rgb``. Paths that stay inside (``..`` within, absolute inside) still index."""
+    from data.adapters import flir_v1
+
+    src, info = synth
+    s = info.stems
+    root = _copy(src, tmp_path / "ds")
+    labels = root / "labels_rgb" / "coco.json"
+    original = labels.read_text()
+    for escaping in (f"../../../etc/{s[2]}.png", f"{tmp_path / 'elsewhere'}/{s[2]}.png"):
+        _rewrite_coco(labels, 2, escaping)
+        with pytest.raises(InputError, match="points outside the dataset root") as ei:
+            _index(root, tmp_path / "o")
+        assert f"{labels}: images[2]" in str(ei.value) and escaping in str(ei.value) and "Fix:" in str(ei.value)
+    assert not (tmp_path / "o").exists()
+    for inside in (f"sub/../{s[2]}.png", str(root / "rgb" / f"{s[2]}.png")):
+        _rewrite_coco(labels, 2, inside)
+        assert len(_index(root, tmp_path / f"ok{len(inside)}").pairs) == 5
+    labels.write_text(original)
+
+    pairs = [{"rgb": f"rgb/{t}.png", "thermal": f"thermal/{t}.png"} for t in s]
+    for escaping in (f"../{root.name}_other/rgb/{s[1]}.png", str(src / "rgb" / f"{s[1]}.png")):
+        pairs[1]["rgb"] = escaping
+        (root / "pairs.json").write_text(json.dumps(pairs))
+        with pytest.raises(InputError, match="points outside the dataset root") as ei:
+            _index(root, tmp_path / "p")
+        assert f"{root / 'pairs.json'}: pairs[1].rgb" in str(ei.value)
+    pairs[1]["rgb"] = str(root / "rgb" / f"{s[1]}.png")                  # absolute, inside the root
+    (root / "pairs.json").write_text(json.dumps(pairs))
+    assert len(_index(root, tmp_path / "p_ok").pairs) == 5
+
+    # the FLIR adapters read their COCO files through the same check
+    flir = tmp_path / "FLIR_ADAS_1_3" / "train"
+    shutil.copytree(src / "rgb", flir / "RGB")
+    shutil.copytree(src / "thermal", flir / "thermal_8_bit")
+    th = json.loads((src / "labels_thermal" / "coco.json").read_text())
+    th["images"][0]["file_name"] = f"../../../{th['images'][0]['file_name']}"
+    (flir / "thermal_annotations.json").write_text(json.dumps(th))
+    with pytest.raises(InputError, match="points outside the dataset root") as ei:
+        flir_v1.build_index(flir.parent, "f", tmp_path / "f", progress=False)
+    assert "thermal_annotations.json: images[0]" in str(ei.value)
+
+
 # ------------------------------------------------------------------------ 16-bit and 3-channel thermal
 def test_16bit_and_3channel_thermal_frames_refine_like_their_8bit_gray(synth, tmp_path: Path) -> None:
     """Row: 16-bit and 3-channel thermal frames (refinement and indexing).
@@ -384,6 +439,28 @@ def test_non_finite_boxes_are_refused_at_the_coco_boundary(tmp_path: Path, bad: 
     assert not (tmp_path / "out.json").exists()
 
 
+@pytest.mark.parametrize("score, words", [
+    (float("nan"), "score is not a finite number"), (float("inf"), "score is not a finite number"),
+    (float("-inf"), "score is not a finite number"), ("0.9", "score is not a finite number"),
+    (None, "score is not a finite number"), (True, "score is not a finite number"),
+    (-0.01, r"score -0.01 is outside \[0, 1\]"), (1.5, r"score 1.5 is outside \[0, 1\]"),
+    (87, r"score 87 is outside \[0, 1\]"),
+])
+def test_non_finite_or_out_of_range_scores_are_refused_in_results(tmp_path: Path, score, words) -> None:
+    """Row: NaN/inf scores (and scores outside [0, 1]) in a COCO results list: InputError naming the
+    file and ``results[i]``, read from a file (Python writes NaN / Infinity) or checked in memory."""
+    ok = {"image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2], "score": 0.5}
+    res = [ok, {**ok, "score": 0.0}, {**ok, "score": 1}, {**ok, "score": score}]
+    path = tmp_path / "pred.json"
+    path.write_text(json.dumps(res))
+    with pytest.raises(InputError, match=words) as ei:
+        coco.load_results(path)
+    assert f"{path}: results[3]" in str(ei.value) and "Fix:" in str(ei.value)
+    with pytest.raises(InputError, match=words):
+        coco.validate_results(res, "pred.json")
+    assert coco.validate_results(res[:3], "pred.json") == res[:3]          # 0, 0.5 and 1 are confidences
+
+
 # ------------------------------------------------------------------------------ classes, checkpoints, configs
 def test_detector_classes_matching_no_dataset_category_are_refused() -> None:
     """Row: class names that match nothing (detector classes vs the ground truth's categories, ``eval``)."""
@@ -408,6 +485,54 @@ def test_checkpoint_lacking_weights_of_the_config_is_refused(tiny, tmp_path: Pat
     torch.save({"state_dict": partial, "meta": full["meta"]}, tmp_path / "partial.pth")
     with pytest.raises(InputError, match=r"checkpoint lacks \d+ weights of the model, e\.g\. \['bbox_head\."):
         load_detector(cfg, tmp_path / "partial.pth", "cpu")
+
+
+def test_a_corrupt_checkpoint_file_is_an_input_error_naming_it(synth, tiny, tmp_path: Path, capsys,
+                                                               monkeypatch) -> None:
+    """Row: a corrupt checkpoint file (zero bytes, truncated download, not a pickle, a broken zip):
+    InputError naming the file and saying to re-download / re-export it, through the API and the CLI
+    (exit 2, no traceback). A valid checkpoint loads exactly as before, and a RuntimeError that is not
+    torch's archive reader failing is not reworded."""
+    import torch
+
+    from detection.detector import load_detector, read_checkpoint
+    from rgb2thermal_cli.main import main
+
+    src, _ = synth
+    cfg, ckpt, _ = tiny
+    good = Path(ckpt).read_bytes()
+    damaged = {"empty": b"", "truncated": good[: len(good) // 2], "first_bytes": good[:10],
+               "text": b"this is not a checkpoint\n", "bad_zip": b"PK\x03\x04" + bytes(200),
+               "torn_pickle": b"\x80\x02}q\x00(X"}
+    for name, data in damaged.items():
+        path = tmp_path / f"{name}.pth"
+        path.write_bytes(data)
+        with pytest.raises(InputError, match="not a readable checkpoint") as ei:
+            read_checkpoint(path)
+        assert str(path) in str(ei.value) and "re-download" in str(ei.value), name
+        assert f"file is {len(data)} bytes" in str(ei.value)
+    with pytest.raises(InputError, match="not a readable checkpoint"):
+        load_detector(cfg, tmp_path / "truncated.pth", "cpu")
+
+    out = tmp_path / "dets.json"
+    assert main(["stage", "infer", "--in", str(src / "labels_rgb" / "coco.json"), "--out", str(out),
+                 "--config", str(cfg), "--checkpoint", str(tmp_path / "truncated.pth"), "--device", "cpu",
+                 "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "truncated.pth" in err and "not a readable checkpoint" in err and "Traceback" not in err
+    assert not out.exists()
+
+    loaded = read_checkpoint(ckpt)
+    direct = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert loaded["meta"] == direct["meta"] and loaded["state_dict"].keys() == direct["state_dict"].keys()
+    assert all(torch.equal(loaded["state_dict"][k], v) for k, v in direct["state_dict"].items())
+
+    def other_failure(*args, **kwargs):
+        raise RuntimeError("a bug elsewhere")
+
+    monkeypatch.setattr(torch, "load", other_failure)
+    with pytest.raises(RuntimeError, match="a bug elsewhere"):
+        read_checkpoint(ckpt)
 
 
 def test_cuda_requested_without_cuda_is_an_input_error() -> None:
@@ -558,6 +683,44 @@ def test_disk_full_in_a_pipeline_step_fails_the_run_and_the_next_run_redoes_only
     assert (ws / "stages" / "index" / MARKER).is_file()
 
 
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "disk full (ENOSPC)"),
+                                         (errno.EROFS, "read-only file system (EROFS)")])
+def test_disk_full_or_read_only_during_a_cli_command_is_one_line_and_exit_1(synth, tmp_path: Path, monkeypatch,
+                                                                            capsys, code, words) -> None:
+    """Row: disk full / read-only file system during a CLI command: one line saying what, the errno
+    name, the output path (the target, not the atomic temporary) and how to fix it (free space,
+    another --workspace); exit 1 (the machine's state), not 2 (bad input); the traceback only with
+    -v. Other OSErrors are bugs and keep their traceback."""
+    from rgb2thermal_cli.main import main
+
+    src, _ = synth
+    out = tmp_path / "out" / "pseudo.json"
+    error = {"code": code}
+
+    def write_bytes(path, data, *, fsync=True):
+        with atomic.atomic_path(path, fsync=fsync) as tmp:
+            raise OSError(error["code"], os.strerror(error["code"]), str(tmp))
+
+    monkeypatch.setattr(atomic, "write_bytes", write_bytes)
+    argv = ["stage", "pseudo", "--in", str(src / "labels_rgb" / "coco.json"), "--out", str(out), "--no-histogram"]
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"error: {words} on {out}. Fix: ") and "--workspace" in lines[0]
+    assert ".tmp" not in lines[0] and "-v shows the traceback" in lines[0]
+    assert main(["-v", *argv]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith(f"error: {words}")
+    assert not out.exists() and _leftover_temporaries(tmp_path) == []
+
+    error["code"] = errno.EIO                                    # not the environment's state: a bug to see
+    with pytest.raises(OSError) as ei:
+        main(argv)
+    assert ei.value.errno == errno.EIO
+
+
 def test_torn_stage_marker_means_the_step_runs_again(tmp_path: Path) -> None:
     """Row: a truncated or corrupted cache entry (the whole-step marker ``stage.json``)."""
     from pipeline.executor import MARKER, run_pipeline
@@ -573,20 +736,49 @@ def test_torn_stage_marker_means_the_step_runs_again(tmp_path: Path) -> None:
     assert [(s.name, s.reused) for s in run_pipeline(p, ws, until="index").stages] == [("data", True), ("index", True)]
 
 
-# ---------------------------------------------------------------------------------- read-only workspace
-def test_read_only_workspace_fails_before_any_step_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:
-    """Row: a read-only workspace: the run fails at its first write (the workspace lock), before any step,
-    and nothing appears in the workspace. (Simulated: the tests run as root, where chmod does not stop writes.)"""
-    from pipeline.executor import run_pipeline
+def test_a_torn_run_record_is_skipped_by_runs_list_with_a_warning(tmp_path: Path, caplog, capsys) -> None:
+    """Row: a torn run record (``runs/<id>/record.json`` damaged outside rgb2thermal): ``runs list``
+    lists the readable runs and logs a WARNING naming each damaged file; ``runs show`` of the latest
+    run takes the latest readable one; ``runs show <damaged id>`` is an InputError naming the file."""
+    from pipeline.runs import RunRecord, list_records, runs_dir, save_record
+    from rgb2thermal_cli.main import main
 
-    p = _pipeline_params()
     ws = tmp_path / "ws"
-    ws.mkdir()
-    inside = str(ws.resolve())
+    ids = ["20260101T000000-adapt-aaaaaa", "20260102T000000-adapt-bbbbbb", "20260103T000000-adapt-cccccc",
+           "20260104T000000-adapt-dddddd"]
+    for run_id in ids:
+        save_record(ws, RunRecord(run_id=run_id, flow="adapt", status="succeeded", started=run_id[:8]))
+    torn = runs_dir(ws) / ids[1] / "record.json"
+    torn.write_bytes(torn.read_bytes()[:40])                                # cut by outside damage
+    (runs_dir(ws) / ids[2] / "record.json").write_text('["not", "a record"]')
+    (runs_dir(ws) / ids[3] / "record.json").write_text('{"run_id": "x", "flow": "adapt", "surprise": 1}')
+    with caplog.at_level(logging.WARNING, logger="pipeline.runs"):
+        assert [r.run_id for r in list_records(ws)] == [ids[0]]
+    warned = [r.getMessage() for r in caplog.records if r.name == "pipeline.runs" and r.levelno == logging.WARNING]
+    assert len(warned) == 3 and all("skipping unreadable run record" in w for w in warned)
+    assert str(torn) in warned[0]
+
+    capsys.readouterr()
+    assert main(["runs", "--workspace", str(ws), "list"]) == 0
+    out, err = capsys.readouterr()
+    assert ids[0] in out and ids[1] not in out and "Traceback" not in err
+    assert main(["runs", "--workspace", str(ws), "show"]) == 0
+    assert f"# run {ids[0]}" in capsys.readouterr().out
+    assert main(["runs", "--workspace", str(ws), "show", ids[1]]) == 2
+    err = capsys.readouterr().err
+    assert "run record is unreadable" in err and str(torn) in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------- read-only workspace
+def _refuse_writes_under(monkeypatch, folder: Path, code: int = errno.EROFS) -> None:
+    """Make every write-opening ``os.open``/``open`` and every ``os.mkdir`` under ``folder`` fail with
+    ``code``, as a read-only mount (EROFS) or a folder without write permission (EACCES) would.
+    (Simulated: the tests run as root, where chmod does not stop writes.)"""
+    inside = str(folder.resolve())
 
     def refuse(path) -> None:
         if os.path.abspath(os.fspath(path)).startswith(inside):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+            raise OSError(code, os.strerror(code), os.fspath(path))
 
     real_open, real_mkdir, real_builtin_open = os.open, os.mkdir, builtins.open
 
@@ -609,10 +801,34 @@ def test_read_only_workspace_fails_before_any_step_and_writes_nothing(tmp_path: 
     monkeypatch.setattr(os, "open", os_open)
     monkeypatch.setattr(os, "mkdir", mkdir)
     monkeypatch.setattr(builtins, "open", builtin_open)
-    with pytest.raises((OSError, InputError)):
+
+
+def test_read_only_workspace_fails_before_any_step_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    """Row: a read-only workspace: the run fails at its first write (the workspace lock), before any step,
+    with an InputError naming the workspace, the errno and the fix, and nothing appears in the workspace.
+    A workspace to be created in a folder this user cannot write (EACCES) is refused the same way."""
+    from pipeline.executor import run_pipeline
+    from pipeline.lock import LOCK_NAME, workspace_lock
+
+    p = _pipeline_params()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    _refuse_writes_under(monkeypatch, ws)
+    with pytest.raises(InputError, match=r"the workspace is on a read-only file system \(EROFS creating") as ei:
         run_pipeline(p, ws, until="index")
+    assert str(ws.resolve()) in str(ei.value) and LOCK_NAME in str(ei.value)
+    assert "Fix: choose a writable --workspace" in str(ei.value)
     monkeypatch.undo()
     assert list(ws.iterdir()) == []
+
+    parent = tmp_path / "not_mine"
+    parent.mkdir()
+    _refuse_writes_under(monkeypatch, parent, errno.EACCES)
+    with pytest.raises(InputError, match=r"is not writable \(permission denied\) \(EACCES creating") as ei:
+        with workspace_lock(parent / "new_ws", "r1"):
+            pass
+    monkeypatch.undo()
+    assert str(parent / "new_ws") in str(ei.value) and not (parent / "new_ws").exists()
 
 
 # ------------------------------------------------------------------------------- overlapping nightly run

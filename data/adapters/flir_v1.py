@@ -40,7 +40,7 @@ def candidates(root: str | Path) -> tuple[list[Candidate], list[dict], dict]:
         ann_path = d / "thermal_annotations.json"
         labels: dict[str, object] = {}
         if ann_path.exists():
-            for fname, lab in read_coco_labels(ann_path, issues).items():
+            for fname, lab in read_coco_labels(ann_path, issues, root=root, base=d).items():
                 stem = Path(fname).stem
                 if stem not in th:
                     issues.append({"kind": "labels_missing_image", "item": f"{split}/{fname}", "source": str(ann_path),

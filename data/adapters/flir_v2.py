@@ -42,7 +42,7 @@ def _folder_labels(d: Path, images: Mapping[str, Path], issues: list[dict]) -> d
     if not coco.exists():
         return None
     out = {}
-    for fname, lab in read_coco_labels(coco, issues).items():
+    for fname, lab in read_coco_labels(coco, issues, root=d.parent, base=d).items():
         name = Path(fname).name
         if name not in images:
             issues.append({"kind": "labels_missing_image", "item": fname, "source": str(coco),

@@ -13,7 +13,9 @@ Layout (``../shared/data/msrs-aligned-20`` and :mod:`data.synthetic` output are 
 YOLO rows are ``class cx cy w h`` normalised to the image size; COCO ``file_name`` is the
 image's path relative to its modality folder (or just its file name). An image without a
 YOLO file has no objects (YOLO's convention); a label file or COCO entry without an image is
-reported (``labels_missing_image``), never silently ignored.
+reported (``labels_missing_image``), never silently ignored. A COCO ``file_name`` or a
+``pairs.json`` path that leaves the dataset root (absolute elsewhere, or ``..``) is refused
+with an ``InputError`` naming the file and the entry (:func:`refuse_outside_root`).
 """
 from __future__ import annotations
 
@@ -77,12 +79,46 @@ def read_yolo_file(path: Path, names: Mapping[int, str], issues: list[dict]) -> 
                      source=str(path))
 
 
-def read_coco_labels(path: Path, issues: list[dict]) -> dict[str, RawLabels]:
-    """COCO file -> labels keyed by image file name (as written in ``file_name``), boxes ``xyxy``."""
+def escapes_root(path: str | os.PathLike[str], base: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (absolute, or relative to ``base``) lies outside the dataset ``root``.
+
+    Judged on the path's text (``..`` collapsed, symlinks *not* followed): the question is what the
+    label or pairs file says, and a dataset's own files may legitimately be links into a DVC cache or
+    a shared store. ``root`` counts as given and as resolved, so a root reached through a link works.
+    """
+    target = os.path.normpath(os.path.join(os.path.abspath(base), os.fspath(path)))
+    roots = {os.path.normpath(os.path.abspath(root)), os.path.realpath(root)}
+    return not any(target == r or target.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def refuse_outside_root(path: str | os.PathLike[str], base: Path, root: Path, source: str | os.PathLike[str],
+                        entry: str) -> None:
+    """Raise :class:`InputError` when an image path named by a label or pairs file escapes the dataset root.
+
+    Why refuse (not exclude): an absolute path or a ``..`` that leaves the dataset is never a defect
+    of one frame but a file written for another place (or a traversal attempt); indexing it would pull
+    frames from outside the data version that DVC and the run records fingerprint."""
+    if escapes_root(path, base, root):
+        raise InputError(f"image path {os.fspath(path)!r} points outside the dataset root {root} "
+                         "(an absolute path or '..')", f"{source}: {entry}",
+                         "write paths inside the dataset (COCO file_name relative to its image folder, pairs.json "
+                         "paths relative to the root), or copy / link the outside frames into the dataset")
+
+
+def read_coco_labels(path: Path, issues: list[dict], *, root: Path | None = None,
+                     base: Path | None = None) -> dict[str, RawLabels]:
+    """COCO file -> labels keyed by image file name (as written in ``file_name``), boxes ``xyxy``.
+
+    With ``root``, every ``file_name`` (absolute, or relative to ``base``, default ``root``) must lie
+    inside ``root``: one that escapes it is an :class:`InputError` naming the file and ``images[i]``.
+    """
     from core.boxes import xywh_to_xyxy
     from core.coco import load_dataset
 
     ds = load_dataset(path)
+    if root is not None:
+        for i, im in enumerate(ds["images"]):
+            refuse_outside_root(str(im["file_name"]), base or root, root, path, f"images[{i}] (id {im['id']})")
     names = {c["id"]: c["name"] for c in ds["categories"]}
     per: dict[int, list[dict]] = {im["id"]: [] for im in ds["images"]}
     for a in ds["annotations"]:
@@ -107,7 +143,7 @@ def _modality_labels(folder: Path, images: Mapping[str, Path], names: Mapping[in
     if jsons:
         by_name: dict[str, Path] = {p.name: p for p in images.values()}
         for j in jsons:
-            for fname, lab in read_coco_labels(j, issues).items():
+            for fname, lab in read_coco_labels(j, issues, root=folder.parent, base=folder.parent / modality).items():
                 stem = Path(fname).stem
                 if Path(fname).name not in by_name and stem not in images:
                     issues.append({"kind": "labels_missing_image", "item": fname, "source": str(j),
@@ -149,6 +185,7 @@ def read_split_csv(path: Path) -> dict[str, tuple[str, str | None, dict[str, str
 
 
 def _read_pairs_file(path: Path, root: Path) -> list[dict[str, Any]]:
+    """The pair objects of a pairs file; a path outside ``root`` is an :class:`InputError` naming ``pairs[k]``."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -156,7 +193,10 @@ def _read_pairs_file(path: Path, root: Path) -> list[dict[str, Any]]:
     items = doc.get("pairs") if isinstance(doc, dict) else doc
     if not isinstance(items, list) or not all(isinstance(i, dict) and "rgb" in i and "thermal" in i for i in items):
         raise InputError("pairs file must be a list (or {'pairs': list}) of {\"rgb\": path, \"thermal\": path} objects",
-                         str(path), "paths are relative to the dataset root or absolute")
+                         str(path), "paths are relative to the dataset root (or absolute, inside it)")
+    for k, item in enumerate(items):
+        for key in ("rgb", "thermal"):
+            refuse_outside_root(str(item[key]), root, root, path, f"pairs[{k}].{key}")
     return items
 
 
