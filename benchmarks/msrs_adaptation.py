@@ -15,6 +15,7 @@ Nothing here is tuned on the test split: the recipe's thresholds were chosen by 
 rounds is fixed in ``params/real.yaml``.
 
 Run: ``python -m benchmarks.msrs_adaptation [--seeds 0 1 2] [--full-seeds 1] [--root DIR]``
+(``--lever recall --seeds 0``: one lever of ``LEVERS`` on top of round 1, one seed)
 (``--full-seeds K``: the classic and oracle rows are trained for the first K seeds only; each
 training is ~15 min on 2 CPU cores). Per-seed results go to
 ``benchmarks/results/msrs_adaptation/seed<k>.json`` as soon as that seed finishes;
@@ -46,6 +47,16 @@ ROWS = [("source_only", "source-only: the teacher on thermal"),
         ("round1", "round 1: RGB + teacher-on-thermal, fused"),
         ("adapted", "round 2: RGB + student-1-on-thermal, fused (shipped)"),
         ("oracle", "oracle: thermal labels of the adapt frames (upper bound)")]
+#: Levers tried on top of the recipe (round 1 only, one seed: indicative, not a 3-seed result).
+LEVERS: dict[str, tuple[str, list[str]]] = {
+    "recall": ("round 1 + flip TTA on thermal, thermal labels from 0.1, fused person ≥ 0.2 / car ≥ 0.3, "
+               "boxes in [0.1, threshold) as ignore regions",
+               ["thermal_source.infer.tta=[flip]", "thermal_source.pseudo.thresholds={person: 0.1, car: 0.1}",
+                "fuse.thresholds={person: 0.2, car: 0.3}", "fuse.ignore_from=0.1", "self_training.rounds=1",
+                "eval.baselines=[source_only]"]),
+    "no_refine": ("round 1 with the RGB boxes as warped (refine.method: none) instead of the classical refiner",
+                  ["refine.method=none", "self_training.rounds=1", "eval.baselines=[source_only]"]),
+}
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),
               ("fuse@round2/fused.json", "fused, round 2")]
@@ -59,11 +70,11 @@ def overrides(seed: int, full: bool) -> list[str]:
     return sets
 
 
-def run_seed(seed: int, full: bool, root: Path) -> dict[str, Any]:
-    ws = root / f"seed{seed}"
+def run_seed(seed: int, full: bool, root: Path, lever: str | None = None) -> dict[str, Any]:
+    ws = root / (f"lever_{lever}" if lever else f"seed{seed}")
     cmd = [str(REPO / ".venv" / "bin" / "rgb2thermal"), "run", "--params", str(PARAMS), "--workspace", str(ws),
            "--cache-dir", str(root / "cache")]
-    for s in overrides(seed, full):
+    for s in overrides(seed, full) + (LEVERS[lever][1] if lever else []):
         cmd += ["--set", s]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO)
@@ -99,7 +110,7 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def report(results: list[dict[str, Any]]) -> str:
+def report(results: list[dict[str, Any]], levers: list[dict[str, Any]] = ()) -> str:
     from tasks.compare import gap_closed
 
     seeds = [r["seed"] for r in results]
@@ -141,6 +152,18 @@ def report(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {name} | {p['all']['precision'] or 0:.2f} | {p['all']['recall'] or 0:.2f} "
                      f"({p['night']['recall'] or 0:.2f}) | {c['all']['precision'] or 0:.2f} | "
                      f"{c['all']['recall'] or 0:.2f} ({c['night']['recall'] or 0:.2f}) |")
+    if levers:
+        lines += ["", "Levers on top of round 1 (seed " + ", ".join(str(r["seed"]) for r in levers) + " only: "
+                  "indicative; compare with the round-1 row of the same seed, mAP_50 person / car, all and night):", "",
+                  "| lever | person all | person night | car all | car night | round 1, same seed: person / car |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        by_seed = {r["seed"]: r for r in results}
+        for r in levers:
+            g, base = r["grouped"]["adapted"], by_seed.get(r["seed"], {}).get("grouped", {}).get("round1")
+            ref = f"{base['all']['person']['mAP_50']:.3f} / {base['all']['car']['mAP_50']:.3f}" if base else "—"
+            lines.append(f"| {LEVERS[r['lever']][0]} | {g['all']['person']['mAP_50']:.3f} | "
+                         f"{g['night']['person']['mAP_50']:.3f} | {g['all']['car']['mAP_50']:.3f} | "
+                         f"{g['night']['car']['mAP_50']:.3f} | {ref} |")
     wall = [r["seconds"] for r in results]
     lines += ["", f"Wall time per seed: {', '.join(f'{w / 60:.0f} min' for w in wall)} (2 CPU cores; a seed that "
               "trains the classic and oracle rows runs four students, the others two). Fallbacks recorded: "
@@ -152,7 +175,8 @@ def merge() -> Path:
     results = [json.loads(p.read_text()) for p in sorted(OUT_DIR.glob("seed*.json"))]
     if not results:
         raise SystemExit(f"no per-seed results in {OUT_DIR}")
-    return atomic.write_text(RESULT, report(results))
+    levers = [json.loads(p.read_text()) for p in sorted(OUT_DIR.glob("lever_*.json"))]
+    return atomic.write_text(RESULT, report(results, levers))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,9 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full-seeds", type=int, default=3, help="train the classic and oracle rows for the first K seeds")
     ap.add_argument("--root", type=Path, default=Path("/tmp/rgb2thermal-msrs-adaptation"),
                     help="workspaces and the shared cache (never inside the repository)")
+    ap.add_argument("--lever", choices=sorted(LEVERS), help="run one lever (round 1) for the first --seeds seed")
+    ap.add_argument("--measure-only", action="store_true",
+                    help="do not run: re-measure the existing workspaces under --root (after a run was done by hand)")
     ap.add_argument("--merge-only", action="store_true")
     args = ap.parse_args(argv)
-    if not args.merge_only:
+    if args.lever:
+        seed = args.seeds[0]
+        res = ({"seed": seed, "seconds": None, **measure(args.root / f"lever_{args.lever}" / "stages")}
+               if args.measure_only else run_seed(seed, False, args.root, args.lever))
+        atomic.write_json(OUT_DIR / f"lever_{args.lever}_seed{seed}.json", {**res, "lever": args.lever})
+    elif not args.merge_only:
         if not DATA.is_dir() or not TEACHER.is_dir():
             print(f"skipped: {DATA} or {TEACHER} is missing", file=sys.stderr)
             return 0

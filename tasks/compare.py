@@ -123,7 +123,8 @@ def comparison_markdown(grouped: Grouped, metric: str = "mAP_50", order: Sequenc
         lines += ["", "gap closed = (model − source_only) / (oracle − source_only) on all test images: 0 % = no better "
                   "than not adapting, 100 % = as good as training on the adapt frames' thermal labels."]
     elif SOURCE_ONLY in grouped:
-        lines += ["", "No oracle column (the adapt split has no thermal labels): the gap closed cannot be computed."]
+        lines += ["", "No oracle column (not in eval.baselines, or the adapt split has no thermal labels): "
+                  "the gap closed cannot be computed."]
     return "\n".join(lines) + "\n"
 
 
