@@ -32,7 +32,7 @@ def test_valid_params_map_onto_stage_classes() -> None:
 @pytest.mark.parametrize("override, words", [
     ("pseudo.score_threshold=1.5", ["pseudo.score_threshold", "got 1.5", "allowed: [0, 1]"]),
     ("pseudo.colour=red", ["pseudo.colour", "allowed keys in 'pseudo'", "nms_iou"]),
-    ("refine.method=magic", ["refine.method", "'magic'", "should be 'auto', 'sam2' or 'classical'"]),
+    ("refine.method=magic", ["refine.method", "'magic'", "should be 'auto', 'sam2', 'classical' or 'none'"]),
     ("refine.classical_score_threshold=-1", ["refine.classical_score_threshold", "got -1", "allowed: [0, 1]"]),
     ("student.train.input_size=[100, 100]", ["student.train.input_size", "multiples of 32"]),
     ("student.train.work_dir=/tmp/x", ["work_dir", "pipeline sets itself"]),
