@@ -147,7 +147,8 @@ def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) ->
     from tasks.train import train
 
     labels = ctx.input(step, "labels")
-    empty = not atomic.read_json(labels)["annotations"]
+    anns = atomic.read_json(labels)["annotations"]                # read once: emptiness, ignore regions
+    empty = not anns
     if empty and step.options.get("optional"):
         note = f"'{step.name}' not trained: its labels ({labels.name}) are empty (e.g. no thermal labels on the adapt split)"
         log.info(note)
@@ -164,7 +165,7 @@ def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) ->
             indent=None)
     p = ctx.params
     fields = p.teacher_train_fields() if step.options["fields"] == "teacher" else p.student_train_fields()
-    if "erase_ignored" not in fields and any(a.get("iscrowd") for a in atomic.read_json(labels)["annotations"]):
+    if "erase_ignored" not in fields and any(a.get("iscrowd") for a in anns):
         fields = {**fields, "erase_ignored": True}      # uncertain pseudo-labels (fuse.ignore_from): not background
     init = _required_model(ctx, ctx.input(step, "init"))[1] if "init" in step.needs else None
     spec = spec_from_dict({**fields, "classes": list(p.data.classes),

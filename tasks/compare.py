@@ -26,6 +26,7 @@ from typing import Any
 
 from core import atomic
 from tasks.evaluate import DASH, evaluate
+from tasks.evaluate import _fmt as _fmt_digits
 
 ALL = "all"
 SOURCE_ONLY = "source_only"
@@ -83,7 +84,7 @@ def gap_table(grouped: Grouped, metric: str = "mAP_50") -> dict[str, dict[str, d
 
 
 def _fmt(v: float | None) -> str:
-    return DASH if v is None else f"{v:.3f}"
+    return _fmt_digits(v, 3)           # the main table's formatting, so both tables read the same
 
 
 def _pct(v: float | None) -> str:
