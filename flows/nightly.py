@@ -6,8 +6,11 @@ hours, and a retrained model that scores worse must not replace the served one. 
 1. fingerprints the watched datasets (:func:`pipeline.champion.watched_fingerprints`) and, when they
    equal the champion's, finishes at once with "no change" (no adapt run, no lock taken);
 2. else runs the adapt flow (:func:`flows.adapt.adapt_flow`, a subflow: the same steps and stage
-   caches as ``rgb2thermal run``) whose ``eval`` step scores the challenger on the thermal test split;
-3. compares on the same test set: when new data changed the thermal test split since the
+   caches as ``rgb2thermal run``) whose ``val`` step scores the challenger on the val split
+   (``data.val_fraction`` / ``data.val_split``): promotion is a decision, so it is made on val and
+   the test split is only reported. Without a val split the night is refused before any work,
+   unless the user opts in to deciding on test (``decide_on="test"``, said in the report);
+3. compares on the same frames: when new data changed the decision split since the
    champion's promotion, the champion's archived model (``<workspace>/champion/<run id>/``) is
    re-scored on the current split (:func:`pipeline.champion.rescore`);
 4. decides with :func:`pipeline.champion.decide` and promotes (archiving the student) only a
@@ -34,6 +37,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.adapt import adapt_flow
 from core import atomic
+from core.errors import InputError
 from pipeline.champion import (DEFAULT_METRIC, Champion, archive_model, decide, format_report, gt_fingerprint,
                             load_champion, promote, rescore, watched_fingerprints)
 from pipeline.executor import workspace_hash_memo
@@ -71,8 +75,10 @@ def _publish(workspace: Path, nightly_id: str, markdown: str, outcome: str) -> P
 @flow(name=FLOW_NAME, persist_result=False)
 def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "workspace",
                  overrides: list[str] | None = None, metric: str = DEFAULT_METRIC, min_improvement: float = 0.0,
-                 params: dict[str, Any] | None = None, lock_wait_seconds: float = 600.0) -> dict[str, Any]:
+                 params: dict[str, Any] | None = None, lock_wait_seconds: float = 600.0,
+                 decide_on: str = "val") -> dict[str, Any]:
     """One nightly check. ``params`` (a mapping) replaces reading ``params_path`` (as in ``adapt_flow``).
+    ``decide_on``: ``val`` (default; needs a val split) or ``test`` (an explicit opt-in, recorded).
 
     Returns ``{"nightly_id", "outcome" (no change|promoted|kept), "reason", "challenger_run",
     "champion_run", "report"}`` plus, when a challenger ran, ``"champion_value"``,
@@ -91,6 +97,16 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
                            metric=metric)
         return {**result, "outcome": "no change", "reason": reason, "report": str(_publish(ws, nightly_id, md, "no change"))}
 
+    if decide_on not in ("val", "test"):
+        raise InputError(f"decide_on must be 'val' or 'test', got {decide_on!r}", "nightly decide_on", "use val")
+    if decide_on == "val" and not p.data.has_val:
+        raise InputError("nightly promotion is a decision and the parameters have no val split: it would be made "
+                         "on the test split", "params data", "set data.val_fraction (e.g. 0.2 of the adapt pairs, "
+                         "which need thermal labels) or data.val_split; or opt in to deciding on test with "
+                         "--decide-on test (said in every report)")
+    split = "val" if decide_on == "val" else "eval"
+    on = ("the val split" if split == "val" else
+          "the TEST split (explicit opt-in --decide-on test: the reported test numbers are no longer unbiased)")
     # One lock from the challenger run through promotion: no other run can replace
     # stages/student between scoring it and archiving it (the wrong model would be promoted).
     with workspace_lock(ws, nightly_id, wait_seconds=lock_wait_seconds):
@@ -103,8 +119,8 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
                                metric=metric)
             _publish(ws, nightly_id, md, "failed")
             raise
-        metrics = {k: v for k, v in RunRecord.from_json(record).eval_metrics().items() if k != "table_markdown"}
-        gt = _stage_outputs(record, "index")["thermal_test"]
+        metrics = {k: v for k, v in RunRecord.from_json(record).eval_metrics(split).items() if k != "table_markdown"}
+        gt = _stage_outputs(record, "index")["thermal_val" if split == "val" else "thermal_test"]
         note = "no champion yet"
         if champ is not None:
             champ, note = rescore_task(champ, gt, metric, str(p.student.train.get("device", "auto")), p.eval.batch_size)
@@ -115,6 +131,7 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
             promote(ws, Champion(run_id=record["run_id"], metric=metric, value=float(decision.challenger),
                                  datasets=fps, promoted=now(), metrics=metrics, model=model,
                                  test_set=gt_fingerprint(gt)))
+    note = f"decided on {on}; {note}"
     md = format_report(nightly_id=nightly_id, outcome=outcome, reason=f"{decision.reason} ({note})", datasets=fps,
                        champion=champ, challenger_run=record["run_id"], challenger_metrics=metrics, metric=metric)
     return {**result, "outcome": outcome, "reason": decision.reason, "challenger_run": record["run_id"],
@@ -130,10 +147,13 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"dotted metric path deciding promotion, higher is better (default: {DEFAULT_METRIC})")
     ap.add_argument("--min-improvement", type=float, default=0.0,
                     help="the challenger must beat the champion by more than this (metric units; default 0)")
+    ap.add_argument("--decide-on", choices=("val", "test"), default="val",
+                    help="the split promotion is decided on (default: val, which the parameters must have: "
+                         "data.val_fraction or data.val_split); 'test' is an explicit opt-in, said in the report")
     args = ap.parse_args(argv)
     quiet.configure(args.verbose)
     out = nightly_flow(params_path=args.params, workspace=args.workspace, overrides=args.overrides,
-                       metric=args.metric, min_improvement=args.min_improvement,
+                       metric=args.metric, min_improvement=args.min_improvement, decide_on=args.decide_on,
                        **({"lock_wait_seconds": args.wait} if args.wait is not None else {}))
     print(f"nightly {out['nightly_id']}: {out['outcome']} — {out['reason']} (report: {out['report']})")
     return 0

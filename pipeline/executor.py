@@ -164,6 +164,8 @@ def _merge_info(rec: RunRecord, name: str, info: dict[str, Any]) -> None:
             rec.fallbacks.append(line)
     if "metrics" in info:
         rec.metrics[name] = info["metrics"]          # per step: a second eval never overwrites the first
+    if "decisions" in info:
+        rec.decisions[name] = info["decisions"]
 
 
 # ---------------------------------------------------------------------------------------------

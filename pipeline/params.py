@@ -93,11 +93,29 @@ class DataSection(_Strict):
     classes: list[str] = Field(default_factory=lambda: ["person", "car"], min_length=1)
     adapt_split: str = "adapt"
     test_split: str = "test"
+    val_split: str | None = Field(default=None, description=(
+        "a split of pairs WITH thermal labels used for every decision (best checkpoints, sweeps, nightly "
+        "promotion); the test split is only ever reported"))
+    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0, description=(
+        "or: carve this fraction of the adapt pairs out as the val split (chosen by a hash of the pair id and "
+        "val_seed, so the same pairs are chosen on every machine); they leave the adapt split"))
+    val_seed: int = 0
+
+    @property
+    def has_val(self) -> bool:
+        """Whether a validation split exists (decisions use it; without it they say what they used instead)."""
+        return self.val_split is not None or self.val_fraction > 0
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSection":
         if bool(self.roots) == (self.synthetic is not None):
             raise ValueError("give exactly one of data.roots (paired folders) or data.synthetic (generated demo data)")
+        if self.val_split is not None and self.val_fraction > 0:
+            raise ValueError("give at most one of data.val_split (a labelled split) or data.val_fraction (carved "
+                             "from the adapt split)")
+        if self.val_split is not None and self.val_split in (self.adapt_split, self.test_split):
+            raise ValueError(f"data.val_split '{self.val_split}' must differ from the adapt and test splits "
+                             "(use data.val_fraction to carve val frames out of the adapt split)")
         versions = [r.version for r in self.roots]
         if len(set(versions)) != len(versions):
             raise ValueError(f"data.roots versions must be unique, got {versions}")
@@ -305,17 +323,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     out = copy.deepcopy(data)
     for item in overrides:
         keys, value = parse_override(item)
-        node = out
-        for k in keys[:-1]:
-            nxt = node.get(k)
-            if nxt is None:
-                nxt = node[k] = {}
-            if not isinstance(nxt, dict):
-                raise InputError(f"override {item!r}: '{k}' is a value, not a section", "--set",
-                                 "override a leaf key of a section")
-            node = nxt
-        node[keys[-1]] = value
+        set_dotted(out, keys, value, item)
     return out
+
+
+def set_dotted(data: dict[str, Any], keys: list[str], value: Any, item: str = "") -> None:
+    """``data[k0][k1]...[kn] = value`` in place, creating intermediate mappings (``item``: how the
+    user wrote it, for the error)."""
+    node = data
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise InputError(f"override {item or '.'.join(keys)!r}: '{k}' is a value, not a section", "--set",
+                             "override a leaf key of a section")
+        node = nxt
+    node[keys[-1]] = value
 
 
 def _rebase_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

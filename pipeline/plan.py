@@ -18,6 +18,10 @@ With a thermal source and self-training (``thermal_source.enabled``, ``self_trai
         -> fuse (RGB + thermal) -> student -> infer@round2 (student on thermal) -> pseudo@round2
         -> fuse@round2 -> student@round2 -> [baseline, classic, oracle] -> quality -> eval
 
+With a val split (``data.val_split`` or ``data.val_fraction``) every trained step is validated on
+the val frames' thermal labels (best checkpoint) and a ``val`` step (kind ``eval``) scores every
+model on them before ``eval`` scores them on test: decisions read ``val``, ``eval`` is reported.
+
 The teacher of a step is an input (``Ref("teacher", "model")``), never a name the stage knows.
 """
 from __future__ import annotations
@@ -77,9 +81,12 @@ def plan(params: PipelineParams) -> list[Step]:
 
 
 def _train(name: str, labels: Ref, datasets: dict[str, Ref], init: Ref | None, mix_rgb: bool = False,
-           **options: object) -> Step:
-    """A student trained on ``labels`` (+ the RGB adapt frames' ground truth when ``mix_rgb``)."""
+           val: bool = False, **options: object) -> Step:
+    """A student trained on ``labels`` (+ the RGB adapt frames' ground truth when ``mix_rgb``);
+    with ``val``, validated per ``val_interval`` on the val split's thermal labels (best checkpoint)."""
     extra = {"rgb_labels": Ref("index", "rgb_adapt")} if mix_rgb else {}
+    if val:
+        extra["val"] = Ref("index", "thermal_val")
     return Step(name, "train", ("student", "data"),
                 needs={"labels": labels, **extra, **datasets, **({"init": init} if init else {})},
                 options={"role": name, "fields": "student", **options}, resumable=True)
@@ -94,6 +101,7 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
     thermal source, round 1's student trains on the refined RGB labels (the classic recipe).
     """
     teacher = _model("teacher") if params.student.init_from_teacher else None
+    val = params.data.has_val
     thermal_pseudo = dict(params.thermal_source.pseudo)
     rounds = params.self_training.rounds
     students: list[str] = []
@@ -118,15 +126,15 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
             label_sets[f"label:fused, round {k}"] = labels
         init = _model(students[-1]) if (k > 1 and params.self_training.init == "previous") else teacher
         students.append("student" if k == 1 else f"student@round{k}")
-        steps.append(_train(students[-1], labels, datasets, init, mix_rgb=params.student.mix_rgb))
+        steps.append(_train(students[-1], labels, datasets, init, mix_rgb=params.student.mix_rgb, val=val))
 
     baselines = params.eval.baselines
     if "no_refinement" in baselines:
-        steps.append(_train("baseline", Ref("warp", "coco"), datasets, teacher))
+        steps.append(_train("baseline", Ref("warp", "coco"), datasets, teacher, val=val))
     if "classic" in baselines and len(students) + int(params.thermal_source.enabled) > 1:
-        steps.append(_train("classic", Ref("refine", "coco"), datasets, teacher))
+        steps.append(_train("classic", Ref("refine", "coco"), datasets, teacher, val=val))
     if "oracle" in baselines:
-        steps.append(_train("oracle", Ref("index", "thermal_adapt"), datasets, teacher, optional=True))
+        steps.append(_train("oracle", Ref("index", "thermal_adapt"), datasets, teacher, optional=True, val=val))
     steps.append(Step("quality", "quality", (), retries=1, needs={
         "rgb_gt": Ref("index", "rgb_adapt"), "pseudo": Ref("pseudo", "coco"), "warped": Ref("warp", "coco"),
         "refined": Ref("refine", "coco"), "index": Ref("index", "index"),
@@ -137,9 +145,13 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
     for b, step in (("classic", "classic"), ("no_refinement", "baseline"), ("oracle", "oracle"), ("source_only", "teacher")):
         if b in baselines and any(s.name == step for s in steps):
             columns[b] = step
-    steps.append(Step("eval", "eval", ("eval",), needs={
-        "gt": Ref("index", "thermal_test"), **datasets, **{f"model:{c}": _model(m) for c, m in columns.items()}},
-        options={"columns": list(columns), "describe": _describe(params, list(columns))}))
+    models = {f"model:{c}": _model(m) for c, m in columns.items()}
+    describe = _describe(params, list(columns))
+    if val:     # what decides (sweeps, nightly promotion); the test split below is only reported
+        steps.append(Step("val", "eval", ("eval",), needs={"gt": Ref("index", "thermal_val"), **datasets, **models},
+                          options={"columns": list(columns), "describe": describe, "split": "val"}))
+    steps.append(Step("eval", "eval", ("eval",), needs={"gt": Ref("index", "thermal_test"), **datasets, **models},
+                      options={"columns": list(columns), "describe": describe}))
 
 
 def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:

@@ -52,6 +52,7 @@ class RunRecord:
     stages: list[StageRecord] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)    # per step: {step name: that step's metrics}
     fallbacks: list[str] = field(default_factory=list)
+    decisions: dict[str, str] = field(default_factory=dict)  # per evaluation step: what decisions were made on
     error: str = ""
 
     def stage(self, name: str) -> StageRecord | None:

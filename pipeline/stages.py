@@ -60,10 +60,29 @@ def _data(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     return StepOutput(files=files, info={"datasets": fps})
 
 
-def _split_coco(ds: dict, split: str) -> dict:
-    keep = {im["id"] for im in ds["images"] if im.get("split") == split}
+def _split_coco(ds: dict, split: str, drop: frozenset[int] = frozenset()) -> dict:
+    keep = {im["id"] for im in ds["images"] if im.get("split") == split and im["id"] not in drop}
+    return _subset(ds, keep)
+
+
+def _subset(ds: dict, keep: set[int] | frozenset[int]) -> dict:
     return {**ds, "images": [im for im in ds["images"] if im["id"] in keep],
             "annotations": [a for a in ds["annotations"] if a["image_id"] in keep]}
+
+
+def val_pairs(pairs: list[Any], fraction: float, seed: int) -> frozenset[int]:
+    """Image ids of the adapt pairs carved out as the val split (``data.val_fraction``).
+
+    Why a hash and not a random draw: a pair's membership depends only on its ``pair_id``
+    (``"<version>:<original id>"``) and ``seed``, so it is the same on every machine, in every
+    workspace, and stays the same when pairs are added (a new pair never moves an old one).
+    """
+    import hashlib
+
+    def u(pair_id: str) -> float:
+        return int.from_bytes(hashlib.sha256(f"{seed}:{pair_id}".encode()).digest()[:8], "big") / 2**64
+
+    return frozenset(p.image_id for p in pairs if u(p.pair_id) < fraction)
 
 
 def _index(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
@@ -83,22 +102,35 @@ def _index(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
         raise InputError("the dataset has no RGB labels", str(roots), "the pipeline needs labelled RGB images "
                          "(teacher training) or at least RGB images; add labels_rgb/")
     splits = {im.get("split") for im in rgb["images"]}
-    for want in (d.adapt_split, d.test_split):
+    for want in (d.adapt_split, d.test_split, *([d.val_split] if d.val_split else [])):
         if want not in splits:
             raise InputError(f"no image has split '{want}' (splits present: {sorted(s for s in splits if s)})",
-                             str(idx.path), "set data.adapt_split/data.test_split or fix split.csv")
-    files["rgb_adapt"] = save_dataset(out / "rgb_adapt.json", _split_coco(rgb, d.adapt_split))
+                             str(idx.path), "set data.adapt_split/data.test_split/data.val_split or fix split.csv")
+    adapt_pairs = idx.select(split=d.adapt_split)
+    carved = val_pairs(adapt_pairs, d.val_fraction, d.val_seed) if d.val_fraction > 0 else frozenset()
+    files["rgb_adapt"] = save_dataset(out / "rgb_adapt.json", _split_coco(rgb, d.adapt_split, carved))
     if thermal is None:
         raise InputError("the dataset has no thermal labels for the test split", str(idx.path),
                          "add labels_thermal/ (test split at least): evaluation needs thermal ground truth")
     files["thermal_test"] = save_dataset(out / "thermal_test.json", _split_coco(thermal, d.test_split))
     # always written, so that readers can depend on it; no annotations = no thermal adapt labels
-    files["thermal_adapt"] = save_dataset(out / "thermal_adapt.json", _split_coco(thermal, d.adapt_split))
+    files["thermal_adapt"] = save_dataset(out / "thermal_adapt.json", _split_coco(thermal, d.adapt_split, carved))
     # the thermal adapt frames without labels: what a thermal pseudo-label source runs on
     files["thermal_adapt_images"] = save_dataset(out / "thermal_adapt_images.json", images_dataset(
-        idx.select(split=d.adapt_split), "thermal", d.classes))
-    counts = {"pairs": len(idx.pairs), "adapt": len(idx.select(split=d.adapt_split)),
+        [p for p in adapt_pairs if p.image_id not in carved], "thermal", d.classes))
+    counts = {"pairs": len(idx.pairs), "adapt": len(adapt_pairs) - len(carved),
               "test": len(idx.select(split=d.test_split))}
+    if d.has_val:
+        carving = d.val_fraction > 0
+        val = _subset(thermal, carved) if carving else _split_coco(thermal, d.val_split or "")
+        where = f"data.val_fraction={d.val_fraction}" if carving else f"data.val_split={d.val_split}"
+        if not val["images"] or not val["annotations"]:
+            raise InputError(f"the val split has {len(val['images'])} frames and {len(val['annotations'])} thermal "
+                             f"boxes: decisions cannot be made on it", where,
+                             "raise data.val_fraction, or name a split whose pairs have thermal labels "
+                             "(labels_thermal/), or remove the val setting")
+        files["thermal_val"] = save_dataset(out / "thermal_val.json", val)
+        counts["val"] = len(val["images"])
     return StepOutput(files=files, info={"counts": counts})
 
 
@@ -168,7 +200,8 @@ def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) ->
     if "erase_ignored" not in fields and any(a.get("iscrowd") for a in anns):
         fields = {**fields, "erase_ignored": True}      # uncertain pseudo-labels (fuse.ignore_from): not background
     init = _required_model(ctx, ctx.input(step, "init"))[1] if "init" in step.needs else None
-    spec = spec_from_dict({**fields, "classes": list(p.data.classes),
+    val = {"val": {"ann_file": str(ctx.input(step, "val")), "img_root": "/"}} if "val" in step.needs else {}
+    spec = spec_from_dict({**fields, "classes": list(p.data.classes), **val,
                            "train": {"ann_file": str(labels), "img_root": "/"}, "work_dir": str(out / "train"),
                            "resume": resume, **({"load_from": init} if init else {})}, f"params ({step.name})")
     result = train(spec)
@@ -284,8 +317,26 @@ def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     comparison, extra = _comparison(step, gt, preds, out)
     files.update(extra)
     md += "\n" + comparison
+    decisions = _decisions(ctx, step, gt)
+    md += f"\n{decisions}\n"
     files["table"] = atomic.write_text(out / "eval.md", md)
-    return StepOutput(files=files, info={"metrics": {**metrics, "table_markdown": md}, "notes": notes})
+    return StepOutput(files=files, info={"metrics": {**metrics, "table_markdown": md}, "notes": notes,
+                                         "decisions": decisions})
+
+
+def _decisions(ctx: PipelineContext, step: Step, gt: Path) -> str:
+    """One sentence for the report and the record: what this run's decisions were made on."""
+    d, n = ctx.params.data, len(atomic.read_json(gt)["images"])
+    if step.options.get("split") == "val":
+        return (f"Scored on the **val** split ({n} frames with thermal labels): best checkpoints, sweeps and nightly "
+                "promotion decide on these numbers.")
+    if d.has_val:
+        how = f"data.val_fraction={d.val_fraction} of the adapt pairs" if d.val_fraction else f"split '{d.val_split}'"
+        return (f"Decisions (best checkpoints, sweeps, nightly promotion) were made on the val split ({how}); "
+                f"the test split ({n} frames) is only reported.")
+    return (f"No val split: each student's best checkpoint was chosen on its own training labels, self-training ran "
+            f"the fixed {ctx.params.self_training.rounds} round(s) of params.yaml, and nothing was decided on the test "
+            f"split ({n} frames). Set data.val_fraction to decide on held-out thermal labels.")
 
 
 def _comparison(step: Step, gt: Path, preds: dict[str, Path], out: Path) -> tuple[str, dict[str, Path]]:

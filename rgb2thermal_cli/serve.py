@@ -20,7 +20,7 @@ DEFAULT_NAME = "nightly"
 
 def build_deployment(params: str | Path = "params.yaml", workspace: str | Path = "workspace", *,
                      cron: str = DEFAULT_CRON, timezone: str = "UTC", name: str = DEFAULT_NAME,
-                     metric: str | None = None, min_improvement: float = 0.0) -> Any:
+                     metric: str | None = None, min_improvement: float = 0.0, decide_on: str = "val") -> Any:
     """The ``RunnerDeployment`` of the nightly flow with one cron schedule in ``timezone`` (IANA name).
 
     Paths are made absolute: the served process may run the flow from another directory.
@@ -35,7 +35,10 @@ def build_deployment(params: str | Path = "params.yaml", workspace: str | Path =
     from core.errors import InputError
     from pipeline.params import load_params
 
-    load_params(params)
+    loaded = load_params(params)
+    if decide_on == "val" and not loaded.data.has_val:
+        raise InputError("nightly promotion is decided on a val split and the parameters have none", str(params),
+                         "set data.val_fraction (e.g. 0.2) or data.val_split, or opt in with --decide-on test")
     if min_improvement < 0:
         raise InputError(f"min_improvement must be >= 0, got {min_improvement}", "--min-improvement", "use e.g. 0 or 0.01")
     try:
@@ -49,7 +52,8 @@ def build_deployment(params: str | Path = "params.yaml", workspace: str | Path =
         raise InputError(f"invalid schedule ({exc})", f"--cron {cron!r} --timezone {timezone!r}",
                          "use a 5-field cron expression, e.g. '0 2 * * *', and an IANA time zone, e.g. UTC") from None
     parameters = {"params_path": str(Path(params).resolve()), "workspace": str(Path(workspace).resolve()),
-                  "metric": metric or DEFAULT_METRIC, "min_improvement": float(min_improvement)}
+                  "metric": metric or DEFAULT_METRIC, "min_improvement": float(min_improvement),
+                  **({"decide_on": decide_on} if decide_on != "val" else {})}
     return nightly_flow.to_deployment(name=name, schedule=schedule, parameters=parameters,
                                       description="retrain on changed data; promote only a better thermal detector")
 
@@ -83,6 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dotted metric deciding promotion, higher is better (default: adapted.all.mAP_50)")
     p.add_argument("--min-improvement", type=float, default=0.0, metavar="X",
                    help="the challenger must beat the champion by more than X, in metric units (default: 0)")
+    p.add_argument("--decide-on", choices=("val", "test"), default="val",
+                   help="the split promotion is decided on (default: val: the parameters need data.val_fraction or "
+                        "data.val_split); 'test' is an explicit opt-in, said in every report")
     p.add_argument("--dry-run", action="store_true",
                    help="print the deployment (name, schedule, parameters) as JSON and exit without serving")
     p.set_defaults(func=serve)
@@ -90,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     dep = build_deployment(args.params, args.workspace, cron=args.cron, timezone=args.timezone, name=args.name,
-                           metric=args.metric, min_improvement=args.min_improvement)
+                           metric=args.metric, min_improvement=args.min_improvement, decide_on=args.decide_on)
     print(json.dumps(describe(dep), indent=2))
     if args.dry_run:
         return 0

@@ -5,18 +5,24 @@ written ``config.py`` names them and stays runnable with mmdet's own tools:
 - ``NonFiniteLossGuardHook`` stops at the first NaN/inf loss (``NonFiniteLossError``);
 - ``FrozenBatchNormHook`` keeps BatchNorm in eval mode (BN-folded checkpoints, small batches);
 - ``EpochSeedHook`` re-seeds every epoch, so a resumed training ends with the same weights;
-- ``ProgressHook`` shows a tqdm bar with ETA and records iteration timings.
+- ``ProgressHook`` shows a tqdm bar with ETA, records iteration timings and writes the
+  validation history (``val_history.json``: one entry per validation, ``epoch`` 1-based after
+  the epoch it followed, ``coco/bbox_mAP_50`` etc. as fractions) for a sweep to prune on.
 """
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from core import atomic
 from core.errors import InputError
+
+VAL_HISTORY = "val_history.json"
 
 
 class NonFiniteLossError(InputError):
@@ -156,6 +162,8 @@ class ProgressHook(Hook):
     def before_train(self, runner: Any) -> None:
         from tqdm import tqdm
 
+        if runner.iter > 0 and self._history_file(runner).is_file():     # resumed: keep the earlier epochs
+            self.val_history = [h for h in atomic.read_json(self._history_file(runner)) if h["epoch"] <= runner.epoch]
         if self.show_bar:
             self.bar = tqdm(total=runner.max_iters, initial=runner.iter, desc="train", unit="it", dynamic_ncols=True)
 
@@ -170,9 +178,15 @@ class ProgressHook(Hook):
             self.bar.set_postfix(epoch=runner.epoch + 1, loss=f"{value:.3f}" if value is not None else "-")
             self.bar.update(1)
 
+    @staticmethod
+    def _history_file(runner: Any) -> Path:
+        return Path(runner.work_dir) / VAL_HISTORY
+
     def after_val_epoch(self, runner: Any, metrics: dict | None = None) -> None:
         self.val_history.append({"epoch": runner.epoch, **{k: float(v) for k, v in (metrics or {}).items()
                                                           if isinstance(v, (int, float))}})
+        # what a sweep watching this run reads to prune it (pipeline.sweep); atomic, so never torn
+        atomic.write_json(self._history_file(runner), self.val_history)
 
     def after_train(self, runner: Any) -> None:
         if self.bar is not None:

@@ -89,7 +89,15 @@ def test_deployment_carries_cron_and_timezone(tmp_path: Path, capsys) -> None:
 
     _folder(tmp_path, 2)
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(json.dumps(_params(tmp_path)))           # JSON is YAML
+    params = _params(tmp_path)
+    params_file.write_text(json.dumps(params))           # JSON is YAML
+    # promotion is decided on a val split: parameters without one are refused now, not at 2 a.m.
+    assert main(["serve", "--params", str(params_file), "--dry-run"]) == 2
+    assert "decided on a val split" in capsys.readouterr().err
+    assert main(["serve", "--params", str(params_file), "--decide-on", "test", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"]["decide_on"] == "test"
+    params["data"]["val_fraction"] = 0.25
+    params_file.write_text(json.dumps(params))
     dep = build_deployment(params_file, tmp_path / "ws", cron="30 3 * * 1", timezone="Europe/Berlin")
     assert dep.flow_name == "rgb2thermal-nightly" and dep.name == "nightly"
     (sched,) = dep.schedules
@@ -131,7 +139,7 @@ def test_nightly_flow_skip_promote_keep_and_fail(tmp_path: Path, prefect_harness
     ws = tmp_path / "ws"
 
     # 1. no champion yet: the challenger runs and is promoted
-    first = nightly_flow(params_path=None, workspace=str(ws), params=params)
+    first = nightly_flow(params_path=None, workspace=str(ws), params=params, decide_on="test")
     assert first["outcome"] == "promoted" and first["challenger_run"] == first["champion_run"]
     assert holders == [first["nightly_id"]]
     champ = load_champion(ws)
@@ -142,9 +150,10 @@ def test_nightly_flow_skip_promote_keep_and_fail(tmp_path: Path, prefect_harness
     assert Path(champ.model["checkpoint"]).is_file() and Path(champ.model["checkpoint"]).parent == ws / "champion" / rec.run_id
     assert len(read_history(ws)) == 1
     assert "promoted" in Path(first["report"]).read_text()
+    assert "decided on the TEST split (explicit opt-in" in Path(first["report"]).read_text()
 
     # 2. data unchanged: no adapt run, no new record
-    again = nightly_flow(params_path=None, workspace=str(ws), params=params)
+    again = nightly_flow(params_path=None, workspace=str(ws), params=params, decide_on="test")
     assert again["outcome"] == "no change" and again["challenger_run"] is None
     assert len(list_records(ws)) == 1
     assert Path(again["report"]).parent == ws / "nightly" and "no change" in Path(again["report"]).read_text()
@@ -156,7 +165,7 @@ def test_nightly_flow_skip_promote_keep_and_fail(tmp_path: Path, prefect_harness
                          metrics=champ.metrics, test_set=champ.test_set))
     pointer = champion_path(ws).read_bytes()
     _folder(tmp_path, 2, start=8)
-    kept = nightly_flow(params_path=None, workspace=str(ws), params=params)
+    kept = nightly_flow(params_path=None, workspace=str(ws), params=params, decide_on="test")
     assert kept["outcome"] == "kept" and kept["champion_run"] == champ.run_id
     assert kept["challenger_run"] != champ.run_id and len(list_records(ws)) == 2
     challenger = list_records(ws)[-1]
@@ -169,7 +178,8 @@ def test_nightly_flow_skip_promote_keep_and_fail(tmp_path: Path, prefect_harness
     empty = tmp_path / "empty_registry"
     empty.mkdir()
     with pytest.raises(Exception):
-        nightly_flow(params_path=None, workspace=str(ws), params={**params, "warp": {"registry_dir": str(empty)}})
+        nightly_flow(params_path=None, workspace=str(ws), params={**params, "warp": {"registry_dir": str(empty)}},
+                     decide_on="test")
     assert champion_path(ws).read_bytes() == pointer and len(read_history(ws)) == 2
     assert list_records(ws)[-1].status == "failed"
     failed = sorted((ws / "nightly").glob("*.md"))[-1].read_text()
@@ -186,7 +196,7 @@ def test_nightly_flow_skip_promote_keep_and_fail(tmp_path: Path, prefect_harness
     #    its stored (impossible) value 2 is replaced by a real measurement on the current test set
     promote(ws, Champion(run_id=champ.run_id, metric=champ.metric, value=2.0, datasets={"syn": "sha256:old"},
                          metrics=champ.metrics, model=champ.model, test_set="sha256:old"))
-    rescored = nightly_flow(params_path=None, workspace=str(ws), params=params)
+    rescored = nightly_flow(params_path=None, workspace=str(ws), params=params, decide_on="test")
     assert "re-scored" in rescored["comparison"] and 0.0 <= rescored["champion_value"] <= 1.0
     assert rescored["outcome"] == ("promoted" if rescored["challenger_value"] > rescored["champion_value"] else "kept")
     assert load_champion(ws).run_id == rescored["champion_run"]

@@ -30,7 +30,7 @@ NIGHTLY_FLOW = "rgb2thermal-nightly"
 ADAPT_FLOW = "rgb2thermal-adapt"
 POOL = "rgb2thermal"
 # validates, and its watched data (synthetic: fingerprinted by its spec) costs nothing to fingerprint
-TINY_PARAMS = {"data": {"synthetic": {"n_pairs": 4, "seed": 1}},
+TINY_PARAMS = {"data": {"synthetic": {"n_pairs": 4, "seed": 1}, "val_fraction": 0.25},
                "teacher": {"train": {"base_model": "yolox_tiny_8xb8-300e_coco", "epochs": 1}}}
 
 

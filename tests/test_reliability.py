@@ -850,7 +850,8 @@ def test_overlapping_nightly_run_gives_up_without_touching_the_champion(tmp_path
     with workspace_lock(ws, "nightly-earlier"):
         t0 = time.monotonic()
         with pytest.raises(WorkspaceBusy, match="in use by run nightly-earlier"):
-            nightly_flow(params_path=None, workspace=str(ws), params=params, lock_wait_seconds=1.0)
+            nightly_flow(params_path=None, workspace=str(ws), params=params, lock_wait_seconds=1.0,
+                         decide_on="test")
         assert time.monotonic() - t0 >= 1.0
     assert (champion_path(ws).read_bytes(), history_path(ws).read_bytes()) == (pointer, history)
     assert list_records(ws) == [] and not (ws / "stages").exists()
