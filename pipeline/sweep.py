@@ -161,7 +161,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def run_trial(trial: Any, spec: SweepSpec, base: dict[str, Any], paths: SweepPaths,
-              from_workspace: Path | None = None) -> float:
+              from_workspace: Path | None = None, cache_dir: Path | None = None) -> float:
     """One trial: sample, write ``trials/<n>/params.yaml``, run it as ``rgb2thermal run``, report the
     adapted student's per-epoch val mAP_50 to the pruner while it trains, return the val objective."""
     import optuna
@@ -179,7 +179,7 @@ def run_trial(trial: Any, spec: SweepSpec, base: dict[str, Any], paths: SweepPat
     trial.set_user_attr("seeded_from", str(seed) if seed else None)
     history = ws / "stages" / _adapted_step(params) / "train" / "val_history.json"
     cmd = [sys.executable, "-m", "rgb2thermal_cli.main", "run", "--params", str(params_file), "--workspace", str(ws),
-           "--cache-dir", str(paths.cache)]
+           "--cache-dir", str(cache_dir or paths.cache)]
     t0 = time.monotonic()
     log.info("trial %d: %s (%d stages linked from %s)", trial.number, values, linked, seed)
     with open(tdir / "run.log", "ab") as out:
@@ -240,7 +240,7 @@ def _latest_complete(study: Any) -> Path | None:
 
 
 def run_sweep(spec: SweepSpec, root: str | Path, *, params_path: str | Path | None = None, storage: str | None = None,
-              worker: int = 0, from_workspace: str | Path | None = None) -> Any:
+              worker: int = 0, from_workspace: str | Path | None = None, cache_dir: str | Path | None = None) -> Any:
     """Validate, then run trials until the study's budget is spent (all workers' trials count);
     writes ``best_params.yaml`` and the plots after every finished trial. Returns the study."""
     import optuna
@@ -263,7 +263,9 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, params_path: str | Path | No
         log.info("sweep %s: the budget of %d trials is spent", spec.study, budget)
         write_outputs(study, spec, base, paths)
         return study
-    study.optimize(lambda t: run_trial(t, spec, base, paths, Path(from_workspace) if from_workspace else None),
+    seed_ws = Path(from_workspace).resolve() if from_workspace else None
+    cache = Path(cache_dir).resolve() if cache_dir else None
+    study.optimize(lambda t: run_trial(t, spec, base, paths, seed_ws, cache),
                    n_trials=None if budget is None else remaining, timeout=spec.budget.seconds,
                    callbacks=callbacks, catch=(RuntimeError,), gc_after_trial=True, show_progress_bar=False)
     write_outputs(study, spec, base, paths)

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--trials", type=int, default=None, metavar="N", help="override budget.trials (the study's total)")
     r.add_argument("--from-workspace", type=Path, default=None, metavar="DIR",
                    help="reuse the finished steps of this workspace in every trial (default: the latest complete trial)")
+    r.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                   help="per-image caches shared by the trials (default: DIR/cache; content-keyed, so the cache of "
+                        "earlier runs can be shared)")
     r.set_defaults(func=run)
     sh = ss.add_parser("show", help="the best trial and a table of all trials",
                        description="Print the best trial (val objective, test mAP_50 reported beside it, params) "
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     _quiet_optuna(args)
     spec, paths = _resolve(args)
     run_sweep(spec, paths.root, params_path=args.params, storage=args.storage, worker=args.worker,
-              from_workspace=args.from_workspace)
+              from_workspace=args.from_workspace, cache_dir=args.cache_dir)
     return show(args)
 
 
