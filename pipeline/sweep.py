@@ -177,7 +177,10 @@ def run_trial(trial: Any, spec: SweepSpec, base: dict[str, Any], paths: SweepPat
     linked = seed_workspace(seed, ws)
     trial.set_user_attr("workspace", str(ws))
     trial.set_user_attr("seeded_from", str(seed) if seed else None)
-    history = ws / "stages" / _adapted_step(params) / "train" / "val_history.json"
+    rel_history = Path("stages") / _adapted_step(params) / "train" / "val_history.json"
+    history = ws / rel_history
+    # the seed's history, hard-linked in: the previous trial's numbers until this trial's training replaces it
+    stale = _inode(seed / rel_history) if seed is not None else None
     cmd = [sys.executable, "-m", "rgb2thermal_cli.main", "run", "--params", str(params_file), "--workspace", str(ws),
            "--cache-dir", str(cache_dir or paths.cache)]
     t0 = time.monotonic()
@@ -188,7 +191,7 @@ def run_trial(trial: Any, spec: SweepSpec, base: dict[str, Any], paths: SweepPat
         try:
             while True:
                 done = proc.poll() is not None
-                reported = _report(trial, history, reported)
+                reported = _report(trial, history, reported, stale)
                 if trial.should_prune():
                     _stop(proc)
                     trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
@@ -216,9 +219,17 @@ def run_trial(trial: Any, spec: SweepSpec, base: dict[str, Any], paths: SweepPat
     return value
 
 
-def _report(trial: Any, history: Path, reported: int) -> int:
-    """Report validations not yet reported (``coco/bbox_mAP_50`` at step = epoch); returns the count."""
-    if not history.is_file():
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
+def _report(trial: Any, history: Path, reported: int, stale: int | None = None) -> int:
+    """Report validations not yet reported (``coco/bbox_mAP_50`` at step = epoch); returns the count.
+    A history that is still the seed workspace's file (inode ``stale``) is not this trial's: skipped."""
+    if not history.is_file() or (stale is not None and _inode(history) == stale):
         return reported
     try:
         entries = atomic.read_json(history)

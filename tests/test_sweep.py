@@ -272,3 +272,27 @@ def test_prefect_door_publishes_the_table_and_plots(swept, prefect_harness, quic
     history.raise_for_status()
     assert "Best: trial" in table.json()["data"]
     assert history.json()["data"].startswith("data:image/png;base64,")
+
+
+def test_a_seeded_history_is_not_reported_as_this_trials(tmp_path: Path) -> None:
+    """The seed workspace's val history is hard-linked into a new trial: until this trial's training
+    writes its own (atomic rename: a new inode), the pruner must not see the previous trial's numbers."""
+    import os
+
+    from core import atomic
+    from pipeline.sweep import _inode, _report
+
+    class Trial:
+        def __init__(self) -> None:
+            self.reports: list[tuple[float, int]] = []
+
+        def report(self, value: float, step: int) -> None:
+            self.reports.append((value, step))
+
+    seed = atomic.write_json(tmp_path / "seed.json", [{"epoch": 1, "coco/bbox_mAP_50": 0.9}])
+    mine = tmp_path / "trial.json"
+    os.link(seed, mine)
+    trial = Trial()
+    assert _report(trial, mine, 0, _inode(seed)) == 0 and trial.reports == []
+    atomic.write_json(mine, [{"epoch": 1, "coco/bbox_mAP_50": 0.2}, {"epoch": 2, "coco/bbox_mAP_50": -1}])
+    assert _report(trial, mine, 0, _inode(seed)) == 2 and trial.reports == [(0.2, 1)]   # -1: no value
