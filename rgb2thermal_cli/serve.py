@@ -20,7 +20,8 @@ DEFAULT_NAME = "nightly"
 
 def build_deployment(params: str | Path = "params.yaml", workspace: str | Path = "workspace", *,
                      cron: str = DEFAULT_CRON, timezone: str = "UTC", name: str = DEFAULT_NAME,
-                     metric: str | None = None, min_improvement: float = 0.0, decide_on: str = "val") -> Any:
+                     metric: str | None = None, min_improvement: float = 0.0, decide_on: str = "val",
+                     overrides: list[str] | None = None) -> Any:
     """The ``RunnerDeployment`` of the nightly flow with one cron schedule in ``timezone`` (IANA name).
 
     Paths are made absolute: the served process may run the flow from another directory.
@@ -35,7 +36,7 @@ def build_deployment(params: str | Path = "params.yaml", workspace: str | Path =
     from core.errors import InputError
     from pipeline.params import load_params
 
-    loaded = load_params(params)
+    loaded = load_params(params, overrides)
     if decide_on == "val" and not loaded.data.has_val:
         raise InputError("nightly promotion is decided on a val split and the parameters have none", str(params),
                          "set data.val_fraction (e.g. 0.2) or data.val_split, or opt in with --decide-on test")
@@ -53,7 +54,8 @@ def build_deployment(params: str | Path = "params.yaml", workspace: str | Path =
                          "use a 5-field cron expression, e.g. '0 2 * * *', and an IANA time zone, e.g. UTC") from None
     parameters = {"params_path": str(Path(params).resolve()), "workspace": str(Path(workspace).resolve()),
                   "metric": metric or DEFAULT_METRIC, "min_improvement": float(min_improvement),
-                  **({"decide_on": decide_on} if decide_on != "val" else {})}
+                  **({"decide_on": decide_on} if decide_on != "val" else {}),
+                  **({"overrides": list(overrides)} if overrides else {})}
     return nightly_flow.to_deployment(name=name, schedule=schedule, parameters=parameters,
                                       description="retrain on changed data; promote only a better thermal detector")
 
@@ -87,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dotted metric deciding promotion, higher is better (default: adapted.all.mAP_50)")
     p.add_argument("--min-improvement", type=float, default=0.0, metavar="X",
                    help="the challenger must beat the champion by more than X, in metric units (default: 0)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter for every night (dotted key, YAML value), e.g. "
+                        "--set data.val_fraction=0.2; repeatable")
     p.add_argument("--decide-on", choices=("val", "test"), default="val",
                    help="the split promotion is decided on (default: val: the parameters need data.val_fraction or "
                         "data.val_split); 'test' is an explicit opt-in, said in every report")
@@ -97,7 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     dep = build_deployment(args.params, args.workspace, cron=args.cron, timezone=args.timezone, name=args.name,
-                           metric=args.metric, min_improvement=args.min_improvement, decide_on=args.decide_on)
+                           metric=args.metric, min_improvement=args.min_improvement, decide_on=args.decide_on,
+                           overrides=args.overrides)
     print(json.dumps(describe(dep), indent=2))
     if args.dry_run:
         return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.champion import (Champion, champion_path, decide, format_report, load_champion,
+from pipeline.champion import (Champion, champion_path, decide, format_report, gt_fingerprint, load_champion,
                             metric_value, promote, read_history, watched_fingerprints)
 from core.errors import InputError
 from tests.test_pipeline import _folder, _params, needs_nano
@@ -94,6 +94,8 @@ def test_deployment_carries_cron_and_timezone(tmp_path: Path, capsys) -> None:
     # promotion is decided on a val split: parameters without one are refused now, not at 2 a.m.
     assert main(["serve", "--params", str(params_file), "--dry-run"]) == 2
     assert "decided on a val split" in capsys.readouterr().err
+    assert main(["serve", "--params", str(params_file), "--set", "data.val_fraction=0.25", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"]["overrides"] == ["data.val_fraction=0.25"]
     assert main(["serve", "--params", str(params_file), "--decide-on", "test", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["parameters"]["decide_on"] == "test"
     params["data"]["val_fraction"] = 0.25
@@ -200,3 +202,28 @@ def test_nightly_flow_skip_promote_keep_and_fail(tmp_path: Path, prefect_harness
     assert "re-scored" in rescored["comparison"] and 0.0 <= rescored["champion_value"] <= 1.0
     assert rescored["outcome"] == ("promoted" if rescored["challenger_value"] > rescored["champion_value"] else "kept")
     assert load_champion(ws).run_id == rescored["champion_run"]
+
+
+@needs_nano
+def test_nightly_decides_on_val_and_refuses_without_it(tmp_path: Path, prefect_harness, quick_prefect) -> None:
+    """Promotion is a decision: made on the val split's metrics (and the champion's value is the val
+    number, not the test one); parameters without a val split are refused before any work."""
+    from flows.nightly import nightly_flow
+    from pipeline.runs import list_records
+
+    _folder(tmp_path, 10)
+    params = _params(tmp_path)
+    params["eval"] = {"baselines": ["source_only"]}
+    ws = tmp_path / "ws"
+    with pytest.raises(InputError, match="no val split"):
+        nightly_flow(params_path=None, workspace=str(ws), params=params)
+    assert list_records(ws) == [] and not (ws / "stages").exists()
+
+    params["data"]["val_fraction"] = 0.4
+    out = nightly_flow(params_path=None, workspace=str(ws), params=params)
+    assert out["outcome"] == "promoted"
+    (rec,) = list_records(ws)
+    champ = load_champion(ws)
+    assert champ.value == rec.metrics["val"]["adapted"]["all"]["mAP_50"]
+    assert champ.test_set == gt_fingerprint(ws / "stages" / "index" / "thermal_val.json")
+    assert "decided on the val split" in Path(out["report"]).read_text()

@@ -147,7 +147,8 @@ def test_prefect_yaml_deploys_nightly_with_cron_and_adapt_on_demand(deployed) ->
     assert sched.schedule.cron == "0 2 * * *" and sched.schedule.timezone == "UTC" and sched.active
     assert adapt.schedules == []
     assert nightly.parameters == {"params_path": "params.yaml", "workspace": "workspace",
-                                  "metric": "adapted.all.mAP_50", "min_improvement": 0.0}
+                                  "metric": "adapted.all.mAP_50", "min_improvement": 0.0,
+                                  "overrides": ["data.val_fraction=0.2"]}
     assert adapt.parameters == {"params_path": "params.yaml", "workspace": "workspace"}
     # the declared parameters are the flows' own (the schema is built from the signatures)
     for dep in (nightly, adapt):

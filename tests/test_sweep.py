@@ -21,7 +21,7 @@ from core.errors import InputError
 pytest.importorskip("mmdet")
 pytest.importorskip("optuna")
 
-from test_pipeline import NANO, _folder, _params  # noqa: E402
+from tests.test_pipeline import NANO, _folder, _params  # noqa: E402
 
 needs_nano = pytest.mark.skipif(not (NANO / "yolox_nano_coco.pth").is_file(), reason=f"shared teacher absent at {NANO}")
 SPACE = {"refine.classical_score_threshold": {"low": 0.2, "high": 0.6},
