@@ -98,5 +98,12 @@ def show(args: argparse.Namespace) -> int:
     print(format_table(trial_rows(study), spec.objective, classes))
     if paths.best_params.is_file():
         print(f"best parameters: {paths.best_params} (rgb2thermal run --params {paths.best_params})")
+        from pipeline.sweep import best_trial
+
+        best = best_trial(study)
+        import shlex
+
+        sets = " ".join(f"-S {shlex.quote(f'{k}={v}')}" for k, v in {**spec.fixed, **best.params}.items())
+        print(f"as a DVC experiment, next to the others in `dvc exp show`: dvc exp run {sets}")
     print(f"plots: {paths.plots}")
     return 0
