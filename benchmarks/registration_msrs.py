@@ -11,9 +11,15 @@ the true RGB->thermal homography ``H_true = G^-1`` is known exactly. Then:
 2. the re-projected RGB labels are warped back with the estimate and matched (IoU >= 0.5, same
    class, greedy) to the thermal labels: mean IoU of matched boxes vs the original aligned
    pair's RGB labels against the same thermal labels;
-3. automatic estimation (ECC on gradient images, pooled over the 20 pairs) measured against
-   ``H_true`` — reported as measured;
-4. speed: ``warp_boxes`` (numpy) and ``warp_boxes_torch`` boxes/s, synthetic pairs/s.
+3. automatic estimation measured against ``H_true``: the old per-pair ECC pooled over the 20
+   pairs (``estimate_auto``) and the robust one (``registration.robust.estimate_robust``);
+4. **many rigs** (``../shared/data/msrs-bench``, day and night): ``--rigs`` random plausible
+   homographies (per-axis scale 0.8-1.3, rotation +-5 deg, shear +-0.03, translation +-15 % of the
+   frame, perspective up to 5e-5); each is estimated automatically on 8 pairs (4 day, 4 night) and
+   measured on 8 others: map error against the true matrix, whether ``register check``'s rule
+   (``assess_entry``, 3 px) refuses it, and the mean IoU of thermal GT vs RGB GT warped with the
+   estimate against the same with the true matrix;
+5. speed: ``warp_boxes`` (numpy) and ``warp_boxes_torch`` boxes/s, synthetic pairs/s.
 
 Run: ``python -m benchmarks.registration_msrs`` (writes ``benchmarks/results/registration_msrs.md``).
 """
@@ -30,6 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 MSRS20 = REPO.parent / "shared" / "data" / "msrs-aligned-20"
+MSRS_BENCH = REPO.parent / "shared" / "data" / "msrs-bench"
 WIDE_SIZE = (800, 640)
 #: Where the original (= thermal) image corners land in the wide RGB frame (tl, tr, br, bl).
 WIDE_QUAD = np.array([[70.0, 52.0], [762.0, 66.0], [750.0, 590.0], [58.0, 578.0]])
@@ -126,7 +133,157 @@ def run_registration(root: Path = MSRS20, *, n_clicks: int = 16, click_sigma: fl
                     "auto_map_error_px": grid_error(a.H, H_true, WIDE_SIZE, size),
                     "auto_init_map_error_px": grid_error(initial_guess(WIDE_SIZE, size), H_true, WIDE_SIZE, size),
                     "auto_per_pair_spread_px": a.fit_error_px, "auto_per_pair": a.per_pair})
+        from registration.robust import estimate_robust
+
+        t0 = time.perf_counter()
+        b = estimate_robust(pairs)
+        res.update({"robust_seconds": time.perf_counter() - t0, "robust_pairs_used": b.n_inliers,
+                    "robust_map_error_px": grid_error(b.H, H_true, WIDE_SIZE, size),
+                    "robust_heldout_error_px": b.holdout_error_px})
     return res
+
+
+def random_rig(rng: np.random.Generator, size: tuple[int, int] = (640, 480), wide: tuple[int, int] = WIDE_SIZE) -> tuple[np.ndarray, dict]:
+    """``G`` (original = thermal pixel -> RGB pixel of a ``wide`` frame) of a random plausible rig, and its draw.
+
+    About the frame centres: per-axis scale 0.8-1.3, shear +-0.03, rotation +-5 deg, perspective
+    terms up to 5e-5 per axis, translation +-15 % of the RGB frame.
+    """
+    w, h = size
+    W, Hh = wide
+    d = {"scale": rng.uniform(0.8, 1.3, 2).tolist(), "rotation_deg": float(rng.uniform(-5, 5)),
+         "shear": float(rng.uniform(-0.03, 0.03)), "translation_px": (rng.uniform(-0.15, 0.15, 2) * np.array(wide)).tolist(),
+         "perspective": rng.uniform(-5e-5, 5e-5, 2).tolist()}
+    c, s = np.cos(np.deg2rad(d["rotation_deg"])), np.sin(np.deg2rad(d["rotation_deg"]))
+    C0 = np.array([[1, 0, -w / 2], [0, 1, -h / 2], [0, 0, 1.0]])
+    C1 = np.array([[1, 0, W / 2 + d["translation_px"][0]], [0, 1, Hh / 2 + d["translation_px"][1]], [0, 0, 1.0]])
+    P = np.array([[1, 0, 0], [0, 1, 0], [d["perspective"][0], d["perspective"][1], 1.0]])
+    G = C1 @ P @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ np.array([[1, d["shear"], 0], [0, 1, 0], [0, 0, 1.0]]) \
+        @ np.diag([d["scale"][0], d["scale"][1], 1.0]) @ C0
+    return G / G[2, 2], d
+
+
+def _box_ious(ix, pairs, G: np.ndarray, Hs: dict[str, np.ndarray], rb, tb) -> dict[str, list[float]]:
+    """Per matrix in ``Hs``: IoUs of RGB GT boxes (seen by the wide camera ``G``) warped back, matched to thermal GT."""
+    from registration.warp import warp_boxes
+
+    size = pairs[0].thermal_size
+    out: dict[str, list[float]] = {k: [] for k in Hs}
+    for p in pairs:
+        r, t = rb.get(p.image_id), tb.get(p.image_id)
+        if r is None or t is None or not len(r.boxes) or not len(t.boxes):
+            continue
+        wide = warp_boxes(r.boxes, G, WIDE_SIZE)
+        for k, H in Hs.items():
+            back = warp_boxes(wide.boxes, H, size)
+            out[k] += match_iou(back.boxes, r.category_ids[wide.keep][back.keep], t.boxes, t.category_ids)
+    return out
+
+
+def run_rigs(root: Path = MSRS_BENCH, n_rigs: int = 24, n_est: int = 8, n_meas: int = 8, seed: int = 0,
+             max_error_px: float = 3.0) -> dict:
+    """The many-rigs study (module doc, 4.)."""
+    import cv2
+
+    from core.coco import boxes_by_image
+    from registration.homography import check_homography, grid_error
+    from registration.registry import HomographyEntry, assess_entry
+    from registration.robust import estimate_robust
+    from registration.warp import warp_image
+
+    with tempfile.TemporaryDirectory() as td:
+        ix, rgb_ds, th_ds = load_msrs(root, Path(td))
+    rb, tb = boxes_by_image(rgb_ds), boxes_by_image(th_ds)
+    size = ix.pairs[0].thermal_size
+    day = [p for p in ix.pairs if p.daynight == "day"]
+    night = [p for p in ix.pairs if p.daynight == "night"]
+    rng = np.random.default_rng(seed)
+    rows = []
+    while len(rows) < n_rigs:
+        G, draw = random_rig(rng, size)
+        H_true = np.linalg.inv(G)
+        H_true /= H_true[2, 2]
+        try:
+            chk = check_homography(H_true, WIDE_SIZE, size)
+        except Exception as exc:  # noqa: BLE001 - an implausible draw is redrawn, and counted
+            rows.append({"skipped": str(exc)})
+            n_rigs += 1
+            continue
+        pick_d = rng.permutation(len(day))[:(n_est + n_meas) // 2]
+        pick_n = rng.permutation(len(night))[:(n_est + n_meas) // 2]
+        est_p = [day[i] for i in pick_d[:n_est // 2]] + [night[i] for i in pick_n[:n_est // 2]]
+        meas_p = [day[i] for i in pick_d[n_est // 2:]] + [night[i] for i in pick_n[n_est // 2:]]
+        imgs = [(warp_image(cv2.imread(p.rgb_path, cv2.IMREAD_COLOR), G, WIDE_SIZE),
+                 cv2.imread(p.thermal_path, cv2.IMREAD_GRAYSCALE)) for p in est_p]
+        t0 = time.perf_counter()
+        row: dict = {"draw": draw, "overlap_true": chk.overlap}
+        try:
+            e = estimate_robust(imgs)
+        except Exception as exc:  # noqa: BLE001 - a failed estimate is a refused one; recorded
+            row.update({"failed": f"{type(exc).__name__}: {exc}", "refused": True, "seconds": time.perf_counter() - t0})
+            rows.append(row)
+            continue
+        entry = HomographyEntry(H=e.H, rgb_size=WIDE_SIZE, thermal_size=size, method=e.method, error_px=e.error_px,
+                                error_kind=e.error_kind, heldout_error_px=e.holdout_error_px)
+        v = assess_entry(entry, max_error_px)
+        ious = _box_ious(ix, meas_p, G, {"est": e.H, "true": H_true}, rb, tb)
+        row.update({"seconds": time.perf_counter() - t0, "map_error_px": grid_error(e.H, H_true, WIDE_SIZE, size),
+                    "heldout_error_px": e.holdout_error_px, "pairs_used": e.n_inliers, "refused": v.refused,
+                    "iou_est": ious["est"], "iou_true": ious["true"]})
+        rows.append(row)
+        print(f"rig {len(rows)}: map error {row['map_error_px']:.2f} px, held-out {row['heldout_error_px']}, "
+              f"{'REFUSED' if v.refused else 'ok'}, {row['seconds']:.0f} s", flush=True)
+    done = [r for r in rows if "map_error_px" in r]
+    err = np.array([r["map_error_px"] for r in done])
+    ok = [r for r in done if not r["refused"]]
+    bad = [r for r in done if r["map_error_px"] > max_error_px]
+    iou_est = [v for r in done for v in r["iou_est"]]
+    iou_true = [v for r in done for v in r["iou_true"]]
+    iou_est_ok = [v for r in ok for v in r["iou_est"]]
+    iou_true_ok = [v for r in ok for v in r["iou_true"]]
+    return {"rigs": len([r for r in rows if "skipped" not in r]), "redrawn_implausible": sum("skipped" in r for r in rows),
+            "failed": sum("failed" in r for r in rows), "n_est_pairs": n_est, "n_meas_pairs": n_meas,
+            "max_error_px": max_error_px,
+            "map_error_median_px": float(np.median(err)), "map_error_p90_px": float(np.percentile(err, 90)),
+            "map_error_worst_px": float(err.max()),
+            "map_error_worst_ok_px": float(max(r["map_error_px"] for r in ok)) if ok else None,
+            "ok_map_error_median_px": float(np.median([r["map_error_px"] for r in ok])) if ok else None,
+            "refused": sum(r["refused"] for r in rows if "skipped" not in r),
+            "above_threshold": len(bad), "above_threshold_refused": sum(r["refused"] for r in bad),
+            "below_threshold_refused": sum(r["refused"] for r in done if r["map_error_px"] <= max_error_px),
+            "ok_above_threshold": sum(1 for r in ok if r["map_error_px"] > max_error_px),
+            "heldout_vs_true_corr": float(np.corrcoef(err, [r["heldout_error_px"] or 0 for r in done])[0, 1]) if len(done) > 2 else None,
+            "mean_iou_est": float(np.mean(iou_est)), "matched_est": len(iou_est),
+            "mean_iou_true": float(np.mean(iou_true)), "matched_true": len(iou_true),
+            "mean_iou_est_ok": float(np.mean(iou_est_ok)) if iou_est_ok else None,
+            "mean_iou_true_ok": float(np.mean(iou_true_ok)) if iou_true_ok else None,
+            "seconds_per_rig": float(np.median([r["seconds"] for r in rows if "seconds" in r])),
+            "per_rig": [{k: v for k, v in r.items() if k not in ("iou_est", "iou_true")} for r in rows]}
+
+
+def rigs_markdown(g: dict) -> str:
+    f = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    return "\n".join([
+        "## Automatic registration over many random rigs (`benchmarks/registration_msrs.py`, msrs-bench)", "",
+        f"{g['rigs']} random plausible RGB rigs (per-axis scale 0.8-1.3, rotation +-5 deg, shear +-0.03, translation "
+        f"+-15 % of the 800x640 RGB frame, perspective up to 5e-5; {g['redrawn_implausible']} implausible draws redrawn). "
+        f"Each: `estimate_robust` on {g['n_est_pairs']} msrs-bench pairs (half day, half night), measured on "
+        f"{g['n_meas_pairs']} other pairs. Map error = mean distance to the true map over the 640x480 thermal image. "
+        f"Check = `assess_entry` (what `register check` and the warp stage apply) at {g['max_error_px']:g} px.", "",
+        "| measurement | value |", "|---|---|",
+        f"| map error median / 90th percentile / worst | {f(g['map_error_median_px'])} / {f(g['map_error_p90_px'])} / "
+        f"{f(g['map_error_worst_px'])} px |",
+        f"| refused by the check | {g['refused']}/{g['rigs']} ({g['failed']} estimation failures counted as refused) |",
+        f"| estimates truly above {g['max_error_px']:g} px that the check refused | {g['above_threshold_refused']}/{g['above_threshold']} |",
+        f"| estimates truly within {g['max_error_px']:g} px that the check refused anyway | {g['below_threshold_refused']}/"
+        f"{g['rigs'] - g['failed'] - g['above_threshold']} |",
+        f"| reported OK but truly above {g['max_error_px']:g} px | {g['ok_above_threshold']} |",
+        f"| OK estimates: median / worst map error | {f(g['ok_map_error_median_px'])} / {f(g['map_error_worst_ok_px'])} px |",
+        f"| correlation of held-out error with true map error | {f(g['heldout_vs_true_corr'])} |",
+        f"| mean IoU thermal GT vs RGB GT warped with the ESTIMATE (all rigs) | {f(g['mean_iou_est'], 4)} ({g['matched_est']} matched) |",
+        f"| same with the TRUE matrix | {f(g['mean_iou_true'], 4)} ({g['matched_true']} matched) |",
+        f"| same, only rigs the check passed: estimate / true | {f(g['mean_iou_est_ok'], 4)} / {f(g['mean_iou_true_ok'], 4)} |",
+        f"| seconds per rig (median, 8 pairs, shared 2-core machine) | {g['seconds_per_rig']:.0f} s |", ""])
 
 
 def run_speed(n_boxes: int = 1_000_000, repeats: int = 5, n_pairs: int = 200) -> dict:
@@ -196,7 +353,10 @@ def to_markdown(reg: dict, speed: dict) -> str:
         lines += [f"| automatic (ECC on gradients, {r['auto_pairs_used']}/{r['auto_pairs']} pairs pooled): mean map "
                   f"error vs true H | {r['auto_map_error_px']:.2f} px (start: {r['auto_init_map_error_px']:.1f} px), "
                   f"{r['auto_seconds']:.1f} s |",
-                  f"| automatic: per-pair spread around the pooled estimate (median) | {r['auto_per_pair_spread_px']:.2f} px |"]
+                  f"| automatic: per-pair spread around the pooled estimate (median) | {r['auto_per_pair_spread_px']:.2f} px |",
+                  f"| automatic, robust (`estimate_robust`: search + joint refinement, {r['robust_pairs_used']}/"
+                  f"{r['auto_pairs']} pairs): mean map error vs true H | {r['robust_map_error_px']:.2f} px, held-out "
+                  f"error {r['robust_heldout_error_px']:.2f} px, {r['robust_seconds']:.0f} s |"]
     lines += ["", "## Box warp and synthetic generator speed", "", "| measurement | value |", "|---|---|",
               f"| `warp_boxes` numpy, {s['n_boxes']:,} boxes, median of 5 | {s['numpy_boxes_per_s'] / 1e6:.2f} M boxes/s |",
               f"| `warp_boxes_torch` CPU ({s['torch_threads']} threads), same | {s['torch_cpu_boxes_per_s'] / 1e6:.2f} M boxes/s |",
@@ -213,13 +373,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=MSRS20, help="msrs-aligned-20 folder")
     ap.add_argument("--no-auto", action="store_true", help="skip automatic estimation")
+    ap.add_argument("--bench-root", type=Path, default=MSRS_BENCH, help="msrs-bench folder (many-rigs study)")
+    ap.add_argument("--rigs", type=int, default=24, help="random rigs in the many-rigs study (0: skip it)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "registration_msrs.md")
     args = ap.parse_args(argv)
+    rigs = run_rigs(args.bench_root, args.rigs) if args.rigs else None
     reg = run_registration(args.root, auto=not args.no_auto)
     speed = run_speed()
-    md = to_markdown(reg, speed)
+    md = to_markdown(reg, speed) + ("\n" + rigs_markdown(rigs) if rigs else "")
     atomic.write_text(args.out, md)
-    atomic.write_json(args.out.with_suffix(".json"), {"registration": reg, "speed": speed})
+    atomic.write_json(args.out.with_suffix(".json"), {"registration": reg, "speed": speed, "rigs": rigs})
     print(md)
     print(json.dumps(reg.get("auto_per_pair", [])[:5], indent=None))
     return 0
