@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import InputError
-from registration.homography import Estimate, check_homography, gradient_image, grid_error, project_points
+from registration.homography import Estimate, check_homography, gradient_image, grid_error
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class RobustParams(BaseModel):
     """Parameters of :func:`estimate_robust` (pixel values are thermal pixels at full resolution).
 
     - ``scale_range``: per-axis scale searched, relative to the image-size ratio (thermal/RGB);
-      ``(0.6, 1.8)`` covers an RGB camera with a 0.55x-1.65x wider/narrower field of view.
+      ``(0.6, 1.8)``: thermal px per RGB px from 0.6x to 1.8x what the two image sizes imply.
     - ``coarse_px``/``fine_px``: longest side of the thermal image in the coarse and fine search.
     - ``aspect_range``: ratio of the two axes' scales searched (relative to the size ratio's).
     - ``max_rotation_deg``/``rotation_step_deg``: rotations searched (degrees, both signs).
@@ -271,18 +271,6 @@ def refine_joint(g_rgb: Sequence[np.ndarray], g_th: Sequence[np.ndarray], H0: np
         H = _scaled(H, 1.0 / f)
         H /= H[2, 2]
     return H, rho
-
-
-def map_fit(Hs: Sequence[np.ndarray], thermal_size: tuple[int, int], n: int = 12) -> np.ndarray:
-    """Least-squares homography through the maps of ``Hs`` on an ``n x n`` grid of the thermal view."""
-    import cv2
-
-    tw, th = thermal_size
-    g = np.stack(np.meshgrid(np.linspace(0, tw, n), np.linspace(0, th, n)), axis=-1).reshape(-1, 2)
-    src = np.concatenate([project_points(np.linalg.inv(H), g) for H in Hs])
-    dst = np.concatenate([g] * len(Hs))
-    H, _ = cv2.findHomography(src, dst, 0)
-    return H / H[2, 2]
 
 
 def estimate_robust(pairs: Sequence[tuple[np.ndarray, np.ndarray]], params: RobustParams | None = None, *,
