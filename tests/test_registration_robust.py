@@ -115,3 +115,23 @@ def test_register_check_refuses_a_wrong_entry(tmp_path: Path, capsys) -> None:
     assert "23.20 px" in cap.err and "--points" in cap.err and "Traceback" not in cap.err
     assert main(["register", "check", "--version", "bad", "--registry", str(tmp_path), "--max-error-px", "1"]) == 2
     assert main(["register", "check", "--version", "good", "--registry", str(tmp_path), "--max-error-px", "0"]) == 2
+
+
+def test_register_estimate_from_an_index_records_the_heldout_error(tmp_path: Path, capsys) -> None:
+    """What ``register estimate --index`` runs: a random rig's synthetic pairs -> an entry with its held-out error."""
+    from data.adapters.folder import build_index
+    from data.synthetic import generate
+    from rgb2thermal_cli.main import main
+
+    G, _ = random_rig(np.random.default_rng(7), TH, RGB)
+    H_true = np.linalg.inv(G)
+    generate(tmp_path / "rig7", 5, seed=7, homography=H_true / H_true[2, 2], version="rig7", progress=False)
+    idx = build_index(tmp_path / "rig7", "rig7", tmp_path / "index", progress=False)
+    reg = tmp_path / "registry"
+    assert main(["register", "estimate", "--version", "rig7", "--index", str(idx.path), "--registry", str(reg)]) == 0
+    assert "auto_search_joint_ecc" in capsys.readouterr().out
+    (e,) = load_registry(reg, "rig7")
+    assert e.method == "auto_search_joint_ecc" and e.error_kind == "heldout_pairs" and e.heldout_error_px is not None
+    assert e.extra["pairs_used"] >= 4 and grid_error(e.H, H_true, RGB, TH) <= 1.5
+    assert main(["register", "check", "--index", str(idx.path), "--registry", str(reg)]) == (2 if assess_entry(e).refused else 0)
+    assert "median box size" in capsys.readouterr().out
