@@ -267,6 +267,7 @@ def run_rigs(root: Path = MSRS_BENCH, n_rigs: int = 24, n_est: int = 8, n_meas: 
             "above_threshold": len(bad), "above_threshold_refused": sum(r["refused"] for r in bad),
             "below_threshold_refused": sum(r["refused"] for r in done if r["map_error_px"] <= max_error_px),
             "ok_above_threshold": sum(1 for r in ok if r["map_error_px"] > max_error_px),
+            "ok_above_threshold_corrected": sum(1 for r in ok if r["map_error_offset_corrected_px"] > max_error_px),
             "heldout_vs_true_corr": float(np.corrcoef(err, [r["heldout_error_px"] or 0 for r in done])[0, 1]) if len(done) > 2 else None,
             "mean_iou_est": float(np.mean(iou_est)), "matched_est": len(iou_est),
             "mean_iou_true": float(np.mean(iou_true)), "matched_true": len(iou_true),
@@ -321,7 +322,8 @@ def rigs_markdown(g: dict) -> str:
         f"| estimates truly above {g['max_error_px']:g} px that the check refused | {g['above_threshold_refused']}/{g['above_threshold']} |",
         f"| estimates truly within {g['max_error_px']:g} px that the check refused anyway | {g['below_threshold_refused']}/"
         f"{g['rigs'] - g['failed'] - g['above_threshold']} |",
-        f"| reported OK but truly above {g['max_error_px']:g} px | {g['ok_above_threshold']} |",
+        f"| reported OK but truly above {g['max_error_px']:g} px (against the offset-corrected truth) | "
+        f"{g['ok_above_threshold']} ({g['ok_above_threshold_corrected']}) |",
         f"| OK estimates: median / worst map error | {f(g['ok_map_error_median_px'])} / {f(g['map_error_worst_ok_px'])} px |",
         f"| correlation of held-out error with true map error | {f(g['heldout_vs_true_corr'])} |",
         f"| mean IoU thermal GT vs RGB GT warped with the ESTIMATE (all rigs) | {f(g['mean_iou_est'], 4)} ({g['matched_est']} matched) |",

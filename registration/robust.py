@@ -4,13 +4,16 @@ Why: ECC from the "same field of view" start (:func:`registration.homography.est
 only converges when the rig is close to that start; on another rig it lands 10-30 px off and its
 per-pair spread did not stop anyone trusting it. This estimator:
 
-1. **Global search (joint over pairs)** for per-axis scale and translation: on gradient images at
-   a coarse working resolution, every candidate ``(sx, sy)`` on a log grid (``scale_range``
-   relative to the image-size ratio) is scored by *phase correlation summed over all pairs*
+1. **Global search (joint over pairs)** for scale, aspect, rotation and translation: on gradient
+   images at a coarse working resolution, every candidate linear part (isotropic scale on a log
+   grid over ``scale_range`` relative to the image-size ratio, aspect over ``aspect_range``,
+   rotation up to ``max_rotation_deg``) is scored by *phase correlation summed over the pairs*
    (one cross-power spectrum per pair, normalised, added, inverse FFT: the peak is the
-   translation all pairs agree on, its height the score). The best few candidates are refined on
-   a finer grid at a finer resolution. Rotation, shear and perspective are left to ECC (small on
-   plausible rigs: a few degrees, a few per cent).
+   translation the pairs agree on, its height the score). The best candidate of each of
+   ``starts`` bands of scale is searched again on a finer grid at a finer resolution, each is
+   refined at coarse levels and the one the pairs then correlate with best is kept (the peak
+   height alone favours small scales on some scenes). Shear
+   and perspective are left to the refinement (small on plausible rigs).
 2. **Joint refinement** (:func:`refine_joint`): one homography for all pairs at once,
    Gauss-Newton on the sum over pairs of ECC-style residuals (per-pair gain and offset), coarse
    to fine, affine first, then all 8 parameters. OpenCV's ``findTransformECC`` optimises one
@@ -52,8 +55,10 @@ class RobustParams(BaseModel):
     - ``aspect_range``: ratio of the two axes' scales searched (relative to the size ratio's).
     - ``max_rotation_deg``/``rotation_step_deg``: rotations searched (degrees, both signs).
     - ``coarse_step``: relative scale/aspect step of the coarse grid; the fine grid tries half a
-      step either side of each of the ``top_k`` best coarse candidates.
+      step either side of the best coarse candidate of each of ``starts`` bands of scale.
     - ``search_pairs``: pairs (spread over the input) the global search correlates jointly.
+    - ``starts``: bands of isotropic scale; each band's best search result is refined (coarse
+      levels, search pairs) and the one whose pairs then correlate best on average is kept.
     - ``min_ecc``: ECC correlation (0..1) below which a pair is rejected.
     - ``reject_px``/``reject_factor``: a pair whose own alignment (refined alone from the joint
       fit) maps more than ``max(reject_px, reject_factor * median over pairs)`` thermal px (mean
@@ -73,7 +78,7 @@ class RobustParams(BaseModel):
     fine_px: int = Field(default=112, ge=32, le=1024)
     coarse_step: float = Field(default=0.07, gt=0.0, le=0.5)
     search_pairs: int = Field(default=6, ge=1, le=100)
-    top_k: int = Field(default=2, ge=1, le=20)
+    starts: int = Field(default=4, ge=1, le=20)
     min_ecc: float = Field(default=0.2, ge=0.0, le=1.0)
     reject_px: float = Field(default=8.0, gt=0.0)
     reject_factor: float = Field(default=2.5, ge=1.0)
@@ -169,19 +174,32 @@ def global_search(g_rgb: Sequence[np.ndarray], g_th: Sequence[np.ndarray], param
     f_c = P.coarse_px / max(w_t, h_t)
     coarse = sorted(_search(g_rgb, g_th, f_c, [_linear(*c, rx, ry) for c in cands]), reverse=True)
     f_f = P.fine_px / max(w_t, h_t)
-    fine_c = []
+    # one start per band of isotropic scale: the correlation peak alone favours small scales on
+    # some scenes, so the bands' best candidates are all refined and judged after refinement
+    edges = np.geomspace(*P.scale_range, P.starts + 1)
     st = np.sqrt(1.0 + P.coarse_step)     # half a coarse step either side
-    for _, i, _, _ in coarse[:P.top_k]:
-        s0, a0, r0 = cands[i]
-        fine_c += [(s0 * ds, a0 * da, r0 + dr) for ds in (1 / st, 1.0, st) for da in (1 / st, 1.0, st)
-                   for dr in (-P.rotation_step_deg / 2, 0.0, P.rotation_step_deg / 2)]
-    score, i, tx, ty = max(_search(g_rgb, g_th, f_f, [_linear(*c, rx, ry) for c in fine_c]))
-    L = _linear(*fine_c[i], rx, ry)
-    H0 = np.array([[L[0, 0], L[0, 1], tx], [L[1, 0], L[1, 1], ty], [0.0, 0.0, 1.0]])
-    s, a, r = fine_c[i]
-    return H0, {"score": round(score, 5), "scale": round(float(s), 4), "aspect": round(float(a), 4),
-                "rotation_deg": round(float(r), 3), "translation_px": [round(tx, 2), round(ty, 2)],
-                "candidates": len(cands) + len(fine_c)}
+    starts: list[np.ndarray] = []
+    fine_all: list[tuple[float, tuple[float, float, float], float, float]] = []
+    n_fine = 0
+    for lo_s, hi_s in zip(edges[:-1], edges[1:]):
+        band = [c for c in coarse if lo_s <= cands[c[1]][0] <= hi_s * (1 + 1e-9)]
+        if not band:
+            continue
+        s0, a0, r0 = cands[band[0][1]]
+        fine_c = [(s0 * ds, a0 * da, r0 + dr) for ds in (1 / st, 1.0, st) for da in (1 / st, 1.0, st)
+                  for dr in (-P.rotation_step_deg / 2, 0.0, P.rotation_step_deg / 2)]
+        n_fine += len(fine_c)
+        sc, i, tx, ty = max(_search(g_rgb, g_th, f_f, [_linear(*c, rx, ry) for c in fine_c]))
+        L = _linear(*fine_c[i], rx, ry)
+        starts.append(np.array([[L[0, 0], L[0, 1], tx], [L[1, 0], L[1, 1], ty], [0.0, 0.0, 1.0]]))
+        fine_all.append((sc, fine_c[i], tx, ty))
+    best = int(np.argmax([f[0] for f in fine_all]))
+    starts.insert(0, starts.pop(best))
+    score, (s, a, r), tx, ty = fine_all[best]
+    return starts[0], {"score": round(score, 5), "scale": round(float(s), 4), "aspect": round(float(a), 4),
+                       "rotation_deg": round(float(r), 3), "translation_px": [round(tx, 2), round(ty, 2)],
+                       "candidates": len(cands) + n_fine, "starts": starts}
+
 
 
 # -- joint refinement ------------------------------------------------------------------------------
@@ -296,6 +314,18 @@ def estimate_robust(pairs: Sequence[tuple[np.ndarray, np.ndarray]], params: Robu
     sel = np.unique(np.linspace(0, len(keep) - 1, min(P.search_pairs, len(keep))).round().astype(int))
     H0, search = global_search([g_r[i] for i in sel], [g_t[i] for i in sel], P)
     levels, last, it = P.levels, P.levels[-1:], P.check_iterations
+    coarse = levels[:-1] or levels
+    tried = []
+    for Hs in search.pop("starts"):    # multi-start: the search's best peak is not always the right one
+        try:
+            Hc, rho = refine_joint([g_r[i] for i in sel], [g_t[i] for i in sel], Hs, levels=coarse, iterations=P.iterations)
+            check_homography(Hc, rgb_size, thermal_size)
+        except (InputError, np.linalg.LinAlgError):
+            continue
+        tried.append((float(np.mean(rho)), Hc))
+    search["start_scores"] = [round(t[0], 4) for t in tried]
+    if tried:
+        H0 = max(tried, key=lambda t: t[0])[1]
     H, _ = refine_joint(g_r, g_t, H0, levels=levels, iterations=P.iterations)
     # per-pair alignment from the joint solution (fine levels only): what each pair says on its own
     own: list[np.ndarray | None] = []
