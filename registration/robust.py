@@ -299,6 +299,9 @@ def estimate_robust(pairs: Sequence[tuple[np.ndarray, np.ndarray]], params: Robu
     groups of accepted pairs (leave-one-out when fewer pairs), the map fitted jointly on the
     other pairs against the map fitted on the held-out group alone, mean distance over the
     thermal image, averaged over groups. With fewer than 2 accepted pairs it is unknown (None).
+    Both refits start from the all-pairs solution (at the finest level only, to keep the cost at
+    a few seconds), so a held-out group can pull the fit only as far as its local basin allows.
+    What no held-out error can see is an offset all pairs share (a systematic cross-modal bias).
     """
     P = params or RobustParams()
     if not pairs:
