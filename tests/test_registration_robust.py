@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.registration_msrs import WIDE_SIZE, random_rig
+from benchmarks._registration_rigs import random_rig
+from benchmarks.registration_msrs import WIDE_SIZE
 from registration.homography import grid_error
 from registration.registry import HomographyEntry, assess_entry, load_registry, save_entry, threshold_note
 from registration.robust import estimate_robust
