@@ -19,7 +19,11 @@ File format (``H_rgb_to_thermal`` maps continuous RGB pixel coordinates to therm
       method: points_ransac           # how it was obtained
       error_px: 0.82                  # measured mean error, thermal pixels
       error_kind: holdout             # what error_px measures
+      heldout_error_px: 1.3           # optional: automatic estimates, error on pairs held out of the fit
       notes: "estimated from 24 clicked points on 6 frames"
+
+Trust: :func:`assess_entry` is the one rule ``register check`` and the warp stage apply (an
+entry whose measured or held-out error is above a threshold, default 3 thermal px, is refused).
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ class HomographyEntry:
     version: str = ""
     error_kind: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    heldout_error_px: float | None = None
 
     def to_yaml_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -59,8 +64,10 @@ class HomographyEntry:
             "method": self.method,
             "error_px": None if self.error_px is None else round(float(self.error_px), 4),
             "error_kind": self.error_kind,
-            "notes": self.notes,
         }
+        if self.heldout_error_px is not None:      # absent in older files: they stay byte-identical
+            d["heldout_error_px"] = round(float(self.heldout_error_px), 4)
+        d["notes"] = self.notes
         if self.extra:
             d["extra"] = self.extra
         return d
@@ -107,11 +114,14 @@ def load_registry(registry_dir: str | Path | None, version: str) -> list[Homogra
         thermal_size = _size(e.get("thermal_size"), "thermal_size", path, i)
         check_homography(e["H_rgb_to_thermal"], rgb_size, thermal_size, where=f"{path}: entries[{i}]")
         err = e.get("error_px")
-        known = {"rgb_size", "thermal_size", "H_rgb_to_thermal", "method", "error_px", "notes", "error_kind", "extra"}
+        known = {"rgb_size", "thermal_size", "H_rgb_to_thermal", "method", "error_px", "notes", "error_kind", "extra",
+                 "heldout_error_px"}
+        ho = e.get("heldout_error_px")
         out.append(HomographyEntry(H=np.asarray(e["H_rgb_to_thermal"], dtype=np.float64), rgb_size=rgb_size,
                                    thermal_size=thermal_size, method=str(e.get("method", "unknown")),
                                    error_px=None if err is None else float(err), notes=str(e.get("notes") or ""),
                                    version=version, error_kind=str(e.get("error_kind") or ""),
+                                   heldout_error_px=None if ho is None else float(ho),
                                    extra={**(e.get("extra") or {}), **{k: v for k, v in e.items() if k not in known}}))
     return out
 
@@ -156,3 +166,55 @@ def save_entry(registry_dir: str | Path | None, version: str, entry: HomographyE
             "# [width, height]; error_px is in thermal pixels. Written by rgb2thermal register estimate.\n")
     text += yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
     return atomic.write_text(path, text)
+
+
+#: Default largest trusted error of a registry entry, thermal pixels (``register check --max-error-px``,
+#: ``warp.max_homography_error_px``).
+DEFAULT_MAX_ERROR_PX = 3.0
+
+
+@dataclass(frozen=True)
+class EntryAssessment:
+    """Whether an entry may be used: ``status`` is ``ok``, ``refused`` or ``unverified`` (no error known).
+
+    ``reasons``: one sentence per problem; ``errors``: the measured errors looked at (thermal px).
+    """
+
+    status: str
+    reasons: list[str]
+    errors: dict[str, float]
+    max_error_px: float
+
+    @property
+    def refused(self) -> bool:
+        return self.status == "refused"
+
+
+def assess_entry(entry: HomographyEntry, max_error_px: float = DEFAULT_MAX_ERROR_PX) -> EntryAssessment:
+    """The one trust rule for registry entries (thermal pixels; see module doc).
+
+    Refused: a measured error (``error_px``, whatever its kind) or the held-out error above
+    ``max_error_px``; an automatic estimate without a held-out error (older automatic entries
+    recorded only the spread between per-pair estimates, which is not an accuracy: one such entry
+    was 10.7 px off while its check said OK). Unverified (allowed, warned about): no error at all.
+    """
+    errors = {k: float(v) for k, v in (("error_px", entry.error_px), ("heldout_error_px", entry.heldout_error_px))
+              if v is not None}
+    reasons = [f"{k} {v:.2f} px ({entry.error_kind or 'unknown kind'}) is above the {max_error_px:g} px threshold"
+               if k == "error_px" else f"held-out error {v:.2f} px is above the {max_error_px:g} px threshold"
+               for k, v in errors.items() if not v <= max_error_px]
+    if entry.method.startswith("auto") and entry.heldout_error_px is None:
+        reasons.append(f"automatic estimate ({entry.method}) without a held-out error: its {entry.error_kind or 'error'} "
+                       "is not an accuracy")
+    if reasons:
+        return EntryAssessment("refused", reasons, errors, max_error_px)
+    if not errors:
+        return EntryAssessment("unverified", ["no measured error recorded"], errors, max_error_px)
+    return EntryAssessment("ok", [], errors, max_error_px)
+
+
+def threshold_note(max_error_px: float, median_box_px: float | None) -> str:
+    """``"3 px = 12% of the median box size (25.0 px)"``: the threshold against what it moves."""
+    if not median_box_px:
+        return f"{max_error_px:g} px"
+    return f"{max_error_px:g} px = {max_error_px / median_box_px:.0%} of the median box size ({median_box_px:.1f} px)"

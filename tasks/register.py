@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from registration.homography import Estimate, estimate_auto, estimate_from_points, save_overlay
-from registration.registry import HomographyEntry, save_entry
+from registration.homography import Estimate, estimate_from_points, save_overlay
+from registration.registry import DEFAULT_MAX_ERROR_PX, HomographyEntry, assess_entry, save_entry
+from registration.robust import estimate_robust
 from core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,13 @@ def estimate_for_version(version: str, *, points: str | Path | None = None, inde
     """Estimate the RGB->thermal homography of ``version`` (one RGB resolution) and register it.
 
     ``points`` given: RANSAC fit on them (``holdout_fraction`` held out for the error). Else
-    automatic ECC estimation on up to ``max_pairs`` pairs of ``version`` from ``index`` whose
-    RGB size is ``rgb_size`` (default: the most common one). The overlay uses the first pair
-    of the index when one is given.
+    automatic estimation (:func:`registration.robust.estimate_robust`: global search, joint
+    refinement over the pairs, error on pairs held out of the fit) on up to ``max_pairs`` pairs
+    of ``version`` from ``index`` whose RGB size is ``rgb_size`` (default: the most common one),
+    spread over the index (day and night alike when it has both). The overlay uses the first
+    pair of the index when one is given. The entry is written even when :func:`assess_entry`
+    refuses it (its errors say why; ``register check`` and the warp stage refuse it), with a
+    WARNING.
     """
     from collections import Counter
 
@@ -105,13 +110,24 @@ def estimate_for_version(version: str, *, points: str | Path | None = None, inde
         step = max(1, len(pairs) // max_pairs)
         chosen = pairs[::step][:max_pairs]
         imgs = [(_read(p.rgb_path, False), _read(p.thermal_path, True)) for p in chosen]
-        est = estimate_auto(imgs)
-        how = f"automatic ECC on gradients over {est.n_inliers}/{len(chosen)} pairs"
+        est = estimate_robust(imgs)
+        how = (f"automatic: global search + joint refinement over {est.n_inliers}/{len(chosen)} pairs, "
+               f"error on pairs held out of the fit")
     for w in est.warnings:
         log.warning(w)
+    extra: dict[str, Any] = {}
+    if est.method.startswith("auto"):
+        extra = {"pairs_used": est.n_inliers, "pairs_rejected": sum(1 for p in est.per_pair if p.get("ok") is False),
+                 "pair_spread_px": None if est.fit_error_px is None else round(est.fit_error_px, 3)}
     entry = HomographyEntry(H=est.H, rgb_size=rgb_size, thermal_size=thermal_size, method=est.method,
                             error_px=est.error_px, error_kind=est.error_kind, version=version,
-                            notes=(notes + "; " if notes else "") + how)
+                            heldout_error_px=est.holdout_error_px if est.method.startswith("auto") else None,
+                            notes=(notes + "; " if notes else "") + how, extra=extra)
+    verdict = assess_entry(entry, DEFAULT_MAX_ERROR_PX)
+    if verdict.refused:
+        log.warning("%s %dx%d: the new entry will be REFUSED by register check and the warp stage: %s; fix: click "
+                    "points (rgb2thermal register estimate --version %s --rgb-size %d %d --points POINTS.csv)", version,
+                    *rgb_size, "; ".join(verdict.reasons), version, *rgb_size)
     reg_file = save_entry(registry_dir, version, entry) if write else None
     ov = None
     if overlay_path is not None and pairs:

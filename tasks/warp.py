@@ -48,6 +48,10 @@ class WarpParams(StageParams):
     - ``min_size``: minimum width and height of a warped, clipped box, in thermal pixels.
     - ``min_visible_fraction``: minimum share of the warped box's area inside the thermal
       image, in [0, 1].
+    - ``max_homography_error_px``: largest trusted measured or held-out error of a registry entry,
+      thermal pixels (:func:`registration.registry.assess_entry`); a worse entry stops the stage
+      before any box is warped (``on_untrusted_homography: fail``) or is used with a WARNING
+      recorded in the report's ``fallbacks`` (``warn``).
     - ``device``: ``cuda`` warps with kornia on the GPU (``registration.warp.warp_boxes_torch``),
       ``cpu`` with numpy; ``auto`` takes the GPU only when torch is already loaded in this process
       and sees one (importing torch costs more than warping 1M boxes on the CPU). Same numbers.
@@ -56,6 +60,8 @@ class WarpParams(StageParams):
     registry_dir: Path | None = None
     min_size: float = Field(default=2.0, ge=0)
     min_visible_fraction: float = Field(default=0.5, ge=0, le=1)
+    max_homography_error_px: float = Field(default=3.0, gt=0)
+    on_untrusted_homography: Literal["fail", "warn"] = "fail"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -68,6 +74,15 @@ def _resolved(path: str) -> str:
         return str(Path(path).resolve())
     except OSError:
         return str(path)
+
+
+def _median_box_px(ds: dict, H: Any) -> float | None:
+    """Median RGB box size sqrt(w*h) of ``ds`` times the homography's mean linear scale: thermal px."""
+    if not ds["annotations"]:
+        return None
+    wh = np.array([a["bbox"][2:4] for a in ds["annotations"]], dtype=np.float64)
+    scale = float(np.sqrt(abs(np.linalg.det(np.asarray(H, dtype=np.float64)[:2, :2]))))
+    return float(np.median(np.sqrt(np.clip(wh[:, 0] * wh[:, 1], 0, None)))) * scale
 
 
 def _box_warper(device: str) -> tuple[Callable[..., Any], str]:
@@ -93,7 +108,7 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
     from tqdm import tqdm
 
     from data.index import load_index
-    from registration.registry import lookup
+    from registration.registry import assess_entry, lookup, registry_path, threshold_note
     warp_boxes, warp_device = _box_warper(params.device)
     log.info("warp: boxes warped on %s (%s)", warp_device, "kornia" if warp_device == "cuda" else "numpy")
 
@@ -126,6 +141,18 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
                                  f"{e.thermal_size[0]}x{e.thermal_size[1]} thermal image, but the index's thermal images are "
                                  f"{thermal_size[0]}x{thermal_size[1]}", str(params.registry_dir),
                                  "re-estimate the homography for this thermal resolution (rgb2thermal register estimate)")
+            v = assess_entry(e, params.max_homography_error_px)
+            if v.status != "ok":
+                note = threshold_note(params.max_homography_error_px, _median_box_px(ds, e.H))
+                msg = (f"homography for version '{version}' at RGB {rgb_size[0]}x{rgb_size[1]} "
+                       f"({e.method}) is {v.status}: {'; '.join(v.reasons)} (threshold {note})")
+                if v.refused and params.on_untrusted_homography == "fail":
+                    raise InputError(msg, str(registry_path(params.registry_dir, version)),
+                                     f"click points: rgb2thermal register estimate --version {version} --rgb-size "
+                                     f"{rgb_size[0]} {rgb_size[1]} --points POINTS.csv (or, knowingly, set "
+                                     "warp.on_untrusted_homography: warn or raise warp.max_homography_error_px)")
+                log.warning("%s; used anyway", msg)
+                report.fallbacks.append(f"{msg}; used anyway")
             entries[key] = e
             report.models[f"homography:{version}:{rgb_size[0]}x{rgb_size[1]}"] = (
                 f"{getattr(e, 'method', '?')}, error {getattr(e, 'error_px', None)} px")

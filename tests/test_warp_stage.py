@@ -168,3 +168,27 @@ def test_box_warper_takes_kornia_only_on_a_gpu() -> None:
     assert dev == ("cuda" if torch.cuda.is_available() else "cpu")
     if dev == "cpu":
         assert fn is warp_boxes
+
+
+def test_untrusted_homography_stops_before_warp(tmp_path: Path, synth) -> None:
+    """An entry whose held-out error is above the threshold: InputError naming version, RGB size and the fix."""
+    from registration.registry import HomographyEntry, save_entry
+
+    root, info, idx = synth
+    reg = tmp_path / "registry"
+    save_entry(reg, "synthetic", HomographyEntry(H=info.homography, rgb_size=info.rgb_size, thermal_size=info.thermal_size,
+                                                 method="auto_search_joint_ecc", error_px=9.5, error_kind="heldout_pairs",
+                                                 heldout_error_px=9.5))
+    out = tmp_path / "thermal.json"
+    with pytest.raises(InputError) as exc:
+        run_warp(idx.rgb_labels, out, WarpParams(registry_dir=reg), index=idx.path)
+    msg = str(exc.value)
+    assert "version 'synthetic' at RGB 320x256" in msg and "9.50 px" in msg and "median box size" in msg
+    assert "register estimate --version synthetic --rgb-size 320 256 --points" in msg
+    assert not out.exists() and not report_path(out).exists()
+    # a knowing user may let it through; the report records it
+    rep = run_warp(idx.rgb_labels, out, WarpParams(registry_dir=reg, on_untrusted_homography="warn"), index=idx.path)
+    assert out.exists() and any("refused" in f and "used anyway" in f for f in rep.fallbacks)
+    # or raise the threshold
+    rep = run_warp(idx.rgb_labels, out, WarpParams(registry_dir=reg, max_homography_error_px=10), index=idx.path)
+    assert not rep.fallbacks
