@@ -132,11 +132,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="the challenger must beat the champion by more than this (metric units; default 0)")
     args = ap.parse_args(argv)
     quiet.configure(args.verbose)
-    out = nightly_flow(params_path=args.params, workspace=args.workspace, overrides=args.overrides,
-                       metric=args.metric, min_improvement=args.min_improvement,
-                       **({"lock_wait_seconds": args.wait} if args.wait is not None else {}))
-    print(f"nightly {out['nightly_id']}: {out['outcome']} — {out['reason']} (report: {out['report']})")
-    return 0
+
+    def body() -> int:
+        out = nightly_flow(params_path=args.params, workspace=args.workspace, overrides=args.overrides,
+                           metric=args.metric, min_improvement=args.min_improvement,
+                           **({"lock_wait_seconds": args.wait} if args.wait is not None else {}))
+        print(f"nightly {out['nightly_id']}: {out['outcome']} — {out['reason']} (report: {out['report']})")
+        return 0
+
+    return quiet.run_cli(body, args)
 
 
 if __name__ == "__main__":
