@@ -62,6 +62,38 @@ def describe(deployment: Any) -> dict[str, Any]:
             "parameters": deployment.parameters}
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False          # a host name other than localhost may resolve to any interface
+
+
+def check_loopback(allow_remote: bool = False) -> None:
+    """Refuse to serve with Prefect's runner webserver (health and run endpoints, no authentication)
+    bound beyond loopback, unless the user opted in with ``--allow-remote``.
+
+    Why: the webserver is off by default and binds ``localhost`` when turned on, but one line in a
+    Prefect profile or the environment (``PREFECT_RUNNER_SERVER_HOST=0.0.0.0``) would expose it to
+    the network. The settings are read afresh (environment, profile, prefect.toml), as the served
+    runner reads them. Prefect's temporary API server (no ``PREFECT_API_URL``) always binds 127.0.0.1.
+    """
+    from prefect.settings import Settings
+
+    from core.errors import InputError
+
+    server = Settings().runner.server
+    if server.enable and not allow_remote and not _is_loopback(server.host):
+        raise InputError(f"the Prefect runner webserver would listen on {server.host} (PREFECT_RUNNER_SERVER_HOST), "
+                         "beyond this machine", "rgb2thermal serve",
+                         "set PREFECT_RUNNER_SERVER_HOST=127.0.0.1 (or PREFECT_RUNNER_SERVER_ENABLE=false); to expose "
+                         "it on purpose, behind your own firewall or proxy, pass --allow-remote")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve the nightly retraining flow on a cron schedule (Prefect)",
@@ -83,12 +115,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dotted metric deciding promotion, higher is better (default: adapted.all.mAP_50)")
     p.add_argument("--min-improvement", type=float, default=0.0, metavar="X",
                    help="the challenger must beat the champion by more than X, in metric units (default: 0)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow Prefect's runner webserver (when PREFECT_RUNNER_SERVER_ENABLE is set) to listen beyond "
+                        "loopback (default: refused unless PREFECT_RUNNER_SERVER_HOST is localhost / 127.0.0.1 / ::1)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the deployment (name, schedule, parameters) as JSON and exit without serving")
     p.set_defaults(func=serve)
 
 
 def serve(args: argparse.Namespace) -> int:
+    check_loopback(args.allow_remote)
     dep = build_deployment(args.params, args.workspace, cron=args.cron, timezone=args.timezone, name=args.name,
                            metric=args.metric, min_improvement=args.min_improvement)
     print(json.dumps(describe(dep), indent=2))
