@@ -67,6 +67,38 @@ def test_training_writes_config_checkpoints_and_result(trained):
     assert saved["weights"]["init"].startswith("random")
 
 
+@pytest.mark.skipif(not (NANO / "yolox_nano_coco.pth").is_file(), reason=f"shared nano teacher absent at {NANO}")
+def test_resume_after_a_kill_between_checkpoint_and_validation_validates_that_epoch(synthetic, tmp_path):
+    """mmengine saves ``epoch_N.pth`` *before* validating epoch N and, resumed, skips that
+    validation: a kill in between lost the best checkpoint, and the slim checkpoint came from the
+    last one. Now the resumed training validates epoch N first, so its best checkpoint, slim
+    checkpoint and history are those of the uninterrupted training."""
+    from tasks.train import train
+
+    work = tmp_path / "run"
+    # the COCO nano teacher fine-tuned: detects from the start, so validation has a best checkpoint
+    nano = dict(base_model=str(NANO / "yolox_nano_coco.py"), load_from=str(NANO / "yolox_nano_coco.pth"),
+                freeze_bn=True, frozen_stages=0, warmup_epochs=0, epochs=1, input_size=(160, 128))
+    done = train(_spec(synthetic, work, **nano))
+    slim, history = done.slim_checkpoint.read_bytes(), done.metrics["history"]
+    assert [h["epoch"] for h in history] == [1] and done.best_checkpoint is not None
+    # the state a kill during epoch 1's validation leaves: the epoch checkpoint as saved before the
+    # validation (mmengine saves it again after a new best, with the best score), nothing after it
+    import torch
+
+    ckpt = torch.load(work / "epoch_1.pth", map_location="cpu", weights_only=False)
+    for key in ("best_score", "best_ckpt"):
+        ckpt["message_hub"]["runtime_info"].pop(key)
+    torch.save(ckpt, work / "epoch_1.pth")
+    for f in [done.best_checkpoint, done.slim_checkpoint, work / "val_history.json", work / "train_result.json"]:
+        f.unlink()
+    resumed = train(_spec(synthetic, work, **nano, resume=True))
+    assert resumed.weights["resumed_from"].endswith("epoch_1.pth") and resumed.timings["iterations"] == 0
+    assert resumed.best_checkpoint is not None and resumed.best_checkpoint.name == done.best_checkpoint.name
+    assert resumed.metrics["history"] == history
+    assert resumed.slim_checkpoint.read_bytes() == slim
+
+
 def test_resume_continues_from_last_checkpoint(trained, synthetic):
     from tasks.train import train
 
