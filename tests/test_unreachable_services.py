@@ -88,3 +88,34 @@ def test_dvc_push_and_pull_with_an_unreachable_remote_fail_clearly_and_change_no
     assert _dvc(repo, "remote", "default", "store").returncode == 0
     assert _dvc(repo, "pull").returncode == 0
     assert {d: _tree(repo / d) for d in ("data", "workspace")} == before
+
+
+def test_flow_clis_print_bad_input_and_a_full_disk_on_one_line(capsys) -> None:
+    """The flow CLIs' body runs through ``flows.quiet.run_cli``, as ``rgb2thermal`` runs a command:
+    InputError -> exit 2, ENOSPC / EROFS -> exit 1, each one line on stderr without a traceback;
+    any other error keeps its traceback."""
+    import argparse
+    import errno
+
+    pytest.importorskip("prefect")
+    from core.errors import InputError
+    from flows.quiet import run_cli
+
+    args = argparse.Namespace(params="p.yaml", workspace="ws")
+
+    def raising(exc: BaseException):
+        def body() -> int:
+            raise exc
+        return body
+
+    assert run_cli(raising(InputError("bad value", "params.yaml: x", "fix x")), args) == 2
+    assert capsys.readouterr().err == "error: params.yaml: x: bad value. Fix: fix x\n"
+    full = OSError(errno.ENOSPC, "No space left on device", "/w/stages/infer/.infer.json.ab12cd.tmp/infer.json")
+    assert run_cli(raising(full), args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "disk full (ENOSPC) on /w/stages/infer/infer.json" in err
+    assert run_cli(raising(OSError(errno.EROFS, "Read-only file system", "/w")), args) == 1
+    assert "read-only file system (EROFS)" in capsys.readouterr().err
+    with pytest.raises(ZeroDivisionError):
+        run_cli(raising(ZeroDivisionError("bug")), args)
+    assert run_cli(lambda: 0, args) == 0
