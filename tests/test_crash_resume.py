@@ -4,12 +4,16 @@ uninterrupted run's and that no reader could ever have seen a partial file.
 
 The run is the plain CLI door (``python -m rgb2thermal_cli.main run``) in its own process group,
 on the tiny generated scenario of ``tests/test_pipeline.py`` (10 pairs, the shared YOLOX-nano
-teacher, 1-epoch students), one torch thread. One uninterrupted reference run gives the wall time
-``T`` and the reference hashes. Then a seeded RNG draws kill delays in ``[0.2 s, T]``; each run is
-killed (``SIGKILL`` to the whole group) when its delay elapses, the workspace is scanned, and the
-next run resumes in the same workspace. A run that finishes before its delay is compared with
-the reference and the next kill starts a fresh workspace. Resumed runs reuse the finished steps,
-so the kills of one chain land in later and later steps: every step is hit.
+teacher, 1-epoch students), one torch thread. One uninterrupted reference run gives the reference
+hashes and each step's duration. Then two chains, each on a fresh workspace, kill a run once in
+every step of the plan, in plan order: the run record shows when the step has begun (the step
+before it is recorded as done), and a seeded RNG picks the moment within it (a uniform fraction of
+that step's reference duration). ``SIGKILL`` goes to the whole group, the workspace is scanned, and
+the next run resumes in the same workspace. After a chain's last kill its run finishes and its
+outputs are compared byte for byte with the reference. The step actually running at each kill is
+read back from the killed run's record and printed (uniform delays over the whole run landed only
+in the four long steps, infer, student, baseline and eval: data, index, teacher, warp, refine and
+quality take milliseconds).
 
 Deterministic by design (same bytes as the reference): every COCO file between stages, the eval
 predictions, ``metrics.json`` and both slim checkpoints. One knob differs from the defaults:

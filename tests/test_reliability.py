@@ -836,7 +836,7 @@ def test_overlapping_nightly_run_gives_up_without_touching_the_champion(tmp_path
                                                                         quick_prefect) -> None:
     """Row: an overlapping nightly run: while another run holds the workspace, the nightly waits its
     ``lock_wait_seconds``, then fails with WorkspaceBusy naming the holder; no adapt run starts and the
-    champion pointer and history stay byte-identical."""
+    champion pointer and history stay byte-identical; the night's report says "skipped: workspace busy"."""
     from flows.nightly import nightly_flow
     from pipeline.champion import DEFAULT_METRIC, Champion, champion_path, history_path, promote
     from pipeline.lock import WorkspaceBusy, workspace_lock
@@ -854,3 +854,8 @@ def test_overlapping_nightly_run_gives_up_without_touching_the_champion(tmp_path
         assert time.monotonic() - t0 >= 1.0
     assert (champion_path(ws).read_bytes(), history_path(ws).read_bytes()) == (pointer, history)
     assert list_records(ws) == [] and not (ws / "stages").exists()
+    # the refused night still reports why (nightly/<id>.md, also published as the nightly-decision artifact)
+    reports = list((ws / "nightly").glob("*.md"))
+    assert len(reports) == 1
+    text = reports[0].read_text()
+    assert "skipped: workspace busy" in text and "nightly-earlier" in text and "champion is untouched" in text

@@ -149,3 +149,37 @@ def test_serve_refuses_a_non_loopback_webserver_unless_opted_in(tmp_path: Path, 
     err = capsys.readouterr().err
     assert "0.0.0.0" in err and "PREFECT_RUNNER_SERVER_HOST" in err and "--allow-remote" in err
     assert main([*args, "--allow-remote"]) == 0
+
+
+def test_stage_inputs_cannot_climb_out_of_their_image_folder(tmp_path: Path) -> None:
+    """``stage infer`` / ``stage refine``: a COCO ``file_name`` with ``..`` leaving the image folder
+    is an InputError naming the file and ``images[i]``, before any image is read or a model is
+    loaded, and nothing is written; ``..`` that stays inside and the pipeline's absolute paths pass."""
+    import json
+
+    from core.coco import refuse_escaping_file_names
+    from tasks.infer import InferParams, run_infer
+    from tasks.refine import RefineParams, run_refine
+
+    def coco(name: str) -> Path:
+        p = tmp_path / "labels.json"
+        p.write_text(json.dumps({"images": [{"id": 1, "file_name": name, "width": 8, "height": 8}],
+                                 "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 3],
+                                                  "area": 9, "iscrowd": 0}],
+                                 "categories": [{"id": 1, "name": "person"}]}))
+        return p
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not for you")
+    (tmp_path / "images").mkdir()
+    for name in ("../secret.png", "sub/../../secret.png", "../../../../etc/passwd"):
+        with pytest.raises(InputError, match="climbs out of the image folder") as ei:
+            run_infer(coco(name), tmp_path / "i.json", InferParams(config="no-such-config.py", device="cpu"),
+                      image_root=tmp_path / "images", cache_dir=tmp_path / "c")
+        assert "labels.json: images[0] (id 1)" in str(ei.value)
+        with pytest.raises(InputError, match="climbs out of the image folder"):
+            run_refine(coco(name), tmp_path / "r.json",
+                       RefineParams(method="classical", image_root=str(tmp_path / "images")), cache_dir=tmp_path / "c")
+    assert not (tmp_path / "i.json").exists() and not (tmp_path / "r.json").exists()
+    for ok in ("a.png", "sub/../a.png", str(secret)):
+        refuse_escaping_file_names({"images": [{"id": 1, "file_name": ok}]}, tmp_path / "images", "x.json")
