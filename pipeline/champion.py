@@ -172,7 +172,9 @@ def evaluate_model(model: dict[str, str], gt: str | os.PathLike[str], *, device:
     from detection.detector import load_detector, predict_dataset
     from tasks.evaluate import evaluate_runs
 
-    det = load_detector(model["config"], model["checkpoint"], device=device)
+    # the archive is a slim checkpoint: loaded under torch's strict default, since champion.json (not
+    # the user) names it, so a planted pickle there is refused instead of unpickled
+    det = load_detector(model["config"], model["checkpoint"], device=device, trusted=False)
     preds = predict_dataset(det, gt, "/", batch_size=batch_size, progress=False)
     with tempfile.TemporaryDirectory(prefix="r2t-champion-") as tmp:
         pred_file = atomic.write_json(Path(tmp) / f"{name}.json", preds)

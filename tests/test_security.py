@@ -183,3 +183,25 @@ def test_stage_inputs_cannot_climb_out_of_their_image_folder(tmp_path: Path) -> 
     assert not (tmp_path / "i.json").exists() and not (tmp_path / "r.json").exists()
     for ok in ("a.png", "sub/../a.png", str(secret)):
         refuse_escaping_file_names({"images": [{"id": 1, "file_name": ok}]}, tmp_path / "images", "x.json")
+
+
+def test_the_champion_pointer_cannot_make_rescoring_unpickle_a_planted_file(tmp_path: Path) -> None:
+    """``champion.json`` (written by the product, not named by the user) points to the archived
+    model the nightly re-scores. A pointer edited to name a planted pickle is refused under torch's
+    strict default with an InputError saying why; the payload never runs. A slim checkpoint (what
+    the archive holds) loads under the same strict default."""
+    pytest.importorskip("mmdet")
+    import torch
+
+    from detection.detector import read_checkpoint
+    from pipeline.champion import evaluate_model
+
+    marker = tmp_path / "PAYLOAD_RAN"
+    planted = _plant(tmp_path / "best_slim.pth", marker)
+    with pytest.raises(InputError, match="refused to unpickle a checkpoint that was not named by you") as ei:
+        evaluate_model({"config": "yolox_tiny_8xb8-300e_coco", "checkpoint": str(planted)}, tmp_path / "gt.json")
+    assert str(planted) in str(ei.value) and "weights_only" in str(ei.value)
+    assert not marker.exists(), "rescoring unpickled a planted checkpoint"
+    slim = tmp_path / "slim.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "meta": {"dataset_meta": {"classes": ["person"]}}}, slim)
+    assert read_checkpoint(slim, trusted=False)["meta"]["dataset_meta"]["classes"] == ["person"]
