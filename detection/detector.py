@@ -406,11 +406,12 @@ def predict_dataset(detector: Detector, ann_file: str | os.PathLike[str], image_
     """
     from tqdm import tqdm
 
-    from core.coco import load_dataset
+    from core.coco import load_dataset, refuse_escaping_file_names
 
     ds = load_dataset(ann_file)
-    label_map = label_map_by_name(detector.classes, ds["categories"])
     root = Path(image_root)
+    refuse_escaping_file_names(ds, root, ann_file)
+    label_map = label_map_by_name(detector.classes, ds["categories"])
     results: list[dict] = []
     images = ds["images"]
     bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress)

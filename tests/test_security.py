@@ -152,7 +152,7 @@ def test_serve_refuses_a_non_loopback_webserver_unless_opted_in(tmp_path: Path, 
 
 
 def test_stage_inputs_cannot_climb_out_of_their_image_folder(tmp_path: Path) -> None:
-    """``stage infer`` / ``stage refine``: a COCO ``file_name`` with ``..`` leaving the image folder
+    """``stage infer`` / ``stage refine`` / evaluation / training sets: a COCO ``file_name`` with ``..`` leaving the image folder
     is an InputError naming the file and ``images[i]``, before any image is read or a model is
     loaded, and nothing is written; ``..`` that stays inside and the pipeline's absolute paths pass."""
     import json
@@ -181,6 +181,16 @@ def test_stage_inputs_cannot_climb_out_of_their_image_folder(tmp_path: Path) -> 
             run_refine(coco(name), tmp_path / "r.json",
                        RefineParams(method="classical", image_root=str(tmp_path / "images")), cache_dir=tmp_path / "c")
     assert not (tmp_path / "i.json").exists() and not (tmp_path / "r.json").exists()
+    # evaluation (predict_dataset) and training sets (check_dataset, before any training) refuse it too
+    pytest.importorskip("mmdet")
+    from detection.detector import predict_dataset
+    from detection.train_config import check_dataset
+    from detection.train_spec import DatasetSpec
+
+    with pytest.raises(InputError, match="climbs out of the image folder"):
+        predict_dataset(None, coco("../secret.png"), tmp_path / "images")   # refused before the detector is used
+    with pytest.raises(InputError, match="climbs out of the image folder"):
+        check_dataset(DatasetSpec(ann_file=coco("../secret.png"), img_root=tmp_path / "images"), ["person"], "train")
     for ok in ("a.png", "sub/../a.png", str(secret)):
         refuse_escaping_file_names({"images": [{"id": 1, "file_name": ok}]}, tmp_path / "images", "x.json")
 
