@@ -36,7 +36,7 @@ from typing import Any
 from core import atomic
 from core.errors import InputError
 from core.hashing import HashMemo, json_sha256
-from pipeline.lock import workspace_lock
+from pipeline.lock import check_cache_writable, workspace_lock
 from pipeline.params import PipelineParams
 from pipeline.runs import RunRecord, StageRecord, content_fingerprint, git_revision, new_run_id, now, save_record
 from pipeline.stages import run_kind
@@ -189,10 +189,13 @@ def pipeline_run(params: PipelineParams, workspace: str | Path, flow: str = "ada
     ws = Path(workspace).resolve()
     record = RunRecord(run_id=new_run_id(flow), flow=flow, started=now(), git_revision=git_revision(),
                        params=params.model_dump(mode="json"))
+    shared_cache = default_cache_root(cache_root)
+    if shared_cache is not None:
+        check_cache_writable(shared_cache)        # before the lock: a read-only cache writes nothing
     lock = workspace_lock(ws, record.run_id, wait_seconds=lock_wait_seconds) if hold_lock else contextlib.nullcontext()
     with lock:
         ctx = PipelineContext(params=params, workspace=ws, record=record, memo=workspace_hash_memo(ws),
-                              cache_root=default_cache_root(cache_root))
+                              cache_root=shared_cache)
         save_record(ws, record)
         try:
             yield ctx

@@ -831,6 +831,21 @@ def test_read_only_workspace_fails_before_any_step_and_writes_nothing(tmp_path: 
     assert str(parent / "new_ws") in str(ei.value) and not (parent / "new_ws").exists()
 
 
+def test_read_only_shared_cache_fails_before_any_step_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    """Row: a read-only shared cache: a run given a ``--cache-dir`` it cannot write stops at once with an
+    InputError naming the cache, the errno and the fix, before the workspace lock or any step."""
+    from pipeline.executor import run_pipeline
+
+    cache = tmp_path / "shared_cache"
+    cache.mkdir()
+    _refuse_writes_under(monkeypatch, cache)
+    with pytest.raises(InputError, match=r"the shared cache is on a read-only file system \(EROFS creating") as ei:
+        run_pipeline(_pipeline_params(), tmp_path / "ws", until="index", cache_root=cache)
+    assert str(cache.resolve()) in str(ei.value) and "Fix: choose a writable --cache-dir" in str(ei.value)
+    monkeypatch.undo()
+    assert list(cache.iterdir()) == [] and not (tmp_path / "ws").exists()
+
+
 # ------------------------------------------------------------------------------- overlapping nightly run
 def test_overlapping_nightly_run_gives_up_without_touching_the_champion(tmp_path: Path, prefect_harness,
                                                                         quick_prefect) -> None:
