@@ -50,7 +50,8 @@ def build_deployment(params: str | Path = "params.yaml", workspace: str | Path =
                          "use a 5-field cron expression, e.g. '0 2 * * *', and an IANA time zone, e.g. UTC") from None
     parameters = {"params_path": str(Path(params).resolve()), "workspace": str(Path(workspace).resolve()),
                   "metric": metric or DEFAULT_METRIC, "min_improvement": float(min_improvement)}
-    return nightly_flow.to_deployment(name=name, schedule=schedule, parameters=parameters,
+    # concurrency_limit 1: a night still running when the next is due makes the next one wait (queued)
+    return nightly_flow.to_deployment(name=name, schedule=schedule, parameters=parameters, concurrency_limit=1,
                                       description="retrain on changed data; promote only a better thermal detector")
 
 

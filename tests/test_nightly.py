@@ -95,6 +95,7 @@ def test_deployment_carries_cron_and_timezone(tmp_path: Path, capsys) -> None:
     (sched,) = dep.schedules
     assert sched.schedule.cron == "30 3 * * 1" and sched.schedule.timezone == "Europe/Berlin"
     assert dep.parameters["workspace"] == str((tmp_path / "ws").resolve())
+    assert getattr(dep.concurrency_limit, "limit", dep.concurrency_limit) == 1     # one night at a time
     assert describe(dep)["schedules"] == [{"cron": "30 3 * * 1", "timezone": "Europe/Berlin", "active": True}]
 
     assert main(["serve", "--params", str(params_file), "--workspace", str(tmp_path / "ws"), "--dry-run"]) == 0
