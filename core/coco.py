@@ -78,7 +78,8 @@ def _check_score(score: Any, path: Any, where: str) -> None:
 
 
 def validate_dataset(ds: dict, path: str | os.PathLike[str] | None = None) -> dict:
-    """Check structure, unique ids and references; return ``ds`` unchanged."""
+    """Check structure, unique ids and references, boxes, and the ``score`` of annotations that have
+    one (finite, in [0, 1], as in results lists); return ``ds`` unchanged."""
     for key in ("images", "annotations", "categories"):
         if key not in ds or not isinstance(ds[key], list):
             raise _fail(path, "top level", f"missing list '{key}'", "a COCO dataset needs images, annotations and categories")
@@ -112,6 +113,8 @@ def validate_dataset(ds: dict, path: str | os.PathLike[str] | None = None) -> di
             raise _fail(path, where, f"category_id {a['category_id']} is not in categories {sorted(cat_ids)}",
                         "map the class to one of the dataset's categories")
         _check_bbox(a["bbox"], path, where)
+        if "score" in a:          # stage outputs (infer, pseudo, fuse) carry detection scores: same rule as results
+            _check_score(a["score"], path, where)
     return ds
 
 

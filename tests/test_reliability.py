@@ -439,6 +439,30 @@ def test_non_finite_boxes_are_refused_at_the_coco_boundary(tmp_path: Path, bad: 
     assert not (tmp_path / "out.json").exists()
 
 
+def test_non_finite_or_out_of_range_scores_are_refused_in_stage_datasets(tmp_path: Path) -> None:
+    """Row: scores in a COCO *dataset* (stage outputs such as ``infer.json`` that ``pseudo`` reads):
+    a NaN, inf, string or out-of-range ``score`` is an InputError naming the file and
+    ``annotations[i]``, when read and when written (nothing written); annotations without a score
+    (ground truth) and scores in [0, 1] pass."""
+    ds = {"images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+          "categories": [{"id": 1, "name": "person"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2], "area": 4, "iscrowd": 0}]}
+    path = tmp_path / "infer.json"
+    coco.save_dataset(path, ds)                                   # no score: ground truth
+    for good in (0.0, 0.42, 1.0):
+        ds["annotations"][0]["score"] = good
+        coco.save_dataset(path, ds)
+    for bad in (float("nan"), float("inf"), "0.9", 1.5, -0.1, None):
+        ds["annotations"][0]["score"] = bad
+        with pytest.raises(InputError, match="score") as ei:
+            coco.save_dataset(tmp_path / "out.json", ds)
+        assert "annotations[0]" in str(ei.value)
+        path.write_text(json.dumps(ds))                     # Python writes NaN / Infinity, and reads them back
+        with pytest.raises(InputError, match="score"):
+            coco.load_dataset(path)
+    assert not (tmp_path / "out.json").exists()
+
+
 @pytest.mark.parametrize("score, words", [
     (float("nan"), "score is not a finite number"), (float("inf"), "score is not a finite number"),
     (float("-inf"), "score is not a finite number"), ("0.9", "score is not a finite number"),
