@@ -164,6 +164,20 @@ def _load_strict(path: Path) -> Any:
         raise _unreadable_checkpoint(path, exc) from None
 
 
+def unreadable_checkpoint_error(path: str | os.PathLike[str], exc: BaseException) -> InputError | None:
+    """The InputError for a checkpoint whose bytes torch cannot read (truncated, not a pickle, bad zip),
+    or None when ``exc`` is not that (another ``RuntimeError`` keeps its traceback). For loaders of
+    other checkpoint kinds (SAM2) that want the same wording."""
+    import pickle
+    import zipfile
+
+    if isinstance(exc, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, UnicodeDecodeError)):
+        return _unreadable_checkpoint(Path(path), exc)
+    if isinstance(exc, RuntimeError) and any(w in str(exc) for w in _ARCHIVE_ERROR_WORDS):
+        return _unreadable_checkpoint(Path(path), exc)
+    return None
+
+
 def _unreadable_checkpoint(path: Path, exc: BaseException) -> InputError:
     """The one wording for a checkpoint file whose bytes torch cannot read (truncated, not a pickle,
     bad zip): the first line of torch's reason, the size on disk (0 or a few bytes says "torn copy")."""
