@@ -681,6 +681,45 @@ def _pipeline_params(n_pairs: int = 6):
                              "teacher": {"train": {"base_model": "yolox_tiny_8xb8-300e_coco"}}})
 
 
+def test_an_input_changed_during_a_step_leaves_the_step_unmarked_so_the_next_run_redoes_it(
+        tmp_path: Path, monkeypatch) -> None:
+    """Row: a data file changed during a pipeline step: the step's key is computed again after it
+    ran; when it differs (here a frame is added to the data root while ``data`` runs) the step gets
+    no marker, a WARNING and a fallback line in the run record, and the next run redoes it and marks
+    it done. A file that vanishes while a dataset is fingerprinted is an InputError, not a traceback."""
+    import pipeline.executor as executor
+    from data.synthetic import generate
+    from pipeline.params import params_from_dict
+    from pipeline.runs import content_fingerprint
+
+    root = tmp_path / "data"
+    generate(root, 3, seed=2, progress=False, **SMALL)
+    params = params_from_dict({"data": {"roots": [{"path": str(root), "version": "syn"}]},
+                               "teacher": {"train": {"base_model": "yolox_tiny_8xb8-300e_coco"}}})
+    real = executor.run_kind
+
+    def edit_during_data(ctx, step, sdir, resume=False):
+        out = real(ctx, step, sdir, resume=resume)
+        if step.name == "data":
+            (root / "rgb" / "late_arrival.txt").write_text("a file synced in while the step ran\n")
+        return out
+
+    monkeypatch.setattr(executor, "run_kind", edit_during_data)
+    first = executor.run_pipeline(params, tmp_path / "ws", until="data")
+    assert not (tmp_path / "ws" / "stages" / "data" / "stage.json").exists()
+    assert any("changed while it ran" in f for f in first.fallbacks), first.fallbacks
+    monkeypatch.setattr(executor, "run_kind", real)
+    second = executor.run_pipeline(params, tmp_path / "ws", until="data")
+    assert not second.stage("data").reused and (tmp_path / "ws" / "stages" / "data" / "stage.json").is_file()
+    assert executor.run_pipeline(params, tmp_path / "ws", until="data").stage("data").reused
+
+    def vanishing(f):
+        raise FileNotFoundError(2, "No such file or directory", f)
+
+    with pytest.raises(InputError, match="the dataset changed while being read"):
+        content_fingerprint(root, type("Memo", (), {"sha256": staticmethod(vanishing)})())
+
+
 def test_disk_full_in_a_pipeline_step_fails_the_run_and_the_next_run_redoes_only_that_step(
         tmp_path: Path, monkeypatch) -> None:
     """Row: disk full (ENOSPC) during a pipeline step: the run record says which step failed and why, the
