@@ -598,6 +598,30 @@ def test_a_config_that_does_not_exist_is_an_input_error_at_each_door(synth, tmp_
 
 
 # ------------------------------------------------------------------------------- corrupt input files
+def test_a_missing_teacher_config_is_refused_before_any_step(tmp_path: Path, capsys) -> None:
+    """Row: a config that does not exist, detected early: ``teacher.config`` naming a missing ``.py``
+    is refused when the parameters are validated (``rgb2thermal run --check`` and ``run``: exit 2,
+    no workspace), not at the first model step; a bundled mmdet name still passes validation."""
+    import yaml
+
+    from pipeline.params import params_from_dict
+    from rgb2thermal_cli.main import main
+
+    ck = tmp_path / "w.pth"
+    ck.write_bytes(b"x")
+    (tmp_path / "data").mkdir()
+    doc = {"data": {"roots": [{"path": str(tmp_path / "data"), "version": "v"}]},
+           "teacher": {"config": "configs/missing_yolox.py", "checkpoint": str(ck)}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    for extra in (["--check"], []):
+        assert main(["run", "--params", str(tmp_path / "params.yaml"), "--workspace", str(tmp_path / "ws"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "missing_yolox.py does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "ws").exists()
+    doc["teacher"]["config"] = "yolox_tiny_8xb8-300e_coco"
+    assert params_from_dict(doc).teacher.config == "yolox_tiny_8xb8-300e_coco"
+
+
 def test_truncated_or_garbage_index_registry_and_params_files_are_input_errors(synth, tmp_path: Path) -> None:
     """Row: a truncated or corrupted file the product reads (index, COCO, registry, params): an InputError
     naming the file, never a traceback."""
