@@ -171,6 +171,32 @@ class EpochSeedHook(Hook):
         set_random_seed((self.seed * 1_000_003 + int(runner.epoch)) % (2**31))
 
 
+def _rebase_checkpoint_paths(runner: Any) -> None:
+    """Point the resumed checkpoint bookkeeping at files of *this* work dir.
+
+    Why: mmengine stores the best and last checkpoints' absolute paths in the checkpoint's message
+    hub; resumed in a copied or moved workspace, its CheckpointHook would delete the *original*
+    workspace's ``best_*.pth`` when it saves a new best. Only the file names are kept.
+    """
+    from pathlib import Path
+
+    from mmengine.hooks import CheckpointHook
+
+    work = Path(runner.work_dir)
+
+    def here(v: Any) -> Any:
+        return str(work / Path(v).name) if isinstance(v, str) and v and Path(v).parent != work else v
+
+    for key in ("best_ckpt", "last_ckpt"):
+        if key in runner.message_hub.runtime_info:
+            runner.message_hub.update_info(key, here(runner.message_hub.get_info(key)))
+    for hook in runner.hooks:
+        if isinstance(hook, CheckpointHook):
+            for attr in ("best_ckpt_path", "last_ckpt"):
+                if hasattr(hook, attr):
+                    setattr(hook, attr, here(getattr(hook, attr)))
+
+
 @HOOKS.register_module(force=True)
 class ProgressHook(Hook):
     """A tqdm bar over all training iterations (ETA included) plus the loss; records timings and
@@ -196,6 +222,7 @@ class ProgressHook(Hook):
         from tqdm import tqdm
 
         if getattr(runner, "_resume", False) and runner.epoch > 0:
+            _rebase_checkpoint_paths(runner)
             self._catch_up_validation(runner)
         if self.show_bar:
             self.bar = tqdm(total=runner.max_iters, initial=runner.iter, desc="train", unit="it", dynamic_ncols=True)

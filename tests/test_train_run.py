@@ -99,6 +99,35 @@ def test_resume_after_a_kill_between_checkpoint_and_validation_validates_that_ep
     assert resumed.slim_checkpoint.read_bytes() == slim
 
 
+@pytest.mark.skipif(not (NANO / "yolox_nano_coco.pth").is_file(), reason=f"shared nano teacher absent at {NANO}")
+def test_resume_in_a_copied_workspace_leaves_the_original_alone(synthetic, tmp_path):
+    """mmengine keeps the best checkpoint's absolute path in the epoch checkpoint; resumed in a copy
+    of the training folder, a new best used to delete the ORIGINAL folder's best checkpoint."""
+    import shutil
+
+    import torch
+
+    from tasks.train import train
+
+    nano = dict(base_model=str(NANO / "yolox_nano_coco.py"), load_from=str(NANO / "yolox_nano_coco.pth"),
+                freeze_bn=True, frozen_stages=0, warmup_epochs=0, epochs=1, input_size=(160, 128))
+    original = tmp_path / "original"
+    done = train(_spec(synthetic, original, **nano))
+    best = done.best_checkpoint
+    assert best is not None and best.is_file()
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    # the copy as a kill during its validation left it, with any new score counting as a new best
+    ckpt = torch.load(copy / "epoch_1.pth", map_location="cpu", weights_only=False)
+    assert ckpt["message_hub"]["runtime_info"]["best_ckpt"] == str(best)          # absolute, into the original
+    ckpt["message_hub"]["runtime_info"]["best_score"] = -1.0
+    torch.save(ckpt, copy / "epoch_1.pth")
+    (copy / "val_history.json").unlink()
+    resumed = train(_spec(synthetic, copy, **nano, resume=True))
+    assert best.is_file(), "resuming the copy deleted the original's best checkpoint"
+    assert resumed.best_checkpoint is not None and resumed.best_checkpoint.parent == copy
+
+
 def test_resume_continues_from_last_checkpoint(trained, synthetic):
     from tasks.train import train
 
