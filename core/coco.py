@@ -78,7 +78,8 @@ def _check_score(score: Any, path: Any, where: str) -> None:
 
 
 def validate_dataset(ds: dict, path: str | os.PathLike[str] | None = None) -> dict:
-    """Check structure, unique ids and references; return ``ds`` unchanged."""
+    """Check structure, unique ids and references, boxes, and the ``score`` of annotations that have
+    one (finite, in [0, 1], as in results lists); return ``ds`` unchanged."""
     for key in ("images", "annotations", "categories"):
         if key not in ds or not isinstance(ds[key], list):
             raise _fail(path, "top level", f"missing list '{key}'", "a COCO dataset needs images, annotations and categories")
@@ -112,6 +113,8 @@ def validate_dataset(ds: dict, path: str | os.PathLike[str] | None = None) -> di
             raise _fail(path, where, f"category_id {a['category_id']} is not in categories {sorted(cat_ids)}",
                         "map the class to one of the dataset's categories")
         _check_bbox(a["bbox"], path, where)
+        if "score" in a:          # stage outputs (infer, pseudo, fuse) carry detection scores: same rule as results
+            _check_score(a["score"], path, where)
     return ds
 
 
@@ -255,3 +258,23 @@ def concat_datasets(parts: Sequence[dict], tags: Sequence[str] | None = None) ->
             anns.append({**a, "id": len(anns) + 1, "image_id": new_id[a["image_id"]],
                          "category_id": by_name[names[a["category_id"]]]})
     return new_dataset(images, anns, cats, {"parts": list(tags) if tags else len(parts)})
+
+
+def refuse_escaping_file_names(ds: dict[str, Any], root: str | os.PathLike[str], source: str | os.PathLike[str]) -> None:
+    """Raise InputError when a relative ``file_name`` climbs out of ``root`` (``../../x.png``).
+
+    Why: a stage reads every image its COCO file lists; a label file must not make it read
+    outside the image folder it was given. Absolute ``file_name``s stay allowed: the pipeline's
+    own files between stages hold absolute paths into the user's data roots (whose label files the
+    dataset adapters already checked). Judged on the text (``..`` collapsed, symlinks not followed).
+    """
+    for i, im in enumerate(ds.get("images", [])):
+        name = str(im.get("file_name", ""))
+        if os.path.isabs(os.path.expanduser(name)):
+            continue
+        norm = os.path.normpath(name)
+        if norm == ".." or norm.startswith(".." + os.sep):
+            raise InputError(f"file_name {name!r} climbs out of the image folder {root}",
+                             f"{source}: images[{i}] (id {im.get('id')})",
+                             "write file_name relative to the image folder (no '..' leaving it), or pass the "
+                             "folder that holds the images as --image-root")

@@ -87,15 +87,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def read_checkpoint(checkpoint: str | os.PathLike[str]) -> dict:
+def read_checkpoint(checkpoint: str | os.PathLike[str], *, trusted: bool = True) -> dict:
     """Load a user-named checkpoint (trusted: see ``core.compat``) as a dict with ``state_dict``.
 
     Accepts mmengine training checkpoints, slim inference checkpoints and bare state dicts.
+    ``trusted=False`` (a file the user did not name, e.g. the one ``champion.json`` points to):
+    torch's strict ``weights_only`` default, so only plain tensors and containers load (slim
+    checkpoints do) and a pickle holding anything else is refused with InputError saying why.
     """
     path = Path(checkpoint)
     if not path.is_file():
         raise InputError("checkpoint file not found", str(path), "check the path (a .pth file)")
-    ckpt = _load_or_refuse(path)
+    ckpt = _load_or_refuse(path) if trusted else _load_strict(path)
     if not isinstance(ckpt, dict):
         raise InputError(f"not a checkpoint (got {type(ckpt).__name__})", str(path), "pass a .pth saved by mmdet/mmengine")
     if "state_dict" not in ckpt:
@@ -141,6 +144,40 @@ def _load_or_refuse(path: Path) -> Any:
         raise _unreadable_checkpoint(path, exc) from None
 
 
+def _load_strict(path: Path) -> Any:
+    """``torch.load`` under torch's strict default, with its refusal of a full pickle as InputError."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise _unreadable_checkpoint(path, exc) from None
+        raise InputError("refused to unpickle a checkpoint that was not named by you: it holds objects beyond "
+                         "tensors, and unpickling those can run code (torch's weights_only=True)", str(path),
+                         "point to a slim checkpoint written by rgb2thermal, or pass the file explicitly "
+                         "(rgb2thermal stage infer --checkpoint / eval) if you trust it") from None
+    except (EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise _unreadable_checkpoint(path, exc) from None
+
+
+def unreadable_checkpoint_error(path: str | os.PathLike[str], exc: BaseException) -> InputError | None:
+    """The InputError for a checkpoint whose bytes torch cannot read (truncated, not a pickle, bad zip),
+    or None when ``exc`` is not that (another ``RuntimeError`` keeps its traceback). For loaders of
+    other checkpoint kinds (SAM2) that want the same wording."""
+    import pickle
+    import zipfile
+
+    if isinstance(exc, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, UnicodeDecodeError)):
+        return _unreadable_checkpoint(Path(path), exc)
+    if isinstance(exc, RuntimeError) and any(w in str(exc) for w in _ARCHIVE_ERROR_WORDS):
+        return _unreadable_checkpoint(Path(path), exc)
+    return None
+
+
 def _unreadable_checkpoint(path: Path, exc: BaseException) -> InputError:
     """The one wording for a checkpoint file whose bytes torch cannot read (truncated, not a pickle,
     bad zip): the first line of torch's reason, the size on disk (0 or a few bytes says "torn copy")."""
@@ -171,7 +208,7 @@ def _config_classes(cfg: Any) -> tuple[str, ...] | None:
 
 
 def load_detector(config: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None,
-                  device: str = "auto", classes: Sequence[str] | None = None) -> Detector:
+                  device: str = "auto", classes: Sequence[str] | None = None, *, trusted: bool = True) -> Detector:
     """Build the detector of ``config`` and load ``checkpoint`` into it (strictly).
 
     ``config``: a path to an mmdet ``.py`` config or a bundled name (``yolox_tiny_8xb8-300e_coco``).
@@ -189,7 +226,7 @@ def load_detector(config: str | os.PathLike[str], checkpoint: str | os.PathLike[
     except FileNotFoundError as exc:
         raise InputError(str(exc), str(config), "pass an mmdet config path or bundled config name") from None
     dev = resolve_device(device)
-    ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None
+    ckpt = read_checkpoint(checkpoint, trusted=trusted) if checkpoint is not None else None
     ck_classes = checkpoint_classes(ckpt) if ckpt is not None else None
     if classes is not None:
         classes = tuple(classes)
@@ -383,11 +420,12 @@ def predict_dataset(detector: Detector, ann_file: str | os.PathLike[str], image_
     """
     from tqdm import tqdm
 
-    from core.coco import load_dataset
+    from core.coco import load_dataset, refuse_escaping_file_names
 
     ds = load_dataset(ann_file)
-    label_map = label_map_by_name(detector.classes, ds["categories"])
     root = Path(image_root)
+    refuse_escaping_file_names(ds, root, ann_file)
+    label_map = label_map_by_name(detector.classes, ds["categories"])
     results: list[dict] = []
     images = ds["images"]
     bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress)

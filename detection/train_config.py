@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.coco import load_dataset
+from core.coco import load_dataset, refuse_escaping_file_names
 from core.errors import InputError
 from detection.train_spec import LOSS_SLOTS, DatasetSpec, TrainSpec
 
@@ -85,6 +85,7 @@ def check_dataset(ds_spec: DatasetSpec, classes: list[str], role: str, require_b
         raise InputError(f"the {role} set has {len(ds['images'])} images but no boxes of {list(classes)}", path,
                          "label the images (or check the category names) before training")
     root = Path(ds_spec.img_root)
+    refuse_escaping_file_names(ds, root, path)
     absent = [im["file_name"] for im in ds["images"] if not (root / im["file_name"]).is_file()]
     if absent:
         raise InputError(f"{len(absent)} image files of the {role} set are missing, e.g. {absent[:3]}", str(root),
@@ -270,7 +271,8 @@ def build_config(spec: TrainSpec) -> Any:
             logger=dict(type="LoggerHook", interval=max(1, min(50, iters_per_epoch))),
             param_scheduler=dict(type="ParamSchedulerHook"),
             checkpoint=dict(type="CheckpointHook", interval=1, by_epoch=True, max_keep_ckpts=1,
-                            save_best=BEST_METRIC, rule="greater", save_last=True),
+                            save_best=BEST_METRIC, rule="greater", save_last=True,
+                            backend_args=dict(backend="rgb2thermal_atomic_local")),
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
         custom_hooks=custom_hooks,

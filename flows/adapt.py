@@ -126,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = quiet.flow_parser("python -m flows.adapt", __doc__.split("\n\n")[0], "stage outputs, caches and run records")
     args = ap.parse_args(argv)
     quiet.configure(args.verbose)
-    try:
+
+    def body() -> int:
         record = adapt_flow(params_path=args.params, workspace=args.workspace, overrides=args.overrides,
                             lock_wait_seconds=args.wait or 0.0)
-    except InputError as exc:
-        print(f"error: {exc}")
-        return 2
-    print(f"run {record['run_id']}: {record['status']}")
-    return 0 if record["status"] == "succeeded" else 1
+        print(f"run {record['run_id']}: {record['status']}")
+        return 0 if record["status"] == "succeeded" else 1
+
+    return quiet.run_cli(body, args)
 
 
 if __name__ == "__main__":

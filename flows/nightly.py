@@ -18,7 +18,7 @@ hours, and a retrained model that scores worse must not replace the served one. 
    ``lock_wait_seconds`` for another run), so no other run can replace the student in between. A failed challenger run leaves ``champion.json`` untouched; its report
    says "failed" and the flow fails.
 
-Every night writes a Markdown report to ``<workspace>/nightly/<nightly id>.md`` and publishes it
+Every night, also one refused because another run kept the workspace busy, writes a Markdown report to ``<workspace>/nightly/<nightly id>.md`` and publishes it
 as the artifact ``nightly-decision``. The decision logic lives in :mod:`pipeline.champion`.
 
 Limit: a champion without an archived model (e.g. a hand-written pointer) cannot be re-scored; its
@@ -26,6 +26,8 @@ stored value is then used, logged at WARNING and said in the report.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ from pipeline.champion import (DEFAULT_METRIC, Champion, archive_model, decide, 
 from pipeline.executor import workspace_hash_memo
 from pipeline.params import load_params
 from pipeline.runs import RunRecord, new_run_id, now
-from pipeline.lock import workspace_lock
+from pipeline.lock import WorkspaceBusy, workspace_lock
 
 REPORT_ARTIFACT = "nightly-decision"
 FLOW_NAME = "rgb2thermal-nightly"
@@ -70,6 +72,23 @@ def _publish(workspace: Path, nightly_id: str, markdown: str, outcome: str) -> P
     path = atomic.write_text(workspace / "nightly" / f"{nightly_id}.md", markdown)
     create_markdown_artifact(key=REPORT_ARTIFACT, markdown=markdown, description=f"nightly retraining: {outcome}")
     return path
+
+
+@contextlib.contextmanager
+def _lock_or_report(ws: Path, nightly_id: str, wait: float, fps: dict[str, str], champ: Champion | None,
+                    metric: str) -> Iterator[None]:
+    """The workspace lock for the night; when another run keeps it past ``wait`` seconds, the night
+    still writes its report and artifact ("skipped: workspace busy") before failing with WorkspaceBusy."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(workspace_lock(ws, nightly_id, wait_seconds=wait))
+        except WorkspaceBusy as exc:
+            reason = f"the workspace is busy ({exc}); no challenger ran and the champion is untouched"
+            md = format_report(nightly_id=nightly_id, outcome="skipped: workspace busy", reason=reason, datasets=fps,
+                               champion=champ, metric=metric)
+            _publish(ws, nightly_id, md, "skipped: workspace busy")
+            raise
+        yield
 
 
 @flow(name=FLOW_NAME, persist_result=False)
@@ -109,7 +128,7 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
           "the TEST split (explicit opt-in --decide-on test: the reported test numbers are no longer unbiased)")
     # One lock from the challenger run through promotion: no other run can replace
     # stages/student between scoring it and archiving it (the wrong model would be promoted).
-    with workspace_lock(ws, nightly_id, wait_seconds=lock_wait_seconds):
+    with _lock_or_report(ws, nightly_id, lock_wait_seconds, fps, champ, metric):
         try:
             record = adapt_flow(params_path=params_path, workspace=str(ws), overrides=overrides, params=params,
                                 hold_lock=False)
@@ -152,11 +171,15 @@ def main(argv: list[str] | None = None) -> int:
                          "data.val_fraction or data.val_split); 'test' is an explicit opt-in, said in the report")
     args = ap.parse_args(argv)
     quiet.configure(args.verbose)
-    out = nightly_flow(params_path=args.params, workspace=args.workspace, overrides=args.overrides,
-                       metric=args.metric, min_improvement=args.min_improvement, decide_on=args.decide_on,
-                       **({"lock_wait_seconds": args.wait} if args.wait is not None else {}))
-    print(f"nightly {out['nightly_id']}: {out['outcome']} — {out['reason']} (report: {out['report']})")
-    return 0
+
+    def body() -> int:
+        out = nightly_flow(params_path=args.params, workspace=args.workspace, overrides=args.overrides,
+                           metric=args.metric, min_improvement=args.min_improvement, decide_on=args.decide_on,
+                           **({"lock_wait_seconds": args.wait} if args.wait is not None else {}))
+        print(f"nightly {out['nightly_id']}: {out['outcome']} — {out['reason']} (report: {out['report']})")
+        return 0
+
+    return quiet.run_cli(body, args)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,35 @@ for _key, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRA
     os.environ.setdefault(_key, _value)
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 from core.console import configure_logging as configure  # noqa: E402  (re-exported for the flow CLIs)
 
-__all__ = ["configure", "flow_parser"]
+__all__ = ["configure", "flow_parser", "run_cli"]
+
+
+def run_cli(call: Callable[[], int], args: argparse.Namespace) -> int:
+    """Run a flow CLI's body the way ``rgb2thermal`` runs a command: bad input (InputError) is one
+    line and exit 2; a full disk, a read-only folder or an unreachable Prefect API is one line and
+    exit 1 (the machine's state); anything else keeps its traceback."""
+    from core.env_errors import environment_error_line, is_environment_error, unreachable_api_line
+    from core.errors import InputError
+
+    try:
+        return call()
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if is_environment_error(exc):
+            print(environment_error_line(exc), file=sys.stderr)   # type: ignore[arg-type]
+            return 1
+        line = unreachable_api_line(exc, args.params, args.workspace)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 1
 
 
 def flow_parser(prog: str, description: str, workspace_holds: str) -> argparse.ArgumentParser:

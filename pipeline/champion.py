@@ -109,14 +109,31 @@ def read_history(workspace: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def promote(workspace: str | os.PathLike[str], champion: Champion) -> Path:
     """Make ``champion`` the workspace's champion: history line first, then the pointer (both atomic).
 
-    A crash between the two leaves the old pointer and one history line too many, never a torn file.
+    A crash between the two leaves the old pointer and one history line too many, never a torn
+    file; the next promotion drops that line (:func:`_drop_interrupted_promotion`).
     """
     hist = history_path(workspace)
-    old = hist.read_text(encoding="utf-8") if hist.is_file() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    atomic.write_text(hist, old + json.dumps(asdict(champion), sort_keys=True) + "\n")
+    lines = [ln for ln in (hist.read_text(encoding="utf-8") if hist.is_file() else "").splitlines() if ln.strip()]
+    _drop_interrupted_promotion(workspace, lines)
+    atomic.write_text(hist, "".join(ln + "\n" for ln in lines) + json.dumps(asdict(champion), sort_keys=True) + "\n")
     return atomic.write_json(champion_path(workspace), asdict(champion))
+
+
+def _drop_interrupted_promotion(workspace: str | os.PathLike[str], lines: list[str]) -> None:
+    """Remove the last history line when it is a promotion a crash cut short: the pointer still names
+    the line before it. Without this, a nightly killed between the two writes and run again listed
+    a champion that never served (and, retried, the same run twice)."""
+    current = load_champion(workspace)
+    if current is None or len(lines) < 2:
+        return
+    try:
+        last, before = json.loads(lines[-1]).get("run_id"), json.loads(lines[-2]).get("run_id")
+    except (ValueError, AttributeError):
+        return
+    if last != current.run_id and before == current.run_id:
+        log.warning("champion history: dropping the promotion of %s, which a crash interrupted before "
+                    "champion.json named it", last)
+        lines.pop()
 
 
 def archive_model(workspace: str | os.PathLike[str], run_id: str, files: dict[str, str]) -> dict[str, str]:
@@ -155,7 +172,9 @@ def evaluate_model(model: dict[str, str], gt: str | os.PathLike[str], *, device:
     from detection.detector import load_detector, predict_dataset
     from tasks.evaluate import evaluate_runs
 
-    det = load_detector(model["config"], model["checkpoint"], device=device)
+    # the archive is a slim checkpoint: loaded under torch's strict default, since champion.json (not
+    # the user) names it, so a planted pickle there is refused instead of unpickled
+    det = load_detector(model["config"], model["checkpoint"], device=device, trusted=False)
     preds = predict_dataset(det, gt, "/", batch_size=batch_size, progress=False)
     with tempfile.TemporaryDirectory(prefix="r2t-champion-") as tmp:
         pred_file = atomic.write_json(Path(tmp) / f"{name}.json", preds)

@@ -36,7 +36,7 @@ from typing import Any
 from core import atomic
 from core.errors import InputError
 from core.hashing import HashMemo, json_sha256
-from pipeline.lock import workspace_lock
+from pipeline.lock import check_cache_writable, workspace_lock
 from pipeline.params import PipelineParams
 from pipeline.runs import RunRecord, StageRecord, content_fingerprint, git_revision, new_run_id, now, save_record
 from pipeline.stages import run_kind
@@ -104,6 +104,16 @@ def _write_marker(stage_dir: Path, key: str, out: StepOutput) -> None:
                                            "seconds": round(out.seconds, 3), "info": out.info, "finished": now()})
 
 
+def _inputs_changed_during(ctx: PipelineContext, step: Step, key: str) -> bool:
+    """Whether what ``step`` reads differs now from when its key was computed (an input edited,
+    added or removed while the step ran). Then the marker would claim content the outputs were
+    not computed from, and a later run could reuse them for it."""
+    try:
+        return stage_key(ctx, step) != key
+    except InputError:            # an input vanished meanwhile
+        return True
+
+
 def _prepare(sdir: Path, step: Step, key: str) -> bool:
     """Make the step's folder ready; True when an interrupted attempt with this key is resumed."""
     (sdir / MARKER).unlink(missing_ok=True)       # no marker = not done (a kill from here on redoes it)
@@ -133,7 +143,13 @@ def execute_step(ctx: PipelineContext, step: Step) -> StepOutput:
             out.info.setdefault("resumed", True)
         out.key = key
         out.seconds = time.perf_counter() - t0
-        _write_marker(sdir, key, out)
+        if _inputs_changed_during(ctx, step, key):
+            msg = (f"an input of step {step.name} changed while it ran: its outputs serve this run, but the step is "
+                   "not marked done, so the next run redoes it with the new content")
+            log.warning(msg)
+            out.info["fallbacks"] = [*out.info.get("fallbacks", []), msg]
+        else:
+            _write_marker(sdir, key, out)
     else:
         out.seconds = time.perf_counter() - t0
         log.info("step %s: reused (inputs and parameters unchanged)", step.name)
@@ -191,10 +207,13 @@ def pipeline_run(params: PipelineParams, workspace: str | Path, flow: str = "ada
     ws = Path(workspace).resolve()
     record = RunRecord(run_id=new_run_id(flow), flow=flow, started=now(), git_revision=git_revision(),
                        params=params.model_dump(mode="json"))
+    shared_cache = default_cache_root(cache_root)
+    if shared_cache is not None:
+        check_cache_writable(shared_cache)        # before the lock: a read-only cache writes nothing
     lock = workspace_lock(ws, record.run_id, wait_seconds=lock_wait_seconds) if hold_lock else contextlib.nullcontext()
     with lock:
         ctx = PipelineContext(params=params, workspace=ws, record=record, memo=workspace_hash_memo(ws),
-                              cache_root=default_cache_root(cache_root))
+                              cache_root=shared_cache)
         save_record(ws, record)
         try:
             yield ctx

@@ -59,6 +59,26 @@ def _open_lock_file(ws: Path, path: Path) -> int:
                          "there") from None
 
 
+def check_cache_writable(cache_root: str | os.PathLike[str]) -> None:
+    """A shared per-image cache (``--cache-dir`` / ``RGB2THERMAL_CACHE_DIR``) must be writable:
+    probed once at the start of a run (a file created and removed), so a read-only cache is an
+    :class:`InputError` before any step, not an ``OSError`` in the middle of ``infer``."""
+    root = Path(cache_root)
+    probe = root / f".rgb2thermal-write-probe-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o644))
+        os.unlink(probe)
+    except OSError as exc:
+        if exc.errno not in _NOT_WRITABLE:
+            raise
+        failed = exc.filename if exc.filename is not None else probe
+        raise InputError(f"the shared cache {_NOT_WRITABLE[exc.errno]} ({errno.errorcode[exc.errno]} creating "
+                         f"{failed}); no step was run", str(root),
+                         "choose a writable --cache-dir (or unset RGB2THERMAL_CACHE_DIR to use WORKSPACE/cache), "
+                         "or remount / chmod that folder so this user can write there") from None
+
+
 @contextlib.contextmanager
 def workspace_lock(workspace: str | os.PathLike[str], run_id: str, *, wait_seconds: float = 0.0,
                    poll_seconds: float = 0.5) -> Iterator[Path]:

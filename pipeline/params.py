@@ -140,6 +140,13 @@ class TeacherSection(_Strict):
             if not self.checkpoint.is_file():
                 raise ValueError(f"teacher.checkpoint {self.checkpoint} does not exist")
             self.checkpoint = self.checkpoint.resolve()
+        # a config *path* is checked now, not at the first step that builds the model (after the data
+        # steps); a bundled mmdet name (no .py, no folder) is resolved when the model is built
+        cfg = self.config
+        if cfg is not None and (cfg.endswith(".py") or "/" in cfg or os.sep in cfg) \
+                and not Path(cfg).expanduser().is_file():
+            raise ValueError(f"teacher.config {cfg} does not exist (give the path of an mmdet .py config, or a "
+                             "config name bundled with mmdet such as yolox_tiny_8xb8-300e_coco)")
         return self
 
 

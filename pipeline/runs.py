@@ -129,7 +129,11 @@ def content_fingerprint(path: str | os.PathLike[str], memo: HashMemo | None = No
         for name in filenames:
             if not name.startswith("."):
                 f = os.path.join(dirpath, name)
-                listing.append([os.path.relpath(f, p), sha(f)])
+                try:
+                    listing.append([os.path.relpath(f, p), sha(f)])
+                except FileNotFoundError:
+                    raise InputError(f"the dataset changed while being read: {os.path.relpath(f, p)} vanished",
+                                     str(p), "let the copy or sync into the dataset finish, then run again") from None
     return "sha256:" + json_sha256(sorted(listing))
 
 

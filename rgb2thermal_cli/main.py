@@ -6,15 +6,13 @@ number, and keeps heavy imports (torch, mmdet) inside its handler so ``--help`` 
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
-import os
 import pkgutil
-import re
 import sys
 import traceback
 
 import rgb2thermal_cli
+from core.env_errors import ENVIRONMENT_ERRNOS, environment_error_line  # noqa: F401  (shared with the flow CLIs)
 
 DESCRIPTION = """\
 rgb2thermal: teach an object detector to see in thermal images using labelled RGB.
@@ -23,47 +21,6 @@ Pipeline: RGB inference -> confidence-filtered pseudo-labels -> homography warp 
 -> SAM2 (or classical) box refinement -> thermal retraining -> COCO evaluation.
 Boxes are xyxy pixels internally; COCO JSON (xywh) at file boundaries.
 """
-
-
-#: OSErrors that are the machine's state, not a bug and not bad input: the disk (or quota) is full, or
-#: the file system / folder does not allow writing. Exit 1 (environment), not 2 (bad input).
-ENVIRONMENT_ERRNOS: dict[int, tuple[str, str]] = {
-    errno.ENOSPC: ("disk full", "free space on that disk, or choose another --workspace / --out on a disk with room"),
-    errno.EDQUOT: ("disk quota exceeded", "free space within your quota, or choose another --workspace / --out"),
-    errno.EROFS: ("read-only file system", "choose a writable --workspace / --out, or remount that file system "
-                                           "read-write"),
-    errno.EACCES: ("permission denied", "choose a --workspace / --out this user can write, or fix the folder's "
-                                        "permissions"),
-}
-
-#: :func:`core.atomic.atomic_path` writes ``<dir>/.<name>.<random>.tmp/<name>`` then renames it onto
-#: ``<dir>/<name>``: the message names the target the user knows, not the temporary.
-_ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
-
-
-def _user_path(filename: object) -> str | None:
-    """The path an OSError names, with an atomic-write temporary mapped back to its target file."""
-    if filename is None:
-        return None
-    path = os.fspath(filename) if isinstance(filename, (str, os.PathLike)) else str(filename)
-    head, last = os.path.split(path)
-    if (m := _ATOMIC_TMP.match(last)) is not None:            # the temporary folder itself
-        return os.path.join(head, m["name"])
-    parent, folder = os.path.split(head)
-    if (m := _ATOMIC_TMP.match(folder)) is not None and m["name"] == last:   # the file inside it
-        return os.path.join(parent, last)
-    return path
-
-
-def environment_error_line(exc: OSError) -> str:
-    """One line for a disk-full / read-only / permission error: what happened (with the errno name),
-    which path when the OS said, and what to do. Outputs are atomic, so the previous files are whole
-    and a re-run reuses what finished; the line says so, since that is what makes a re-run safe."""
-    what, fix = ENVIRONMENT_ERRNOS[exc.errno]
-    path = _user_path(exc.filename)
-    where = f" on {path}" if path else ""
-    return (f"error: {what} ({errno.errorcode[exc.errno]}){where}. Fix: {fix}; outputs already written are "
-            "complete (atomic writes), so a re-run afterwards reuses what finished")
 
 
 def _command_modules() -> list:

@@ -56,7 +56,8 @@ def build_deployment(params: str | Path = "params.yaml", workspace: str | Path =
                   "metric": metric or DEFAULT_METRIC, "min_improvement": float(min_improvement),
                   **({"decide_on": decide_on} if decide_on != "val" else {}),
                   **({"overrides": list(overrides)} if overrides else {})}
-    return nightly_flow.to_deployment(name=name, schedule=schedule, parameters=parameters,
+    # concurrency_limit 1: a night still running when the next is due makes the next one wait (queued)
+    return nightly_flow.to_deployment(name=name, schedule=schedule, parameters=parameters, concurrency_limit=1,
                                       description="retrain on changed data; promote only a better thermal detector")
 
 
@@ -66,6 +67,38 @@ def describe(deployment: Any) -> dict[str, Any]:
                "active": s.active} for s in (deployment.schedules or [])]
     return {"flow": deployment.flow_name, "name": deployment.name, "schedules": scheds,
             "parameters": deployment.parameters}
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False          # a host name other than localhost may resolve to any interface
+
+
+def check_loopback(allow_remote: bool = False) -> None:
+    """Refuse to serve with Prefect's runner webserver (health and run endpoints, no authentication)
+    bound beyond loopback, unless the user opted in with ``--allow-remote``.
+
+    Why: the webserver is off by default and binds ``localhost`` when turned on, but one line in a
+    Prefect profile or the environment (``PREFECT_RUNNER_SERVER_HOST=0.0.0.0``) would expose it to
+    the network. The settings are read afresh (environment, profile, prefect.toml), as the served
+    runner reads them. Prefect's temporary API server (no ``PREFECT_API_URL``) always binds 127.0.0.1.
+    """
+    from prefect.settings import Settings
+
+    from core.errors import InputError
+
+    server = Settings().runner.server
+    if server.enable and not allow_remote and not _is_loopback(server.host):
+        raise InputError(f"the Prefect runner webserver would listen on {server.host} (PREFECT_RUNNER_SERVER_HOST), "
+                         "beyond this machine", "rgb2thermal serve",
+                         "set PREFECT_RUNNER_SERVER_HOST=127.0.0.1 (or PREFECT_RUNNER_SERVER_ENABLE=false); to expose "
+                         "it on purpose, behind your own firewall or proxy, pass --allow-remote")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,12 +128,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decide-on", choices=("val", "test"), default="val",
                    help="the split promotion is decided on (default: val: the parameters need data.val_fraction or "
                         "data.val_split); 'test' is an explicit opt-in, said in every report")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow Prefect's runner webserver (when PREFECT_RUNNER_SERVER_ENABLE is set) to listen beyond "
+                        "loopback (default: refused unless PREFECT_RUNNER_SERVER_HOST is localhost / 127.0.0.1 / ::1)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the deployment (name, schedule, parameters) as JSON and exit without serving")
     p.set_defaults(func=serve)
 
 
 def serve(args: argparse.Namespace) -> int:
+    check_loopback(args.allow_remote)
     dep = build_deployment(args.params, args.workspace, cron=args.cron, timezone=args.timezone, name=args.name,
                            metric=args.metric, min_improvement=args.min_improvement, decide_on=args.decide_on,
                            overrides=args.overrides)

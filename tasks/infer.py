@@ -34,7 +34,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 from pydantic import Field, field_validator
 
-from core.coco import annotations, categories_from_names, load_dataset, new_dataset, save_dataset
+from core.coco import (annotations, categories_from_names, load_dataset, new_dataset, refuse_escaping_file_names,
+                       save_dataset)
 from core.errors import InputError
 from core.hashing import HashMemo, sha256_read_once
 from core.image_cache import ImageCache
@@ -176,6 +177,7 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
     cache = ImageCache(cache_dir, CACHE_SCHEMA)
     root = Path(image_root) if image_root is not None else inp.parent
     ds = load_dataset(inp)
+    refuse_escaping_file_names(ds, root, inp)      # before the detector loads: nothing read outside root
     report = StageReport(stage="infer", inputs={"coco": str(inp)}, params=params.to_dict())
     if index is not None:
         report.inputs["index"] = str(index)

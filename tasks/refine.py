@@ -273,6 +273,7 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
     t0 = time.perf_counter()
     inp, out = Path(inp), Path(out)
     ds = coco.load_dataset(inp)
+    coco.refuse_escaping_file_names(ds, params.image_root or inp.parent, inp)
     report = StageReport(stage=STAGE, inputs={"coco": str(inp)}, outputs={"coco": str(out)},
                          params=params.to_dict())
     if index is not None:

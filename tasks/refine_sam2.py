@@ -117,21 +117,33 @@ def masks_to_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_state(model: Any, ckpt: str, config_name: str) -> str:
-    """Load a SAM2 checkpoint's ``model`` state dict into ``model``; returns how it was read."""
+    """Load a SAM2 checkpoint's ``model`` state dict into ``model``; returns how it was read. A damaged
+    file (truncated, zero bytes, not a checkpoint) is an InputError naming it, as for detector checkpoints."""
     import pickle
+    import zipfile
 
     import torch
 
     from core.compat import load_trusted_checkpoint
 
+    from detection.detector import unreadable_checkpoint_error
+
     try:
-        sd = torch.load(ckpt, map_location="cpu", weights_only=True)
-        how = "loaded weights_only"
-    except pickle.UnpicklingError:
-        log.warning("SAM2 checkpoint %s holds more than tensors (a training checkpoint?): unpickling this "
-                    "user-named file fully; only name files you trust", ckpt)
-        sd = load_trusted_checkpoint(ckpt)
-        how = "loaded by full unpickling (trusted user file)"
+        try:
+            sd = torch.load(ckpt, map_location="cpu", weights_only=True)
+            how = "loaded weights_only"
+        except pickle.UnpicklingError as exc:
+            if "Weights only load failed" not in str(exc):
+                raise
+            log.warning("SAM2 checkpoint %s holds more than tensors (a training checkpoint?): unpickling this "
+                        "user-named file fully; only name files you trust", ckpt)
+            sd = load_trusted_checkpoint(ckpt)
+            how = "loaded by full unpickling (trusted user file)"
+    except (pickle.UnpicklingError, EOFError, RuntimeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+        err = unreadable_checkpoint_error(ckpt, exc)      # a damaged .pt: one line naming the file, no traceback
+        if err is None:
+            raise
+        raise err from None
     if isinstance(sd, dict) and isinstance(sd.get("model"), dict):
         sd = sd["model"]
     if not isinstance(sd, dict):

@@ -106,10 +106,20 @@ def _find_best(work_dir: Path) -> Path | None:
 
 
 def _find_last(work_dir: Path) -> Path | None:
+    """The checkpoint mmengine's ``last_checkpoint`` names, taken by its *name* inside ``work_dir``.
+
+    Why only the name: resume unpickles this file fully (``weights_only=False``), so it must be one
+    this training wrote, never a path the marker text points to elsewhere (a planted or stale
+    marker); and mmengine writes an absolute path, which a moved workspace would otherwise lose.
+    """
     marker = work_dir / "last_checkpoint"
     if marker.is_file():
-        p = Path(marker.read_text().strip())
-        if p.is_file():
+        text = marker.read_text().strip()
+        p = work_dir / Path(text).name
+        if text and p.is_file() and p.suffix == ".pth":
+            if Path(text).resolve() != p.resolve():
+                log.warning("last_checkpoint names %s; resuming from %s, the file of that name in %s",
+                            text, p.name, work_dir)
             return p
     return None
 
@@ -218,7 +228,9 @@ def train(spec: TrainSpec) -> TrainResult:
     runner_cfg = Config(cfg.to_dict(), format_python_code=False)
     runner_cfg.log_level = _console_log_level()
     t_build = time.perf_counter()
-    with trusted_checkpoints(work_dir), _prints_to_file(work_dir / "prints.log", runner_cfg.log_level != "INFO"):
+    # only the one file this training loads is unpickled fully (its init weights or the checkpoint it
+    # resumes from); any other checkpoint keeps torch's strict weights_only default
+    with trusted_checkpoints(*([cfg.load_from] if cfg.load_from else [])), _prints_to_file(work_dir / "prints.log", runner_cfg.log_level != "INFO"):
         runner = Runner.from_cfg(runner_cfg)
         _log_file_at_info(runner)
         progress = next(h for h in runner.hooks if isinstance(h, ProgressHook))
@@ -266,6 +278,7 @@ def _spec_identity(spec: TrainSpec) -> str:
         d[role] = None if ds is None else hashing.file_sha256(ds.ann_file)
     d["load_from"] = hashing.file_sha256(spec.load_from) if spec.load_from is not None else None
     d.pop("work_dir", None)
+    d.pop("resume", None)       # how this attempt started, not what was trained: a resumed run's weights equal an uninterrupted one's
     return hashing.json_sha256(d)
 
 

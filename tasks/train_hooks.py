@@ -5,9 +5,14 @@ written ``config.py`` names them and stays runnable with mmdet's own tools:
 - ``NonFiniteLossGuardHook`` stops at the first NaN/inf loss (``NonFiniteLossError``);
 - ``FrozenBatchNormHook`` keeps BatchNorm in eval mode (BN-folded checkpoints, small batches);
 - ``EpochSeedHook`` re-seeds every epoch, so a resumed training ends with the same weights;
-- ``ProgressHook`` shows a tqdm bar with ETA, records iteration timings and writes the
-  validation history (``val_history.json``: one entry per validation, ``epoch`` 1-based after
-  the epoch it followed, ``coco/bbox_mAP_50`` etc. as fractions) for a sweep to prune on.
+- ``ProgressHook`` shows a tqdm bar with ETA, records iteration timings and the validation history
+  (kept in ``val_history.json``, so a resumed training reports the epochs before the kill too, and
+  validates an epoch whose checkpoint was saved but whose validation the kill cut short; a sweep
+  watching the run prunes on it: one entry per validation, ``epoch`` 1-based, ``coco/bbox_mAP_50``
+  etc. as fractions);
+- ``AtomicLocalBackend`` (file backend ``rgb2thermal_atomic_local``): mmengine's checkpoints
+  written through ``core.atomic``, so a kill during ``epoch_*.pth`` / ``best_*.pth`` leaves the
+  previous file or none, never a truncated checkpoint that resume would read.
 """
 from __future__ import annotations
 
@@ -16,13 +21,36 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmengine.fileio import register_backend
+from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from core import atomic
 from core.errors import InputError
 
+#: the file backend name the CheckpointHook is configured with (``detection.train_config``)
+ATOMIC_BACKEND = "rgb2thermal_atomic_local"
 VAL_HISTORY = "val_history.json"
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend, but every write is atomic (temporary + rename).
+
+    Why: mmengine serialises a checkpoint into memory and then writes it in place, so a kill (or a
+    full disk) during the write left a truncated ``epoch_N.pth``; ``best_*.pth`` is even written
+    after the previous best was deleted. Through ``core.atomic`` the old file stays until the new
+    one is whole.
+    """
+
+    def put(self, obj: bytes, filepath: Any) -> None:
+        atomic.write_bytes(filepath, obj)
+
+    def put_text(self, obj: str, filepath: Any, encoding: str = "utf-8") -> None:
+        atomic.write_bytes(filepath, obj.encode(encoding))
+
+
+register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
 
 
 class NonFiniteLossError(InputError):
@@ -146,9 +174,43 @@ class EpochSeedHook(Hook):
         set_random_seed((self.seed * 1_000_003 + int(runner.epoch)) % (2**31))
 
 
+def _rebase_checkpoint_paths(runner: Any) -> None:
+    """Point the resumed checkpoint bookkeeping at files of *this* work dir.
+
+    Why: mmengine stores the best and last checkpoints' absolute paths in the checkpoint's message
+    hub; resumed in a copied or moved workspace, its CheckpointHook would delete the *original*
+    workspace's ``best_*.pth`` when it saves a new best. Only the file names are kept.
+    """
+    from pathlib import Path
+
+    from mmengine.hooks import CheckpointHook
+
+    work = Path(runner.work_dir)
+
+    def here(v: Any) -> Any:
+        return str(work / Path(v).name) if isinstance(v, str) and v and Path(v).parent != work else v
+
+    for key in ("best_ckpt", "last_ckpt"):
+        if key in runner.message_hub.runtime_info:
+            runner.message_hub.update_info(key, here(runner.message_hub.get_info(key)))
+    for hook in runner.hooks:
+        if isinstance(hook, CheckpointHook):
+            for attr in ("best_ckpt_path", "last_ckpt"):
+                if hasattr(hook, attr):
+                    setattr(hook, attr, here(getattr(hook, attr)))
+
+
 @HOOKS.register_module(force=True)
 class ProgressHook(Hook):
-    """A tqdm bar over all training iterations (ETA included) plus the loss; records timings."""
+    """A tqdm bar over all training iterations (ETA included) plus the loss; records timings and
+    the validation history.
+
+    The history is written to ``<work_dir>/val_history.json`` after each validation (this hook
+    runs after the CheckpointHook, so a recorded epoch's best checkpoint is already saved). A
+    resumed training reads it back, and validates the resumed epoch first when its checkpoint was
+    saved but the kill came before its validation finished (mmengine saves the epoch checkpoint
+    *before* validating, and on resume would skip that validation, losing its best checkpoint).
+    """
 
     priority = "LOWEST"
 
@@ -162,8 +224,9 @@ class ProgressHook(Hook):
     def before_train(self, runner: Any) -> None:
         from tqdm import tqdm
 
-        if runner.iter > 0 and self._history_file(runner).is_file():     # resumed: keep the earlier epochs
-            self.val_history = [h for h in atomic.read_json(self._history_file(runner)) if h["epoch"] <= runner.epoch]
+        if getattr(runner, "_resume", False) and runner.epoch > 0:
+            _rebase_checkpoint_paths(runner)
+            self._catch_up_validation(runner)
         if self.show_bar:
             self.bar = tqdm(total=runner.max_iters, initial=runner.iter, desc="train", unit="it", dynamic_ncols=True)
 
@@ -178,15 +241,29 @@ class ProgressHook(Hook):
             self.bar.set_postfix(epoch=runner.epoch + 1, loss=f"{value:.3f}" if value is not None else "-")
             self.bar.update(1)
 
-    @staticmethod
-    def _history_file(runner: Any) -> Path:
-        return Path(runner.work_dir) / VAL_HISTORY
-
     def after_val_epoch(self, runner: Any, metrics: dict | None = None) -> None:
         self.val_history.append({"epoch": runner.epoch, **{k: float(v) for k, v in (metrics or {}).items()
                                                           if isinstance(v, (int, float))}})
         # what a sweep watching this run reads to prune it (pipeline.sweep); atomic, so never torn
-        atomic.write_json(self._history_file(runner), self.val_history)
+        atomic.write_json(f"{runner.work_dir}/{VAL_HISTORY}", self.val_history)
+
+    def _catch_up_validation(self, runner: Any) -> None:
+        """Resumed at epoch ``runner.epoch``: take back the history of the epochs before, and run the
+        validation of that epoch when the interrupted attempt did not finish it."""
+        import json
+
+        path = Path(runner.work_dir) / VAL_HISTORY
+        try:
+            history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+        except ValueError:
+            history = []
+        self.val_history = [h for h in history if isinstance(h, dict) and h.get("epoch", 0) <= runner.epoch]
+        loop, epoch = runner.train_loop, runner.epoch
+        due = runner.val_loop is not None and epoch >= loop.val_begin and (
+            epoch % loop.val_interval == 0 or epoch == loop.max_epochs)
+        if due and not any(h.get("epoch") == epoch for h in self.val_history):
+            runner.logger.info(f"resumed at epoch {epoch}, whose validation did not finish: validating it first")
+            runner.val_loop.run()
 
     def after_train(self, runner: Any) -> None:
         if self.bar is not None:

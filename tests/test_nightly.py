@@ -105,6 +105,7 @@ def test_deployment_carries_cron_and_timezone(tmp_path: Path, capsys) -> None:
     (sched,) = dep.schedules
     assert sched.schedule.cron == "30 3 * * 1" and sched.schedule.timezone == "Europe/Berlin"
     assert dep.parameters["workspace"] == str((tmp_path / "ws").resolve())
+    assert getattr(dep.concurrency_limit, "limit", dep.concurrency_limit) == 1     # one night at a time
     assert describe(dep)["schedules"] == [{"cron": "30 3 * * 1", "timezone": "Europe/Berlin", "active": True}]
 
     assert main(["serve", "--params", str(params_file), "--workspace", str(tmp_path / "ws"), "--dry-run"]) == 0
@@ -134,6 +135,11 @@ def test_nightly_flow_skip_promote_keep_and_fail(tmp_path: Path, prefect_harness
         return real_promote(ws, champion)
 
     monkeypatch.setattr(flows.nightly, "promote", promote_spy)
+    # planted credentials: none may reach a run record, a report or a Prefect artifact (checked at the end)
+    secrets = {"AWS_SECRET_ACCESS_KEY": "PLANTED/aws+secret/nightly", "DVC_REMOTE_PASSWORD": "planted-dvc-pw-nightly",
+               "RGB2THERMAL_TEST_TOKEN": "planted-token-nightly"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
 
     _folder(tmp_path, 8)
     params = _params(tmp_path)
@@ -203,6 +209,15 @@ def test_nightly_flow_skip_promote_keep_and_fail(tmp_path: Path, prefect_harness
     assert rescored["outcome"] == ("promoted" if rescored["challenger_value"] > rescored["champion_value"] else "kept")
     assert load_champion(ws).run_id == rescored["champion_run"]
 
+    with get_client(sync_client=True) as client:
+        resp = client._client.post("/artifacts/filter", json={"limit": 200})
+        resp.raise_for_status()
+    artifacts = json.dumps(resp.json())
+    assert REPORT_ARTIFACT in artifacts and "promoted" in artifacts
+    files = [f for f in ws.rglob("*") if f.is_file()]
+    for v in secrets.values():
+        assert v not in artifacts, "a planted secret reached a Prefect artifact"
+        assert not [f for f in files if v.encode() in f.read_bytes()], "a planted secret reached a workspace file"
 
 @needs_nano
 def test_nightly_decides_on_val_and_refuses_without_it(tmp_path: Path, prefect_harness, quick_prefect) -> None:

@@ -182,6 +182,10 @@ def test_shipped_real_data_recipe_is_valid_once_the_user_paths_are_given(tmp_pat
     ck = tmp_path / "w.pth"
     ck.write_bytes(b"x")
     (tmp_path / "data").mkdir()
-    p = load_params(REPO / "params" / "real.yaml", [f"teacher.checkpoint={ck}", f"teacher.config={tmp_path / 'c.py'}",
-                                                     f"data.roots=[{{path: {tmp_path / 'data'}, version: v}}]"])
+    user = [f"teacher.checkpoint={ck}", f"teacher.config={tmp_path / 'c.py'}",
+            f"data.roots=[{{path: {tmp_path / 'data'}, version: v}}]"]
+    with pytest.raises(InputError, match=r"c\.py does not exist"):      # a missing config: refused up front
+        load_params(REPO / "params" / "real.yaml", user)
+    (tmp_path / "c.py").write_text("# an mmdet config\n")
+    p = load_params(REPO / "params" / "real.yaml", user)
     assert p.thermal_source.enabled and p.self_training.rounds >= 2 and "oracle" in p.eval.baselines

@@ -146,6 +146,8 @@ def test_prefect_yaml_deploys_nightly_with_cron_and_adapt_on_demand(deployed) ->
     (sched,) = nightly.schedules
     assert sched.schedule.cron == "0 2 * * *" and sched.schedule.timezone == "UTC" and sched.active
     assert adapt.schedules == []
+    # one night at a time (RELIABILITY.md, two scheduled nights)
+    assert nightly.concurrency_limit == 1 or getattr(nightly.global_concurrency_limit, "limit", None) == 1
     assert nightly.parameters == {"params_path": "params.yaml", "workspace": "workspace",
                                   "metric": "adapted.all.mAP_50", "min_improvement": 0.0,
                                   "overrides": ["data.val_fraction=0.2"]}

@@ -439,6 +439,30 @@ def test_non_finite_boxes_are_refused_at_the_coco_boundary(tmp_path: Path, bad: 
     assert not (tmp_path / "out.json").exists()
 
 
+def test_non_finite_or_out_of_range_scores_are_refused_in_stage_datasets(tmp_path: Path) -> None:
+    """Row: scores in a COCO *dataset* (stage outputs such as ``infer.json`` that ``pseudo`` reads):
+    a NaN, inf, string or out-of-range ``score`` is an InputError naming the file and
+    ``annotations[i]``, when read and when written (nothing written); annotations without a score
+    (ground truth) and scores in [0, 1] pass."""
+    ds = {"images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+          "categories": [{"id": 1, "name": "person"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2], "area": 4, "iscrowd": 0}]}
+    path = tmp_path / "infer.json"
+    coco.save_dataset(path, ds)                                   # no score: ground truth
+    for good in (0.0, 0.42, 1.0):
+        ds["annotations"][0]["score"] = good
+        coco.save_dataset(path, ds)
+    for bad in (float("nan"), float("inf"), "0.9", 1.5, -0.1, None):
+        ds["annotations"][0]["score"] = bad
+        with pytest.raises(InputError, match="score") as ei:
+            coco.save_dataset(tmp_path / "out.json", ds)
+        assert "annotations[0]" in str(ei.value)
+        path.write_text(json.dumps(ds))                     # Python writes NaN / Infinity, and reads them back
+        with pytest.raises(InputError, match="score"):
+            coco.load_dataset(path)
+    assert not (tmp_path / "out.json").exists()
+
+
 @pytest.mark.parametrize("score, words", [
     (float("nan"), "score is not a finite number"), (float("inf"), "score is not a finite number"),
     (float("-inf"), "score is not a finite number"), ("0.9", "score is not a finite number"),
@@ -574,6 +598,30 @@ def test_a_config_that_does_not_exist_is_an_input_error_at_each_door(synth, tmp_
 
 
 # ------------------------------------------------------------------------------- corrupt input files
+def test_a_missing_teacher_config_is_refused_before_any_step(tmp_path: Path, capsys) -> None:
+    """Row: a config that does not exist, detected early: ``teacher.config`` naming a missing ``.py``
+    is refused when the parameters are validated (``rgb2thermal run --check`` and ``run``: exit 2,
+    no workspace), not at the first model step; a bundled mmdet name still passes validation."""
+    import yaml
+
+    from pipeline.params import params_from_dict
+    from rgb2thermal_cli.main import main
+
+    ck = tmp_path / "w.pth"
+    ck.write_bytes(b"x")
+    (tmp_path / "data").mkdir()
+    doc = {"data": {"roots": [{"path": str(tmp_path / "data"), "version": "v"}]},
+           "teacher": {"config": "configs/missing_yolox.py", "checkpoint": str(ck)}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    for extra in (["--check"], []):
+        assert main(["run", "--params", str(tmp_path / "params.yaml"), "--workspace", str(tmp_path / "ws"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "missing_yolox.py does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "ws").exists()
+    doc["teacher"]["config"] = "yolox_tiny_8xb8-300e_coco"
+    assert params_from_dict(doc).teacher.config == "yolox_tiny_8xb8-300e_coco"
+
+
 def test_truncated_or_garbage_index_registry_and_params_files_are_input_errors(synth, tmp_path: Path) -> None:
     """Row: a truncated or corrupted file the product reads (index, COCO, registry, params): an InputError
     naming the file, never a traceback."""
@@ -655,6 +703,45 @@ def _pipeline_params(n_pairs: int = 6):
 
     return params_from_dict({"data": {"synthetic": {"n_pairs": n_pairs, "seed": 2, **SMALL}},
                              "teacher": {"train": {"base_model": "yolox_tiny_8xb8-300e_coco"}}})
+
+
+def test_an_input_changed_during_a_step_leaves_the_step_unmarked_so_the_next_run_redoes_it(
+        tmp_path: Path, monkeypatch) -> None:
+    """Row: a data file changed during a pipeline step: the step's key is computed again after it
+    ran; when it differs (here a frame is added to the data root while ``data`` runs) the step gets
+    no marker, a WARNING and a fallback line in the run record, and the next run redoes it and marks
+    it done. A file that vanishes while a dataset is fingerprinted is an InputError, not a traceback."""
+    import pipeline.executor as executor
+    from data.synthetic import generate
+    from pipeline.params import params_from_dict
+    from pipeline.runs import content_fingerprint
+
+    root = tmp_path / "data"
+    generate(root, 3, seed=2, progress=False, **SMALL)
+    params = params_from_dict({"data": {"roots": [{"path": str(root), "version": "syn"}]},
+                               "teacher": {"train": {"base_model": "yolox_tiny_8xb8-300e_coco"}}})
+    real = executor.run_kind
+
+    def edit_during_data(ctx, step, sdir, resume=False):
+        out = real(ctx, step, sdir, resume=resume)
+        if step.name == "data":
+            (root / "rgb" / "late_arrival.txt").write_text("a file synced in while the step ran\n")
+        return out
+
+    monkeypatch.setattr(executor, "run_kind", edit_during_data)
+    first = executor.run_pipeline(params, tmp_path / "ws", until="data")
+    assert not (tmp_path / "ws" / "stages" / "data" / "stage.json").exists()
+    assert any("changed while it ran" in f for f in first.fallbacks), first.fallbacks
+    monkeypatch.setattr(executor, "run_kind", real)
+    second = executor.run_pipeline(params, tmp_path / "ws", until="data")
+    assert not second.stage("data").reused and (tmp_path / "ws" / "stages" / "data" / "stage.json").is_file()
+    assert executor.run_pipeline(params, tmp_path / "ws", until="data").stage("data").reused
+
+    def vanishing(f):
+        raise FileNotFoundError(2, "No such file or directory", f)
+
+    with pytest.raises(InputError, match="the dataset changed while being read"):
+        content_fingerprint(root, type("Memo", (), {"sha256": staticmethod(vanishing)})())
 
 
 def test_disk_full_in_a_pipeline_step_fails_the_run_and_the_next_run_redoes_only_that_step(
@@ -831,12 +918,27 @@ def test_read_only_workspace_fails_before_any_step_and_writes_nothing(tmp_path: 
     assert str(parent / "new_ws") in str(ei.value) and not (parent / "new_ws").exists()
 
 
+def test_read_only_shared_cache_fails_before_any_step_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    """Row: a read-only shared cache: a run given a ``--cache-dir`` it cannot write stops at once with an
+    InputError naming the cache, the errno and the fix, before the workspace lock or any step."""
+    from pipeline.executor import run_pipeline
+
+    cache = tmp_path / "shared_cache"
+    cache.mkdir()
+    _refuse_writes_under(monkeypatch, cache)
+    with pytest.raises(InputError, match=r"the shared cache is on a read-only file system \(EROFS creating") as ei:
+        run_pipeline(_pipeline_params(), tmp_path / "ws", until="index", cache_root=cache)
+    assert str(cache.resolve()) in str(ei.value) and "Fix: choose a writable --cache-dir" in str(ei.value)
+    monkeypatch.undo()
+    assert list(cache.iterdir()) == [] and not (tmp_path / "ws").exists()
+
+
 # ------------------------------------------------------------------------------- overlapping nightly run
 def test_overlapping_nightly_run_gives_up_without_touching_the_champion(tmp_path: Path, prefect_harness,
                                                                         quick_prefect) -> None:
     """Row: an overlapping nightly run: while another run holds the workspace, the nightly waits its
     ``lock_wait_seconds``, then fails with WorkspaceBusy naming the holder; no adapt run starts and the
-    champion pointer and history stay byte-identical."""
+    champion pointer and history stay byte-identical; the night's report says "skipped: workspace busy"."""
     from flows.nightly import nightly_flow
     from pipeline.champion import DEFAULT_METRIC, Champion, champion_path, history_path, promote
     from pipeline.lock import WorkspaceBusy, workspace_lock
@@ -855,3 +957,8 @@ def test_overlapping_nightly_run_gives_up_without_touching_the_champion(tmp_path
         assert time.monotonic() - t0 >= 1.0
     assert (champion_path(ws).read_bytes(), history_path(ws).read_bytes()) == (pointer, history)
     assert list_records(ws) == [] and not (ws / "stages").exists()
+    # the refused night still reports why (nightly/<id>.md, also published as the nightly-decision artifact)
+    reports = list((ws / "nightly").glob("*.md"))
+    assert len(reports) == 1
+    text = reports[0].read_text()
+    assert "skipped: workspace busy" in text and "nightly-earlier" in text and "champion is untouched" in text

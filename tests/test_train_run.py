@@ -67,6 +67,67 @@ def test_training_writes_config_checkpoints_and_result(trained):
     assert saved["weights"]["init"].startswith("random")
 
 
+@pytest.mark.skipif(not (NANO / "yolox_nano_coco.pth").is_file(), reason=f"shared nano teacher absent at {NANO}")
+def test_resume_after_a_kill_between_checkpoint_and_validation_validates_that_epoch(synthetic, tmp_path):
+    """mmengine saves ``epoch_N.pth`` *before* validating epoch N and, resumed, skips that
+    validation: a kill in between lost the best checkpoint, and the slim checkpoint came from the
+    last one. Now the resumed training validates epoch N first, so its best checkpoint, slim
+    checkpoint and history are those of the uninterrupted training."""
+    from tasks.train import train
+
+    work = tmp_path / "run"
+    # the COCO nano teacher fine-tuned: detects from the start, so validation has a best checkpoint
+    nano = dict(base_model=str(NANO / "yolox_nano_coco.py"), load_from=str(NANO / "yolox_nano_coco.pth"),
+                freeze_bn=True, frozen_stages=0, warmup_epochs=0, epochs=1, input_size=(160, 128))
+    done = train(_spec(synthetic, work, **nano))
+    slim, history = done.slim_checkpoint.read_bytes(), done.metrics["history"]
+    assert [h["epoch"] for h in history] == [1] and done.best_checkpoint is not None
+    # the state a kill during epoch 1's validation leaves: the epoch checkpoint as saved before the
+    # validation (mmengine saves it again after a new best, with the best score), nothing after it
+    import torch
+
+    ckpt = torch.load(work / "epoch_1.pth", map_location="cpu", weights_only=False)
+    for key in ("best_score", "best_ckpt"):
+        ckpt["message_hub"]["runtime_info"].pop(key)
+    torch.save(ckpt, work / "epoch_1.pth")
+    for f in [done.best_checkpoint, done.slim_checkpoint, work / "val_history.json", work / "train_result.json"]:
+        f.unlink()
+    resumed = train(_spec(synthetic, work, **nano, resume=True))
+    assert resumed.weights["resumed_from"].endswith("epoch_1.pth") and resumed.timings["iterations"] == 0
+    assert resumed.best_checkpoint is not None and resumed.best_checkpoint.name == done.best_checkpoint.name
+    assert resumed.metrics["history"] == history
+    assert resumed.slim_checkpoint.read_bytes() == slim
+
+
+@pytest.mark.skipif(not (NANO / "yolox_nano_coco.pth").is_file(), reason=f"shared nano teacher absent at {NANO}")
+def test_resume_in_a_copied_workspace_leaves_the_original_alone(synthetic, tmp_path):
+    """mmengine keeps the best checkpoint's absolute path in the epoch checkpoint; resumed in a copy
+    of the training folder, a new best used to delete the ORIGINAL folder's best checkpoint."""
+    import shutil
+
+    import torch
+
+    from tasks.train import train
+
+    nano = dict(base_model=str(NANO / "yolox_nano_coco.py"), load_from=str(NANO / "yolox_nano_coco.pth"),
+                freeze_bn=True, frozen_stages=0, warmup_epochs=0, epochs=1, input_size=(160, 128))
+    original = tmp_path / "original"
+    done = train(_spec(synthetic, original, **nano))
+    best = done.best_checkpoint
+    assert best is not None and best.is_file()
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    # the copy as a kill during its validation left it, with any new score counting as a new best
+    ckpt = torch.load(copy / "epoch_1.pth", map_location="cpu", weights_only=False)
+    assert ckpt["message_hub"]["runtime_info"]["best_ckpt"] == str(best)          # absolute, into the original
+    ckpt["message_hub"]["runtime_info"]["best_score"] = -1.0
+    torch.save(ckpt, copy / "epoch_1.pth")
+    (copy / "val_history.json").unlink()
+    resumed = train(_spec(synthetic, copy, **nano, resume=True))
+    assert best.is_file(), "resuming the copy deleted the original's best checkpoint"
+    assert resumed.best_checkpoint is not None and resumed.best_checkpoint.parent == copy
+
+
 def test_resume_continues_from_last_checkpoint(trained, synthetic):
     from tasks.train import train
 
