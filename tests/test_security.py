@@ -136,7 +136,7 @@ def test_serve_refuses_a_non_loopback_webserver_unless_opted_in(tmp_path: Path, 
     from rgb2thermal_cli.main import main
 
     p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump({"data": {"synthetic": {"n_pairs": 4}},
+    p.write_text(yaml.safe_dump({"data": {"synthetic": {"n_pairs": 4}, "val_fraction": 0.25},
                                  "teacher": {"train": {"base_model": "yolox_tiny_8xb8-300e_coco"}}}))
     args = ["serve", "--params", str(p), "--workspace", str(tmp_path / "ws"), "--dry-run"]
     assert main(args) == 0                                       # default: no webserver at all
