@@ -44,6 +44,7 @@ from pipeline.champion import (DEFAULT_METRIC, Champion, archive_model, decide, 
                             load_champion, promote, rescore, watched_fingerprints)
 from pipeline.executor import workspace_hash_memo
 from pipeline.params import load_params
+from pipeline.plan import adapted_step
 from pipeline.runs import RunRecord, new_run_id, now
 from pipeline.lock import WorkspaceBusy, workspace_lock
 
@@ -101,7 +102,7 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
 
     Returns ``{"nightly_id", "outcome" (no change|promoted|kept), "reason", "challenger_run",
     "champion_run", "report"}`` plus, when a challenger ran, ``"champion_value"``,
-    ``"challenger_value"`` (the metric of both on the current test set) and ``"comparison"``; raises when the challenger run fails (champion untouched).
+    ``"challenger_value"`` (the metric of both on the current decision split: val, or test by opt-in) and ``"comparison"``; raises when the challenger run fails (champion untouched).
     """
     p = load_params(None if params is not None else params_path, overrides, data=params)
     ws = Path(workspace).resolve()
@@ -146,7 +147,8 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
         decision = decide(champ, metrics, metric, min_improvement)
         outcome = "promoted" if decision.promote else "kept"
         if decision.promote:
-            model = archive_model(ws, record["run_id"], _stage_outputs(record, "student"))
+            # the adapted model: the last self-training round's student (student@round2 with 2 rounds)
+            model = archive_model(ws, record["run_id"], _stage_outputs(record, adapted_step(p)))
             promote(ws, Champion(run_id=record["run_id"], metric=metric, value=float(decision.challenger),
                                  datasets=fps, promoted=now(), metrics=metrics, model=model,
                                  test_set=gt_fingerprint(gt)))

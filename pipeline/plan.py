@@ -174,5 +174,12 @@ def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:
     return {c: words[c] for c in columns if c in words}
 
 
+def adapted_step(params: PipelineParams) -> str:
+    """The step that trains the ``adapted`` model (the last self-training round's student): what the
+    nightly flow promotes and a sweep prunes on."""
+    eval_step = next(s for s in plan(params) if s.name == "eval")
+    return eval_step.needs["model:adapted"].step
+
+
 def step_names(params: PipelineParams) -> list[str]:
     return [s.name for s in plan(params)]

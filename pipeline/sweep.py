@@ -39,7 +39,7 @@ import yaml
 from core import atomic
 from core.errors import InputError
 from pipeline.champion import metric_value
-from pipeline.plan import plan
+from pipeline.plan import adapted_step
 from pipeline.params import params_from_dict
 from pipeline.runs import RunRecord, list_records
 from pipeline.sweep_space import SweepSpec, base_mapping, check_sweep, trial_params
@@ -140,12 +140,6 @@ def seed_workspace(src: Path | None, dst: Path) -> int:
     return n
 
 
-def _adapted_step(params: Any) -> str:
-    """The step whose training the pruner watches: the last self-training round's student."""
-    eval_step = next(s for s in plan(params) if s.name == TEST_STEP)
-    return eval_step.needs["model:adapted"].step
-
-
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
@@ -177,7 +171,7 @@ def run_trial(trial: Any, spec: SweepSpec, base: dict[str, Any], paths: SweepPat
     linked = seed_workspace(seed, ws)
     trial.set_user_attr("workspace", str(ws))
     trial.set_user_attr("seeded_from", str(seed) if seed else None)
-    rel_history = Path("stages") / _adapted_step(params) / "train" / "val_history.json"
+    rel_history = Path("stages") / adapted_step(params) / "train" / "val_history.json"
     history = ws / rel_history
     # the seed's history, hard-linked in: the previous trial's numbers until this trial's training replaces it
     stale = _inode(seed / rel_history) if seed is not None else None

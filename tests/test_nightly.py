@@ -242,3 +242,18 @@ def test_nightly_decides_on_val_and_refuses_without_it(tmp_path: Path, prefect_h
     assert champ.value == rec.metrics["val"]["adapted"]["all"]["mAP_50"]
     assert champ.test_set == gt_fingerprint(ws / "stages" / "index" / "thermal_val.json")
     assert "decided on the val split" in Path(out["report"]).read_text()
+
+
+@needs_nano
+def test_the_promoted_model_is_the_last_rounds_student(tmp_path: Path) -> None:
+    """With self-training rounds the adapted model is student@round2, not round 1's student: what
+    the nightly flow archives and promotes (and what a sweep prunes on)."""
+    from pipeline.params import params_from_dict
+    from pipeline.plan import adapted_step
+
+    _folder(tmp_path, 2)
+    params = _params(tmp_path)
+    assert adapted_step(params_from_dict(params)) == "student"
+    params["self_training"] = {"rounds": 2}
+    params["thermal_source"] = {"enabled": True}
+    assert adapted_step(params_from_dict(params)) == "student@round2"
