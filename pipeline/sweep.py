@@ -221,7 +221,8 @@ def _inode(path: Path) -> int | None:
 
 
 def _report(trial: Any, history: Path, reported: int, stale: int | None = None) -> int:
-    """Report validations not yet reported (``coco/bbox_mAP_50`` at step = epoch); returns the count.
+    """Report validations not yet reported (``coco/bbox_mAP_50`` at step = epoch), stopping at the first
+    one the pruner prunes on; returns how many entries were consumed.
     A history that is still the seed workspace's file (inode ``stale``) is not this trial's: skipped."""
     if not history.is_file() or (stale is not None and _inode(history) == stale):
         return reported
@@ -230,10 +231,13 @@ def _report(trial: Any, history: Path, reported: int, stale: int | None = None) 
     except (OSError, ValueError):
         return reported
     for entry in entries[reported:]:
+        reported += 1
         value = entry.get("coco/bbox_mAP_50")
         if isinstance(value, (int, float)) and value >= 0:
             trial.report(float(value), int(entry["epoch"]))
-    return len(entries)
+            if trial.should_prune():       # prune at the first epoch the pruner says, not at a later one read with it
+                break
+    return reported
 
 
 def _latest_complete(study: Any) -> Path | None:

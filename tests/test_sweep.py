@@ -215,9 +215,10 @@ def test_pruned_trial_is_recorded_as_pruned(tmp_path: Path) -> None:
     from pipeline.sweep import SweepPaths, open_study, run_sweep
     from pipeline.sweep_space import load_sweep
 
-    # a threshold above any mAP prunes at the first report (after epoch 1 of 2)
+    # a threshold above any mAP prunes at the first report (after epoch 1 of 4; an epoch of this tiny
+    # set can be shorter than the sweep's poll, so more validations may be read at once)
     sweep = _setup(tmp_path, pruner={"type": "threshold", "lower": 1.01}, budget={"trials": 1},
-                   fixed={"student.train.epochs": 2})
+                   fixed={"student.train.epochs": 4})
     run_sweep(load_sweep(sweep), tmp_path / "study")
     (t,) = open_study(load_sweep(sweep), SweepPaths(tmp_path / "study"), None, create=False).get_trials()
     assert t.state == optuna.trial.TrialState.PRUNED and t.last_step == 1
@@ -289,6 +290,9 @@ def test_a_seeded_history_is_not_reported_as_this_trials(tmp_path: Path) -> None
         def report(self, value: float, step: int) -> None:
             self.reports.append((value, step))
 
+        def should_prune(self) -> bool:       # prunes at the first value below 0.1
+            return any(v < 0.1 for v, _ in self.reports)
+
     seed = atomic.write_json(tmp_path / "seed.json", [{"epoch": 1, "coco/bbox_mAP_50": 0.9}])
     mine = tmp_path / "trial.json"
     os.link(seed, mine)
@@ -296,3 +300,7 @@ def test_a_seeded_history_is_not_reported_as_this_trials(tmp_path: Path) -> None
     assert _report(trial, mine, 0, _inode(seed)) == 0 and trial.reports == []
     atomic.write_json(mine, [{"epoch": 1, "coco/bbox_mAP_50": 0.2}, {"epoch": 2, "coco/bbox_mAP_50": -1}])
     assert _report(trial, mine, 0, _inode(seed)) == 2 and trial.reports == [(0.2, 1)]   # -1: no value
+    # several validations read at once: reporting stops at the first one the pruner prunes on
+    atomic.write_json(mine, [*atomic.read_json(mine), {"epoch": 3, "coco/bbox_mAP_50": 0.05},
+                             {"epoch": 4, "coco/bbox_mAP_50": 0.5}])
+    assert _report(trial, mine, 2, _inode(seed)) == 3 and trial.reports == [(0.2, 1), (0.05, 3)]
