@@ -21,7 +21,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from core.errors import InputError
-from pipeline.sweep import SweepPaths, run_sweep
+from pipeline.sweep import SweepPaths, run_sweep, sweep_classes
 from pipeline.sweep_report import format_table, trial_rows
 from pipeline.sweep_space import load_sweep
 
@@ -45,10 +45,9 @@ def sweep_flow(sweep_file: str, sweep_dir: str | None = None, params_path: str |
     spec = load_sweep(sweep_file)
     root = Path(sweep_dir) if sweep_dir else Path(sweep_file).resolve().parent / "sweeps" / spec.study
     rows = trials_task(sweep_file, str(root), params_path, storage, worker, cache_dir)
-    classes = ["person", "car"]
-    create_markdown_artifact(key="sweep-trials", markdown=format_table(rows, spec.objective, classes),
-                             description=f"study {spec.study}: trials (decided on val; test reported only)")
     paths = SweepPaths(root.resolve())
+    create_markdown_artifact(key="sweep-trials", markdown=format_table(rows, spec.objective, sweep_classes(paths.root)),
+                             description=f"study {spec.study}: trials (decided on val; test reported only)")
     for name, key in ARTIFACTS.items():
         png = paths.plots / f"{name}.png"
         if png.is_file():       # the plot lives in the sweep folder, which the Prefect UI cannot reach: a data: URL

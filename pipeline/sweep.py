@@ -118,22 +118,22 @@ def seed_workspace(src: Path | None, dst: Path) -> int:
         return 0
     n = 0
     warned = False
+
+    def link(a: str, b: str) -> None:
+        nonlocal warned
+        try:
+            os.link(a, b)
+        except OSError:
+            if not warned:
+                log.warning("sweep: cannot hard-link %s into %s (another file system?): copying", src, dst)
+                warned = True
+            shutil.copy2(a, b)
+
     for sdir in sorted((src / "stages").iterdir()):
         if not (sdir / "stage.json").is_file() or (dst / "stages" / sdir.name).exists():
             continue
         tmp = dst / "stages" / f".{sdir.name}.linking"
         shutil.rmtree(tmp, ignore_errors=True)
-
-        def link(a: str, b: str) -> None:
-            nonlocal warned
-            try:
-                os.link(a, b)
-            except OSError:
-                if not warned:
-                    log.warning("sweep: cannot hard-link %s into %s (another file system?): copying", src, dst)
-                    warned = True
-                shutil.copy2(a, b)
-
         shutil.copytree(sdir, tmp, copy_function=link)
         os.replace(tmp, dst / "stages" / sdir.name)          # whole folders appear at once
         n += 1
@@ -308,7 +308,7 @@ def write_outputs(study: Any, spec: SweepSpec, base: dict[str, Any], paths: Swee
 
     rows = trial_rows(study)
     atomic.write_json(paths.root / "trials.json", rows)
-    best = _best(study)
+    best = best_trial(study)
     if best is not None:
         mapping = trial_params(base, spec, dict(best.params))
         atomic.write_text(paths.best_params, f"# best trial {best.number} of study '{spec.study}': "
@@ -317,19 +317,17 @@ def write_outputs(study: Any, spec: SweepSpec, base: dict[str, Any], paths: Swee
     write_plots(study, paths.plots)
 
 
-def _best(study: Any) -> Any:
+def best_trial(study: Any) -> Any:
+    """The complete trial with the highest val objective (pruned and failed trials never win); None if none."""
     import optuna
 
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return max(done, key=lambda t: t.value) if done else None
 
 
-def best_trial(study: Any) -> Any:
-    return _best(study)
-
-
-def load_sweep_json(root: str | Path) -> dict[str, Any]:
+def sweep_classes(root: str | Path) -> list[str]:
+    """The target classes of the sweep in ``root`` (from its ``sweep.json``), for the tables."""
     path = Path(root) / "sweep.json"
     if not path.is_file():
-        raise InputError("no sweep here", str(root), "run `rgb2thermal sweep run --sweep-dir DIR` first")
-    return json.loads(path.read_text())
+        return ["person", "car"]                 # the pipeline's default classes (data.classes)
+    return list((json.loads(path.read_text())["base"].get("data") or {}).get("classes") or ["person", "car"])

@@ -84,25 +84,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    from pipeline.sweep import open_study
+    import shlex
+
+    from pipeline.sweep import best_trial, open_study, sweep_classes
     from pipeline.sweep_report import format_table, trial_rows
 
     _quiet_optuna(args)
     spec, paths = _resolve(args)
     study = open_study(spec, paths, args.storage, create=False)
-    classes = ["person", "car"]
-    if (paths.root / "sweep.json").is_file():
-        from pipeline.sweep import load_sweep_json
-
-        classes = list((load_sweep_json(paths.root)["base"].get("data") or {}).get("classes") or classes)
-    print(format_table(trial_rows(study), spec.objective, classes))
+    print(format_table(trial_rows(study), spec.objective, sweep_classes(paths.root)))
     if paths.best_params.is_file():
         print(f"best parameters: {paths.best_params} (rgb2thermal run --params {paths.best_params})")
-        from pipeline.sweep import best_trial
-
         best = best_trial(study)
-        import shlex
-
         sets = " ".join(f"-S {shlex.quote(f'{k}={v}')}" for k, v in {**spec.fixed, **best.params}.items())
         print(f"as a DVC experiment, next to the others in `dvc exp show`: dvc exp run {sets}")
     print(f"plots: {paths.plots}")
