@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[Path]:
@@ -54,11 +56,37 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def dumps_json(obj: Any, *, indent: int | None = None) -> bytes:
+    """UTF-8 JSON bytes of ``obj``: compact, or indented by 2 with ``indent=2``; keys keep
+    insertion order so outputs are byte-stable; numpy scalars and arrays are written as numbers.
+
+    orjson rather than the standard library: a 10k-image COCO file encodes ~10x faster and
+    parses ~2-3x faster, and the JSON a +1 % re-run reads and writes was a third of its time
+    (benchmarks/RESULTS.md, pipeline incremental). Non-finite floats are written as ``null``
+    (the standard library would write ``NaN``, which is not JSON).
+    """
+    if indent not in (None, 2):
+        raise ValueError(f"indent must be None or 2, got {indent!r}")
+    opts = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
+    return orjson.dumps(obj, option=opts)
+
+
 def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
-    """Write JSON atomically; keys keep insertion order so outputs are byte-stable."""
-    return write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+    """Write JSON atomically (see :func:`dumps_json`), with a final newline."""
+    return write_bytes(path, dumps_json(obj, indent=indent) + b"\n")
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """Parse a JSON file; malformed JSON or UTF-8 raises ``ValueError`` (``json.JSONDecodeError``).
+
+    ``NaN``/``Infinity`` tokens (not JSON, but Python and numpy tools write them) are accepted as
+    the standard library accepts them, so the validators downstream can name the non-finite value
+    instead of failing on a parse error: orjson refuses them, and only then is the standard
+    library's (slower) parser run on the same bytes.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)

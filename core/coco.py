@@ -215,20 +215,22 @@ def annotation(ann_id: int, image_id: int, category_id: int, box_xyxy: Sequence[
             "area": round(w * h, 3), "iscrowd": 0, **extra}
 
 
-def annotations(first_id: int, image_id: int, category_ids: Sequence[int], boxes_xyxy: Any,
+def annotations(first_id: int, image_id: int | Sequence[int], category_ids: Sequence[int], boxes_xyxy: Any,
                 extras: Sequence[dict] | None = None, **common: Any) -> list[dict]:
-    """Many annotations of one image at once, the same dicts ``annotation(...)`` gives per box.
+    """Many annotations at once, the same dicts ``annotation(...)`` gives per box.
 
     Why: ``annotation`` converts one box through numpy per call, which costs more than the
     detector per image when a stage writes tens of thousands of boxes. Ids are consecutive
-    from ``first_id``; ``extras[i]`` (optional) are per-box keys, ``common`` keys go on every box.
+    from ``first_id``; ``image_id`` is one image's id or one id per box (a whole data set in one
+    call); ``extras[i]`` (optional) are per-box keys, ``common`` keys go on every box.
     """
     xywh = xyxy_to_xywh(boxes_xyxy)
     bbox = np.round(xywh, 3).tolist()
     area = np.round(xywh[:, 2] * xywh[:, 3], 3).tolist()
+    image_ids = [image_id] * len(bbox) if isinstance(image_id, (int, np.integer)) else [int(i) for i in image_id]
     out = []
     for i, (box, cat) in enumerate(zip(bbox, category_ids)):
-        out.append({"id": first_id + i, "image_id": image_id, "category_id": int(cat), "bbox": box,
+        out.append({"id": first_id + i, "image_id": image_ids[i], "category_id": int(cat), "bbox": box,
                     "area": area[i], "iscrowd": 0, **common, **(extras[i] if extras is not None else {})})
     return out
 

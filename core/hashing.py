@@ -87,8 +87,9 @@ class HashMemo:
         self.misses = 0
         if self.path is not None and self.path.is_file():
             try:
-                with open(self.path, encoding="utf-8") as fh:
-                    doc = json.load(fh)
+                from core import atomic
+
+                doc = atomic.read_json(self.path)
                 if doc.get("schema") == MEMO_SCHEMA and isinstance(doc.get("files"), dict):
                     self._entries = doc["files"]
             except (OSError, ValueError, AttributeError) as exc:

@@ -15,7 +15,6 @@ Nothing is ever deleted here (a cache folder can be removed at any time).
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -90,5 +89,4 @@ class ImageCache:
         crash is detected by :meth:`get` and recomputed.
         """
         doc = {"schema": self.schema, **{k: v for k, v in entry.items() if k != "schema"}}
-        data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        return atomic.write_bytes(self.path(key), data, fsync=False)
+        return atomic.write_bytes(self.path(key), atomic.dumps_json(doc), fsync=False)

@@ -362,6 +362,7 @@ def _labels_to_anns(raw: RawLabels, size: tuple[int, int], cmap: Mapping[str, st
                     opts: BuildOptions, where: str, issues: list[dict], dropped_classes: Counter) -> list[tuple[int, list[float]]]:
     from core.boxes import as_boxes, cxcywh_norm_to_xyxy
 
+    isfinite = math.isfinite
     w, h = size
     b = as_boxes(raw.boxes)
     if len(b) and raw.fmt == "cxcywh_norm":
@@ -373,7 +374,7 @@ def _labels_to_anns(raw: RawLabels, size: tuple[int, int], cmap: Mapping[str, st
             dropped_classes[str(name)] += 1
             continue
         x1, y1, x2, y2 = box
-        if not all(math.isfinite(v) for v in box) or x2 - x1 <= 0 or y2 - y1 <= 0:
+        if not (isfinite(x1) and isfinite(y1) and isfinite(x2) and isfinite(y2)) or x2 - x1 <= 0 or y2 - y1 <= 0:
             issues.append({"kind": "box_degenerate", "item": where, "detail": f"{name} box {box} has no area",
                            "source": raw.source})
             continue
@@ -478,7 +479,9 @@ def build_index(candidates: Sequence[Candidate], version: str, out_path: str | P
         has_labels = (any(c.rgb_labels is not None for c in candidates),
                       any(c.thermal_labels is not None for c in candidates))
     pairs: list[Pair] = []
-    anns: dict[str, list[dict]] = {"rgb": [], "thermal": []}
+    # (image id, category id, xyxy box) per kept box, in pair order; made into annotations at the end
+    # in one vectorised call (per pair, the numpy conversions cost more than the checks)
+    kept_boxes: dict[str, list[tuple[int, int, list[float]]]] = {"rgb": [], "thermal": []}
     real_dirs: dict[str, str] = {}
 
     def resolved(path: str | Path) -> str:
@@ -503,10 +506,12 @@ def build_index(candidates: Sequence[Candidate], version: str, out_path: str | P
                     issues_out.append({"kind": "unlabelled_image", "item": p.pair_id, "version": version,
                                        "detail": f"the {mod} labels do not mention this image: it gets no {mod} boxes"})
                 continue
-            kept = _labels_to_anns(raw, size, cmap, cat_id, opts, p.pair_id, issues_out, dropped_classes[mod])
-            if kept:
-                anns[mod].extend(annotations(len(anns[mod]) + 1, image_id, [cid for cid, _ in kept],
-                                             np.asarray([box for _, box in kept], dtype=np.float64)))
+            kept_boxes[mod].extend((image_id, cid, box) for cid, box in
+                                   _labels_to_anns(raw, size, cmap, cat_id, opts, p.pair_id, issues_out,
+                                                   dropped_classes[mod]))
+    anns = {mod: annotations(1, [i for i, _, _ in kb], [c for _, c, _ in kb],
+                             np.asarray([b for _, _, b in kb], dtype=np.float64).reshape(-1, 4))
+            for mod, kb in kept_boxes.items()}
     for mod in ("rgb", "thermal"):
         for name, n in sorted(dropped_classes[mod].items()):
             issues_out.append({"kind": "class_dropped", "version": version, "item": f"{mod} labels",

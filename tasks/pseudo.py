@@ -112,35 +112,48 @@ class PseudoParams(StageParams):
         return d
 
 
+def _nms_order(boxes: np.ndarray, scores: np.ndarray, target_idx: np.ndarray, nms_iou: float) -> np.ndarray:
+    """Class-wise NMS of one image's boxes; kept indices, best score first (ties in NMS order).
+
+    ``boxes`` ``(N, 4)`` xyxy pixels, ``scores`` ``(N,)``, ``target_idx`` ``(N,)`` target class index.
+    """
+    idx = np.arange(len(boxes))
+    if len(idx) > 1 and nms_iou < 1.0 and len(np.unique(target_idx)) < len(idx):   # two boxes of one class
+        # mmcv's NMS, not torchvision's: mmdet has loaded mmcv.ops in the same process already
+        # (the teacher's inference), while importing torchvision cost ~1 s of every re-run
+        import torch
+        from mmcv.ops import batched_nms
+
+        _, keep = batched_nms(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores, dtype=torch.float32),
+                              torch.as_tensor(target_idx, dtype=torch.int64),
+                              {"type": "nms", "iou_threshold": float(nms_iou)})
+        idx = keep.numpy()
+    return idx[np.argsort(-scores[idx], kind="stable")]
+
+
 def select_boxes(boxes: np.ndarray, scores: np.ndarray, target_idx: np.ndarray, thresholds: np.ndarray,
                  params: PseudoParams) -> tuple[np.ndarray, dict[str, int]]:
     """Apply steps 2-5 to one image's mapped boxes; return kept indices (best score first) and drops.
 
     ``boxes`` ``(N, 4)`` xyxy pixels, ``scores`` ``(N,)``, ``target_idx`` ``(N,)`` 0-based target
-    class index, ``thresholds`` per target class index.
+    class index, ``thresholds`` per target class index. :func:`run_pseudo` applies the same
+    rules to all images at once (steps 2-3 vectorised over the data set).
     """
-    import torch
-    from torchvision.ops import batched_nms
+    ok = _passes(boxes, scores, target_idx, thresholds, params.min_size)
+    dropped = {"below_threshold": int((~ok[0]).sum()), "too_small": int((ok[0] & ~ok[1]).sum())}
+    idx = np.flatnonzero(ok[1])
+    order = _nms_order(boxes[idx], scores[idx], target_idx[idx], params.nms_iou)
+    dropped["nms"] = len(idx) - len(order)
+    dropped["max_per_image"] = max(0, len(order) - params.max_per_image)
+    return idx[order[: params.max_per_image]], dropped
 
-    dropped: dict[str, int] = {}
-    idx = np.arange(len(boxes))
-    ok = scores >= thresholds[target_idx]
-    dropped["below_threshold"] = int((~ok).sum())
-    idx = idx[ok]
-    wh = boxes[idx, 2:] - boxes[idx, :2]
-    ok = (wh >= params.min_size).all(axis=1)
-    dropped["too_small"] = int((~ok).sum())
-    idx = idx[ok]
-    dropped["nms"] = 0
-    if len(idx) > 1 and params.nms_iou < 1.0:
-        keep = batched_nms(torch.as_tensor(boxes[idx], dtype=torch.float32),
-                           torch.as_tensor(scores[idx], dtype=torch.float32),
-                           torch.as_tensor(target_idx[idx], dtype=torch.int64), float(params.nms_iou)).numpy()
-        dropped["nms"] = len(idx) - len(keep)
-        idx = idx[keep]
-    idx = idx[np.argsort(-scores[idx], kind="stable")]
-    dropped["max_per_image"] = max(0, len(idx) - params.max_per_image)
-    return idx[: params.max_per_image], dropped
+
+def _passes(boxes: np.ndarray, scores: np.ndarray, target_idx: np.ndarray, thresholds: np.ndarray,
+            min_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """(score >= its class threshold, that and both sides >= ``min_size`` pixels), per box."""
+    above = scores >= thresholds[target_idx]
+    wh = boxes[:, 2:] - boxes[:, :2]
+    return above, above & (wh >= min_size).all(axis=1)
 
 
 def _save_histogram(path: Path, cls: str, counts: np.ndarray, threshold: float) -> None:
@@ -204,31 +217,40 @@ def run_pseudo(inp: Path, out: Path, params: PseudoParams) -> StageReport:
     thresholds = np.asarray([params.threshold(c) for c in params.target_classes], dtype=np.float64)
     mapped_scores: list[list[np.ndarray]] = [[] for _ in params.target_classes]   # for the histograms
 
-    by_image: dict[int, list[int]] = {im["id"]: [] for im in ds["images"]}
-    for i, a in enumerate(ds["annotations"]):
-        by_image[a["image_id"]].append(i)
+    # steps 1-3 over all boxes at once (a 10k-image infer file holds ~500k detections: per-image
+    # Python over them was most of this stage), then NMS and the cap per image on what is left
+    src = ds["annotations"]
+    target_all = np.fromiter((cat_to_target.get(a["category_id"], -1) for a in src), dtype=np.int64, count=len(src))
+    mapped_i = np.flatnonzero(target_all >= 0)
     dropped = dict.fromkeys(DROP_REASONS, 0)
+    dropped["unmapped_class"] = len(src) - len(mapped_i)
+    target = target_all[mapped_i]
+    boxes = xywh_to_xyxy([src[i]["bbox"] for i in mapped_i.tolist()])
+    scores = np.asarray([float(src[i].get("score", 1.0)) for i in mapped_i.tolist()], dtype=np.float64)
+    for t in range(len(params.target_classes)):
+        mapped_scores[t].append(scores[target == t])
+    above, ok = _passes(boxes, scores, target, thresholds, params.min_size)
+    dropped["below_threshold"] = int((~above).sum())
+    dropped["too_small"] = int((above & ~ok).sum())
+    pos = {im["id"]: k for k, im in enumerate(ds["images"])}
+    surv = np.flatnonzero(ok)
+    img_pos = np.fromiter((pos[src[i]["image_id"]] for i in mapped_i[surv].tolist()), dtype=np.int64, count=len(surv))
+    by_pos = np.argsort(img_pos, kind="stable")          # image order, annotation order within an image
+    surv, img_pos = surv[by_pos], img_pos[by_pos]
+    groups = np.split(surv, np.flatnonzero(img_pos[1:] != img_pos[:-1]) + 1) if len(surv) else []
     kept_per_class = np.zeros(len(params.target_classes), dtype=np.int64)
     anns: list[dict] = []
-    for im in tqdm(ds["images"], desc="pseudo", unit="img", disable=None):
-        items = [ds["annotations"][i] for i in by_image[im["id"]]]
-        mapped = [a for a in items if a["category_id"] in cat_to_target]
-        dropped["unmapped_class"] += len(items) - len(mapped)
-        if not mapped:
-            continue
-        boxes = xywh_to_xyxy([a["bbox"] for a in mapped])
-        scores = np.asarray([float(a.get("score", 1.0)) for a in mapped], dtype=np.float64)
-        target = np.asarray([cat_to_target[a["category_id"]] for a in mapped], dtype=np.int64)
-        for t in range(len(params.target_classes)):
-            mapped_scores[t].append(scores[target == t])
-        keep, drops = select_boxes(boxes, scores, target, thresholds, params)
-        for k, v in drops.items():
-            dropped[k] += v
+    for group in tqdm(groups, desc="pseudo", unit="img", disable=None):
+        order = _nms_order(boxes[group], scores[group], target[group], params.nms_iou)
+        dropped["nms"] += len(group) - len(order)
+        dropped["max_per_image"] += max(0, len(order) - params.max_per_image)
+        keep = group[order[: params.max_per_image]]
         kept_per_class += np.bincount(target[keep], minlength=len(params.target_classes))
-        extras = [{"score": round(float(scores[j]), 6), "source": mapped[j].get("source", "unknown"),
-                   "detector_class": det_names[mapped[j]["category_id"]], "infer_ann_id": mapped[j]["id"]}
-                  for j in keep.tolist()]
-        anns.extend(annotations(len(anns) + 1, im["id"], (target[keep] + 1).tolist(), boxes[keep], extras))
+        items = [src[i] for i in mapped_i[keep].tolist()]
+        extras = [{"score": round(float(scores[j]), 6), "source": a.get("source", "unknown"),
+                   "detector_class": det_names[a["category_id"]], "infer_ann_id": a["id"]}
+                  for j, a in zip(keep.tolist(), items)]
+        anns.extend(annotations(len(anns) + 1, items[0]["image_id"], (target[keep] + 1).tolist(), boxes[keep], extras))
     hist = np.stack([np.histogram(np.clip(np.concatenate(sc) if sc else np.zeros(0), 0.0, 1.0), bins=HIST_BINS)[0]
                      for sc in mapped_scores]).astype(np.int64)
     # no input path and no copy of the input's info: this file's content keys the steps after it,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,26 +79,40 @@ def read_yolo_file(path: Path, names: Mapping[int, str], issues: list[dict]) -> 
                      source=str(path))
 
 
-def escapes_root(path: str | os.PathLike[str], base: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` (absolute, or relative to ``base``) lies outside the dataset ``root``.
+def escape_checker(base: str | os.PathLike[str], root: str | os.PathLike[str]) -> Callable[[str | os.PathLike[str]], bool]:
+    """A test ``path -> bool``: whether ``path`` (absolute, or relative to ``base``) lies outside the
+    dataset ``root``. The root's forms are resolved once (per file name, resolving them was most of
+    reading a 10k-image label file).
 
     Judged on the path's text (``..`` collapsed, symlinks *not* followed): the question is what the
     label or pairs file says, and a dataset's own files may legitimately be links into a DVC cache or
     a shared store. ``root`` counts as given and as resolved, so a root reached through a link works.
     """
-    target = os.path.normpath(os.path.join(os.path.abspath(base), os.fspath(path)))
+    base_abs = os.path.abspath(base)
     roots = {os.path.normpath(os.path.abspath(root)), os.path.realpath(root)}
-    return not any(target == r or target.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+    prefixes = tuple(r.rstrip(os.sep) + os.sep for r in roots)
+
+    def escapes(path: str | os.PathLike[str]) -> bool:
+        target = os.path.normpath(os.path.join(base_abs, os.fspath(path)))
+        return target not in roots and not target.startswith(prefixes)
+
+    return escapes
+
+
+def escapes_root(path: str | os.PathLike[str], base: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (absolute, or relative to ``base``) lies outside the dataset ``root`` (see
+    :func:`escape_checker`, which is cheaper for many paths)."""
+    return escape_checker(base, root)(path)
 
 
 def refuse_outside_root(path: str | os.PathLike[str], base: Path, root: Path, source: str | os.PathLike[str],
-                        entry: str) -> None:
+                        entry: str, *, escapes: Callable[[str | os.PathLike[str]], bool] | None = None) -> None:
     """Raise :class:`InputError` when an image path named by a label or pairs file escapes the dataset root.
 
     Why refuse (not exclude): an absolute path or a ``..`` that leaves the dataset is never a defect
     of one frame but a file written for another place (or a traversal attempt); indexing it would pull
     frames from outside the data version that DVC and the run records fingerprint."""
-    if escapes_root(path, base, root):
+    if (escapes or escape_checker(base, root))(path):
         raise InputError(f"image path {os.fspath(path)!r} points outside the dataset root {root} "
                          "(an absolute path or '..')", f"{source}: {entry}",
                          "write paths inside the dataset (COCO file_name relative to its image folder, pairs.json "
@@ -117,8 +131,10 @@ def read_coco_labels(path: Path, issues: list[dict], *, root: Path | None = None
 
     ds = load_dataset(path)
     if root is not None:
+        escapes = escape_checker(base or root, root)
         for i, im in enumerate(ds["images"]):
-            refuse_outside_root(str(im["file_name"]), base or root, root, path, f"images[{i}] (id {im['id']})")
+            refuse_outside_root(str(im["file_name"]), base or root, root, path, f"images[{i}] (id {im['id']})",
+                                escapes=escapes)
     names = {c["id"]: c["name"] for c in ds["categories"]}
     per: dict[int, list[dict]] = {im["id"]: [] for im in ds["images"]}
     for a in ds["annotations"]:
@@ -194,9 +210,10 @@ def _read_pairs_file(path: Path, root: Path) -> list[dict[str, Any]]:
     if not isinstance(items, list) or not all(isinstance(i, dict) and "rgb" in i and "thermal" in i for i in items):
         raise InputError("pairs file must be a list (or {'pairs': list}) of {\"rgb\": path, \"thermal\": path} objects",
                          str(path), "paths are relative to the dataset root (or absolute, inside it)")
+    escapes = escape_checker(root, root)
     for k, item in enumerate(items):
         for key in ("rgb", "thermal"):
-            refuse_outside_root(str(item[key]), root, root, path, f"pairs[{k}].{key}")
+            refuse_outside_root(str(item[key]), root, root, path, f"pairs[{k}].{key}", escapes=escapes)
     return items
 
 
