@@ -15,7 +15,8 @@ Nothing here is tuned on the test split: the recipe's thresholds were chosen by 
 rounds is fixed in ``params/real.yaml``.
 
 Run: ``python -m benchmarks.msrs_adaptation [--seeds 0 1 2] [--full-seeds 1] [--root DIR]``
-(``--lever recall --seeds 0``: one lever of ``LEVERS`` on top of round 1, one seed)
+(``--lever recall --seeds 0``: one lever of ``LEVERS`` on top of round 1, one seed;
+``--candidate thermal640 --seeds 0 1 2``: a whole candidate recipe of ``CANDIDATES``, one run per seed)
 (``--full-seeds K``: the classic and oracle rows are trained for the first K seeds only; each
 training is ~15 min on 2 CPU cores). Per-seed results go to
 ``benchmarks/results/msrs_adaptation/seed<k>.json`` as soon as that seed finishes;
@@ -57,6 +58,13 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
     "no_refine": ("round 1 with the RGB boxes as warped (refine.method: none) instead of the classical refiner",
                   ["refine.method=none", "self_training.rounds=1", "eval.baselines=[source_only]"]),
 }
+#: Candidate recipes: the whole recipe (both rounds) with these settings, over several seeds, reported
+#: beside the shipped round 2. Chosen by pseudo-label F1 on the adapt frames' thermal labels (never test).
+CANDIDATES: dict[str, tuple[str, list[str]]] = {
+    "thermal640": ("thermal source at a 640 px test size, thermal person labels from 0.15 (car 0.5)",
+                   ["thermal_source.infer.input_size=[640, 640]",
+                    "thermal_source.pseudo.thresholds={person: 0.15, car: 0.5}"]),
+}
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),
               ("fuse@round2/fused.json", "fused, round 2")]
@@ -70,11 +78,12 @@ def overrides(seed: int, full: bool) -> list[str]:
     return sets
 
 
-def run_seed(seed: int, full: bool, root: Path, lever: str | None = None) -> dict[str, Any]:
-    ws = root / (f"lever_{lever}" if lever else f"seed{seed}")
-    cmd = [str(REPO / ".venv" / "bin" / "rgb2thermal"), "run", "--params", str(PARAMS), "--workspace", str(ws),
+def run_seed(seed: int, full: bool, root: Path, lever: str | None = None, candidate: str | None = None) -> dict[str, Any]:
+    ws = root / (f"lever_{lever}" if lever else f"cand_{candidate}_seed{seed}" if candidate else f"seed{seed}")
+    cmd = [sys.executable, "-m", "rgb2thermal_cli.main", "run", "--params", str(PARAMS), "--workspace", str(ws),
            "--cache-dir", str(root / "cache")]
-    for s in overrides(seed, full) + (LEVERS[lever][1] if lever else []):
+    extra = LEVERS[lever][1] if lever else CANDIDATES[candidate][1] if candidate else []
+    for s in overrides(seed, full) + extra:
         cmd += ["--set", s]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO)
@@ -110,7 +119,47 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def report(results: list[dict[str, Any]], levers: list[dict[str, Any]] = ()) -> str:
+def candidates_markdown(results: list[dict[str, Any]], cands: list[dict[str, Any]]) -> list[str]:
+    """Candidate recipes (mean ± sd over their seeds) beside the shipped round 2 of the same seeds."""
+    from tasks.compare import gap_closed
+
+    cats, groups = ["person", "car"], ["day", "night", "all"]
+    by_seed = {r["seed"]: r for r in results}
+    oracle = {c: statistics.mean([r["grouped"]["oracle"]["all"][c]["mAP_50"] for r in results if "oracle" in r["grouped"]])
+              for c in cats} if any("oracle" in r["grouped"] for r in results) else {}
+    lines = ["", "Candidate recipes: the whole recipe (two rounds) with other settings, over their seeds, beside the "
+             "shipped recipe's round 2 on the same seeds (mAP_50; gap closed against the mean oracle above). Chosen "
+             "by pseudo-label F1 on the adapt frames' thermal labels, never on test.", "",
+             "| recipe | seeds | " + " | ".join(f"{c} {g}" for c in cats for g in groups)
+             + " | gap closed person | gap closed car |", "|---|---|" + "---:|" * (len(cats) * len(groups) + 2)]
+    for name in sorted({c["candidate"] for c in cands}):
+        runs = [c for c in cands if c["candidate"] == name]
+        seeds = sorted(c["seed"] for c in runs)
+        rows = [(CANDIDATES[name][0] if name in CANDIDATES else name, runs),
+                ("shipped round 2, same seeds", [by_seed[k] for k in seeds if k in by_seed])]
+        for label, rs in rows:
+            if not rs:
+                continue
+            cells = [_ms([r["grouped"]["adapted"][g][c]["mAP_50"] for r in rs]) for c in cats for g in groups]
+            gaps = []
+            for c in cats:
+                vals = [100 * v for r in rs if (v := gap_closed(r["grouped"]["adapted"]["all"][c]["mAP_50"],
+                                                                r["grouped"]["source_only"]["all"][c]["mAP_50"],
+                                                                oracle.get(c))) is not None]
+                gaps.append("—" if not vals else f"{statistics.mean(vals):.0f} ± {statistics.stdev(vals):.0f} %"
+                            if len(vals) > 1 else f"{vals[0]:.0f} %")
+            lines.append(f"| {label} | {', '.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " | "
+                         + " | ".join(gaps) + " |")
+        lab = runs[0]["labels"]
+        lines.append("")
+        lines.append(f"Its pseudo-labels (adapt frames, seed {runs[0]['seed']}): " + "; ".join(
+            f"{n}: person P {t['person']['all']['precision'] or 0:.2f} R {t['person']['all']['recall'] or 0:.2f}, "
+            f"car P {t['car']['all']['precision'] or 0:.2f} R {t['car']['all']['recall'] or 0:.2f}" for n, t in lab.items()) + ".")
+    return lines
+
+
+def report(results: list[dict[str, Any]], levers: list[dict[str, Any]] = (),
+           cands: list[dict[str, Any]] = ()) -> str:
     from tasks.compare import gap_closed
 
     seeds = [r["seed"] for r in results]
@@ -164,6 +213,8 @@ def report(results: list[dict[str, Any]], levers: list[dict[str, Any]] = ()) -> 
             lines.append(f"| {LEVERS[r['lever']][0]} | {g['all']['person']['mAP_50']:.3f} | "
                          f"{g['night']['person']['mAP_50']:.3f} | {g['all']['car']['mAP_50']:.3f} | "
                          f"{g['night']['car']['mAP_50']:.3f} | {ref} |")
+    if cands:
+        lines += candidates_markdown(results, list(cands))
     wall = [r["seconds"] for r in results]
     lines += ["", f"Wall time per seed: {', '.join(f'{w / 60:.0f} min' for w in wall)} (2 CPU cores; a seed that "
               "trains the classic and oracle rows runs four students, the others two). Fallbacks recorded: "
@@ -176,7 +227,8 @@ def merge() -> Path:
     if not results:
         raise SystemExit(f"no per-seed results in {OUT_DIR}")
     levers = [json.loads(p.read_text()) for p in sorted(OUT_DIR.glob("lever_*.json"))]
-    return atomic.write_text(RESULT, report(results, levers))
+    cands = [json.loads(p.read_text()) for p in sorted(OUT_DIR.glob("cand_*.json"))]
+    return atomic.write_text(RESULT, report(results, levers, cands))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=Path("/tmp/rgb2thermal-msrs-adaptation"),
                     help="workspaces and the shared cache (never inside the repository)")
     ap.add_argument("--lever", choices=sorted(LEVERS), help="run one lever (round 1) for the first --seeds seed")
+    ap.add_argument("--candidate", choices=sorted(CANDIDATES), help="run one candidate recipe (both rounds) for every --seeds seed")
     ap.add_argument("--measure-only", action="store_true",
                     help="do not run: re-measure the existing workspaces under --root (after a run was done by hand)")
     ap.add_argument("--merge-only", action="store_true")
@@ -195,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         res = ({"seed": seed, "seconds": None, **measure(args.root / f"lever_{args.lever}" / "stages")}
                if args.measure_only else run_seed(seed, False, args.root, args.lever))
         atomic.write_json(OUT_DIR / f"lever_{args.lever}_seed{seed}.json", {**res, "lever": args.lever})
+    elif args.candidate:
+        for seed in args.seeds:
+            res = run_seed(seed, False, args.root, candidate=args.candidate)
+            atomic.write_json(OUT_DIR / f"cand_{args.candidate}_seed{seed}.json", {**res, "candidate": args.candidate})
+            print(f"candidate {args.candidate} seed {seed}: {res['seconds'] / 60:.1f} min", flush=True)
     elif not args.merge_only:
         if not DATA.is_dir() or not TEACHER.is_dir():
             print(f"skipped: {DATA} or {TEACHER} is missing", file=sys.stderr)

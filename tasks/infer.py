@@ -29,7 +29,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -54,6 +54,9 @@ SOURCES: tuple[str, ...] = get_args(Source)
 DEFAULT_CACHE_DIR = Path(".cache/rgb2thermal/infer")
 
 
+#: A test input side in pixels.
+Side = Annotated[int, Field(ge=32, le=4096)]
+
 class InferParams(StageParams):
     """How to run the detector.
 
@@ -72,6 +75,11 @@ class InferParams(StageParams):
     - ``source``: provenance tag on every box (``rgb_teacher`` or ``thermal_teacher``).
     - ``tta``: test-time views fused with the plain one per image (:mod:`tasks.tta`):
       ``[flip]`` also runs the mirrored image (twice the inference time).
+    - ``input_size``: the detector's test input ``[w, h]`` in pixels instead of its config's
+      (e.g. ``[640, 640]`` for a model whose config says 416: small objects are found more often
+      at a larger input); None keeps the config's.
+    - ``tta_sizes``: further test sizes ``[[w, h], ...]`` whose detections are fused with the
+      other views (a second scale; each size costs one more forward pass per image).
     """
 
     config: PathStr
@@ -82,6 +90,8 @@ class InferParams(StageParams):
     max_per_image: int = Field(default=100, ge=1)
     source: Source = "rgb_teacher"
     tta: list[View] = Field(default_factory=list)
+    input_size: tuple[Side, Side] | None = None
+    tta_sizes: list[tuple[Side, Side]] = Field(default_factory=list)
 
     @field_validator("config")
     @classmethod
@@ -102,6 +112,10 @@ class InferParams(StageParams):
         out: dict[str, Any] = {"min_score": round(float(self.min_score), 6), "max_per_image": int(self.max_per_image)}
         if self.tta:                      # absent when off: caches made before TTA existed stay valid
             out["tta"] = sorted(set(self.tta))
+        if self.input_size is not None:   # (the same rule for the test sizes)
+            out["input_size"] = list(self.input_size)
+        if self.tta_sizes:
+            out["tta_sizes"] = sorted({tuple(s) for s in self.tta_sizes})
         return out
 
 
@@ -200,15 +214,16 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
     def flush() -> None:
         if not pending:
             return
-        dets = predict_batch(detector, [img for _, img, _ in pending])
-        flipped = predict_batch(detector, [hflip(img) for _, img, _ in pending]) if "flip" in params.tta else None
-        for i, ((image_id, img, key), d) in enumerate(zip(pending, dets)):
-            boxes, scores, labels = d.boxes, d.scores, d.labels
-            if flipped is not None:
-                f = flipped[i]
-                boxes, scores, labels = fuse_views([(boxes, scores, labels),
-                                                    (unflip_boxes(f.boxes, img.shape[1]), f.scores, f.labels)],
-                                                   img.shape[1], img.shape[0])
+        imgs = [img for _, img, _ in pending]
+        views = [[(d.boxes, d.scores, d.labels)] for d in predict_batch(detector, imgs, params.input_size)]
+        if "flip" in params.tta:
+            for v, img, f in zip(views, imgs, predict_batch(detector, [hflip(i) for i in imgs], params.input_size)):
+                v.append((unflip_boxes(f.boxes, img.shape[1]), f.scores, f.labels))
+        for size in sorted({tuple(s) for s in params.tta_sizes}):
+            for v, d in zip(views, predict_batch(detector, imgs, size)):
+                v.append((d.boxes, d.scores, d.labels))
+        for (image_id, img, key), v in zip(pending, views):
+            boxes, scores, labels = v[0] if len(v) == 1 else fuse_views(v, img.shape[1], img.shape[0])
             b, s, lab = _filter(boxes, scores, labels, params)
             entry = _entry(b, s, lab, (img.shape[1], img.shape[0]))
             cache.put(key, entry)

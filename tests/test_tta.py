@@ -76,3 +76,64 @@ def test_tta_view_names_are_validated() -> None:
 
     with pytest.raises(ValidationError):
         InferParams(config="x.py", tta=["rotate"])
+
+
+def test_input_size_replaces_the_test_scale() -> None:
+    """A second test scale edits the Resize scale and a fixed Pad size (YOLOX-nano's form), nothing else."""
+    from mmengine.config import Config
+
+    from detection.detector import test_pipeline_cfg
+
+    steps = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=(416, 416), keep_ratio=True),
+             dict(type="Pad", size=(416, 416), pad_val=dict(img=(114.0, 114.0, 114.0))),
+             dict(type="Pad", pad_to_square=True), dict(type="PackDetInputs")]
+    cfg = Config(dict(test_dataloader=dict(dataset=dict(pipeline=steps))))
+    plain, big = test_pipeline_cfg(cfg), test_pipeline_cfg(cfg, (640, 512))
+    assert [s["type"] for s in big] == [s["type"] for s in plain]
+    assert tuple(big[1]["scale"]) == (640, 512) and tuple(big[2]["size"]) == (640, 512)
+    assert big[1]["keep_ratio"] is True and "size" not in big[3] and big[4] == plain[4]
+    assert tuple(plain[1]["scale"]) == (416, 416) and test_pipeline_cfg(cfg) == plain    # the config is untouched
+
+
+def test_infer_at_a_second_scale(tmp_path: Path) -> None:
+    """``input_size`` runs the detector at that size; ``tta_sizes`` fuses that view with the plain one
+    (WBF, as the flip view); both are part of the cache key."""
+    from benchmarks.label_transfer_infer import make_tiny_detector
+    from core.boxes import xywh_to_xyxy
+    from core.coco import load_dataset
+    from core.images import read_image, to_bgr_u8
+    from data.synthetic import generate
+    from detection.detector import load_detector, predict_batch
+    from tasks.infer import InferParams, _filter, run_infer
+
+    cfg, ck = make_tiny_detector(tmp_path / "det", scale=128)
+    generate(tmp_path / "syn", 2, seed=5, progress=False)
+    coco = tmp_path / "syn" / "thermal" / "coco.json"
+    shutil.copy(tmp_path / "syn" / "labels_thermal" / "coco.json", coco)
+    params = InferParams(config=str(cfg), checkpoint=str(ck), device="cpu", batch_size=2, min_score=0.0)
+    cache = tmp_path / "cache"
+    plain = run_infer(coco, tmp_path / "plain.json", params, cache_dir=cache)
+    big = run_infer(coco, tmp_path / "big.json", params.model_copy(update={"input_size": (192, 192)}), cache_dir=cache)
+    both = run_infer(coco, tmp_path / "both.json", params.model_copy(update={"tta_sizes": [(192, 192)]}), cache_dir=cache)
+    assert (plain.cache_misses, big.cache_misses, both.cache_misses) == (2, 2, 2)
+
+    det = load_detector(cfg, ck, "cpu")
+    ds = load_dataset(coco)
+    imgs = [to_bgr_u8(read_image(coco.parent / im["file_name"])[0]) for im in ds["images"]]
+    direct_plain, direct_big = predict_batch(det, imgs), predict_batch(det, imgs, (192, 192))
+    assert any(len(a.boxes) != len(b.boxes) or not np.allclose(a.boxes, b.boxes)
+               for a, b in zip(direct_plain, direct_big)), "the size must change what the detector sees"
+    for name, views in (("big.json", [[d] for d in direct_big]),
+                        ("both.json", [[a, b] for a, b in zip(direct_plain, direct_big)])):
+        out = load_dataset(tmp_path / name)
+        for im, v, img in zip(ds["images"], views, imgs):
+            tuples = [(d.boxes, d.scores, d.labels) for d in v]
+            b, s, lab = tuples[0] if len(v) == 1 else fuse_views(tuples, img.shape[1], img.shape[0])
+            b, s, _ = _filter(b, s, lab, params)
+            got = [a for a in out["annotations"] if a["image_id"] == im["id"]]
+            assert len(got) == len(b), name
+            assert np.allclose(xywh_to_xyxy([a["bbox"] for a in got]), b, atol=2e-3), name
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        InferParams(config="x.py", input_size=(8, 8))
