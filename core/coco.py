@@ -133,10 +133,9 @@ def load_dataset(path: str | os.PathLike[str]) -> dict:
 
 
 def save_dataset(path: str | os.PathLike[str], ds: dict, *, indent: int | None = None) -> Path:
-    """Validate and write atomically. The default ``indent=None`` writes one line with the C
-    encoder: several times faster than indented JSON (encoded in Python), which for a 10k-image
-    dataset was most of an otherwise cheap re-run. COCO files are for programs; pass ``indent=2``
-    for a file meant to be read by eye."""
+    """Validate and write atomically. The default ``indent=None`` writes one compact line (a 10k-image
+    dataset encodes in ~20 ms, see :func:`core.atomic.dumps_json`). COCO files are for programs;
+    pass ``indent=2`` for a file meant to be read by eye."""
     validate_dataset(ds, path)
     return atomic.write_json(path, ds, indent=indent)
 

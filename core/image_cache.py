@@ -16,6 +16,7 @@ Nothing is ever deleted here (a cache folder can be removed at any time).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class ImageCache:
 
     def __init__(self, root: str | Path, schema: str) -> None:
         self.root = Path(root)
+        self._root = os.fspath(self.root)
         self.schema = schema
 
     def key(self, **parts: Any) -> str:
@@ -58,7 +60,7 @@ class ImageCache:
         ``validate`` rejects (returns False or raises ``KeyError``/``TypeError``/``ValueError``/
         ``IndexError`` on it) is logged at WARNING and treated as absent.
         """
-        path = self.path(key)
+        path = os.path.join(self._root, key[:2], key + ".json")     # str: Path objects per image cost more
         try:
             entry = atomic.read_json(path)
         except FileNotFoundError:

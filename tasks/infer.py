@@ -269,16 +269,15 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None =
     for s in report.skipped_images:
         log.warning("skipped %s: %s", s["image"], s["reason"])
 
-    images: list[dict] = []
-    anns: list[dict] = []
-    for im in ds["images"]:
-        r = results.pop(im["id"], None)
-        if r is None:
-            continue
-        images.append(im)
-        extras = [{"score": s, "detector_label": lab} for s, lab in zip(r.scores.tolist(), r.labels.tolist())]
-        anns.extend(annotations(len(anns) + 1, im["id"], (r.labels + 1).tolist(), r.boxes, extras,
-                                source=params.source))
+    images = [im for im in ds["images"] if im["id"] in results]
+    done = [results.pop(im["id"]) for im in images]
+    # one call for the whole data set: per image, the numpy conversions cost more than a cache read
+    labels = np.concatenate([r.labels for r in done]) if done else np.zeros(0, np.int64)
+    extras = [{"score": s, "detector_label": lab} for s, lab in
+              zip(np.concatenate([r.scores for r in done]).tolist() if done else [], labels.tolist())]
+    anns = annotations(1, [im["id"] for im, r in zip(images, done) for _ in range(len(r.labels))],
+                       (labels + 1).tolist(), np.concatenate([r.boxes.reshape(-1, 4) for r in done]) if done
+                       else np.zeros((0, 4)), extras, source=params.source)
     info = {"stage": "infer", "source": params.source, "detector": detector.description,
             "model_fingerprint": detector.fingerprint}      # no paths: this file's content keys later steps
     save_dataset(out, new_dataset(images, anns, categories_from_names(classes), info), indent=None)
