@@ -239,18 +239,21 @@ def run_pseudo(inp: Path, out: Path, params: PseudoParams) -> StageReport:
     surv, img_pos = surv[by_pos], img_pos[by_pos]
     groups = np.split(surv, np.flatnonzero(img_pos[1:] != img_pos[:-1]) + 1) if len(surv) else []
     kept_per_class = np.zeros(len(params.target_classes), dtype=np.int64)
-    anns: list[dict] = []
+    kept_all: list[np.ndarray] = []
+    extras: list[dict] = []
     for group in tqdm(groups, desc="pseudo", unit="img", disable=None):
         order = _nms_order(boxes[group], scores[group], target[group], params.nms_iou)
         dropped["nms"] += len(group) - len(order)
         dropped["max_per_image"] += max(0, len(order) - params.max_per_image)
         keep = group[order[: params.max_per_image]]
         kept_per_class += np.bincount(target[keep], minlength=len(params.target_classes))
-        items = [src[i] for i in mapped_i[keep].tolist()]
-        extras = [{"score": round(float(scores[j]), 6), "source": a.get("source", "unknown"),
-                   "detector_class": det_names[a["category_id"]], "infer_ann_id": a["id"]}
-                  for j, a in zip(keep.tolist(), items)]
-        anns.extend(annotations(len(anns) + 1, items[0]["image_id"], (target[keep] + 1).tolist(), boxes[keep], extras))
+        kept_all.append(keep)
+        extras += [{"score": round(float(scores[j]), 6), "source": a.get("source", "unknown"),
+                    "detector_class": det_names[a["category_id"]], "infer_ann_id": a["id"]}
+                   for j, a in zip(keep.tolist(), (src[i] for i in mapped_i[keep].tolist()))]
+    keep = np.concatenate(kept_all) if kept_all else np.zeros(0, np.int64)
+    anns = annotations(1, [src[i]["image_id"] for i in mapped_i[keep].tolist()], (target[keep] + 1).tolist(),
+                       boxes[keep], extras)
     hist = np.stack([np.histogram(np.clip(np.concatenate(sc) if sc else np.zeros(0), 0.0, 1.0), bins=HIST_BINS)[0]
                      for sc in mapped_scores]).astype(np.int64)
     # no input path and no copy of the input's info: this file's content keys the steps after it,

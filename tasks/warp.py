@@ -163,8 +163,8 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
         by_image[a["image_id"]].append(a)
 
     images: list[dict] = []
-    anns: list[dict] = []
     n_other_ids = 0
+    jobs: list[tuple[int, list[dict], tuple[str, tuple[int, int]], dict]] = []   # (image id, boxes, homography key, info)
     for im in tqdm(ds["images"], desc="warp", unit="img", disable=None):
         pair = pair_of(im)
         items = by_image.pop(im["id"])
@@ -185,19 +185,36 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
                        "pair_id": pair.pair_id, "version": pair.version, "original_id": pair.original_id,
                        "split": pair.split, "daynight": pair.daynight, "modality": "thermal",
                        "rgb_file_name": im["file_name"]})
-        if not items:
-            continue
-        res = warp_boxes(xywh_to_xyxy([a["bbox"] for a in items]), np.asarray(e.H, dtype=np.float64), th_size,
+        if items:
+            jobs.append((im["id"], items, (pair.version, rgb_size), {
+                "version": pair.version, "rgb_size": list(rgb_size), "method": getattr(e, "method", None),
+                "error_px": getattr(e, "error_px", None)}))
+    # one warp per homography over all its images' boxes (per image, the numpy calls cost more than the
+    # arithmetic); the rule is per box, so the result is the same as image by image
+    kept_of: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for key in dict.fromkeys(k for _, _, k, _ in jobs):
+        group = [j for j in jobs if j[2] == key]
+        e = entries[key]
+        res = warp_boxes(xywh_to_xyxy([a["bbox"] for _, items, _, _ in group for a in items]),
+                         np.asarray(e.H, dtype=np.float64), _size(e.thermal_size),
                          min_size=params.min_size, min_visible_fraction=params.min_visible_fraction)
         for reason, n in res.dropped.items():
             report.add_dropped(reason, n)
-        warp_info = {"version": pair.version, "rgb_size": list(rgb_size), "method": getattr(e, "method", None),
-                     "error_px": getattr(e, "error_px", None)}
-        kept = [items[j] for j in res.keep.tolist()]
-        vis = np.round(res.visible_fraction[res.keep], 4).tolist()
-        extras = [{**{k: v for k, v in a.items() if k not in _REBUILT}, "rgb_bbox": a["bbox"],
-                   "warp": {**warp_info, "visible_fraction": v}} for a, v in zip(kept, vis)]
-        anns.extend(annotations(len(anns) + 1, im["id"], [a["category_id"] for a in kept], res.boxes, extras))
+        bounds = np.cumsum([0] + [len(items) for _, items, _, _ in group])
+        for g, (image_id, _, _, _) in enumerate(group):
+            sel = (res.keep >= bounds[g]) & (res.keep < bounds[g + 1])
+            keep = res.keep[sel]
+            kept_of[image_id] = (keep - bounds[g], res.boxes[sel], res.visible_fraction[keep])
+    image_ids, cats, boxes, extras = [], [], [], []
+    for image_id, items, _, warp_info in jobs:
+        keep, kept_boxes, vis = kept_of[image_id]
+        kept = [items[j] for j in keep.tolist()]
+        image_ids += [image_id] * len(kept)
+        cats += [a["category_id"] for a in kept]
+        boxes.append(kept_boxes)
+        extras += [{**{k: v for k, v in a.items() if k not in _REBUILT}, "rgb_bbox": a["bbox"],
+                    "warp": {**warp_info, "visible_fraction": v}} for a, v in zip(kept, np.round(vis, 4).tolist())]
+    anns = annotations(1, image_ids, cats, np.concatenate(boxes) if boxes else np.zeros((0, 4)), extras)
     for s in report.skipped_images:
         log.warning("skipped %s: %s", s["image"], s["reason"])
     if n_other_ids:
