@@ -12,15 +12,30 @@ import os
 
 # The temporary server a flow starts when no PREFECT_API_URL is set gets 90 s instead of Prefect's
 # 20 s to come up: on a busy 2-core machine it was measured to miss 20 s and fail the whole run.
+# The temporary server's own log (``prefect.server``) at CRITICAL: when a short flow ends, its
+# services are cancelled while they flush events, and that printed a CancelledError traceback after
+# a successful run (seen in the full test suite). ``-v`` brings it back (:func:`configure`).
 for _key, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
-                     ("PREFECT_LOGGING_LEVEL", "WARNING"), ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")):
+                     ("PREFECT_LOGGING_LEVEL", "WARNING"), ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"),
+                     ("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")):
     os.environ.setdefault(_key, _value)
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
-from core.console import configure_logging as configure  # noqa: E402  (re-exported for the flow CLIs)
+import logging  # noqa: E402
+
+from core.console import configure_logging  # noqa: E402
+
+
+def configure(verbose: int) -> None:
+    """The CLI's logging (:func:`core.console.configure_logging`); with ``-v`` the temporary Prefect
+    server's log too, unless the user set ``PREFECT_SERVER_LOGGING_LEVEL`` themselves."""
+    configure_logging(verbose)
+    if verbose and os.environ.get("PREFECT_SERVER_LOGGING_LEVEL") == "CRITICAL":
+        logging.getLogger("prefect.server").setLevel(logging.WARNING)
+
 
 __all__ = ["configure", "flow_parser", "run_cli"]
 

@@ -57,6 +57,7 @@ DEFAULT_CACHE_DIR = Path(".cache/rgb2thermal/infer")
 #: A test input side in pixels.
 Side = Annotated[int, Field(ge=32, le=4096)]
 
+
 class InferParams(StageParams):
     """How to run the detector.
 
@@ -112,7 +113,7 @@ class InferParams(StageParams):
         out: dict[str, Any] = {"min_score": round(float(self.min_score), 6), "max_per_image": int(self.max_per_image)}
         if self.tta:                      # absent when off: caches made before TTA existed stay valid
             out["tta"] = sorted(set(self.tta))
-        if self.input_size is not None:   # (the same rule for the test sizes)
+        if self.input_size is not None:   # absent when unset, as for tta
             out["input_size"] = list(self.input_size)
         if self.tta_sizes:
             out["tta_sizes"] = sorted({tuple(s) for s in self.tta_sizes})
