@@ -58,7 +58,7 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
     "no_refine": ("round 1 with the RGB boxes as warped (refine.method: none) instead of the classical refiner",
                   ["refine.method=none", "self_training.rounds=1", "eval.baselines=[source_only]"]),
 }
-#: Candidate recipes: the recipe with these settings, over several seeds, reported beside the shipped
+#: Candidate recipes: the recipe with these settings, over several seeds, reported beside the previous
 #: recipe's row of the same seeds (the third item names it: ``round1`` when the candidate runs one round).
 #: Chosen by pseudo-label F1 on the adapt frames' thermal labels (never test).
 CANDIDATES: dict[str, tuple[str, list[str], str]] = {
@@ -122,7 +122,7 @@ def _ms(values: list[float]) -> str:
 
 
 def candidates_markdown(results: list[dict[str, Any]], cands: list[dict[str, Any]]) -> list[str]:
-    """Candidate recipes (mean ± sd over their seeds) beside the shipped round 2 of the same seeds."""
+    """Candidate recipes (mean ± sd over their seeds) beside the previous recipe's row of the same seeds."""
     from tasks.compare import gap_closed
 
     cats, groups = ["person", "car"], ["day", "night", "all"]
