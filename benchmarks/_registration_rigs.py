@@ -61,17 +61,15 @@ def box_offset(ix, rb, tb) -> np.ndarray:
     Why: the random-rig truth assumes the nominal identity; this measures the dataset's own offset
     from labels, independently of the image-based estimator under test (whose own reading of the
     original pairs gives the other correction column)."""
+    from core.boxes import iou_matrix
+
     src, dst = [], []
     for p in ix.pairs:
         r, t = rb.get(p.image_id), tb.get(p.image_id)
         if r is None or t is None or not len(r.boxes) or not len(t.boxes):
             continue
         a, b = np.asarray(r.boxes, float), np.asarray(t.boxes, float)
-        lt, rb_ = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-        inter = np.prod(np.clip(rb_ - lt, 0, None), axis=2)
-        area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-        iou = inter / (area(a)[:, None] + area(b)[None] - inter)
-        iou *= np.asarray(r.category_ids)[:, None] == np.asarray(t.category_ids)[None]
+        iou = iou_matrix(a, b) * (np.asarray(r.category_ids)[:, None] == np.asarray(t.category_ids)[None])
         for i in range(len(a)):
             j = int(np.argmax(iou[i]))
             if iou[i, j] >= 0.5 and int(np.argmax(iou[:, j])) == i:

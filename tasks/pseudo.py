@@ -131,23 +131,6 @@ def _nms_order(boxes: np.ndarray, scores: np.ndarray, target_idx: np.ndarray, nm
     return idx[np.argsort(-scores[idx], kind="stable")]
 
 
-def select_boxes(boxes: np.ndarray, scores: np.ndarray, target_idx: np.ndarray, thresholds: np.ndarray,
-                 params: PseudoParams) -> tuple[np.ndarray, dict[str, int]]:
-    """Apply steps 2-5 to one image's mapped boxes; return kept indices (best score first) and drops.
-
-    ``boxes`` ``(N, 4)`` xyxy pixels, ``scores`` ``(N,)``, ``target_idx`` ``(N,)`` 0-based target
-    class index, ``thresholds`` per target class index. :func:`run_pseudo` applies the same
-    rules to all images at once (steps 2-3 vectorised over the data set).
-    """
-    ok = _passes(boxes, scores, target_idx, thresholds, params.min_size)
-    dropped = {"below_threshold": int((~ok[0]).sum()), "too_small": int((ok[0] & ~ok[1]).sum())}
-    idx = np.flatnonzero(ok[1])
-    order = _nms_order(boxes[idx], scores[idx], target_idx[idx], params.nms_iou)
-    dropped["nms"] = len(idx) - len(order)
-    dropped["max_per_image"] = max(0, len(order) - params.max_per_image)
-    return idx[order[: params.max_per_image]], dropped
-
-
 def _passes(boxes: np.ndarray, scores: np.ndarray, target_idx: np.ndarray, thresholds: np.ndarray,
             min_size: float) -> tuple[np.ndarray, np.ndarray]:
     """(score >= its class threshold, that and both sides >= ``min_size`` pixels), per box."""
@@ -215,7 +198,6 @@ def run_pseudo(inp: Path, out: Path, params: PseudoParams) -> StageReport:
     tidx = {c: i for i, c in enumerate(params.target_classes)}
     cat_to_target = {cid: tidx[cmap[name]] for cid, name in det_names.items() if name in cmap}
     thresholds = np.asarray([params.threshold(c) for c in params.target_classes], dtype=np.float64)
-    mapped_scores: list[list[np.ndarray]] = [[] for _ in params.target_classes]   # for the histograms
 
     # steps 1-3 over all boxes at once (a 10k-image infer file holds ~500k detections: per-image
     # Python over them was most of this stage), then NMS and the cap per image on what is left
@@ -227,8 +209,6 @@ def run_pseudo(inp: Path, out: Path, params: PseudoParams) -> StageReport:
     target = target_all[mapped_i]
     boxes = xywh_to_xyxy([src[i]["bbox"] for i in mapped_i.tolist()])
     scores = np.asarray([float(src[i].get("score", 1.0)) for i in mapped_i.tolist()], dtype=np.float64)
-    for t in range(len(params.target_classes)):
-        mapped_scores[t].append(scores[target == t])
     above, ok = _passes(boxes, scores, target, thresholds, params.min_size)
     dropped["below_threshold"] = int((~above).sum())
     dropped["too_small"] = int((above & ~ok).sum())
@@ -254,8 +234,8 @@ def run_pseudo(inp: Path, out: Path, params: PseudoParams) -> StageReport:
     keep = np.concatenate(kept_all) if kept_all else np.zeros(0, np.int64)
     anns = annotations(1, [src[i]["image_id"] for i in mapped_i[keep].tolist()], (target[keep] + 1).tolist(),
                        boxes[keep], extras)
-    hist = np.stack([np.histogram(np.clip(np.concatenate(sc) if sc else np.zeros(0), 0.0, 1.0), bins=HIST_BINS)[0]
-                     for sc in mapped_scores]).astype(np.int64)
+    hist = np.stack([np.histogram(np.clip(scores[target == t], 0.0, 1.0), bins=HIST_BINS)[0]     # mapped boxes' scores
+                     for t in range(len(params.target_classes))]).astype(np.int64)
     # no input path and no copy of the input's info: this file's content keys the steps after it,
     # which must not depend on where the workspace is (the report beside it names the input)
     info = {"stage": "pseudo", "params": params.to_dict(),
