@@ -66,6 +66,9 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                    "**shipped** in `params/real.yaml`",
                    ["thermal_source.infer.input_size=[640, 640]",
                     "thermal_source.pseudo.thresholds={person: 0.15, car: 0.5}", "self_training.rounds=1"], "round1"),
+    "car04": ("round 1, thermal640 with the car thresholds of the label rule: thermal cars from 0.4, RGB cars from 0.4",
+              ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.4}",
+               "pseudo.thresholds={person: 0.5, car: 0.4}", "self_training.rounds=1"], "round1"),
 }
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),
