@@ -59,7 +59,8 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
                   ["refine.method=none", "self_training.rounds=1", "eval.baselines=[source_only]"]),
 }
 #: Candidate recipes: the recipe with these settings, over several seeds, reported beside the previous
-#: recipe's row of the same seeds (the third item names it: ``round1`` when the candidate runs one round).
+#: recipe's row of the same seeds (the third item names it: a seed-results row such as ``round1``, or
+#: ``cand:NAME``, the runs of an earlier candidate on the same seeds).
 #: Chosen by pseudo-label F1 on the adapt frames' thermal labels (never test).
 CANDIDATES: dict[str, tuple[str, list[str], str]] = {
     "thermal640": ("round 1, thermal source at a 640 px test size, thermal person labels from 0.15 (car 0.5): "
@@ -69,6 +70,10 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
     "car04": ("round 1, thermal640 with the car thresholds of the label rule: thermal cars from 0.4, RGB cars from 0.4",
               ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.4}",
                "pseudo.thresholds={person: 0.5, car: 0.4}", "self_training.rounds=1"], "round1"),
+    "rgblabels": ("thermal640 with the RGB frames' own labels as the RGB source (cars refined no more), thermal "
+                  "person ≥ 0.15 / car ≥ 0.7 (the label rule)",
+                  ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
+                   "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=2"], "cand:thermal640"),
 }
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),
@@ -124,6 +129,12 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _prf(m: dict[str, Any]) -> str:
+    """``P / R, F1`` of one label-quality cell (F1: the label rule's number)."""
+    p, r = m["precision"] or 0.0, m["recall"] or 0.0
+    return f"{p:.2f} / {r:.2f}, {2 * p * r / (p + r) if p + r else 0.0:.3f}"
+
+
 def candidates_markdown(results: list[dict[str, Any]], cands: list[dict[str, Any]]) -> list[str]:
     """Candidate recipes (mean ± sd over their seeds) beside the previous recipe's row of the same seeds."""
     from tasks.compare import gap_closed
@@ -141,8 +152,14 @@ def candidates_markdown(results: list[dict[str, Any]], cands: list[dict[str, Any
         runs = [c for c in cands if c["candidate"] == name]
         seeds = sorted(c["seed"] for c in runs)
         ref = CANDIDATES[name][2] if name in CANDIDATES else "adapted"
-        rows = [(CANDIDATES[name][0] if name in CANDIDATES else name, runs, "adapted"),
-                (f"the recipe before it ({ref}), same seeds", [by_seed[k] for k in seeds if k in by_seed], ref)]
+        title = CANDIDATES[name][0] if name in CANDIDATES else name
+        rows = [(f"{title}: round 1", runs, "round1")] if all("round1" in r["grouped"] for r in runs) else []
+        rows.append((f"{title}{': round 2' if rows else ''}", runs, "adapted"))
+        if ref.startswith("cand:"):     # the previous candidate that was shipped, on the same seeds
+            before = [c for c in cands if c["candidate"] == ref[5:] and c["seed"] in seeds]
+            rows.append((f"the recipe before it ({ref[5:]}), same seeds", before, "adapted"))
+        else:
+            rows.append((f"the recipe before it ({ref}), same seeds", [by_seed[k] for k in seeds if k in by_seed], ref))
         for label, rs, key in rows:
             if not rs:
                 continue
@@ -158,9 +175,8 @@ def candidates_markdown(results: list[dict[str, Any]], cands: list[dict[str, Any
                          + " | ".join(gaps) + " |")
         lab = runs[0]["labels"]
         lines.append("")
-        lines.append(f"Its pseudo-labels (adapt frames, seed {runs[0]['seed']}): " + "; ".join(
-            f"{n}: person P {t['person']['all']['precision'] or 0:.2f} R {t['person']['all']['recall'] or 0:.2f}, "
-            f"car P {t['car']['all']['precision'] or 0:.2f} R {t['car']['all']['recall'] or 0:.2f}" for n, t in lab.items()) + ".")
+        lines.append(f"Its pseudo-labels (adapt frames, seed {runs[0]['seed']}; P / R, F1): " + "; ".join(
+            f"{n}: " + ", ".join(f"{c} {_prf(t[c]['all'])}" for c in cats) for n, t in lab.items()) + ".")
     return lines
 
 

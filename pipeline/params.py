@@ -173,6 +173,22 @@ class EvalSection(_Strict):
     metrics: list[str] = Field(default_factory=lambda: ["mAP", "mAP_50"])
 
 
+class RgbSourceSection(_Strict):
+    """Which RGB boxes become the RGB pseudo-labels that are warped to thermal.
+
+    - ``predictions`` (default): the teacher run on the RGB adapt frames, confidence-filtered
+      by ``pseudo`` — for RGB frames nobody labelled.
+    - ``labels``: the RGB adapt frames' own labels (the data set's ``labels_rgb``, score 1),
+      warped and refined exactly like predictions; the RGB inference and ``pseudo`` steps are
+      not run. Why: with labelled RGB frames the teacher's RGB predictions only add misses and
+      false boxes (msrs-bench adapt frames, car labels fused with the thermal source: F1 0.60
+      from predictions, 0.76 from the RGB labels; ``benchmarks/RESULTS.md``). A run whose RGB
+      adapt frames have no labels stops with an error instead of training on nothing.
+    """
+
+    boxes: Literal["predictions", "labels"] = "predictions"
+
+
 class ThermalSourceSection(_Strict):
     """A detector run on the thermal adapt frames as a second pseudo-label source, fused with the
     RGB one (``fuse``). Round 1 uses the teacher; later self-training rounds use the previous
@@ -203,6 +219,7 @@ class PipelineParams(_Strict):
     warp: dict[str, Any] = Field(default_factory=dict)
     refine: dict[str, Any] = Field(default_factory=dict)
     student: StudentSection = Field(default_factory=StudentSection)
+    rgb_source: RgbSourceSection = Field(default_factory=RgbSourceSection)
     thermal_source: ThermalSourceSection = Field(default_factory=ThermalSourceSection)
     fuse: dict[str, Any] = Field(default_factory=dict)
     self_training: SelfTrainingSection = Field(default_factory=SelfTrainingSection)

@@ -53,13 +53,17 @@ def plan(params: PipelineParams) -> list[Step]:
                           needs={"labels": Ref("index", "rgb_adapt"), **datasets},
                           options={"role": "teacher", "fields": "teacher"}, resumable=True))
 
-    steps.append(Step("infer", "infer", ("infer",), retries=1,
-                      needs={"images": Ref("index", "rgb_adapt"), "model": _model("teacher"), **datasets},
-                      options={"source": "rgb_teacher"}))
-    steps.append(Step("pseudo", "pseudo", ("pseudo", "data"), needs={"predictions": Ref("infer", "coco")}, retries=1))
+    rgb_labels = params.rgb_source.boxes == "labels"
+    if not rgb_labels:      # with ``rgb_source.boxes: labels`` the RGB frames' own labels are warped instead
+        steps.append(Step("infer", "infer", ("infer",), retries=1,
+                          needs={"images": Ref("index", "rgb_adapt"), "model": _model("teacher"), **datasets},
+                          options={"source": "rgb_teacher"}))
+        steps.append(Step("pseudo", "pseudo", ("pseudo", "data"), needs={"predictions": Ref("infer", "coco")},
+                          retries=1))
 
     registry = params.warp.get("registry_dir")
-    warp_needs = {"labels": Ref("pseudo", "coco"), "index": Ref("index", "index")}
+    warp_needs = {"labels": Ref("index", "rgb_adapt") if rgb_labels else Ref("pseudo", "coco"),
+                  "index": Ref("index", "index")}
     warp_ext: dict[str, Path] = {}
     if registry is not None:
         warp_ext["registry"] = Path(registry)
@@ -69,7 +73,8 @@ def plan(params: PipelineParams) -> list[Step]:
         from registration.registry import DEFAULT_REGISTRY_DIR
 
         warp_ext["registry"] = DEFAULT_REGISTRY_DIR
-    steps.append(Step("warp", "warp", ("warp",), needs=warp_needs, external=warp_ext, retries=1))
+    steps.append(Step("warp", "warp", ("warp", "rgb_source") if rgb_labels else ("warp",), needs=warp_needs,
+                      external=warp_ext, retries=1, options={"require_labels": True} if rgb_labels else {}))
 
     sam2 = params.refine.get("sam2_checkpoint")
     steps.append(Step("refine", "refine", ("refine",), retries=1,
@@ -135,8 +140,9 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
         steps.append(_train("classic", Ref("refine", "coco"), datasets, teacher, val=val))
     if "oracle" in baselines:
         steps.append(_train("oracle", Ref("index", "thermal_adapt"), datasets, teacher, optional=True, val=val))
+    rgb_pseudo = {} if params.rgb_source.boxes == "labels" else {"pseudo": Ref("pseudo", "coco")}
     steps.append(Step("quality", "quality", (), retries=1, needs={
-        "rgb_gt": Ref("index", "rgb_adapt"), "pseudo": Ref("pseudo", "coco"), "warped": Ref("warp", "coco"),
+        "rgb_gt": Ref("index", "rgb_adapt"), **rgb_pseudo, "warped": Ref("warp", "coco"),
         "refined": Ref("refine", "coco"), "index": Ref("index", "index"),
         "thermal_gt": Ref("index", "thermal_adapt"), **label_sets}))
 
@@ -157,8 +163,9 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
 def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:
     """What each evaluated model was trained on, in words (the rows of the adaptation table)."""
     rp = params.refine_params()
-    rgb = "RGB labels warped, not refined" if rp.method == "none" else \
-        f"RGB labels warped + refined ({'SAM2' if rp.uses_sam2() else 'classical'})"
+    what = "RGB ground-truth labels" if params.rgb_source.boxes == "labels" else "RGB labels"
+    rgb = f"{what} warped, not refined" if rp.method == "none" else \
+        f"{what} warped + refined ({'SAM2' if rp.uses_sam2() else 'classical'})"
     thermal = params.thermal_source.enabled
     rounds = params.self_training.rounds
 
@@ -168,7 +175,7 @@ def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:
         return f"{rgb} + {'teacher' if k == 1 else f'student {k - 1}'} on thermal, fused ({params.fuse_params().method})"
 
     words = {"source_only": "the teacher on thermal, not adapted", "classic": f"{rgb} alone (the classic recipe)",
-             "no_refinement": "RGB labels warped, not refined", "oracle": "the adapt frames' thermal labels",
+             "no_refinement": f"{what} warped, not refined", "oracle": "the adapt frames' thermal labels",
              "adapted": f"round {rounds}: {round_words(rounds)}" if rounds > 1 or thermal else rgb}
     words.update({f"round{k}": f"round {k}: {round_words(k)}" for k in range(1, rounds)})
     return {c: words[c] for c in columns if c in words}

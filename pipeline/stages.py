@@ -251,7 +251,11 @@ def _warp(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     from tasks.warp import run_warp
 
     registry = step.external.get("registry") or ctx.input(step, "registry")
-    rep = run_warp(ctx.input(step, "labels"), out / "warped.json", ctx.params.warp_params(Path(registry)),
+    labels = ctx.input(step, "labels")
+    if step.options.get("require_labels") and not atomic.read_json(labels)["annotations"]:
+        raise InputError("rgb_source.boxes is 'labels' but the RGB adapt frames have no labels", str(labels),
+                         "give the RGB frames label files (labels_rgb/) or set rgb_source.boxes: predictions")
+    rep = run_warp(labels, out / "warped.json", ctx.params.warp_params(Path(registry)),
                    index=ctx.input(step, "index"))
     return _from_report(rep, {"coco": out / "warped.json"})
 
@@ -278,8 +282,8 @@ def _quality(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
         md = atomic.write_text(out / "quality" / "quality.md", f"# Pseudo-label quality\n\n{note}.\n")
         return StepOutput(files={"markdown": md}, info={"note": note})
     rep = run_report(ReportInputs(thermal_gt=thermal_gt, rgb_gt=ctx.input(step, "rgb_gt"),
-                                  pseudo=ctx.input(step, "pseudo"), warped=ctx.input(step, "warped"),
-                                  refined=ctx.input(step, "refined"),
+                                  pseudo=ctx.input(step, "pseudo") if "pseudo" in step.needs else None,
+                                  warped=ctx.input(step, "warped"), refined=ctx.input(step, "refined"),
                                   extra=tuple((role.removeprefix("label:"), ctx.input(step, role))
                                               for role in step.needs if role.startswith("label:"))),
                      out / "quality", ReportParams(n_overlays=2), index=index)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,13 +41,15 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from core import coco
-from core.boxes import as_boxes, clip, iou_matrix, xywh_to_xyxy, xyxy_to_xywh
+from core.boxes import clip, xywh_to_xyxy, xyxy_to_xywh
+from core.errors import InputError
 from core.hashing import HashMemo, json_sha256, sha256_read_once
 from core.image_cache import ImageCache
 from core.images import read_error, read_image, size_mismatch, to_gray_u8, to_rgb_u8
 from core.stage_params import PathStr, StageParams
 from core.stage_report import StageReport, report_path
 from tasks.refine_classical import ClassicalConfig
+from tasks.refine_policy import PolicyResult, apply_policy  # noqa: F401  (re-exported: the stage's policy)
 from tasks.refine_sam2 import DEFAULT_CONFIG, Sam2Config
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,10 @@ class RefineParams(StageParams):
     - ``use_cache``: read/write the per-image cache.
     - ``image_root``: folder that relative image ``file_name``s are relative to (default: the
       input COCO file's folder).
+    - ``classes``: refine only boxes of these categories (names); the others pass through
+      unchanged, marked ``decision: keep, reason: class_not_refined``. None (default): every
+      class. Why: the refiner can help one class and hurt another (msrs-bench RGB labels: person
+      precision up, car boxes worse; ``benchmarks/RESULTS.md``).
     """
 
     method: Literal["auto", "sam2", "classical", "none"] = "auto"
@@ -96,6 +102,7 @@ class RefineParams(StageParams):
     classical_enlarge: float = Field(default=1.2, ge=1, le=4)
     use_cache: bool = True
     image_root: PathStr | None = None
+    classes: list[str] | None = None
 
     @model_validator(mode="after")
     def _method_fits_checkpoint(self) -> RefineParams:
@@ -125,49 +132,6 @@ class RefineParams(StageParams):
 
     def classical_config(self) -> ClassicalConfig:
         return ClassicalConfig(enlarge=self.classical_enlarge)
-
-
-@dataclass(frozen=True)
-class PolicyResult:
-    """Per-box outcome of :func:`apply_policy` (arrays of length N)."""
-
-    boxes: np.ndarray          # (N, 4) xyxy: the new box where replaced, else the prompt box
-    decisions: list[str]       # "replace" | "keep" | "drop"
-    reasons: list[str | None]  # why not replaced: empty_mask, low_score, low_iou, too_small
-    ious: np.ndarray           # (N,) IoU(new, prompt); 0 where no new box
-
-
-def apply_policy(prompt: np.ndarray, new: np.ndarray, scores: np.ndarray, *, score_threshold: float,
-                 min_iou: float, min_size: float, on_reject: str) -> PolicyResult:
-    """Replace/keep/drop each box (see module docstring). ``new`` has NaN rows where nothing was found."""
-    prompt, new = as_boxes(prompt), np.asarray(new, dtype=np.float64).reshape(-1, 4)
-    n = len(prompt)
-    found = np.isfinite(new).all(axis=1)
-    ious = np.zeros(n)
-    if found.any():
-        ious[found] = np.diag(iou_matrix(new[found], prompt[found]))
-    wh = np.where(found[:, None], new[:, 2:] - new[:, :2], 0.0)
-    out = prompt.copy()
-    decisions: list[str] = []
-    reasons: list[str | None] = []
-    for i in range(n):
-        if not found[i]:
-            reason = "empty_mask"
-        elif scores[i] < score_threshold:
-            reason = "low_score"
-        elif ious[i] < min_iou:
-            reason = "low_iou"
-        elif wh[i].min() < min_size:
-            reason = "too_small"
-        else:
-            reason = None
-        if reason is None:
-            out[i] = new[i]
-            decisions.append("replace")
-        else:
-            decisions.append(on_reject)
-        reasons.append(reason)
-    return PolicyResult(out, decisions, reasons, ious)
 
 
 class _Refiner:
@@ -295,15 +259,17 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
 
     pairs = _index_thermal_paths(index)
     anns_by_image: dict[int, list[dict]] = {im["id"]: [] for im in ds["images"]}
+    passed = _not_refined(ds, params.classes, inp)
     for a in ds["annotations"]:
-        anns_by_image[a["image_id"]].append(a)
+        if a["id"] not in passed:
+            anns_by_image[a["image_id"]].append(a)
     n_boxes_in = len(ds["annotations"])
     ds["annotations"] = []  # each input box is released once its image is done (memory: 10k-frame runs)
 
     out_images: list[dict] = []
     out_anns: list[dict] = []
     n = {"images": len(ds["images"]), "images_refined": 0, "boxes_in": n_boxes_in,
-         "replace": 0, "keep": 0, "drop": 0}
+         "replace": 0, "keep": len(passed), "drop": 0, "not_refined": len(passed)}
     todo = [im for im in ds["images"] if anns_by_image[im["id"]]]
     for im in ds["images"]:
         if not anns_by_image[im["id"]]:
@@ -374,6 +340,7 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
                 out_anns.append({**a, "bbox": [x, y, bw, bh], "area": round(bw * bh, 3), "refine": refine_info})
             anns_by_image[im["id"]] = []
 
+    out_anns.extend(passed.values())
     order = {im["id"]: i for i, im in enumerate(ds["images"])}
     out_images.sort(key=lambda im: order[im["id"]])
     info = dict(ds.get("info") or {})
@@ -390,6 +357,19 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
     report.seconds = round(time.perf_counter() - t0, 3)
     report.save(report_path(out))
     return report
+
+
+def _not_refined(ds: dict, classes: list[str] | None, inp: Path) -> dict[int, dict]:
+    """The boxes ``classes`` leaves out (annotation id -> output box, marked as not refined)."""
+    if classes is None:
+        return {}
+    names = {c["id"]: c["name"] for c in ds["categories"]}
+    if unknown := sorted(set(classes) - set(names.values())):
+        raise InputError(f"refine.classes names {unknown}, not categories of the labels ({sorted(names.values())})",
+                         str(inp), "list target class names in refine.classes, or leave it unset to refine all")
+    return {a["id"]: {**a, "refine": {"method": "none", "decision": "keep", "reason": "class_not_refined",
+                                      "prompt_bbox": list(a["bbox"])}}
+            for a in ds["annotations"] if names[a["category_id"]] not in classes}
 
 
 def _pass_through(ds: dict, out: Path, report: StageReport, t0: float) -> StageReport:

@@ -101,6 +101,26 @@ def test_method_none_passes_boxes_through_unchanged(syn, tmp_path):
     assert not (tmp_path / "c").exists()                              # no image read, nothing cached
 
 
+def test_classes_refines_the_listed_classes_only(syn, tmp_path):
+    """``classes``: other classes pass through unchanged and say why; an unknown name is an error."""
+    inp, gt = write_loose(syn, tmp_path)
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    first = names[gt["annotations"][0]["category_id"]]
+    rep = run_refine(inp, tmp_path / "o.json", RefineParams(min_iou=0.3, classes=[first]), cache_dir=tmp_path / "c")
+    loose = {a["id"]: a for a in coco.load_dataset(inp)["annotations"]}
+    out = coco.load_dataset(tmp_path / "o.json")["annotations"]
+    assert sorted(a["id"] for a in out) == sorted(loose)
+    mine = [a for a in out if names[a["category_id"]] == first]
+    others = [a for a in out if names[a["category_id"]] != first]
+    assert mine and others
+    assert all(a["bbox"] == loose[a["id"]]["bbox"] and a["refine"]["reason"] == "class_not_refined" for a in others)
+    assert sum(a["refine"]["decision"] == "replace" for a in mine) >= 0.5 * len(mine)
+    assert rep.counts["not_refined"] == len(others) and rep.counts["boxes_out"] == len(out)
+    with pytest.raises(InputError, match=r"refine.classes names \['lorry'\]"):
+        run_refine(inp, tmp_path / "x.json", RefineParams(classes=["lorry"]), cache_dir=tmp_path / "c")
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_policy_decisions():
     prompt = np.array([[0, 0, 10, 10]] * 5, dtype=float)
     new = np.array([[1, 1, 9, 9],            # good -> replace
