@@ -190,3 +190,8 @@ def test_shipped_real_data_recipe_is_valid_once_the_user_paths_are_given(tmp_pat
     p = load_params(REPO / "params" / "real.yaml", user)
     assert p.thermal_source.enabled and p.self_training.rounds >= 1 and "oracle" in p.eval.baselines
     assert p.infer_params("c.py", None, overrides=p.thermal_source.infer).input_size == (640, 640)
+    # the RGB frames' own labels are the RGB source: no RGB inference step in its plan
+    from pipeline.plan import step_names
+
+    assert p.rgb_source.boxes == "labels" and p.refine_params().classes == ["person"]
+    assert "infer" not in step_names(p) and "warp" in step_names(p)
