@@ -64,7 +64,7 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
 #: Chosen by pseudo-label F1 on the adapt frames' thermal labels (never test).
 CANDIDATES: dict[str, tuple[str, list[str], str]] = {
     "thermal640": ("round 1, thermal source at a 640 px test size, thermal person labels from 0.15 (car 0.5): "
-                   "**shipped** in `params/real.yaml`",
+                   "shipped from 2026-12-01 evening to 2026-12-02",
                    ["thermal_source.infer.input_size=[640, 640]",
                     "thermal_source.pseudo.thresholds={person: 0.15, car: 0.5}", "self_training.rounds=1"], "round1"),
     "car04": ("round 1, thermal640 with the car thresholds of the label rule: thermal cars from 0.4, RGB cars from 0.4",
@@ -74,6 +74,11 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                   "person ≥ 0.15 / car ≥ 0.7 (the label rule)",
                   ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
                    "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=2"], "cand:thermal640"),
+    "rgblabels2": ("rgblabels with student 1's own label thresholds in round 2 (person ≥ 0.35, car ≥ 0.7: the label "
+                   "rule on student 1's predictions): **shipped** in `params/real.yaml`",
+                   ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
+                    "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=2",
+                    "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}"], "cand:thermal640"),
 }
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),

@@ -203,10 +203,20 @@ class ThermalSourceSection(_Strict):
 
 class SelfTrainingSection(_Strict):
     """Self-training: round k's student labels the thermal adapt frames, fused with the RGB labels,
-    for student k+1. ``init``: student k+1 starts from the teacher's weights or from student k's."""
+    for student k+1. ``init``: student k+1 starts from the teacher's weights or from student k's.
+    ``pseudo``: pseudo-label parameters of the students' own predictions (rounds 2 and later),
+    merged over ``thermal_source.pseudo`` (a key given here replaces that key, e.g. the whole
+    ``thresholds`` mapping). Why: a student's scores are not calibrated like the teacher's
+    (msrs-bench adapt frames: the fused person labels' F1 is best at 0.15 for the COCO teacher and
+    at 0.3 for student 1; ``benchmarks/RESULTS.md``)."""
 
     rounds: int = Field(default=1, ge=1, le=10)
     init: Literal["teacher", "previous"] = "teacher"
+    pseudo: dict[str, Any] = Field(default_factory=dict)
+
+    def round_pseudo(self, thermal: Mapping[str, Any]) -> dict[str, Any]:
+        """The pseudo-label overrides of a student's round (``thermal``: ``thermal_source.pseudo``)."""
+        return {**thermal, **self.pseudo}
 
 
 class PipelineParams(_Strict):
@@ -268,6 +278,7 @@ class PipelineParams(_Strict):
         self.refine_params()
         self.fuse_params()
         self.pseudo_params(self.thermal_source.pseudo)
+        self.pseudo_params(self.self_training.round_pseudo(self.thermal_source.pseudo))
         self.infer_params("(set by the pipeline)", None, overrides=self.thermal_source.infer)
         if self.teacher.train is not None:
             if "base_model" not in self.teacher.train:

@@ -108,6 +108,7 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
     teacher = _model("teacher") if params.student.init_from_teacher else None
     val = params.data.has_val
     thermal_pseudo = dict(params.thermal_source.pseudo)
+    round_pseudo = params.self_training.round_pseudo(thermal_pseudo)     # the students' own labels
     rounds = params.self_training.rounds
     students: list[str] = []
     label_sets: dict[str, Ref] = {}            # thermal-frame label sets the quality report scores
@@ -122,7 +123,8 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
                               options={"source": "thermal_teacher" if k == 1 else "thermal_student",
                                        "params": dict(params.thermal_source.infer)}))
             steps.append(Step(f"pseudo@{tag}", "pseudo", ("pseudo", "thermal_source", "data"),
-                              needs={"predictions": Ref(f"infer@{tag}", "coco")}, options={"params": thermal_pseudo}))
+                              needs={"predictions": Ref(f"infer@{tag}", "coco")},
+                              options={"params": thermal_pseudo if k == 1 else round_pseudo}))
             fuse = "fuse" if k == 1 else f"fuse@{tag}"
             steps.append(Step(fuse, "fuse", ("fuse",), retries=1,
                               needs={"rgb": Ref("refine", "coco"), "thermal": Ref(f"pseudo@{tag}", "coco")}))

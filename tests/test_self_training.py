@@ -137,3 +137,26 @@ def test_mixed_training_adds_the_rgb_frames_with_their_ground_truth(tmp_path: Pa
     assert any(a.get("iscrowd") and a["uncertain"] for a in fused["annotations"])
     cfg_text = "".join(f.read_text() for f in (stages / "student" / "train").rglob("*.py"))
     assert "train_labels.json" in cfg_text and "EraseIgnoredBoxes" in cfg_text       # uncertain boxes erased
+
+
+def test_the_students_rounds_take_their_own_pseudo_label_parameters(tmp_path: Path) -> None:
+    """``self_training.pseudo`` applies to the students' predictions (rounds >= 2) only; the
+    teacher's round keeps ``thermal_source.pseudo``; a bad value fails before any work."""
+    from core.errors import InputError
+    from pipeline.params import params_from_dict
+    from pipeline.plan import plan
+
+    (tmp_path / "data").mkdir()
+    d = _rounds_params(tmp_path)
+    d["thermal_source"]["pseudo"] = {"thresholds": {"person": 0.15, "car": 0.7}, "min_size": 3.0}
+    d["self_training"] = {"rounds": 3, "pseudo": {"thresholds": {"person": 0.35, "car": 0.7}}}
+    steps = {s.name: s for s in plan(params_from_dict(d))}
+    assert steps["pseudo@thermal"].options["params"] == {"thresholds": {"person": 0.15, "car": 0.7}, "min_size": 3.0}
+    for k in (2, 3):
+        assert steps[f"pseudo@round{k}"].options["params"] == {"thresholds": {"person": 0.35, "car": 0.7},
+                                                                "min_size": 3.0}
+    unset = {s.name: s for s in plan(params_from_dict({**d, "self_training": {"rounds": 2}}))}
+    assert unset["pseudo@round2"].options == steps["pseudo@thermal"].options     # default: the teacher's
+    d["self_training"]["pseudo"] = {"thresholds": {"person": 1.5}}
+    with pytest.raises(InputError, match="threshold"):
+        params_from_dict(d).validate_stages()
