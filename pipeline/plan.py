@@ -166,8 +166,9 @@ def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:
     """What each evaluated model was trained on, in words (the rows of the adaptation table)."""
     rp = params.refine_params()
     what = "RGB ground-truth labels" if params.rgb_source.boxes == "labels" else "RGB labels"
+    only = f", {' and '.join(rp.classes)} only" if rp.classes else ""
     rgb = f"{what} warped, not refined" if rp.method == "none" else \
-        f"{what} warped + refined ({'SAM2' if rp.uses_sam2() else 'classical'})"
+        f"{what} warped + refined ({'SAM2' if rp.uses_sam2() else 'classical'}{only})"
     thermal = params.thermal_source.enabled
     rounds = params.self_training.rounds
 

@@ -44,6 +44,8 @@ def test_the_plan_warps_the_rgb_labels_and_runs_no_rgb_inference(tmp_path: Path)
     assert "rgb_source" in steps["warp"].sections           # DVC re-runs warp when the choice changes
     assert "pseudo" not in steps["quality"].needs
     assert "RGB ground-truth labels warped + refined" in steps["eval"].options["describe"]["adapted"]
+    people = plan(params_from_dict(_labels_params(tmp_path, classes=["person"])))
+    assert "refined (classical, person only)" in people[-1].options["describe"]["adapted"]
 
 
 @needs_nano
