@@ -79,6 +79,10 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                    ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
                     "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=2",
                     "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}"], "cand:thermal640"),
+    "rgblabels3": ("rgblabels2 with a third round (student 2 labels the thermal frames at student 1's thresholds)",
+                   ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
+                    "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=3",
+                    "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}"], "cand:rgblabels2"),
 }
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),
