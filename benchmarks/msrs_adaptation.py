@@ -69,24 +69,22 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                     "thermal_source.pseudo.thresholds={person: 0.15, car: 0.5}", "self_training.rounds=1"], "round1"),
     "car04": ("round 1, thermal640 with the car thresholds of the label rule: thermal cars from 0.4, RGB cars from 0.4",
               ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.4}",
-               "pseudo.thresholds={person: 0.5, car: 0.4}", "self_training.rounds=1"], "round1"),
-    "rgblabels": ("thermal640 with the RGB frames' own labels as the RGB source (cars refined no more), thermal "
-                  "person ≥ 0.15 / car ≥ 0.7 (the label rule)",
-                  ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
-                   "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=2"], "cand:thermal640"),
-    "rgblabels2": ("rgblabels with student 1's own label thresholds in round 2 (person ≥ 0.35, car ≥ 0.7: the label "
-                   "rule on student 1's predictions): **shipped** in `params/real.yaml`",
+               "pseudo.thresholds={person: 0.5, car: 0.4}", "self_training.rounds=1"], "cand:thermal640"),
+    "rgblabels2": ("the RGB frames' own labels as the RGB source (people alone refined), thermal source at 640 px "
+                   "(person ≥ 0.15, car ≥ 0.7), two rounds, student 1's labels at their own thresholds (person ≥ "
+                   "0.35, car ≥ 0.7): **shipped** in `params/real.yaml`",
                    ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
                     "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=2",
                     "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}"], "cand:thermal640"),
-    "rgblabels3": ("rgblabels2 with a third round (student 2 labels the thermal frames at student 1's thresholds)",
+    "rgblabels3": ("rgblabels2 with a third round (student 2 labels the thermal frames, at the same thresholds)",
                    ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
                     "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=3",
                     "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}"], "cand:rgblabels2"),
 }
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),
-              ("fuse@round2/fused.json", "fused, round 2")]
+              ("fuse@round2/fused.json", "fused, round 2"), ("pseudo@round3/pseudo.json", "student 2 on thermal"),
+              ("fuse@round3/fused.json", "fused, round 3")]
 
 
 def overrides(seed: int, full: bool) -> list[str]:
@@ -153,17 +151,20 @@ def candidates_markdown(results: list[dict[str, Any]], cands: list[dict[str, Any
     oracle = {c: statistics.mean([r["grouped"]["oracle"]["all"][c]["mAP_50"] for r in results if "oracle" in r["grouped"]])
               for c in cats} if any("oracle" in r["grouped"] for r in results) else {}
     lines = ["", "Candidate recipes: the recipe with other settings, over their seeds, beside the previous recipe's "
-             "row of the same round on the same seeds (mAP_50; gap closed against the mean oracle above). Chosen "
-             "by pseudo-label F1 on the adapt frames' thermal labels, never on test.", "",
-             "| recipe | seeds | " + " | ".join(f"{c} {g}" for c in cats for g in groups)
-             + " | gap closed person | gap closed car |", "|---|---|" + "---:|" * (len(cats) * len(groups) + 2)]
-    for name in sorted({c["candidate"] for c in cands}):
+             "row on the same seeds (mAP_50; gap closed against the mean oracle above). Chosen "
+             "by pseudo-label F1 on the adapt frames' thermal labels, never on test."]
+    header = ["| recipe | seeds | " + " | ".join(f"{c} {g}" for c in cats for g in groups)
+              + " | gap closed person | gap closed car |", "|---|---|" + "---:|" * (len(cats) * len(groups) + 2)]
+    names = {c["candidate"] for c in cands}
+    for name in [n for n in CANDIDATES if n in names] + sorted(names - set(CANDIDATES)):
+        lines += ["", f"Candidate `{name}`:", "", *header]
         runs = [c for c in cands if c["candidate"] == name]
         seeds = sorted(c["seed"] for c in runs)
         ref = CANDIDATES[name][2] if name in CANDIDATES else "adapted"
         title = CANDIDATES[name][0] if name in CANDIDATES else name
-        rows = [(f"{title}: round 1", runs, "round1")] if all("round1" in r["grouped"] for r in runs) else []
-        rows.append((f"{title}{': round 2' if rows else ''}", runs, "adapted"))
+        earlier = sorted({k for r in runs for k in r["grouped"] if k.startswith("round")}, key=lambda k: int(k[5:]))
+        rows = [(f"{title}: round {k[5:]}", runs, k) for k in earlier if all(k in r["grouped"] for r in runs)]
+        rows.append((f"{title}{f': round {len(earlier) + 1}' if earlier else ''}", runs, "adapted"))
         if ref.startswith("cand:"):     # the previous candidate that was shipped, on the same seeds
             before = [c for c in cands if c["candidate"] == ref[5:] and c["seed"] in seeds]
             rows.append((f"the recipe before it ({ref[5:]}), same seeds", before, "adapted"))
