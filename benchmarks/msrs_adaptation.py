@@ -72,11 +72,12 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                "pseudo.thresholds={person: 0.5, car: 0.4}", "self_training.rounds=1"], "cand:thermal640"),
     "rgblabels2": ("the RGB frames' own labels as the RGB source (people alone refined), thermal source at 640 px "
                    "(person ≥ 0.15, car ≥ 0.7), two rounds, student 1's labels at their own thresholds (person ≥ "
-                   "0.35, car ≥ 0.7): **shipped** in `params/real.yaml`",
+                   "0.35, car ≥ 0.7)",
                    ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
                     "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=2",
                     "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}"], "cand:thermal640"),
-    "rgblabels3": ("rgblabels2 with a third round (student 2 labels the thermal frames, at the same thresholds)",
+    "rgblabels3": ("rgblabels2 with a third round (student 2 labels the thermal frames, at the same thresholds): "
+                   "**shipped** in `params/real.yaml`",
                    ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
                     "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=3",
                     "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}"], "cand:rgblabels2"),
