@@ -6,7 +6,7 @@ Why: the product is judged on real thermal frames. This runs the shipped real-da
 ``../shared/models/yolox-nano-coco``, once per seed (``student.train.seed``), each seed in its own
 workspace sharing one per-image cache (so inference of the teacher runs once). Rows: source-only
 (the teacher on thermal), the classic recipe (refined RGB labels alone), round 1 (RGB + teacher
-on thermal, fused), round 2 (RGB + student 1 on thermal, fused: the shipped recipe) and the
+on thermal, fused), round 2 (RGB + student 1 on thermal, fused: the recipe of 2026-12-01) and the
 oracle (the adapt frames' thermal labels: an upper bound). Columns: mAP_50 per class and
 day/night, the gap closed per class, mean ± sd over the seeds that ran (n per row is stated).
 
@@ -188,6 +188,11 @@ def candidates_markdown(results: list[dict[str, Any]], cands: list[dict[str, Any
         lines.append("")
         lines.append(f"Its pseudo-labels (adapt frames, seed {runs[0]['seed']}; P / R, F1): " + "; ".join(
             f"{n}: " + ", ".join(f"{c} {_prf(t[c]['all'])}" for c in cats) for n, t in lab.items()) + ".")
+        walls = [f"seed {c['seed']} {c['seconds'] / 60:.0f} min" for c in sorted(runs, key=lambda c: c["seed"])
+                 if c.get("seconds")]
+        if walls:
+            lines.append(f"Wall time (2 CPU cores; a workspace that already held earlier rounds re-used them): "
+                         f"{', '.join(walls)}.")
     return lines
 
 
@@ -201,8 +206,11 @@ def report(results: list[dict[str, Any]], levers: list[dict[str, Any]] = (),
         + " | gap closed person | gap closed car |"
     lines = ["## msrs adaptation: the real-data recipe through `rgb2thermal run` (msrs-bench test, mAP_50)", "",
              f"`python -m benchmarks.msrs_adaptation`, {platform.machine()}, {platform.python_version()}, CPU only. "
-             f"Teacher: the shared YOLOX-nano COCO checkpoint (`yolox-nano-coco`), `params/real.yaml` (30 epochs, 416 px, "
-             f"frozen BN and stem, clip 10). Seeds run: {seeds}; each cell is the mean ± sd over the n seeds "
+             f"Teacher: the shared YOLOX-nano COCO checkpoint (`yolox-nano-coco`), students trained as in `params/real.yaml` "
+             "(30 epochs, 416 px, frozen BN and stem, clip 10). The rows of this first table are the recipe of "
+             "2026-12-01 (RGB predictions, the thermal source at 416 px, two rounds; the `seed<k>.json` runs), kept "
+             "because they hold the classic and oracle rows; the recipe shipped now is the candidate `rgblabels3` "
+             f"further down. Seeds run: {seeds}; each cell is the mean ± sd over the n seeds "
              "that trained that row. Gap closed = (row − source-only) / (oracle − source-only), per seed where "
              "that seed has an oracle, else against the mean oracle.", "", head,
              "|---|---:|" + "---:|" * (len(cats) * len(groups) + 2)]
