@@ -81,6 +81,11 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                    ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
                     "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=3",
                     "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}"], "cand:rgblabels2"),
+    "mixrgb1": ("round 1 of rgblabels3 with mixed training (`student.mix_rgb`: the student also sees the labelled RGB "
+                "adapt frames with their RGB ground truth)",
+                ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
+                 "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=1", "student.mix_rgb=true"],
+                "cand:rgblabels3:round1"),
 }
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),
@@ -166,9 +171,12 @@ def candidates_markdown(results: list[dict[str, Any]], cands: list[dict[str, Any
         earlier = sorted({k for r in runs for k in r["grouped"] if k.startswith("round")}, key=lambda k: int(k[5:]))
         rows = [(f"{title}: round {k[5:]}", runs, k) for k in earlier if all(k in r["grouped"] for r in runs)]
         rows.append((f"{title}{f': round {len(earlier) + 1}' if earlier else ''}", runs, "adapted"))
-        if ref.startswith("cand:"):     # the previous candidate that was shipped, on the same seeds
-            before = [c for c in cands if c["candidate"] == ref[5:] and c["seed"] in seeds]
-            rows.append((f"the recipe before it ({ref[5:]}), same seeds", before, "adapted"))
+        if ref.startswith("cand:"):     # another candidate on the same seeds: ``cand:NAME`` or ``cand:NAME:roundK``
+            other, _, key = ref[5:].partition(":")
+            before = [c for c in cands if c["candidate"] == other and c["seed"] in seeds and (key or "adapted") in c["grouped"]]
+            label = (f"compared with: {other}, {key.replace('round', 'round ')}" if key
+                     else f"the recipe before it ({other})")
+            rows.append((f"{label}, same seeds", before, key or "adapted"))
         else:
             rows.append((f"the recipe before it ({ref}), same seeds", [by_seed[k] for k in seeds if k in by_seed], ref))
         for label, rs, key in rows:
