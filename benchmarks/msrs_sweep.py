@@ -46,7 +46,8 @@ SPACE = {
 
 
 def base_params() -> dict:
-    from pipeline.params import apply_overrides, read_params_file
+    from core.overrides import apply_overrides
+    from pipeline.params import read_params_file
 
     return apply_overrides(read_params_file(REPO / "params" / "real.yaml"), [
         f"teacher.config={TEACHER / 'yolox_nano_coco.py'}", f"teacher.checkpoint={TEACHER / 'yolox_nano_coco.pth'}",

@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import InputError, input_error_from_validation
+from core.overrides import apply_overrides
 from core.stage_params import StageParams
 from core.yamlio import read_mapping
 from tasks.fuse import FuseParams
@@ -337,44 +337,6 @@ def _pydantic_error(exc: ValidationError, where: str, model: type[BaseModel] | N
     """The pipeline's wording of a ValidationError (``where``: the dotted section, '' = top level)."""
     return input_error_from_validation(exc, f"params {where}" if where else "params", prefix=where, model=model,
                                        fix="fix the listed keys (see params.yaml and flows/README.md)")
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` -> (``['a', 'b', 'c']``, YAML-parsed value)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
-        raise InputError(f"bad override {item!r}", "--set", "write KEY=VALUE with a dotted key, e.g. pseudo.score_threshold=0.6")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise InputError(f"override {item!r}: value is not valid YAML ({exc})", "--set", "quote strings, e.g. a.b='x y'") from None
-    return key.strip().split("."), value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with each ``a.b=value`` override applied (intermediate mappings created)."""
-    import copy
-
-    out = copy.deepcopy(data)
-    for item in overrides:
-        keys, value = parse_override(item)
-        set_dotted(out, keys, value, item)
-    return out
-
-
-def set_dotted(data: dict[str, Any], keys: list[str], value: Any, item: str = "") -> None:
-    """``data[k0][k1]...[kn] = value`` in place, creating intermediate mappings (``item``: how the
-    user wrote it, for the error)."""
-    node = data
-    for k in keys[:-1]:
-        nxt = node.get(k)
-        if nxt is None:
-            nxt = node[k] = {}
-        if not isinstance(nxt, dict):
-            raise InputError(f"override {item or '.'.join(keys)!r}: '{k}' is a value, not a section", "--set",
-                             "override a leaf key of a section")
-        node = nxt
-    node[keys[-1]] = value
 
 
 def _rebase_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

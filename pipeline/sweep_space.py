@@ -33,7 +33,8 @@ from pydantic import Field, ValidationError, model_validator
 from core.errors import InputError, input_error_from_validation
 from core.stage_params import StageParams
 from core.yamlio import read_mapping
-from pipeline.params import PipelineParams, params_from_dict, read_params_file, set_dotted
+from core.overrides import set_dotted
+from pipeline.params import PipelineParams, params_from_dict, read_params_file
 
 #: keys a sweep may not search: the data (the val split itself would move), what is reported
 #: (``eval``), the user's models, and what the sweep sets itself (per-epoch validation for pruning).

@@ -65,7 +65,8 @@ def demo_params(params_path: Path, data_dir: Path, registry_dir: Path,
     and ``registry_dir`` must exist when this is called (``DataRoot`` checks the folder).
     """
     from core.errors import InputError
-    from pipeline.params import SyntheticData, apply_overrides, load_params, read_params_file
+    from core.overrides import apply_overrides
+    from pipeline.params import SyntheticData, load_params, read_params_file
 
     raw = read_params_file(params_path)
     raw = apply_overrides(raw, overrides or [])

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from core.errors import InputError
-from pipeline.params import apply_overrides, load_params, params_from_dict
+from core.overrides import apply_overrides
+from pipeline.params import load_params, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
