@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from data.index import DEFAULT_CLASSES, BuildOptions, PairedIndex, _read_size, load_index, save_exclusions, summarize
+from data.index import DEFAULT_CLASSES, PairedIndex, load_index, summarize
+from data.index_build import BuildOptions, _read_size, save_exclusions
 from core import atomic
 
 _REASON_TEXT = {

@@ -99,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _opts(args: argparse.Namespace, decode: bool):
-    from data.index import BuildOptions
+    from data.index_build import BuildOptions
 
     return BuildOptions(decode_images=decode, max_sync_offset_s=args.max_sync_offset)
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from data.adapters.folder import build_index
-from data.index import load_index, save_exclusions
+from data.index import load_index
+from data.index_build import save_exclusions
 from data.merge import merge_indexes
 from data.synthetic import generate
 from core.coco import boxes_by_image, load_dataset

@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from data.adapters.folder import _images, read_coco_labels
-from data.index import DEFAULT_CLASSES, BuildOptions, Candidate, PairedIndex, build_index as _build
+from data.index import DEFAULT_CLASSES, PairedIndex
+from data.index_build import BuildOptions, Candidate, build_index as _build
 from core.errors import InputError
 
 SPLITS = ("train", "val", "video")

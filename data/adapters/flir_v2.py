@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from data.adapters.folder import IMAGE_EXTENSIONS, _read_pairs_file, read_coco_labels
-from data.index import DEFAULT_CLASSES, BuildOptions, Candidate, PairedIndex, RawLabels, build_index as _build
+from data.index import DEFAULT_CLASSES, PairedIndex
+from data.index_build import BuildOptions, Candidate, RawLabels, build_index as _build
 from core.errors import InputError
 
 FOLDERS = {"train": ("images_rgb_train", "images_thermal_train"), "val": ("images_rgb_val", "images_thermal_val"),

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from data.index import (DEFAULT_CLASSES, IMAGE_EXTENSIONS, BuildOptions, Candidate, PairedIndex, RawLabels,
-                        build_index as _build)
+from data.index import DEFAULT_CLASSES, IMAGE_EXTENSIONS, PairedIndex
+from data.index_build import BuildOptions, Candidate, RawLabels, build_index as _build
 from core.errors import InputError
 
 
