@@ -165,9 +165,10 @@ def run_speed(n_boxes: int = 1_000_000, repeats: int = 5, n_pairs: int = 200) ->
     # generator cost breakdown (CPU seconds of this process: robust to other load on the machine)
     import cv2
 
-    from data.synthetic import _PNG_PARAMS, _Renderer
+    from data.synthetic import _PNG_PARAMS
+    from data.synthetic_render import Renderer
 
-    r = _Renderer(0, (320, 256), (256, 208), H, 0.5, ("person", "car"), (1, 5))
+    r = Renderer(0, (320, 256), (256, 208), H, 0.5, ("person", "car"), (1, 5))
     c0 = time.process_time()
     frames = [r.render(i) for i in range(n_pairs)]
     render_cpu = time.process_time() - c0

@@ -17,13 +17,13 @@ RGB, TH = (320, 256), (256, 208)
 
 def _generated(seed: int, n: int, H: np.ndarray | None = None) -> tuple[list, np.ndarray]:
     """``n`` synthetic pairs (data.synthetic's renderer) seen through a random plausible rig."""
-    from data.synthetic import _Renderer
+    from data.synthetic_render import Renderer
 
     if H is None:
         G, _ = random_rig(np.random.default_rng(seed), TH, RGB)
         H = np.linalg.inv(G)
         H /= H[2, 2]
-    r = _Renderer(seed, RGB, TH, H, 0.5, ("person", "car"), (2, 6))
+    r = Renderer(seed, RGB, TH, H, 0.5, ("person", "car"), (2, 6))
     return [(f[0], f[1]) for f in (r.render(i) for i in range(n))], H
 
 
