@@ -49,7 +49,7 @@ from core.images import read_error, read_image, size_mismatch, to_gray_u8, to_rg
 from core.stage_params import PathStr, StageParams
 from core.stage_report import StageReport, report_path
 from tasks.refine_classical import ClassicalConfig
-from tasks.refine_policy import PolicyResult, apply_policy  # noqa: F401  (re-exported: the stage's policy)
+from tasks.refine_policy import apply_policy
 from tasks.refine_sam2 import DEFAULT_CONFIG, Sam2Config
 
 log = logging.getLogger(__name__)

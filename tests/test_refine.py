@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from core import atomic, coco
 from core.boxes import iou_matrix, xywh_to_xyxy
 from core.errors import InputError
-from tasks.refine import RefineParams, apply_policy, run_refine
+from tasks.refine import RefineParams, run_refine
+from tasks.refine_policy import apply_policy
 from core.stage_report import StageReport, report_path
 
 
