@@ -172,14 +172,17 @@ def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:
     thermal = params.thermal_source.enabled
     rounds = params.self_training.rounds
 
-    def round_words(k: int) -> str:
+    mixed = "; + the RGB adapt frames with their RGB labels (mixed training)" if params.student.mix_rgb else ""
+
+    def round_words(k: int) -> str:        # an adapted student's labels (and, with mix_rgb, its RGB frames)
         if k == 1 and not thermal:
-            return rgb
-        return f"{rgb} + {'teacher' if k == 1 else f'student {k - 1}'} on thermal, fused ({params.fuse_params().method})"
+            return rgb + mixed
+        return (f"{rgb} + {'teacher' if k == 1 else f'student {k - 1}'} on thermal, fused "
+                f"({params.fuse_params().method}){mixed}")
 
     words = {"source_only": "the teacher on thermal, not adapted", "classic": f"{rgb} alone (the classic recipe)",
              "no_refinement": f"{what} warped, not refined", "oracle": "the adapt frames' thermal labels",
-             "adapted": f"round {rounds}: {round_words(rounds)}" if rounds > 1 or thermal else rgb}
+             "adapted": f"round {rounds}: {round_words(rounds)}" if rounds > 1 or thermal else round_words(1)}
     words.update({f"round{k}": f"round {k}: {round_words(k)}" for k in range(1, rounds)})
     return {c: words[c] for c in columns if c in words}
 

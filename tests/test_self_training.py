@@ -125,6 +125,8 @@ def test_mixed_training_adds_the_rgb_frames_with_their_ground_truth(tmp_path: Pa
     p = params_from_dict(raw)
     steps = {s.name: s for s in plan(p)}
     assert steps["student"].needs["rgb_labels"].step == "index" and "rgb_labels" not in steps["classic"].needs
+    describe = steps["eval"].options["describe"]          # the table says which rows saw the RGB frames
+    assert "mixed training" in describe["adapted"] and "mixed" not in describe["classic"]
     rec = run_pipeline(p, tmp_path / "ws", until="student")
     assert rec.status == "succeeded"
     stages = tmp_path / "ws" / "stages"
