@@ -172,11 +172,12 @@ def candidates_markdown(results: list[dict[str, Any]], cands: list[dict[str, Any
         rows = [(f"{title}: round {k[5:]}", runs, k) for k in earlier if all(k in r["grouped"] for r in runs)]
         rows.append((f"{title}{f': round {len(earlier) + 1}' if earlier else ''}", runs, "adapted"))
         if ref.startswith("cand:"):     # another candidate on the same seeds: ``cand:NAME`` or ``cand:NAME:roundK``
-            other, _, key = ref[5:].partition(":")
-            before = [c for c in cands if c["candidate"] == other and c["seed"] in seeds and (key or "adapted") in c["grouped"]]
-            label = (f"compared with: {other}, {key.replace('round', 'round ')}" if key
+            other, _, round_key = ref[5:].partition(":")
+            key = round_key or "adapted"
+            before = [c for c in cands if c["candidate"] == other and c["seed"] in seeds and key in c["grouped"]]
+            label = (f"compared with: {other}, round {round_key[5:]}" if round_key
                      else f"the recipe before it ({other})")
-            rows.append((f"{label}, same seeds", before, key or "adapted"))
+            rows.append((f"{label}, same seeds", before, key))
         else:
             rows.append((f"the recipe before it ({ref}), same seeds", [by_seed[k] for k in seeds if k in by_seed], ref))
         for label, rs, key in rows:

@@ -105,7 +105,7 @@ def _png_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     return None
 
 
-def _read_size(path: str | os.PathLike[str], decode: bool) -> tuple[tuple[int, int] | None, str]:
+def read_size(path: str | os.PathLike[str], decode: bool) -> tuple[tuple[int, int] | None, str]:
     """``((width, height), "")`` or ``(None, why)``; header only unless ``decode``.
 
     PNG headers are read directly (5x cheaper than PIL's plugin probing, which was a large part
@@ -237,11 +237,11 @@ def build_index(candidates: Sequence[Candidate], version: str, out_path: str | P
             exclude(c, "missing_thermal", f"no thermal image for RGB {c.rgb_path}" if c.thermal_path is None
                     else f"thermal file does not exist: {c.thermal_path}")
             continue
-        rs, why = _read_size(c.rgb_path, opts.decode_images)
+        rs, why = read_size(c.rgb_path, opts.decode_images)
         if rs is None:
             exclude(c, "unreadable_rgb", f"{c.rgb_path}: {why}")
             continue
-        ts, why = _read_size(c.thermal_path, opts.decode_images)
+        ts, why = read_size(c.thermal_path, opts.decode_images)
         if ts is None:
             exclude(c, "unreadable_thermal", f"{c.thermal_path}: {why}")
             continue

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from data.index import DEFAULT_CLASSES, PairedIndex, load_index, summarize
-from data.index_build import BuildOptions, _read_size, save_exclusions
+from data.index_build import BuildOptions, read_size, save_exclusions
 from core import atomic
 
 _REASON_TEXT = {
@@ -158,7 +158,7 @@ def validate_index(index_path: str | Path, out_dir: str | Path, *, decode: bool 
     extra: list[dict] = []
     for p in tqdm(index.pairs, desc="re-checking pairs", unit="pair", disable=not progress or len(index.pairs) < 200):
         for mod, path, size in (("rgb", p.rgb_path, p.rgb_size), ("thermal", p.thermal_path, p.thermal_size)):
-            got, why = _read_size(Path(path), decode)
+            got, why = read_size(Path(path), decode)
             if got is None:
                 extra.append({"kind": "file_changed", "item": p.pair_id, "version": p.version,
                               "detail": f"{mod} image {path}: {why or 'missing'}"})
