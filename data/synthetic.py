@@ -9,7 +9,10 @@ deliberately look different, so that a detector trained on RGB and applied to th
 - RGB: textured, coloured street (sky, buildings with windows, road with lane marks), people
   with coloured clothes and skin-coloured heads, coloured cars with windows and wheels. At
   night it is dark, low-contrast and noisy, people wear darker clothes, so small people are
-  barely visible; cars show headlights.
+  barely visible; cars show headlights. A share of night people (``night_hidden_people``,
+  default 0; 0.8 reproduces the real problem) is not in the RGB frame at all — below the RGB noise, as most night people on real
+  pairs (MSRS) are — and not in the RGB labels, while hot in thermal and in the thermal labels.
+  That is the real problem the pipeline has to solve: RGB-only pseudo-labels miss them.
 - Thermal (second camera, different field of view and resolution): cool sky, mid-temperature
   background, hot bodies (heads hottest), cars with hot wheels/engine/exhaust and cold glass.
   At night the background cools down, so the thermal contrast is *higher*.
@@ -54,7 +57,7 @@ from data.synthetic_render import Renderer
 log = logging.getLogger(__name__)
 
 SUPPORTED_CLASSES = ("person", "car")
-SCHEMA = "rgb2thermal.synthetic/1"
+SCHEMA = "rgb2thermal.synthetic/2"  # 2: night people hidden in RGB (night_hidden_people)
 #: Thermal view corners as fractions of the RGB image (tl, tr, br, bl): the thermal camera sees a
 #: slightly narrower field of view, at a different scale, with a mild perspective tilt.
 _DEFAULT_VIEW_FRACTIONS = np.array([[0.13, 0.12], [0.86, 0.13], [0.85, 0.90], [0.14, 0.89]])
@@ -113,14 +116,16 @@ class _Job:
     night_fraction: float
     classes: tuple[str, ...]
     objects_per_image: tuple[int, int]
+    night_hidden_people: float
 
 
-def _render_chunk(job: _Job, indices: list[int]) -> list[tuple[int, np.ndarray, list[str], bool, str]]:
-    """Render and write frames ``indices``; return per frame (index, geometry boxes xyxy, class names, night, split)."""
+def _render_chunk(job: _Job, indices: list[int]) -> list[tuple[int, np.ndarray, list[str], list[bool], bool, str]]:
+    """Render and write frames ``indices``; return per frame (index, geometry boxes xyxy, class names,
+    visible in RGB per box, night, split)."""
     import cv2
 
     renderer = Renderer(job.seed, job.rgb_size, job.thermal_size, job.H, job.night_fraction, job.classes,
-                         job.objects_per_image)
+                         job.objects_per_image, job.night_hidden_people)
     png = [getattr(cv2, v) if isinstance(v, str) else v for v in _PNG_PARAMS]
     out = Path(job.out)
     res = []
@@ -133,7 +138,7 @@ def _render_chunk(job: _Job, indices: list[int]) -> list[tuple[int, np.ndarray, 
                 raise RuntimeError(f"PNG encoding failed for {stem}")
             atomic.write_bytes(out / sub / f"{stem}.png", buf.tobytes(), fsync=False)
         geo = np.array([o.box for o in objs], dtype=np.float64).reshape(-1, 4)
-        res.append((i, geo, [o.cls for o in objs], night, sp))
+        res.append((i, geo, [o.cls for o in objs], [o.rgb_visible for o in objs], night, sp))
     return res
 
 
@@ -150,8 +155,8 @@ def _run_chunks(job: _Job, chunks: list[list[int]], workers: int):
         yield from ex.map(_render_chunk, [job] * len(chunks), chunks)
 
 
-def _check_args(n_pairs: int, rgb_size: Any, thermal_size: Any, night_fraction: float, classes: Sequence[str],
-                objects_per_image: Any, start_index: int) -> None:
+def _check_args(n_pairs: int, rgb_size: Any, thermal_size: Any, night_fraction: float, night_hidden_people: float,
+                classes: Sequence[str], objects_per_image: Any, start_index: int) -> None:
     where = "data.synthetic.generate"
     if n_pairs < 0:
         raise InputError(f"n_pairs must be >= 0, got {n_pairs}", where, "ask for a non-negative number of pairs")
@@ -160,6 +165,9 @@ def _check_args(n_pairs: int, rgb_size: Any, thermal_size: Any, night_fraction: 
             raise InputError(f"{name} must be (width, height) >= 32 px, got {size}", where, "pass e.g. (320, 256)")
     if not 0.0 <= night_fraction <= 1.0:
         raise InputError(f"night_fraction must be in [0, 1], got {night_fraction}", where, "use e.g. 0.5")
+    if not 0.0 <= night_hidden_people <= 1.0:
+        raise InputError(f"night_hidden_people must be in [0, 1], got {night_hidden_people}", where,
+                         "use e.g. 0.8 (0: every night person is drawn in RGB too)")
     unknown = [c for c in classes if c not in SUPPORTED_CLASSES]
     if not classes or unknown or len(set(classes)) != len(classes):
         raise InputError(f"classes must be distinct names from {SUPPORTED_CLASSES}, got {list(classes)}", where,
@@ -174,12 +182,20 @@ def _check_args(n_pairs: int, rgb_size: Any, thermal_size: Any, night_fraction: 
 
 
 def _meta(H: np.ndarray, rgb_size: tuple[int, int], thermal_size: tuple[int, int], seed: int, version: str,
-          classes: Sequence[str], night_fraction: float, objects_per_image: tuple[int, int]) -> dict:
+          classes: Sequence[str], night_fraction: float, objects_per_image: tuple[int, int],
+          night_hidden_people: float) -> dict:
     return {"schema": SCHEMA, "H_rgb_to_thermal": [[float(v) for v in row] for row in H],
             "rgb_size": list(rgb_size), "thermal_size": list(thermal_size),
             "convention": "continuous pixel coordinates, (0,0) = top-left corner of the top-left pixel",
             "generator": {"seed": seed, "version": version, "classes": list(classes), "night_fraction": night_fraction,
-                          "objects_per_image": list(objects_per_image)}}
+                          "objects_per_image": list(objects_per_image), "night_hidden_people": night_hidden_people}}
+
+
+def _same_generation(old: dict, meta: dict) -> bool:
+    """Whether a folder's ``homography.json`` (``old``) was written with the parameters of ``meta``."""
+    return old.get("schema") == meta["schema"] and old.get("generator") == meta["generator"] \
+        and old.get("rgb_size") == meta["rgb_size"] and old.get("thermal_size") == meta["thermal_size"] \
+        and np.allclose(np.asarray(old.get("H_rgb_to_thermal")), np.asarray(meta["H_rgb_to_thermal"]))
 
 
 def _load_existing(out: Path, meta: dict) -> tuple[dict | None, dict | None, dict[str, tuple[str, str]]]:
@@ -188,10 +204,10 @@ def _load_existing(out: Path, meta: dict) -> tuple[dict | None, dict | None, dic
     if not hpath.exists():
         return None, None, {}
     old = atomic.read_json(hpath)
-    same = old.get("generator") == meta["generator"] and old.get("rgb_size") == meta["rgb_size"] \
-        and old.get("thermal_size") == meta["thermal_size"] \
-        and np.allclose(np.asarray(old.get("H_rgb_to_thermal")), np.asarray(meta["H_rgb_to_thermal"]))
-    if not same:
+    if old.get("schema") != SCHEMA:
+        raise InputError(f"the folder holds a synthetic set made by another generator version ({old.get('schema')}, "
+                         f"this one writes {SCHEMA})", str(hpath), "generate into a new folder (or delete this one)")
+    if not _same_generation(old, meta):
         raise InputError("the folder holds a synthetic set made with different parameters (seed/sizes/homography/classes)",
                          str(hpath), "extend it with the same parameters, or generate into a new folder")
     from core.coco import load_dataset
@@ -205,11 +221,35 @@ def _load_existing(out: Path, meta: dict) -> tuple[dict | None, dict | None, dic
     return rgb, therm, split
 
 
+def is_generated(out_dir: str | Path, n_pairs: int, seed: int = 0, *, rgb_size: tuple[int, int] = (320, 256),
+                 thermal_size: tuple[int, int] = (256, 208), night_fraction: float = 0.5,
+                 night_hidden_people: float = 0.0, classes: Sequence[str] = ("person", "car"),
+                 objects_per_image: tuple[int, int] = (1, 5), version: str = "synthetic") -> bool:
+    """True when ``out_dir`` holds exactly the set that :func:`generate` with these arguments (and the
+    default homography) writes: same generator version, parameters and number of frames.
+
+    Why: a folder kept from an older generator (or other parameters) must not be reused as if it
+    were the requested one (the demo regenerates it instead of silently running on other data).
+    """
+    out = Path(out_dir)
+    try:
+        old = atomic.read_json(out / "homography.json")
+        with open(out / "split.csv", newline="", encoding="utf-8") as fh:
+            frames = sum(1 for _ in csv.DictReader(fh))
+    except (OSError, ValueError):
+        return False
+    sizes = (int(rgb_size[0]), int(rgb_size[1])), (int(thermal_size[0]), int(thermal_size[1]))
+    meta = _meta(default_homography(*sizes), *sizes, seed, version, classes, night_fraction,
+                 (int(objects_per_image[0]), int(objects_per_image[1])), night_hidden_people)
+    return frames == n_pairs and _same_generation(old, meta)
+
+
 def generate(out_dir: str | Path, n_pairs: int, seed: int = 0, *,
              rgb_size: tuple[int, int] = (320, 256),
              thermal_size: tuple[int, int] = (256, 208),
              homography: np.ndarray | None = None,
              night_fraction: float = 0.5,
+             night_hidden_people: float = 0.0,
              classes: Sequence[str] = ("person", "car"),
              objects_per_image: tuple[int, int] = (1, 5),
              version: str = "synthetic",
@@ -223,6 +263,8 @@ def generate(out_dir: str | Path, n_pairs: int, seed: int = 0, *,
     :func:`registration.homography.check_homography`. Sizes are ``(width, height)``.
     Label files and ``split.csv`` are rewritten to cover every frame in the folder, so an
     extension call (``start_index = previous count``) leaves the same files as one big call.
+    ``night_hidden_people``: the share of night people drawn in thermal only (absent from the RGB
+    frame and its labels; see the module doc).
     ``workers > 1`` renders chunks of frames in that many processes; the output is identical
     (every frame depends only on its index), only faster on several cores.
     """
@@ -239,23 +281,26 @@ def generate(out_dir: str | Path, n_pairs: int, seed: int = 0, *,
     objects_per_image = (int(objects_per_image[0]), int(objects_per_image[1]))
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}", "data.synthetic.generate", "use 1 (or the core count)")
-    _check_args(n_pairs, rgb_size, thermal_size, night_fraction, classes, objects_per_image, start_index)
+    _check_args(n_pairs, rgb_size, thermal_size, night_fraction, night_hidden_people, classes, objects_per_image,
+                start_index)
     H = default_homography(rgb_size, thermal_size) if homography is None else np.asarray(homography, dtype=np.float64)
     check_homography(H, rgb_size, thermal_size)
     H = H / H[2, 2]
     out = Path(out_dir)
-    meta = _meta(H, rgb_size, thermal_size, seed, version, classes, night_fraction, objects_per_image)
+    meta = _meta(H, rgb_size, thermal_size, seed, version, classes, night_fraction, objects_per_image,
+                 night_hidden_people)
     old_rgb, old_therm, split = _load_existing(out, meta)
     cat_id = {c: i + 1 for i, c in enumerate(classes)}
     identity = np.eye(3)
-    job = _Job(str(out), seed, rgb_size, thermal_size, H, night_fraction, tuple(classes), objects_per_image)
+    job = _Job(str(out), seed, rgb_size, thermal_size, H, night_fraction, tuple(classes), objects_per_image,
+               night_hidden_people)
     indices = list(range(start_index, start_index + n_pairs))
     chunks = [indices[k:k + _CHUNK] for k in range(0, len(indices), _CHUNK)]
     new_images_rgb, new_images_th, new_anns_rgb, new_anns_th = [], [], [], []
     generated: list[str] = []
     bar = tqdm(total=n_pairs, desc="synthetic pairs", unit="pair", disable=not progress or n_pairs < 50)
     for frames in _run_chunks(job, chunks, workers):
-        for i, geo, names, night, sp in frames:
+        for i, geo, names, seen, night, sp in frames:
             stem = stem_for(i)
             image_id = i + 1
             dn = "night" if night else "day"
@@ -266,6 +311,8 @@ def generate(out_dir: str | Path, n_pairs: int, seed: int = 0, *,
             cls = [cat_id[n] for n in names]
             r_rgb = warp_boxes(geo, identity, rgb_size, min_size=2.0, min_visible_fraction=0.5)
             for k, box in zip(r_rgb.keep, r_rgb.boxes):
+                if not seen[k]:
+                    continue  # hidden in RGB: no RGB annotator could have labelled it
                 new_anns_rgb.append(annotation(0, image_id, cls[k], box))
             r_th = warp_boxes(geo, H, thermal_size, min_size=2.0, min_visible_fraction=0.5)
             for k, box in zip(r_th.keep, r_th.boxes):

@@ -8,7 +8,7 @@ depends only on ``(seed, i)`` and the parameters.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,13 +31,15 @@ class _Obj:
     cls: str
     box: tuple[float, float, float, float]  # geometry box, xyxy RGB pixels (may exceed the image)
     foot: float
+    rgb_visible: bool = True  # False: drawn in thermal only (see ``night_hidden_people``)
 
 
 class Renderer:
     """Per-call constants (canvas geometry, noise bank); frames are rendered from ``(seed, i)``."""
 
     def __init__(self, seed: int, rgb_size: tuple[int, int], thermal_size: tuple[int, int], H: np.ndarray,
-                 night_fraction: float, classes: Sequence[str], objects_per_image: tuple[int, int]) -> None:
+                 night_fraction: float, classes: Sequence[str], objects_per_image: tuple[int, int],
+                 night_hidden_people: float = 0.0) -> None:
         import cv2
 
         from registration.warp import to_pixel_center_convention
@@ -48,6 +50,7 @@ class Renderer:
         self.tw, self.th = thermal_size
         self.H = H
         self.night_fraction = night_fraction
+        self.night_hidden_people = night_hidden_people
         self.classes = list(classes)
         self.opi = objects_per_image
         # Canvas: the RGB image plus whatever part of the thermal view lies outside it.
@@ -136,12 +139,16 @@ class Renderer:
         rgb[horizon:horizon + 1] = rgb[horizon + 1:horizon + 2]
         objs = self._place(rng, horizon - oy, night)
         lights: list[tuple[int, int, int]] = []
-        for o in sorted(objs, key=lambda o: o.foot):
+        hidden: set[int] = set()
+        for k in sorted(range(len(objs)), key=lambda k: objs[k].foot):  # far to near
+            o = objs[k]
             x0, y0, x1, y1 = (o.box[0] + ox, o.box[1] + oy, o.box[2] + ox, o.box[3] + oy)
             if o.cls == "person":
-                self._person(rng, rgb, therm, x0, y0, x1, y1, night)
+                if not self._person(rng, rgb, therm, x0, y0, x1, y1, night):
+                    hidden.add(k)
             else:
                 lights.extend(self._car(rng, rgb, therm, x0, y0, x1, y1, night))
+        objs = [replace(o, rgb_visible=False) if k in hidden else o for k, o in enumerate(objs)]
         # RGB camera: crop, exposure, night lights, blur, noise (uint8, saturating OpenCV ops: fast)
         out = np.ascontiguousarray(rgb[oy:oy + self.rh, ox:ox + self.rw])
         if night:
@@ -217,7 +224,14 @@ class Renderer:
                 break
         return placed
 
-    def _person(self, rng, rgb, therm, x0, y0, x1, y1, night) -> None:
+    def _person(self, rng, rgb, therm, x0, y0, x1, y1, night) -> bool:
+        """Draw one person; False when it is drawn in thermal only (invisible to the RGB camera).
+
+        Why thermal-only people: on real night pairs (MSRS) most people are below the RGB noise yet
+        hot in thermal, and the RGB labels lack them; that is what makes RGB-only pseudo-labels teach
+        warm people as background. Dark clothes on a dark frame alone were not enough: the RGB teacher
+        still found them (measured: the classic recipe was then *best* on night people).
+        """
         cv2 = self.cv2
         h, w = y1 - y0, x1 - x0
         cx = (x0 + x1) / 2
@@ -225,6 +239,10 @@ class Renderer:
 
         skin = [(80, 120, 200), (60, 90, 150), (140, 170, 230), (40, 60, 100)][int(rng.integers(0, 4))]
         dark = night and rng.random() < 0.7
+        # drawn only when the share is set, so night_hidden_people=0 renders the schema-1 frames unchanged
+        hidden = night and self.night_hidden_people > 0 and rng.random() < self.night_hidden_people
+        if hidden:
+            rgb = rgb.copy()  # the RGB strokes land on a scratch copy: the RGB camera never sees this person
         shirt = tuple(int(v) for v in (rng.integers(10, 70, 3) if dark else rng.integers(20, 255, 3)))
         pants = tuple(int(v) for v in (rng.integers(10, 50, 3) if dark else rng.integers(20, 160, 3)))
         body_t = int(rng.integers(185, 215))
@@ -243,6 +261,7 @@ class Renderer:
         # head (hottest)
         cv2.circle(rgb, P(cx, y0 + head_r), int(round(head_r * f)), skin, -1, cv2.LINE_8, s)
         cv2.circle(therm, P(cx, y0 + head_r), int(round(head_r * f)), int(rng.integers(235, 256)), -1, cv2.LINE_8, s)
+        return not hidden
 
     def _car(self, rng, rgb, therm, x0, y0, x1, y1, night) -> list[tuple[int, int, int]]:
         cv2 = self.cv2

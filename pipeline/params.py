@@ -82,6 +82,9 @@ class SyntheticData(_Strict):
     rgb_size: tuple[int, int] = (320, 256)
     thermal_size: tuple[int, int] = (256, 208)
     night_fraction: float = Field(default=0.5, ge=0, le=1)
+    night_hidden_people: float = Field(default=0.0, ge=0, le=1, description=(
+        "share of night people drawn in thermal only (invisible in RGB and absent from the RGB labels), "
+        "as most night people on real pairs are"))
     version: str = "synthetic"
 
 

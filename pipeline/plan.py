@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data.synthetic import SCHEMA as SYNTHETIC_SCHEMA
 from pipeline.step import Ref, Step
 from pipeline.params import PipelineParams
 
@@ -40,7 +41,10 @@ def plan(params: PipelineParams) -> list[Step]:
     """The steps ``params`` runs, in execution order (every door iterates this list)."""
     d, t = params.data, params.teacher
     datasets = {"datasets": Ref("data", "datasets")}
-    steps = [Step("data", "data", ("data",), external={f"root:{r.version}": r.path for r in d.roots}),
+    # the generator's version is in the data step's key: frames another generator drew are never reused
+    generator = {"generator": SYNTHETIC_SCHEMA} if d.synthetic is not None else {}
+    steps = [Step("data", "data", ("data",), options=generator,
+                  external={f"root:{r.version}": r.path for r in d.roots}),
              Step("index", "index", ("data",), needs=dict(datasets), retries=1)]
 
     if t.train is None:

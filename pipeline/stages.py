@@ -45,7 +45,8 @@ def _data(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
 
         s = d.synthetic
         info = generate(out / s.version, s.n_pairs, seed=s.seed, rgb_size=s.rgb_size, thermal_size=s.thermal_size,
-                        night_fraction=s.night_fraction, classes=d.classes, version=s.version)
+                        night_fraction=s.night_fraction, night_hidden_people=s.night_hidden_people, classes=d.classes,
+                        version=s.version)
         save_entry(out / "registry", s.version, HomographyEntry(
             H=info.homography, rgb_size=info.rgb_size, thermal_size=info.thermal_size, method="synthetic_known",
             error_px=0.0, error_kind="exact", notes="the generator's homography (exact by construction)"))

@@ -91,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--thermal-size", type=int, nargs=2, default=(256, 208), metavar=("W", "H"),
                     help="thermal size (default 256 208)")
     ps.add_argument("--night-fraction", type=float, default=0.5, help="share of night frames (default 0.5)")
+    ps.add_argument("--night-hidden-people", type=float, default=0.0, metavar="SHARE",
+                    help="share of night people drawn in thermal only: invisible in RGB and absent from the RGB "
+                         "labels, as on real night pairs (default 0: everyone drawn in both; 0.8 reproduces the real problem)")
     ps.add_argument("--objects", type=int, nargs=2, default=(1, 5), metavar=("MIN", "MAX"),
                     help="objects per image (default 1 5)")
     ps.add_argument("--version", default="synthetic", help="version tag recorded in the metadata (default synthetic)")
@@ -148,7 +151,8 @@ def _run_synth(args: argparse.Namespace) -> int:
     from data.synthetic import generate
 
     info = generate(args.out, args.n, args.seed, rgb_size=tuple(args.rgb_size), thermal_size=tuple(args.thermal_size),
-                    night_fraction=args.night_fraction, objects_per_image=tuple(args.objects), version=args.version,
+                    night_fraction=args.night_fraction, night_hidden_people=args.night_hidden_people,
+                    objects_per_image=tuple(args.objects), version=args.version,
                     start_index=args.start_index)
     print(f"{info.out_dir}: wrote {len(info.generated)} pairs ({info.n_pairs} in total) in {info.seconds:.1f}s "
           f"({len(info.generated) / max(info.seconds, 1e-9):.0f} pairs/s)")

@@ -56,6 +56,12 @@ def test_extension_is_identical_to_one_call(tmp_path: Path) -> None:
     assert (tmp_path / "other" / "rgb" / "syn_000000.png").read_bytes() != (tmp_path / "one" / "rgb" / "syn_000000.png").read_bytes()
     with pytest.raises(InputError, match="different parameters"):
         generate(tmp_path / "one", 2, seed=99, start_index=9, progress=False)
+    with pytest.raises(InputError, match="different parameters"):
+        generate(tmp_path / "one", 2, seed=3, night_hidden_people=0.8, start_index=9, progress=False)
+    meta = json.loads((tmp_path / "one" / "homography.json").read_text())
+    (tmp_path / "one" / "homography.json").write_text(json.dumps({**meta, "schema": "rgb2thermal.synthetic/1"}))
+    with pytest.raises(InputError, match="another generator version"):
+        generate(tmp_path / "one", 2, seed=3, start_index=9, progress=False)
 
 
 def test_thermal_boxes_are_rgb_boxes_through_h(syn: Path) -> None:
@@ -106,7 +112,41 @@ def test_modalities_differ_as_designed(syn: Path) -> None:
     assert np.mean(bright["night"]) < 0.5 * np.mean(bright["day"])
 
 
+def test_hidden_night_people_are_in_thermal_only(tmp_path: Path) -> None:
+    """The real night problem: a hidden person is in the thermal frame and labels, not in the RGB ones.
+
+    Two all-night sets from the same seed, every person hidden vs (almost) none: the random stream is
+    the same, so thermal frames and labels are byte-identical; the RGB labels lose exactly the people,
+    and the RGB frames differ only inside the people's boxes.
+    """
+    import cv2
+
+    hid = generate(tmp_path / "hidden", 6, seed=5, night_fraction=1.0, night_hidden_people=1.0, progress=False)
+    vis = generate(tmp_path / "seen", 6, seed=5, night_fraction=1.0, night_hidden_people=1e-12, progress=False)
+    for stem in hid.stems:
+        assert (hid.out_dir / "thermal" / f"{stem}.png").read_bytes() == (vis.out_dir / "thermal" / f"{stem}.png").read_bytes()
+    th = [load_dataset(d / "labels_thermal" / "coco.json")["annotations"] for d in (hid.out_dir, vis.out_dir)]
+    assert th[0] == th[1] and any(a["category_id"] == 1 for a in th[0])
+    rgb_h, rgb_v = (load_dataset(d / "labels_rgb" / "coco.json")["annotations"] for d in (hid.out_dir, vis.out_dir))
+    people = [a for a in rgb_v if a["category_id"] == 1]
+    assert people and not any(a["category_id"] == 1 for a in rgb_h)
+    assert [a["bbox"] for a in rgb_h] == [a["bbox"] for a in rgb_v if a["category_id"] != 1]
+    outside_changed = 0
+    for im in load_dataset(vis.out_dir / "labels_rgb" / "coco.json")["images"]:
+        a = cv2.imread(str(hid.out_dir / "rgb" / im["file_name"])).astype(int)
+        b = cv2.imread(str(vis.out_dir / "rgb" / im["file_name"])).astype(int)
+        mask = np.ones(a.shape[:2], dtype=bool)
+        for p in people:
+            if p["image_id"] == im["id"]:
+                x, y, w, h = p["bbox"]
+                mask[max(int(y) - 3, 0):int(y + h) + 4, max(int(x) - 3, 0):int(x + w) + 4] = False
+        outside_changed += int((np.abs(a - b).max(axis=2)[mask] > 0).sum())
+    assert outside_changed == 0
+
+
 def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="night_hidden_people"):
+        generate(tmp_path, 1, night_hidden_people=1.5, progress=False)
     with pytest.raises(InputError, match="classes"):
         generate(tmp_path, 1, classes=("person", "dog"), progress=False)
     with pytest.raises(InputError, match="flips"):

@@ -9,6 +9,7 @@ import pytest
 
 from rgb2thermal_cli import demo
 from core.errors import InputError
+from pipeline.params import SyntheticData
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,11 +42,35 @@ def test_demo_registry_from_generated_data(tmp_path: Path) -> None:
 
     import numpy as np
 
+    synthetic = SyntheticData(n_pairs=2, seed=1).model_dump()
     generate(tmp_path / "d", 2, seed=1, progress=False)
-    assert not demo.ensure_data(tmp_path / "d", {}, ["person", "car"])   # present: not regenerated
+    assert not demo.ensure_data(tmp_path / "d", synthetic, ["person", "car"])   # present: not regenerated
     reg = demo.write_registry(tmp_path / "d", tmp_path / "reg", "synthetic")
     entry = lookup(reg, "synthetic", (320, 256))
     np.testing.assert_allclose(entry.H, default_homography(), rtol=1e-6)
+
+
+def test_demo_regenerates_data_from_other_parameters_and_spares_other_folders(tmp_path: Path, caplog) -> None:
+    """A kept folder made with other parameters (e.g. an older generator) is regenerated, never reused."""
+    import logging
+
+    from data.synthetic import SCHEMA, generate, is_generated
+
+    old = generate(tmp_path / "d", 3, seed=1, night_hidden_people=0.5, progress=False)
+    synthetic = SyntheticData(n_pairs=3, seed=1).model_dump()
+    assert not is_generated(old.out_dir, 3, seed=1)
+    with caplog.at_level(logging.WARNING):
+        assert demo.ensure_data(old.out_dir, synthetic, ["person", "car"])
+    assert "regenerating" in caplog.text
+    assert is_generated(old.out_dir, 3, seed=1)
+    assert (old.out_dir / "homography.json").read_text().count(SCHEMA) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]   # no temporary folder left
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a synthetic set")
+    with pytest.raises(InputError, match="other than a generated synthetic set"):
+        demo.ensure_data(other, synthetic, ["person", "car"])
+    assert (other / "notes.txt").read_text() == "not a synthetic set"
 
 
 def test_format_summary_gain_and_missing() -> None:
