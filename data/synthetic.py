@@ -10,8 +10,9 @@ deliberately look different, so that a detector trained on RGB and applied to th
   with coloured clothes and skin-coloured heads, coloured cars with windows and wheels. At
   night it is dark, low-contrast and noisy, people wear darker clothes, so small people are
   barely visible; cars show headlights. A share of night people (``night_hidden_people``,
-  default 0; 0.8 reproduces the real problem) is not in the RGB frame at all — below the RGB noise, as most night people on real
-  pairs (MSRS) are — and not in the RGB labels, while hot in thermal and in the thermal labels.
+  default 0; 0.8 reproduces the real problem) is not in the RGB frame at all — below the RGB
+  noise, as most night people on real pairs (MSRS) are — and not in the RGB labels, while hot in
+  thermal and in the thermal labels.
   That is the real problem the pipeline has to solve: RGB-only pseudo-labels miss them.
 - Thermal (second camera, different field of view and resolution): cool sky, mid-temperature
   background, hot bodies (heads hottest), cars with hot wheels/engine/exhaust and cold glass.

@@ -93,7 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--night-fraction", type=float, default=0.5, help="share of night frames (default 0.5)")
     ps.add_argument("--night-hidden-people", type=float, default=0.0, metavar="SHARE",
                     help="share of night people drawn in thermal only: invisible in RGB and absent from the RGB "
-                         "labels, as on real night pairs (default 0: everyone drawn in both; 0.8 reproduces the real problem)")
+                         "labels, as on real night pairs (default 0: everyone drawn in both; 0.8 reproduces the "
+                         "real problem)")
     ps.add_argument("--objects", type=int, nargs=2, default=(1, 5), metavar=("MIN", "MAX"),
                     help="objects per image (default 1 5)")
     ps.add_argument("--version", default="synthetic", help="version tag recorded in the metadata (default synthetic)")
