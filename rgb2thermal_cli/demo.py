@@ -38,10 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="run the whole adaptation pipeline on generated synthetic data and print the result table",
         description="Generate the synthetic paired data set (if absent), train a small RGB teacher from random "
-                    "weights, run inference -> pseudo-labels -> warp -> refinement -> thermal students -> "
-                    "evaluation, and print per-class mAP: source-only vs pseudo-labels without refinement vs "
-                    "with refinement. Steps already done with the same inputs are reused (a second run takes "
-                    "seconds). Nothing is downloaded.")
+                    "weights, run inference -> pseudo-labels -> warp -> refinement, add the teacher run on the "
+                    "thermal frames as a second source fused with the RGB labels, train two self-training "
+                    "rounds of thermal students, and print per-class mAP: source-only vs the classic recipe "
+                    "(RGB labels alone) vs fused (round 1) vs self-trained (round 2). Steps already done with "
+                    "the same inputs are reused (a second run takes seconds). Nothing is downloaded.")
     p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, metavar="PARAMS_YAML",
                    help=f"demo parameters, same schema as params.yaml (default: {DEFAULT_PARAMS.relative_to(_REPO)}); "
                         "its data.synthetic section describes the generated data set")

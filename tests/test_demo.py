@@ -28,7 +28,10 @@ def test_demo_params_validate_and_point_at_data(tmp_path: Path) -> None:
     assert params.warp["registry_dir"] == str((tmp_path / "reg").resolve())
     assert synthetic["n_pairs"] >= 2 and params.teacher.train is not None   # trains its own teacher: no downloads
     assert params.teacher.checkpoint is None
-    assert set(params.eval.baselines) == {"source_only", "no_refinement"}
+    # the rows the demo shows: source-only, the classic recipe, fused (round 1) and self-trained (round 2)
+    assert set(params.eval.baselines) == {"source_only", "classic"}
+    assert params.thermal_source.enabled and params.self_training.rounds == 2
+    assert synthetic["night_hidden_people"] > 0.5   # night people mostly invisible in RGB, as on real frames
 
 
 def test_demo_params_reject_bad_override(tmp_path: Path) -> None:
