@@ -295,9 +295,16 @@ class PipelineParams(_Strict):
         if bad:
             raise InputError(f"eval.metrics has unknown metrics {bad}", "params eval.metrics", f"choose from {list(METRICS)}")
 
-    def section(self, name: str) -> dict[str, Any]:
-        """One section as plain JSON values (the part of a stage key that comes from parameters)."""
-        return self.model_dump(mode="json")[name]
+    def section(self, name: str) -> Any:
+        """One section as plain JSON values (the part of a stage key that comes from parameters).
+
+        ``name`` may be dotted (``self_training.pseudo``): a step that reads one field of a section
+        keys (and, in ``dvc.yaml``, depends) on that field only, as DVC's dotted params do.
+        """
+        value: Any = self.model_dump(mode="json")
+        for part in name.split("."):
+            value = value[part]
+        return value
 
 
 def _train_fields(section: dict[str, Any], where: str) -> dict[str, Any]:

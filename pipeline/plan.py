@@ -126,7 +126,11 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
                                      **datasets},
                               options={"source": "thermal_teacher" if k == 1 else "thermal_student",
                                        "params": dict(params.thermal_source.infer)}))
-            steps.append(Step(f"pseudo@{tag}", "pseudo", ("pseudo", "thermal_source", "data"),
+            # a student's labels also read self_training.pseudo (its own thresholds), when set: its key and
+            # DVC's params say so; only that field, so that more rounds do not re-key this one
+            own = ("self_training.pseudo",) if k > 1 and params.self_training.pseudo else ()
+            sections = ("pseudo", "thermal_source", *own, "data")
+            steps.append(Step(f"pseudo@{tag}", "pseudo", sections,
                               needs={"predictions": Ref(f"infer@{tag}", "coco")},
                               options={"params": thermal_pseudo if k == 1 else round_pseudo}))
             fuse = "fuse" if k == 1 else f"fuse@{tag}"

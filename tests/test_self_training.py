@@ -157,6 +157,12 @@ def test_the_students_rounds_take_their_own_pseudo_label_parameters(tmp_path: Pa
     for k in (2, 3):
         assert steps[f"pseudo@round{k}"].options["params"] == {"thresholds": {"person": 0.35, "car": 0.7},
                                                                 "min_size": 3.0}
+    # a student's pseudo step is keyed (and in DVC, depends) on self_training.pseudo, not on rounds or init;
+    # the teacher's does not read it
+    assert "self_training.pseudo" in steps["pseudo@round2"].sections
+    assert not any(s.startswith("self_training") for s in steps["pseudo@thermal"].sections)
+    more = {s.name: s for s in plan(params_from_dict({**d, "self_training": {**d["self_training"], "rounds": 4}}))}
+    assert more["pseudo@round2"].sections == steps["pseudo@round2"].sections
     unset = {s.name: s for s in plan(params_from_dict({**d, "self_training": {"rounds": 2}}))}
     assert unset["pseudo@round2"].options == steps["pseudo@thermal"].options     # default: the teacher's
     d["self_training"]["pseudo"] = {"thresholds": {"person": 1.5}}
