@@ -32,20 +32,22 @@ GRID = [round(0.05 * k, 2) for k in range(1, 19)]     # 0.05 ... 0.90
 TOLERANCE = 0.01
 
 
-def fused_f1(ws: Path, infer_step: str, rgb: str, thresholds: dict[str, float], params_yaml: Path) -> dict[str, float]:
-    """F1 per class of the fused labels when the thermal source is cut at ``thresholds``."""
-    from pipeline.params import load_params
+def fused_f1(ws: Path, infer_step: str, rgb: str, thresholds: dict[str, float], params) -> dict[str, float]:
+    """F1 per class of the fused labels when the thermal source is cut at ``thresholds``
+    (``params``: the run's ``PipelineParams``; the source's other pseudo-label options as the run had them)."""
     from tasks.fuse import run_fuse
     from tasks.pseudo import run_pseudo
     from tasks.quality import evaluate
 
-    params = load_params(params_yaml)
     stages = ws / "stages"
     classes = list(params.data.classes)
+    base = dict(params.thermal_source.pseudo)
+    if infer_step != "infer@thermal":      # a student's labels: self_training.pseudo over the teacher's
+        base = params.self_training.round_pseudo(base)
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         run_pseudo(stages / infer_step / "infer.json", t / "pseudo.json",
-                   params.pseudo_params({**params.thermal_source.pseudo, "thresholds": thresholds}))
+                   params.pseudo_params({**base, "thresholds": thresholds}))
         run_fuse({"rgb": stages / rgb, "thermal": t / "pseudo.json"}, t / "fused.json", params.fuse_params(None))
         res, _ = evaluate(atomic.read_json(stages / "index" / "thermal_adapt.json"), atomic.read_json(t / "fused.json"),
                           classes=classes)
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("tasks.pseudo").setLevel(logging.ERROR)
     params_yaml = a.params or a.workspace / "params.run.yaml"
     from pipeline.params import load_params
-    classes = list(load_params(params_yaml).data.classes)
+    params = load_params(params_yaml)
+    classes = list(params.data.classes)
     steps = a.infer_steps or [s for s in ("infer@thermal", "infer@round2") if (a.workspace / "stages" / s).is_dir()]
     parts = ["## The label rule: thermal-source thresholds chosen on the adapt labels (benchmarks/label_rule.py)\n",
              f"Workspace `{a.workspace}` ({time.strftime('%Y-%m-%d %H:%M')}), parameters `{params_yaml}`. Fused labels "
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in steps:
         scores = {}
         for thr in GRID:
-            scores[thr] = fused_f1(a.workspace, step, a.rgb, {c: thr for c in classes}, params_yaml)
+            scores[thr] = fused_f1(a.workspace, step, a.rgb, {c: thr for c in classes}, params)
         chosen = choose(scores, classes)
         parts += [f"### `{step}`\n", _table(scores, classes) + "\n",
                   "Rule: " + ", ".join(f"{c} **{t:.2f}** (F1 {scores[t][c]:.3f})" for c, t in chosen.items()) + "\n"]
