@@ -199,8 +199,6 @@ def build_index(candidates: Sequence[Candidate], version: str, out_path: str | P
     exist). ``exclusions``: this version's exclusion list file (another version's is refused).
     ``has_labels``: whether the source has RGB / thermal labels at all (default: any candidate has some).
     """
-    from tqdm import tqdm
-
     check_version_name(version)
     opts = options or BuildOptions()
     classes = list(classes)
@@ -208,110 +206,16 @@ def build_index(candidates: Sequence[Candidate], version: str, out_path: str | P
         raise InputError(f"target classes must be distinct and non-empty, got {classes}", "build_index",
                          "pass e.g. --classes person car")
     cmap = resolve_class_map(classes, class_map)
-    cat_id = {c: i + 1 for i, c in enumerate(classes)}
     excl_list = load_exclusions(exclusions, version) if exclusions else {}
     issues_out: list[dict] = [{**i, "version": version} for i in issues]
     excluded_out: list[dict] = [{**e, "version": version} for e in excluded]
-
-    def exclude(c: Candidate, reason: str, detail: str, **more: Any) -> None:
-        excluded_out.append({"version": version, "original_id": c.original_id, "reason": reason, "detail": detail,
-                             "rgb_path": str(c.rgb_path) if c.rgb_path else None,
-                             "thermal_path": str(c.thermal_path) if c.thermal_path else None, **more})
-
-    seen: set[str] = set()
-    checked: list[tuple[Candidate, tuple[int, int], tuple[int, int]]] = []
-    for c in tqdm(candidates, desc=f"checking {version} pairs", unit="pair", disable=not progress or len(candidates) < 200):
-        if c.original_id in seen:
-            exclude(c, "duplicate_id", f"original id {c.original_id!r} appears more than once; the first one is kept")
-            continue
-        seen.add(c.original_id)
-        if c.original_id in excl_list:
-            e = excl_list[c.original_id]
-            exclude(c, "excluded_by_list", f"{e.get('reason', '')}: {e.get('detail', '')}".strip(": "))
-            continue
-        if c.rgb_path is None or not os.path.isfile(c.rgb_path):
-            exclude(c, "missing_rgb", f"no RGB image for thermal {c.thermal_path}" if c.rgb_path is None
-                    else f"RGB file does not exist: {c.rgb_path}")
-            continue
-        if c.thermal_path is None or not os.path.isfile(c.thermal_path):
-            exclude(c, "missing_thermal", f"no thermal image for RGB {c.rgb_path}" if c.thermal_path is None
-                    else f"thermal file does not exist: {c.thermal_path}")
-            continue
-        rs, why = read_size(c.rgb_path, opts.decode_images)
-        if rs is None:
-            exclude(c, "unreadable_rgb", f"{c.rgb_path}: {why}")
-            continue
-        ts, why = read_size(c.thermal_path, opts.decode_images)
-        if ts is None:
-            exclude(c, "unreadable_thermal", f"{c.thermal_path}: {why}")
-            continue
-        mism = [f"{m} labels say {lab.size[0]}x{lab.size[1]} but the image is {s[0]}x{s[1]}"
-                for m, lab, s in (("RGB", c.rgb_labels, rs), ("thermal", c.thermal_labels, ts))
-                if lab is not None and lab.size is not None and tuple(lab.size) != tuple(s)]
-        if mism:
-            exclude(c, "size_mismatch", "; ".join(mism))
-            continue
-        t_rgb, t_th = c.extra.get("rgb_timestamp"), c.extra.get("thermal_timestamp")
-        if t_rgb is not None and t_th is not None:
-            off = float(t_th) - float(t_rgb)
-            c.extra["sync_offset_s"] = off
-            if abs(off) > opts.max_sync_offset_s:
-                exclude(c, "sync_offset", f"thermal frame is {off:+.3f}s from the RGB frame (max {opts.max_sync_offset_s}s)",
-                        sync_offset_s=off)
-                continue
-        checked.append((c, rs, ts))
-    if opts.check_thermal_size and checked:
-        usual = Counter(ts for _, _, ts in checked).most_common(1)[0][0]
-        kept = []
-        for c, rs, ts in checked:
-            if ts != usual:
-                exclude(c, "size_mismatch", f"thermal frame is {ts[0]}x{ts[1]}, the version's thermal camera gives "
-                                            f"{usual[0]}x{usual[1]}")
-            else:
-                kept.append((c, rs, ts))
-        checked = kept
+    checked = _checked_candidates(candidates, version, excl_list, opts, excluded_out, progress)
     if has_labels is None:  # from every candidate: excluded pairs must not decide whether labels exist
         has_labels = (any(c.rgb_labels is not None for c in candidates),
                       any(c.thermal_labels is not None for c in candidates))
-    pairs: list[Pair] = []
-    # (image id, category id, xyxy box) per kept box, in pair order; made into annotations at the end
-    # in one vectorised call (per pair, the numpy conversions cost more than the checks)
-    kept_boxes: dict[str, list[tuple[int, int, list[float]]]] = {"rgb": [], "thermal": []}
-    real_dirs: dict[str, str] = {}
-
-    def resolved(path: str | Path) -> str:
-        """Absolute path with the folder's symlinks resolved once per folder (not per file:
-        resolving 20k image paths one by one was a second of every re-run)."""
-        folder, name = os.path.split(os.path.abspath(path))
-        if folder not in real_dirs:
-            real_dirs[folder] = os.path.realpath(folder)
-        return os.path.join(real_dirs[folder], name)
-
-    dropped_classes: dict[str, Counter] = {"rgb": Counter(), "thermal": Counter()}
-    for image_id, (c, rs, ts) in enumerate(checked, start=1):
-        p = Pair(pair_id=f"{version}:{c.original_id}", version=version, original_id=c.original_id,
-                 rgb_path=resolved(c.rgb_path), thermal_path=resolved(c.thermal_path),
-                 rgb_size=rs, thermal_size=ts, split=c.split or "", daynight=c.daynight, image_id=image_id,
-                 extra=c.extra)
-        pairs.append(p)
-        for mod, raw, size, labelled in (("rgb", c.rgb_labels, rs, has_labels[0]),
-                                         ("thermal", c.thermal_labels, ts, has_labels[1])):
-            if raw is None:
-                if labelled:
-                    issues_out.append({"kind": "unlabelled_image", "item": p.pair_id, "version": version,
-                                       "detail": f"the {mod} labels do not mention this image: it gets no {mod} boxes"})
-                continue
-            kept_boxes[mod].extend((image_id, cid, box) for cid, box in
-                                   _labels_to_anns(raw, size, cmap, cat_id, opts, p.pair_id, issues_out,
-                                                   dropped_classes[mod]))
-    anns = {mod: annotations(1, [i for i, _, _ in kb], [c for _, c, _ in kb],
-                             np.asarray([b for _, _, b in kb], dtype=np.float64).reshape(-1, 4))
-            for mod, kb in kept_boxes.items()}
-    for mod in ("rgb", "thermal"):
-        for name, n in sorted(dropped_classes[mod].items()):
-            issues_out.append({"kind": "class_dropped", "version": version, "item": f"{mod} labels",
-                               "detail": f"{n} '{name}' boxes are not mapped to a target class {classes}: dropped",
-                               "count": n, "class": name, "modality": mod})
+    labeller = _Labeller(cmap, {c: i + 1 for i, c in enumerate(classes)}, opts, version, has_labels, issues_out)
+    pairs = [labeller.add(image_id, c, rs, ts) for image_id, (c, rs, ts) in enumerate(checked, start=1)]
+    anns = labeller.annotations(classes)
     cats = categories_from_names(classes)
     index = PairedIndex(versions=[version], classes=classes, pairs=pairs, excluded=excluded_out, issues=issues_out,
                         meta=dict(meta or {}),
@@ -326,3 +230,124 @@ def build_index(candidates: Sequence[Candidate], version: str, out_path: str | P
     return index
 
 
+def _exclusion(version: str, c: Candidate, reason: str, detail: str, **more: Any) -> dict:
+    """One ``excluded`` entry of the index: the candidate's id and paths, why, and any extra fields."""
+    return {"version": version, "original_id": c.original_id, "reason": reason, "detail": detail,
+            "rgb_path": str(c.rgb_path) if c.rgb_path else None,
+            "thermal_path": str(c.thermal_path) if c.thermal_path else None, **more}
+
+
+def _checked_candidates(candidates: Sequence[Candidate], version: str, excl_list: Mapping[str, dict],
+                        opts: BuildOptions, excluded_out: list[dict],
+                        progress: bool) -> list[tuple[Candidate, tuple[int, int], tuple[int, int]]]:
+    """The candidates that pass every check, with their (width, height) pixel sizes (RGB, thermal);
+    each one that fails is appended to ``excluded_out`` with its reason."""
+    from tqdm import tqdm
+
+    seen: set[str] = set()
+    checked: list[tuple[Candidate, tuple[int, int], tuple[int, int]]] = []
+    for c in tqdm(candidates, desc=f"checking {version} pairs", unit="pair", disable=not progress or len(candidates) < 200):
+        if c.original_id in seen:
+            excluded_out.append(_exclusion(version, c, "duplicate_id", f"original id {c.original_id!r} appears more "
+                                                                       "than once; the first one is kept"))
+            continue
+        seen.add(c.original_id)
+        sizes, why = _check_candidate(c, excl_list, opts)
+        if sizes is None:
+            excluded_out.append(_exclusion(version, c, *why[:2], **why[2]))
+        else:
+            checked.append((c, *sizes))
+    if opts.check_thermal_size and checked:
+        usual = Counter(ts for _, _, ts in checked).most_common(1)[0][0]
+        for c, _, ts in checked:
+            if ts != usual:
+                excluded_out.append(_exclusion(version, c, "size_mismatch", f"thermal frame is {ts[0]}x{ts[1]}, the "
+                                               f"version's thermal camera gives {usual[0]}x{usual[1]}"))
+        checked = [item for item in checked if item[2] == usual]
+    return checked
+
+
+def _check_candidate(c: Candidate, excl_list: Mapping[str, dict], opts: BuildOptions
+                     ) -> tuple[tuple[tuple[int, int], tuple[int, int]] | None, tuple[str, str, dict]]:
+    """``((RGB size, thermal size), _)`` in pixels for a usable pair, else ``(None, (reason, detail,
+    extra fields))``; records the pair's clock offset in ``c.extra["sync_offset_s"]``."""
+    if c.original_id in excl_list:
+        e = excl_list[c.original_id]
+        return None, ("excluded_by_list", f"{e.get('reason', '')}: {e.get('detail', '')}".strip(": "), {})
+    if c.rgb_path is None or not os.path.isfile(c.rgb_path):
+        return None, ("missing_rgb", f"no RGB image for thermal {c.thermal_path}" if c.rgb_path is None
+                      else f"RGB file does not exist: {c.rgb_path}", {})
+    if c.thermal_path is None or not os.path.isfile(c.thermal_path):
+        return None, ("missing_thermal", f"no thermal image for RGB {c.rgb_path}" if c.thermal_path is None
+                      else f"thermal file does not exist: {c.thermal_path}", {})
+    rs, why = read_size(c.rgb_path, opts.decode_images)
+    if rs is None:
+        return None, ("unreadable_rgb", f"{c.rgb_path}: {why}", {})
+    ts, why = read_size(c.thermal_path, opts.decode_images)
+    if ts is None:
+        return None, ("unreadable_thermal", f"{c.thermal_path}: {why}", {})
+    mism = [f"{m} labels say {lab.size[0]}x{lab.size[1]} but the image is {s[0]}x{s[1]}"
+            for m, lab, s in (("RGB", c.rgb_labels, rs), ("thermal", c.thermal_labels, ts))
+            if lab is not None and lab.size is not None and tuple(lab.size) != tuple(s)]
+    if mism:
+        return None, ("size_mismatch", "; ".join(mism), {})
+    t_rgb, t_th = c.extra.get("rgb_timestamp"), c.extra.get("thermal_timestamp")
+    if t_rgb is not None and t_th is not None:
+        off = float(t_th) - float(t_rgb)
+        c.extra["sync_offset_s"] = off
+        if abs(off) > opts.max_sync_offset_s:
+            return None, ("sync_offset", f"thermal frame is {off:+.3f}s from the RGB frame "
+                                         f"(max {opts.max_sync_offset_s}s)", {"sync_offset_s": off})
+    return (rs, ts), ("", "", {})
+
+
+class _Labeller:
+    """Makes each checked candidate a :class:`Pair` and collects its kept boxes (xyxy pixels) per modality."""
+
+    def __init__(self, cmap: Mapping[str, str | None], cat_id: Mapping[str, int], opts: BuildOptions, version: str,
+                 has_labels: tuple[bool, bool], issues_out: list[dict]) -> None:
+        self.cmap, self.cat_id, self.opts, self.version = cmap, cat_id, opts, version
+        self.has_labels, self.issues_out = has_labels, issues_out
+        # (image id, category id, xyxy box) per kept box, in pair order; made into annotations at the end
+        # in one vectorised call (per pair, the numpy conversions cost more than the checks)
+        self.kept_boxes: dict[str, list[tuple[int, int, list[float]]]] = {"rgb": [], "thermal": []}
+        self.dropped_classes: dict[str, Counter] = {"rgb": Counter(), "thermal": Counter()}
+        self.real_dirs: dict[str, str] = {}
+
+    def resolved(self, path: str | Path) -> str:
+        """Absolute path with the folder's symlinks resolved once per folder (not per file:
+        resolving 20k image paths one by one was a second of every re-run)."""
+        folder, name = os.path.split(os.path.abspath(path))
+        if folder not in self.real_dirs:
+            self.real_dirs[folder] = os.path.realpath(folder)
+        return os.path.join(self.real_dirs[folder], name)
+
+    def add(self, image_id: int, c: Candidate, rs: tuple[int, int], ts: tuple[int, int]) -> Pair:
+        """The pair of candidate ``c`` (image id ``image_id``); its labels' kept boxes are collected."""
+        p = Pair(pair_id=f"{self.version}:{c.original_id}", version=self.version, original_id=c.original_id,
+                 rgb_path=self.resolved(c.rgb_path), thermal_path=self.resolved(c.thermal_path),
+                 rgb_size=rs, thermal_size=ts, split=c.split or "", daynight=c.daynight, image_id=image_id,
+                 extra=c.extra)
+        for mod, raw, size, labelled in (("rgb", c.rgb_labels, rs, self.has_labels[0]),
+                                         ("thermal", c.thermal_labels, ts, self.has_labels[1])):
+            if raw is None:
+                if labelled:
+                    self.issues_out.append({"kind": "unlabelled_image", "item": p.pair_id, "version": self.version,
+                                            "detail": f"the {mod} labels do not mention this image: it gets no {mod} boxes"})
+                continue
+            self.kept_boxes[mod].extend((image_id, cid, box) for cid, box in
+                                        _labels_to_anns(raw, size, self.cmap, self.cat_id, self.opts, p.pair_id,
+                                                        self.issues_out, self.dropped_classes[mod]))
+        return p
+
+    def annotations(self, classes: list[str]) -> dict[str, list[dict]]:
+        """COCO annotations (xywh pixels) per modality; reports the boxes of unmapped classes as issues."""
+        anns = {mod: annotations(1, [i for i, _, _ in kb], [c for _, c, _ in kb],
+                                 np.asarray([b for _, _, b in kb], dtype=np.float64).reshape(-1, 4))
+                for mod, kb in self.kept_boxes.items()}
+        for mod in ("rgb", "thermal"):
+            for name, n in sorted(self.dropped_classes[mod].items()):
+                self.issues_out.append({"kind": "class_dropped", "version": self.version, "item": f"{mod} labels",
+                                        "detail": f"{n} '{name}' boxes are not mapped to a target class {classes}: dropped",
+                                        "count": n, "class": name, "modality": mod})
+        return anns
