@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -220,6 +220,19 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
+@dataclass
+class _Run:
+    """What every image of one refine run shares: where its file is, the refiner, its cache, the report."""
+
+    inp: Path
+    params: RefineParams
+    refiner: _Refiner
+    cache: ImageCache
+    pairs: dict[str, Path] | None
+    hash_memo: HashMemo | None
+    report: StageReport
+
+
 def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None = None,
                cache_dir: Path | None = None, sam2_refiner: Any = None, hash_memo: HashMemo | None = None) -> StageReport:
     """Refine the boxes of the thermal COCO file ``inp``; write ``out`` and ``<out>.report.json``.
@@ -246,6 +259,31 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
 
     if params.method == "none":
         return _pass_through(ds, out, report, t0)
+    run = _Run(inp, params, _start_refiner(params, sam2_refiner, report), cache, _index_thermal_paths(index),
+               hash_memo, report)
+    n_boxes_in = len(ds["annotations"])
+    anns_by_image, passed = _boxes_to_refine(ds, params.classes, inp)
+    ds["annotations"] = []  # each input box is released once its image is done (memory: 10k-frame runs)
+    n = {"images": len(ds["images"]), "images_refined": 0, "boxes_in": n_boxes_in,
+         "replace": 0, "keep": len(passed), "drop": 0, "not_refined": len(passed)}
+    out_images = [im for im in ds["images"] if not anns_by_image[im["id"]]]
+    out_anns: list[dict] = []
+    todo = [im for im in ds["images"] if anns_by_image[im["id"]]]
+    for batch in tqdm(list(_batches(todo, run.refiner.batch)), desc=f"refine ({run.refiner.method})", unit="batch",
+                      disable=None):
+        results = _raw_results(run, batch, anns_by_image)
+        for im in batch:
+            if im["id"] in results:
+                out_images.append(im)
+                n["images_refined"] += 1
+                out_anns += _decide(run, im, anns_by_image[im["id"]], *results[im["id"]], n)
+                anns_by_image[im["id"]] = []
+    out_anns.extend(passed.values())
+    return _write_refined(ds, out, run, out_images, out_anns, n, t0)
+
+
+def _start_refiner(params: RefineParams, sam2_refiner: Any, report: StageReport) -> _Refiner:
+    """The refiner the parameters ask for; a fallback (classical for auto, random SAM2 weights) is logged and recorded."""
     if params.method == "auto" and not params.uses_sam2():
         msg = ("no SAM2 checkpoint configured: boxes are refined by the CLASSICAL Otsu refiner, not SAM2 "
                "(pass --sam2-checkpoint to use SAM2)")
@@ -256,91 +294,105 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
     report.params["refiner_fingerprint"] = refiner.fingerprint
     if refiner.method == "sam2" and params.sam2_random_weights and params.sam2_checkpoint is None:
         report.fallbacks.append("SAM2 ran with RANDOM weights (requested for testing): refined boxes are meaningless")
+    return refiner
 
-    pairs = _index_thermal_paths(index)
+
+def _boxes_to_refine(ds: dict, classes: list[str] | None, inp: Path) -> tuple[dict[int, list[dict]], dict[int, dict]]:
+    """(image id -> its boxes to refine, annotation id -> output box of a class left unrefined)."""
     anns_by_image: dict[int, list[dict]] = {im["id"]: [] for im in ds["images"]}
-    passed = _not_refined(ds, params.classes, inp)
+    passed = _not_refined(ds, classes, inp)
     for a in ds["annotations"]:
         if a["id"] not in passed:
             anns_by_image[a["image_id"]].append(a)
-    n_boxes_in = len(ds["annotations"])
-    ds["annotations"] = []  # each input box is released once its image is done (memory: 10k-frame runs)
+    return anns_by_image, passed
 
-    out_images: list[dict] = []
-    out_anns: list[dict] = []
-    n = {"images": len(ds["images"]), "images_refined": 0, "boxes_in": n_boxes_in,
-         "replace": 0, "keep": len(passed), "drop": 0, "not_refined": len(passed)}
-    todo = [im for im in ds["images"] if anns_by_image[im["id"]]]
-    for im in ds["images"]:
-        if not anns_by_image[im["id"]]:
-            out_images.append(im)
 
-    for batch in tqdm(list(_batches(todo, refiner.batch)), desc=f"refine ({refiner.method})", unit="batch",
-                      disable=None):
-        results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        misses: list[tuple[dict, np.ndarray, np.ndarray, str]] = []
-        for im in batch:
-            path = resolve_image_path(im, inp, params.image_root, pairs)
-            size = (im["width"], im["height"])
-            prompts = clip(xywh_to_xyxy([a["bbox"] for a in anns_by_image[im["id"]]]), *size)
-            try:
-                sha, data = sha256_read_once(path, hash_memo)
-            except OSError as exc:
-                sha, data, err = None, None, read_error(exc)
-            key = raw_key(cache, sha, refiner.fingerprint, prompts) if sha is not None else ""
-            hit = raw_get(cache, key, len(prompts)) if sha is not None and params.use_cache else None
-            if hit is not None and hit[2] == size:
-                report.cache_hits += 1
-                results[im["id"]] = hit[:2]
-                continue
-            img, err = read_image(path, data) if sha is not None else (None, err)
-            del data
-            if img is None:
-                report.skip_image(path, err)
-                report.add_dropped("unreadable_image", len(anns_by_image[im["id"]]))
-                log.warning("refine: skipping %s (%s)", path, err)
-                continue
-            if reason := size_mismatch((img.shape[1], img.shape[0]), size):
-                report.skip_image(path, reason)
-                report.add_dropped("image_size_mismatch", len(anns_by_image[im["id"]]))
-                log.warning("refine: skipping %s (%s)", path, reason)
-                continue
-            report.cache_misses += 1
-            misses.append((im, img, prompts, key))
-        if misses:
-            computed = refiner.run([m[1] for m in misses], [m[2] for m in misses])
-            for (im, img, _, key), (new, scores) in zip(misses, computed):
-                results[im["id"]] = (new, scores)
-                if params.use_cache:
-                    _raw_put(cache, key, new, scores, (img.shape[1], img.shape[0]))
-        del misses
+def _skip(report: StageReport, path: Path, reason: str, dropped_as: str, n_boxes: int) -> None:
+    """An image the run goes on without: listed in the report with its ``n_boxes`` boxes dropped, and logged."""
+    report.skip_image(path, reason)
+    report.add_dropped(dropped_as, n_boxes)
+    log.warning("refine: skipping %s (%s)", path, reason)
 
-        for im in batch:
-            if im["id"] not in results:
-                continue
-            anns = anns_by_image[im["id"]]
-            new, scores = results[im["id"]]
-            prompts = xywh_to_xyxy([a["bbox"] for a in anns])
-            clipped = clip(prompts, im["width"], im["height"])
-            pol = apply_policy(clipped, new, scores, score_threshold=refiner.score_threshold,
-                               min_iou=params.min_iou, min_size=params.min_size, on_reject=params.on_reject)
-            out_images.append(im)
-            n["images_refined"] += 1
-            for a, box, dec, reason, iou, s, prompt in zip(anns, pol.boxes, pol.decisions, pol.reasons, pol.ious,
-                                                          scores, prompts):
-                n[dec] += 1
-                if dec == "drop":
-                    report.add_dropped(reason or "rejected")
-                    continue
-                final = box if dec == "replace" else prompt
-                x, y, bw, bh = (round(float(v), 3) for v in xyxy_to_xywh([final])[0])
-                refine_info = {"method": refiner.method, "score": round(float(s), 4),
-                               "iou_to_prompt": round(float(iou), 4), "decision": dec, "reason": reason,
-                               "prompt_bbox": list(a["bbox"])}
-                out_anns.append({**a, "bbox": [x, y, bw, bh], "area": round(bw * bh, 3), "refine": refine_info})
-            anns_by_image[im["id"]] = []
 
-    out_anns.extend(passed.values())
+def _lookup(run: _Run, im: dict, anns: list[dict]
+            ) -> tuple[tuple[np.ndarray, np.ndarray] | None, tuple[np.ndarray, np.ndarray, str] | None]:
+    """One image: ``(cached raw result, None)``, or ``(None, (decoded image, clipped prompt boxes
+    xyxy px, cache key))`` to refine, or ``(None, None)`` when the image is skipped."""
+    path = resolve_image_path(im, run.inp, run.params.image_root, run.pairs)
+    size = (im["width"], im["height"])
+    prompts = clip(xywh_to_xyxy([a["bbox"] for a in anns]), *size)
+    try:
+        sha, data = sha256_read_once(path, run.hash_memo)
+    except OSError as exc:
+        _skip(run.report, path, read_error(exc), "unreadable_image", len(anns))
+        return None, None
+    key = raw_key(run.cache, sha, run.refiner.fingerprint, prompts)
+    hit = raw_get(run.cache, key, len(prompts)) if run.params.use_cache else None
+    if hit is not None and hit[2] == size:
+        run.report.cache_hits += 1
+        return hit[:2], None
+    img, err = read_image(path, data)
+    del data
+    if img is None:
+        _skip(run.report, path, err, "unreadable_image", len(anns))
+        return None, None
+    if reason := size_mismatch((img.shape[1], img.shape[0]), size):
+        _skip(run.report, path, reason, "image_size_mismatch", len(anns))
+        return None, None
+    run.report.cache_misses += 1
+    return None, (img, prompts, key)
+
+
+def _raw_results(run: _Run, batch: list[dict], anns_by_image: dict[int, list[dict]]
+                 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Image id -> the refiner's raw (new boxes xyxy px, scores) for one batch: cached, or computed
+    in one refiner call over the batch's misses (then cached); skipped images are absent."""
+    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    misses: list[tuple[dict, np.ndarray, np.ndarray, str]] = []
+    for im in batch:
+        hit, miss = _lookup(run, im, anns_by_image[im["id"]])
+        if hit is not None:
+            results[im["id"]] = hit
+        elif miss is not None:
+            misses.append((im, *miss))
+    if misses:
+        computed = run.refiner.run([m[1] for m in misses], [m[2] for m in misses])
+        for (im, img, _, key), (new, scores) in zip(misses, computed):
+            results[im["id"]] = (new, scores)
+            if run.params.use_cache:
+                _raw_put(run.cache, key, new, scores, (img.shape[1], img.shape[0]))
+    return results
+
+
+def _decide(run: _Run, im: dict, anns: list[dict], new: np.ndarray, scores: np.ndarray,
+            n: dict[str, int]) -> list[dict]:
+    """The policy over one image's raw result: its output boxes (COCO xywh px, each with its
+    ``refine`` record); decisions are counted in ``n``, drops in the report."""
+    prompts = xywh_to_xyxy([a["bbox"] for a in anns])
+    clipped = clip(prompts, im["width"], im["height"])
+    params = run.params
+    pol = apply_policy(clipped, new, scores, score_threshold=run.refiner.score_threshold,
+                       min_iou=params.min_iou, min_size=params.min_size, on_reject=params.on_reject)
+    out: list[dict] = []
+    for a, box, dec, reason, iou, s, prompt in zip(anns, pol.boxes, pol.decisions, pol.reasons, pol.ious,
+                                                  scores, prompts):
+        n[dec] += 1
+        if dec == "drop":
+            run.report.add_dropped(reason or "rejected")
+            continue
+        final = box if dec == "replace" else prompt
+        x, y, bw, bh = (round(float(v), 3) for v in xyxy_to_xywh([final])[0])
+        refine_info = {"method": run.refiner.method, "score": round(float(s), 4),
+                       "iou_to_prompt": round(float(iou), 4), "decision": dec, "reason": reason,
+                       "prompt_bbox": list(a["bbox"])}
+        out.append({**a, "bbox": [x, y, bw, bh], "area": round(bw * bh, 3), "refine": refine_info})
+    return out
+
+
+def _write_refined(ds: dict, out: Path, run: _Run, out_images: list[dict], out_anns: list[dict],
+                   n: dict[str, int], t0: float) -> StageReport:
+    """Write the refined COCO file (images in input order, the input's other keys kept) and the report."""
+    report, refiner = run.report, run.refiner
     order = {im["id"]: i for i, im in enumerate(ds["images"])}
     out_images.sort(key=lambda im: order[im["id"]])
     info = dict(ds.get("info") or {})
