@@ -105,10 +105,7 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
     ``daynight`` carried), categories as in the input. No per-image cache: warping is cheaper
     than reading one (> 1M boxes/s).
     """
-    from tqdm import tqdm
-
     from data.index import load_index
-    from registration.registry import assess_entry, lookup, registry_path, threshold_note
     warp_boxes, warp_device = _box_warper(params.device)
     log.info("warp: boxes warped on %s (%s)", warp_device, "kornia" if warp_device == "cuda" else "numpy")
 
@@ -118,53 +115,108 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
         raise InputError("the warp stage needs the paired index (thermal files, sizes and versions)", "warp",
                          "pass --index INDEX_JSON (written by 'rgb2thermal data ...')")
     ds = load_dataset(inp)
-    pidx = load_index(index)
-    by_id = pidx.by_pair_id()
-    by_rgb: dict[str, Any] = {}          # built on first need: resolving 10k paths costs ~1 s
-
-    def pair_of(im: dict) -> Any:
-        if im.get("pair_id") is not None:
-            return by_id.get(im["pair_id"])
-        if not by_rgb:
-            by_rgb.update({_resolved(p.rgb_path): p for p in pidx.pairs})
-        return by_rgb.get(_resolved(im["file_name"]))
     report = StageReport(stage="warp", inputs={"coco": str(inp), "index": str(index),
                                                "registry": str(params.registry_dir or "(package default)")}, params=params.to_dict())
-    entries: dict[tuple[str, tuple[int, int]], Any] = {}
+    homographies = _Homographies(params, ds, report)
+    images, jobs, n_other_ids = _thermal_images(ds, _PairFinder(load_index(index)), homographies, report)
+    kept_of = _warp_jobs(jobs, homographies.entries, warp_boxes, params, report)
+    anns = _warped_annotations(jobs, kept_of)
+    for s in report.skipped_images:
+        log.warning("skipped %s: %s", s["image"], s["reason"])
+    if n_other_ids:
+        log.warning("%d images have ids that differ from their pair's image id in the index; the output keeps the "
+                    "input's ids, so compare it with COCO files of the same id space", n_other_ids)
 
-    def homography(version: str, rgb_size: tuple[int, int], thermal_size: tuple[int, int]) -> Any:
+    # no paths (input, index, registry folder): this file's content keys the steps after it
+    info = {"stage": "warp", "params": {k: v for k, v in params.to_dict().items() if k != "registry_dir"}}
+    save_dataset(out, new_dataset(images, anns, ds["categories"], info), indent=None)
+    report.counts = {"images_in": len(ds["images"]), "images_out": len(images), "boxes_in": len(ds["annotations"]),
+                     "boxes_out": len(anns), "homographies": len(homographies.entries),
+                     "image_ids_not_index_ids": n_other_ids}
+    report.outputs = {"coco": str(out), "report": str(report_path(out))}
+    report.seconds = round(time.perf_counter() - t0, 3)
+    report.save(report_path(out))
+    return report
+
+
+class _PairFinder:
+    """An image's pair in the index: by ``pair_id``, else by its resolved RGB file path."""
+
+    def __init__(self, pidx: Any) -> None:
+        self.pidx = pidx
+        self.by_id = pidx.by_pair_id()
+        self.by_rgb: dict[str, Any] = {}          # built on first need: resolving 10k paths costs ~1 s
+
+    def __call__(self, im: dict) -> Any:
+        if im.get("pair_id") is not None:
+            return self.by_id.get(im["pair_id"])
+        if not self.by_rgb:
+            self.by_rgb.update({_resolved(p.rgb_path): p for p in self.pidx.pairs})
+        return self.by_rgb.get(_resolved(im["file_name"]))
+
+
+class _Homographies:
+    """Registry entries by ``(version, RGB size)``, each looked up and judged once; an untrusted one
+    stops the stage or is used with a recorded fallback (``on_untrusted_homography``)."""
+
+    def __init__(self, params: WarpParams, ds: dict, report: StageReport) -> None:
+        self.params, self.ds, self.report = params, ds, report
+        self.entries: dict[tuple[str, tuple[int, int]], Any] = {}
+
+    def get(self, version: str, rgb_size: tuple[int, int], thermal_size: tuple[int, int]) -> Any:
+        """The entry for ``version`` at ``rgb_size`` (width, height px), which must map to ``thermal_size``."""
+        from registration.registry import lookup
+
         key = (version, rgb_size)
-        if key not in entries:
-            e = lookup(params.registry_dir, version, rgb_size)
+        if key not in self.entries:
+            e = lookup(self.params.registry_dir, version, rgb_size)
             if _size(e.thermal_size) != thermal_size:
                 raise InputError(f"the homography for version '{version}' at RGB {rgb_size[0]}x{rgb_size[1]} maps to a "
                                  f"{e.thermal_size[0]}x{e.thermal_size[1]} thermal image, but the index's thermal images are "
-                                 f"{thermal_size[0]}x{thermal_size[1]}", str(params.registry_dir),
+                                 f"{thermal_size[0]}x{thermal_size[1]}", str(self.params.registry_dir),
                                  "re-estimate the homography for this thermal resolution (rgb2thermal register estimate)")
-            v = assess_entry(e, params.max_homography_error_px)
-            if v.status != "ok":
-                note = threshold_note(params.max_homography_error_px, _median_box_px(ds, e.H))
-                msg = (f"homography for version '{version}' at RGB {rgb_size[0]}x{rgb_size[1]} "
-                       f"({e.method}) is {v.status}: {'; '.join(v.reasons)} (threshold {note})")
-                if v.refused and params.on_untrusted_homography == "fail":
-                    raise InputError(msg, str(registry_path(params.registry_dir, version)),
-                                     f"click points: rgb2thermal register estimate --version {version} --rgb-size "
-                                     f"{rgb_size[0]} {rgb_size[1]} --points POINTS.csv (or, knowingly, set "
-                                     "warp.on_untrusted_homography: warn or raise warp.max_homography_error_px)")
-                log.warning("%s; used anyway", msg)
-                report.fallbacks.append(f"{msg}; used anyway")
-            entries[key] = e
-            report.models[f"homography:{version}:{rgb_size[0]}x{rgb_size[1]}"] = (
+            self._judge(e, version, rgb_size)
+            self.entries[key] = e
+            self.report.models[f"homography:{version}:{rgb_size[0]}x{rgb_size[1]}"] = (
                 f"{getattr(e, 'method', '?')}, error {getattr(e, 'error_px', None)} px")
-        return entries[key]
+        return self.entries[key]
+
+    def _judge(self, e: Any, version: str, rgb_size: tuple[int, int]) -> None:
+        """Refuse an untrusted entry (``fail``), or log and record it as a fallback (``warn``)."""
+        from registration.registry import assess_entry, registry_path, threshold_note
+
+        params = self.params
+        v = assess_entry(e, params.max_homography_error_px)
+        if v.status == "ok":
+            return
+        note = threshold_note(params.max_homography_error_px, _median_box_px(self.ds, e.H))
+        msg = (f"homography for version '{version}' at RGB {rgb_size[0]}x{rgb_size[1]} "
+               f"({e.method}) is {v.status}: {'; '.join(v.reasons)} (threshold {note})")
+        if v.refused and params.on_untrusted_homography == "fail":
+            raise InputError(msg, str(registry_path(params.registry_dir, version)),
+                             f"click points: rgb2thermal register estimate --version {version} --rgb-size "
+                             f"{rgb_size[0]} {rgb_size[1]} --points POINTS.csv (or, knowingly, set "
+                             "warp.on_untrusted_homography: warn or raise warp.max_homography_error_px)")
+        log.warning("%s; used anyway", msg)
+        self.report.fallbacks.append(f"{msg}; used anyway")
+
+
+#: One image's warp job: (image id, its RGB boxes, homography key, the ``warp`` provenance of its boxes).
+_Job = tuple[int, list[dict], tuple[str, tuple[int, int]], dict]
+
+
+def _thermal_images(ds: dict, pair_of: _PairFinder, homographies: _Homographies,
+                    report: StageReport) -> tuple[list[dict], list[_Job], int]:
+    """(output thermal images, warp jobs, how many images' ids differ from their pair's index id);
+    an image without a pair or whose size differs from the index's RGB size is skipped with its boxes."""
+    from tqdm import tqdm
 
     by_image: dict[int, list[dict]] = {im["id"]: [] for im in ds["images"]}
     for a in ds["annotations"]:
         by_image[a["image_id"]].append(a)
-
     images: list[dict] = []
     n_other_ids = 0
-    jobs: list[tuple[int, list[dict], tuple[str, tuple[int, int]], dict]] = []   # (image id, boxes, homography key, info)
+    jobs: list[_Job] = []
     for im in tqdm(ds["images"], desc="warp", unit="img", disable=None):
         pair = pair_of(im)
         items = by_image.pop(im["id"])
@@ -178,7 +230,7 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
                                                f"{rgb_size[0]}x{rgb_size[1]}")
             report.add_dropped("image_size_mismatch", len(items))
             continue
-        e = homography(pair.version, rgb_size, th_size)
+        e = homographies.get(pair.version, rgb_size, th_size)
         if pair.image_id and pair.image_id != im["id"]:
             n_other_ids += 1
         images.append({"id": im["id"], "file_name": str(pair.thermal_path), "width": th_size[0], "height": th_size[1],
@@ -189,6 +241,13 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
             jobs.append((im["id"], items, (pair.version, rgb_size), {
                 "version": pair.version, "rgb_size": list(rgb_size), "method": getattr(e, "method", None),
                 "error_px": getattr(e, "error_px", None)}))
+    return images, jobs, n_other_ids
+
+
+def _warp_jobs(jobs: list[_Job], entries: dict[tuple[str, tuple[int, int]], Any], warp_boxes: Callable[..., Any],
+               params: WarpParams, report: StageReport) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Image id -> (indices of its kept boxes, their warped xyxy thermal px boxes, visible fractions);
+    drops are counted in the report by reason."""
     # one warp per homography over all its images' boxes (per image, the numpy calls cost more than the
     # arithmetic); the rule is per box, so the result is the same as image by image
     kept_of: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -205,6 +264,12 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
             sel = (res.keep >= bounds[g]) & (res.keep < bounds[g + 1])
             keep = res.keep[sel]
             kept_of[image_id] = (keep - bounds[g], res.boxes[sel], res.visible_fraction[keep])
+    return kept_of
+
+
+def _warped_annotations(jobs: list[_Job], kept_of: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[dict]:
+    """The kept boxes as COCO annotations (xywh thermal px), numbered from 1, each with its provenance
+    (the input's other keys, ``rgb_bbox`` in COCO xywh RGB px, ``warp``)."""
     image_ids, cats, boxes, extras = [], [], [], []
     for image_id, items, _, warp_info in jobs:
         keep, kept_boxes, vis = kept_of[image_id]
@@ -214,20 +279,4 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
         boxes.append(kept_boxes)
         extras += [{**{k: v for k, v in a.items() if k not in _REBUILT}, "rgb_bbox": a["bbox"],
                     "warp": {**warp_info, "visible_fraction": v}} for a, v in zip(kept, np.round(vis, 4).tolist())]
-    anns = annotations(1, image_ids, cats, np.concatenate(boxes) if boxes else np.zeros((0, 4)), extras)
-    for s in report.skipped_images:
-        log.warning("skipped %s: %s", s["image"], s["reason"])
-    if n_other_ids:
-        log.warning("%d images have ids that differ from their pair's image id in the index; the output keeps the "
-                    "input's ids, so compare it with COCO files of the same id space", n_other_ids)
-
-    # no paths (input, index, registry folder): this file's content keys the steps after it
-    info = {"stage": "warp", "params": {k: v for k, v in params.to_dict().items() if k != "registry_dir"}}
-    save_dataset(out, new_dataset(images, anns, ds["categories"], info), indent=None)
-    report.counts = {"images_in": len(ds["images"]), "images_out": len(images), "boxes_in": len(ds["annotations"]),
-                     "boxes_out": len(anns), "homographies": len(entries),
-                     "image_ids_not_index_ids": n_other_ids}
-    report.outputs = {"coco": str(out), "report": str(report_path(out))}
-    report.seconds = round(time.perf_counter() - t0, 3)
-    report.save(report_path(out))
-    return report
+    return annotations(1, image_ids, cats, np.concatenate(boxes) if boxes else np.zeros((0, 4)), extras)
