@@ -225,70 +225,88 @@ def refine_joint(g_rgb: Sequence[np.ndarray], g_th: Sequence[np.ndarray], H0: np
     (perspective terms are ill-conditioned on blurry coarse images). Returns ``(H, rho)``: the
     matrix (continuous coordinates) and each pair's correlation (0..1) at the finest level.
     """
-    import cv2
-
     H = np.asarray(H0, dtype=np.float64) / H0[2, 2]
     rho: list[float] = []
     for li, f in enumerate(levels):
         th = [_resized(g, f) if f != 1.0 else g for g in g_th]
         rg = [_resized(g, f) if f != 1.0 else g for g in g_rgb]
-        h, w = th[0].shape
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-        c, sc = np.array([w / 2.0, h / 2.0]), max(w, h) / 2.0
-        N = np.array([[1 / sc, 0, -c[0] / sc], [0, 1 / sc, -c[1] / sc], [0, 0, 1.0]])   # index -> normalised
-        xn, yn = ((xs - c[0]) / sc).ravel(), ((ys - c[1]) / sc).ravel()
-        n_par = 6 if li < affine_levels else 8
-        # M: thermal pixel index -> RGB pixel index at this level
-        M = np.linalg.inv(_TO_IDX @ _scaled(H, f) @ np.linalg.inv(_TO_IDX))
-        for _ in range(iterations):
-            A = np.zeros((n_par, n_par))
-            b = np.zeros(n_par)
-            rho = []
-            for t, r in zip(th, rg):
-                flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-                Iw = cv2.warpPerspective(r, M, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-                valid = cv2.warpPerspective(np.ones_like(r), M, (w, h), flags=flags, borderValue=0) > 0.999
-                valid = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool).ravel()
-                if valid.sum() < 50:
-                    rho.append(0.0)
-                    continue
-                gx = (cv2.Sobel(Iw, cv2.CV_32F, 1, 0, ksize=3) / 8.0).ravel()[valid]
-                gy = (cv2.Sobel(Iw, cv2.CV_32F, 0, 1, ksize=3) / 8.0).ravel()[valid]
-                iv, tv = Iw.ravel()[valid].astype(np.float64), t.ravel()[valid].astype(np.float64)
-                iv_c, tv_c = iv - iv.mean(), tv - tv.mean()
-                var = float(iv_c @ iv_c)
-                if var <= 1e-12:
-                    rho.append(0.0)
-                    continue
-                alpha = float(iv_c @ tv_c) / var
-                rho.append(float(iv_c @ tv_c) / np.sqrt(var * float(tv_c @ tv_c) + 1e-12))
-                res = tv_c - alpha * iv_c
-                x, y = xn[valid], yn[valid]
-                # d(warped)/d(params) of W = I + [[p0 p1 p2] [p3 p4 p5] [p6 p7 0]] at p = 0 (normalised coords)
-                gxs, gys = gx * sc, gy * sc      # gradient per normalised unit
-                cols = [gxs * x, gxs * y, gxs, gys * x, gys * y, gys]
-                if n_par == 8:
-                    cols += [-(gxs * x + gys * y) * x, -(gxs * x + gys * y) * y]
-                J = alpha * np.stack(cols, axis=1)
-                A += J.T @ J
-                b += J.T @ res
-            try:
-                dp = np.linalg.solve(A + 1e-6 * np.trace(A) / n_par * np.eye(n_par), b)
-            except np.linalg.LinAlgError:
-                break
-            Wn = np.eye(3)
-            Wn[0, :] += dp[0:3]
-            Wn[1, :] += dp[3:6]
-            if n_par == 8:
-                Wn[2, :2] += dp[6:8]
-            M = M @ (np.linalg.inv(N) @ Wn @ N)
-            M /= M[2, 2]
-            if np.abs(dp).max() < 1e-5:
-                break
-        H = np.linalg.inv(_TO_IDX) @ np.linalg.inv(M) @ _TO_IDX
-        H = _scaled(H, 1.0 / f)
-        H /= H[2, 2]
+        H, level_rho = _refine_level(th, rg, H, f, 6 if li < affine_levels else 8, iterations)
+        rho = level_rho or rho
     return H, rho
+
+
+def _refine_level(th: Sequence[np.ndarray], rg: Sequence[np.ndarray], H: np.ndarray, f: float, n_par: int,
+                  iterations: int) -> tuple[np.ndarray, list[float]]:
+    """Gauss-Newton at one level (images resized by ``f``) with ``n_par`` (6 affine or 8) parameters:
+    the refined ``H`` (continuous coordinates, full resolution) and each pair's correlation."""
+    h, w = th[0].shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    c, sc = np.array([w / 2.0, h / 2.0]), max(w, h) / 2.0
+    N = np.array([[1 / sc, 0, -c[0] / sc], [0, 1 / sc, -c[1] / sc], [0, 0, 1.0]])   # index -> normalised
+    xn, yn = ((xs - c[0]) / sc).ravel(), ((ys - c[1]) / sc).ravel()
+    # M: thermal pixel index -> RGB pixel index at this level
+    M = np.linalg.inv(_TO_IDX @ _scaled(H, f) @ np.linalg.inv(_TO_IDX))
+    rho: list[float] = []
+    for _ in range(iterations):
+        A = np.zeros((n_par, n_par))
+        b = np.zeros(n_par)
+        rho = []
+        for t, r in zip(th, rg):
+            JtJ, Jtr, rho_k = _pair_system(t, r, M, (w, h), xn, yn, sc, n_par)
+            rho.append(rho_k)
+            if JtJ is not None:
+                A += JtJ
+                b += Jtr
+        try:
+            dp = np.linalg.solve(A + 1e-6 * np.trace(A) / n_par * np.eye(n_par), b)
+        except np.linalg.LinAlgError:
+            break
+        Wn = np.eye(3)
+        Wn[0, :] += dp[0:3]
+        Wn[1, :] += dp[3:6]
+        if n_par == 8:
+            Wn[2, :2] += dp[6:8]
+        M = M @ (np.linalg.inv(N) @ Wn @ N)
+        M /= M[2, 2]
+        if np.abs(dp).max() < 1e-5:
+            break
+    H = np.linalg.inv(_TO_IDX) @ np.linalg.inv(M) @ _TO_IDX
+    H = _scaled(H, 1.0 / f)
+    H /= H[2, 2]
+    return H, rho
+
+
+def _pair_system(t: np.ndarray, r: np.ndarray, M: np.ndarray, size: tuple[int, int], xn: np.ndarray, yn: np.ndarray,
+                 sc: float, n_par: int) -> tuple[np.ndarray | None, np.ndarray | None, float]:
+    """One pair's share of the normal equations ``(J^T J, J^T res)`` and its correlation (0..1);
+    ``(None, None, 0.0)`` when the warped RGB image overlaps too little or is flat."""
+    import cv2
+
+    w, h = size
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    Iw = cv2.warpPerspective(r, M, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    valid = cv2.warpPerspective(np.ones_like(r), M, (w, h), flags=flags, borderValue=0) > 0.999
+    valid = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool).ravel()
+    if valid.sum() < 50:
+        return None, None, 0.0
+    gx = (cv2.Sobel(Iw, cv2.CV_32F, 1, 0, ksize=3) / 8.0).ravel()[valid]
+    gy = (cv2.Sobel(Iw, cv2.CV_32F, 0, 1, ksize=3) / 8.0).ravel()[valid]
+    iv, tv = Iw.ravel()[valid].astype(np.float64), t.ravel()[valid].astype(np.float64)
+    iv_c, tv_c = iv - iv.mean(), tv - tv.mean()
+    var = float(iv_c @ iv_c)
+    if var <= 1e-12:
+        return None, None, 0.0
+    alpha = float(iv_c @ tv_c) / var
+    rho = float(iv_c @ tv_c) / np.sqrt(var * float(tv_c @ tv_c) + 1e-12)
+    res = tv_c - alpha * iv_c
+    x, y = xn[valid], yn[valid]
+    # d(warped)/d(params) of W = I + [[p0 p1 p2] [p3 p4 p5] [p6 p7 0]] at p = 0 (normalised coords)
+    gxs, gys = gx * sc, gy * sc      # gradient per normalised unit
+    cols = [gxs * x, gxs * y, gxs, gys * x, gys * y, gys]
+    if n_par == 8:
+        cols += [-(gxs * x + gys * y) * x, -(gxs * x + gys * y) * y]
+    J = alpha * np.stack(cols, axis=1)
+    return J.T @ J, J.T @ res, rho
 
 
 def estimate_robust(pairs: Sequence[tuple[np.ndarray, np.ndarray]], params: RobustParams | None = None, *,
@@ -307,69 +325,29 @@ def estimate_robust(pairs: Sequence[tuple[np.ndarray, np.ndarray]], params: Robu
     if not pairs:
         raise InputError("no image pairs given", "estimate_robust", "pass at least one RGB/thermal pair of the rig")
     rgb0, th0 = pairs[0]
-    rgb_size, thermal_size = (rgb0.shape[1], rgb0.shape[0]), (th0.shape[1], th0.shape[0])
+    sizes = (rgb0.shape[1], rgb0.shape[0]), (th0.shape[1], th0.shape[0])
     warnings: list[str] = []
-    keep = [k for k, (r, t) in enumerate(pairs) if (r.shape[1], r.shape[0]) == rgb_size and (t.shape[1], t.shape[0]) == thermal_size]
+    keep = [k for k, (r, t) in enumerate(pairs) if (r.shape[1], r.shape[0]) == sizes[0] and (t.shape[1], t.shape[0]) == sizes[1]]
     if len(keep) < len(pairs):
         warnings.append(f"{len(pairs) - len(keep)} pairs skipped: image sizes differ from the first pair's (one rig = one size)")
     g_r = [gradient_image(pairs[k][0]) for k in keep]
     g_t = [gradient_image(pairs[k][1]) for k in keep]
-    sel = np.unique(np.linspace(0, len(keep) - 1, min(P.search_pairs, len(keep))).round().astype(int))
-    H0, search = global_search([g_r[i] for i in sel], [g_t[i] for i in sel], P)
-    levels, last, it = P.levels, P.levels[-1:], P.check_iterations
-    coarse = levels[:-1] or levels
-    tried = []
-    for Hs in search.pop("starts"):    # multi-start: the search's best peak is not always the right one
-        try:
-            Hc, rho = refine_joint([g_r[i] for i in sel], [g_t[i] for i in sel], Hs, levels=coarse, iterations=P.iterations)
-            check_homography(Hc, rgb_size, thermal_size)
-        except (InputError, np.linalg.LinAlgError):
-            continue
-        tried.append((float(np.mean(rho)), Hc))
-    search["start_scores"] = [round(t[0], 4) for t in tried]
-    if tried:
-        H0 = max(tried, key=lambda t: t[0])[1]
-    H, _ = refine_joint(g_r, g_t, H0, levels=levels, iterations=P.iterations)
-    # per-pair alignment from the joint solution (fine levels only): what each pair says on its own
-    own: list[np.ndarray | None] = []
-    per_pair: list[dict[str, Any]] = []
-    for i, k in enumerate(keep):
-        try:
-            Hk, rk = refine_joint([g_r[i]], [g_t[i]], H, levels=last, iterations=it, affine_levels=0)
-            check_homography(Hk, rgb_size, thermal_size)
-        except (InputError, np.linalg.LinAlgError) as exc:
-            own.append(None)
-            per_pair.append({"pair": k, "ok": False, "reason": f"implausible alone: {getattr(exc, 'what', exc)}"})
-            continue
-        own.append(Hk)
-        per_pair.append({"pair": k, "ok": True, "ecc": round(rk[0], 4), "disagreement_px": round(grid_error(Hk, H, rgb_size, thermal_size), 3)})
-    dis = [p["disagreement_px"] for p in per_pair if p["ok"]]
-    limit = max(P.reject_px, P.reject_factor * float(np.median(dis))) if dis else P.reject_px
-    for p in per_pair:       # the stated rejection rule
-        if p["ok"] and p["ecc"] < P.min_ecc:
-            p.update(ok=False, reason=f"correlation {p['ecc']:.3f} < min_ecc {P.min_ecc}")
-        elif p["ok"] and p["disagreement_px"] > limit:
-            p.update(ok=False, reason=f"alone it maps {p['disagreement_px']:.1f} px from the joint fit (> {limit:.1f} px)")
+    H0, search = _search_start(g_r, g_t, P, sizes)
+    H, _ = refine_joint(g_r, g_t, H0, levels=P.levels, iterations=P.iterations)
+    own, per_pair = _pairs_alone(g_r, g_t, keep, H, P, sizes)
+    limit = _reject(per_pair, P)
     acc = [i for i, p in enumerate(per_pair) if p["ok"]]
     if len(acc) < len(keep):
         warnings.append(f"{len(keep) - len(acc)}/{len(keep)} pairs rejected (low correlation, implausible alone, or "
                         f"> {limit:.1f} px from the joint fit)")
         log.warning(warnings[-1])
         if acc:
-            H, _ = refine_joint([g_r[i] for i in acc], [g_t[i] for i in acc], H, levels=last, iterations=it, affine_levels=0)
+            H = _refit([g_r[i] for i in acc], [g_t[i] for i in acc], H, P)
     if not acc:
         raise InputError("automatic estimation found no pair that agrees with the joint fit", "estimate_robust",
                          "give point correspondences (register estimate --points)")
-    check_homography(H, rgb_size, thermal_size, where="automatic homography")
-    # cross-validation over pairs
-    groups = [list(g) for g in np.array_split(np.array(acc), min(folds, len(acc)))] if len(acc) >= 2 else []
-    ho: list[float] = []
-    for grp in groups:
-        rest = [i for i in acc if i not in grp]
-        H_rest, _ = refine_joint([g_r[i] for i in rest], [g_t[i] for i in rest], H, levels=last, iterations=it, affine_levels=0)
-        H_grp = own[grp[0]] if len(grp) == 1 else refine_joint([g_r[i] for i in grp], [g_t[i] for i in grp], H,
-                                                              levels=last, iterations=it, affine_levels=0)[0]
-        ho.append(grid_error(H_grp, H_rest, rgb_size, thermal_size))
+    check_homography(H, *sizes, where="automatic homography")
+    ho = _heldout(g_r, g_t, acc, own, H, P, sizes, folds)
     ho_err = float(np.mean(ho)) if ho else None
     if ho_err is None:
         warnings.append("only one usable pair: no held-out error (give more pairs)")
@@ -377,3 +355,75 @@ def estimate_robust(pairs: Sequence[tuple[np.ndarray, np.ndarray]], params: Robu
                     n_inliers=len(acc), holdout_error_px=ho_err,
                     fit_error_px=float(np.median([per_pair[i]["disagreement_px"] for i in acc])),
                     per_pair=per_pair + [{"search": search, "heldout_px": [round(v, 3) for v in ho]}], warnings=warnings)
+
+
+def _refit(g_r: Sequence[np.ndarray], g_t: Sequence[np.ndarray], H: np.ndarray, P: RobustParams) -> np.ndarray:
+    """A check refit from ``H``: the finest level only, all 8 parameters, ``check_iterations``."""
+    return refine_joint(g_r, g_t, H, levels=P.levels[-1:], iterations=P.check_iterations, affine_levels=0)[0]
+
+
+def _search_start(g_r: list[np.ndarray], g_t: list[np.ndarray], P: RobustParams,
+                  sizes: tuple[tuple[int, int], tuple[int, int]]) -> tuple[np.ndarray, dict]:
+    """The joint refinement's start: the global search over ``search_pairs`` pairs, each of its starts
+    refined at the coarse levels, the one the pairs then correlate with best (plus the search's record)."""
+    sel = np.unique(np.linspace(0, len(g_r) - 1, min(P.search_pairs, len(g_r))).round().astype(int))
+    H0, search = global_search([g_r[i] for i in sel], [g_t[i] for i in sel], P)
+    coarse = P.levels[:-1] or P.levels
+    tried = []
+    for Hs in search.pop("starts"):    # multi-start: the search's best peak is not always the right one
+        try:
+            Hc, rho = refine_joint([g_r[i] for i in sel], [g_t[i] for i in sel], Hs, levels=coarse, iterations=P.iterations)
+            check_homography(Hc, *sizes)
+        except (InputError, np.linalg.LinAlgError):
+            continue
+        tried.append((float(np.mean(rho)), Hc))
+    search["start_scores"] = [round(t[0], 4) for t in tried]
+    if tried:
+        H0 = max(tried, key=lambda t: t[0])[1]
+    return H0, search
+
+
+def _pairs_alone(g_r: list[np.ndarray], g_t: list[np.ndarray], keep: list[int], H: np.ndarray, P: RobustParams,
+                 sizes: tuple[tuple[int, int], tuple[int, int]]) -> tuple[list[np.ndarray | None], list[dict[str, Any]]]:
+    """Each pair re-aligned alone from the joint fit ``H`` (what it says on its own): its matrix (None
+    when implausible) and its record (correlation, distance from ``H`` in thermal px)."""
+    own: list[np.ndarray | None] = []
+    per_pair: list[dict[str, Any]] = []
+    for i, k in enumerate(keep):
+        try:
+            Hk, rk = refine_joint([g_r[i]], [g_t[i]], H, levels=P.levels[-1:], iterations=P.check_iterations,
+                                  affine_levels=0)
+            check_homography(Hk, *sizes)
+        except (InputError, np.linalg.LinAlgError) as exc:
+            own.append(None)
+            per_pair.append({"pair": k, "ok": False, "reason": f"implausible alone: {getattr(exc, 'what', exc)}"})
+            continue
+        own.append(Hk)
+        per_pair.append({"pair": k, "ok": True, "ecc": round(rk[0], 4), "disagreement_px": round(grid_error(Hk, H, *sizes), 3)})
+    return own, per_pair
+
+
+def _reject(per_pair: list[dict[str, Any]], P: RobustParams) -> float:
+    """The stated rejection rule, applied in place (``ok``/``reason``); returns the distance limit (thermal px)."""
+    dis = [p["disagreement_px"] for p in per_pair if p["ok"]]
+    limit = max(P.reject_px, P.reject_factor * float(np.median(dis))) if dis else P.reject_px
+    for p in per_pair:
+        if p["ok"] and p["ecc"] < P.min_ecc:
+            p.update(ok=False, reason=f"correlation {p['ecc']:.3f} < min_ecc {P.min_ecc}")
+        elif p["ok"] and p["disagreement_px"] > limit:
+            p.update(ok=False, reason=f"alone it maps {p['disagreement_px']:.1f} px from the joint fit (> {limit:.1f} px)")
+    return limit
+
+
+def _heldout(g_r: list[np.ndarray], g_t: list[np.ndarray], acc: list[int], own: list[np.ndarray | None], H: np.ndarray,
+             P: RobustParams, sizes: tuple[tuple[int, int], tuple[int, int]], folds: int) -> list[float]:
+    """Cross-validation over the accepted pairs: per group, thermal px between the group's own fit and
+    the rest's joint fit (both refitted from ``H``); empty with fewer than 2 pairs."""
+    groups = [list(g) for g in np.array_split(np.array(acc), min(folds, len(acc)))] if len(acc) >= 2 else []
+    ho: list[float] = []
+    for grp in groups:
+        rest = [i for i in acc if i not in grp]
+        H_rest = _refit([g_r[i] for i in rest], [g_t[i] for i in rest], H, P)
+        H_grp = own[grp[0]] if len(grp) == 1 else _refit([g_r[i] for i in grp], [g_t[i] for i in grp], H, P)
+        ho.append(grid_error(H_grp, H_rest, *sizes))
+    return ho
