@@ -77,6 +77,33 @@ def estimate_for_version(version: str, *, points: str | Path | None = None, inde
     refuses it (its errors say why; ``register check`` and the warp stage refuse it), with a
     WARNING.
     """
+    pairs, rgb_size, thermal_size = _version_pairs(version, index, rgb_size, thermal_size)
+    if points is not None:
+        src, dst = load_points(points)
+        est = estimate_from_points(src, dst, rgb_size=rgb_size, thermal_size=thermal_size, ransac_px=ransac_px,
+                                   holdout_fraction=holdout_fraction, seed=seed)
+        how = f"{len(src)} correspondences from {Path(points).name}, {est.n_inliers} RANSAC inliers"
+    else:
+        est, how = _estimate_from_pairs(pairs, max_pairs)
+    for w in est.warnings:
+        log.warning(w)
+    entry = _entry(est, version, rgb_size, thermal_size, (notes + "; " if notes else "") + how)
+    verdict = assess_entry(entry, DEFAULT_MAX_ERROR_PX)
+    if verdict.refused:
+        log.warning("%s %dx%d: the new entry will be REFUSED by register check and the warp stage: %s; fix: click "
+                    "points (rgb2thermal register estimate --version %s --rgb-size %d %d --points POINTS.csv)", version,
+                    *rgb_size, "; ".join(verdict.reasons), version, *rgb_size)
+    reg_file = save_entry(registry_dir, version, entry) if write else None
+    ov = None
+    if overlay_path is not None and pairs:
+        ov = save_overlay(overlay_path, _read(pairs[0].rgb_path, False), _read(pairs[0].thermal_path, True), est.H)
+    return EstimateRun(estimate=est, entry=entry, registry_file=reg_file, overlay=ov)
+
+
+def _version_pairs(version: str, index: str | Path | None, rgb_size: tuple[int, int] | None,
+                   thermal_size: tuple[int, int] | None) -> tuple[list[Any], tuple[int, int], tuple[int, int]]:
+    """The index's pairs of ``version`` at ``rgb_size`` (default: the most common one) and the
+    (width, height) pixel sizes; sizes must come from the index or the caller."""
     from collections import Counter
 
     from data.index import load_index
@@ -96,43 +123,33 @@ def estimate_for_version(version: str, *, points: str | Path | None = None, inde
         thermal_size = thermal_size or pairs[0].thermal_size
     if rgb_size is None or thermal_size is None:
         raise InputError("image sizes unknown", "register estimate", "give --rgb-size and --thermal-size, or --index")
-    rgb_size = (int(rgb_size[0]), int(rgb_size[1]))
-    thermal_size = (int(thermal_size[0]), int(thermal_size[1]))
-    if points is not None:
-        src, dst = load_points(points)
-        est = estimate_from_points(src, dst, rgb_size=rgb_size, thermal_size=thermal_size, ransac_px=ransac_px,
-                                   holdout_fraction=holdout_fraction, seed=seed)
-        how = f"{len(src)} correspondences from {Path(points).name}, {est.n_inliers} RANSAC inliers"
-    else:
-        if not pairs:
-            raise InputError("automatic estimation needs image pairs", "register estimate",
-                             "give --index (pairs of this version) or --points")
-        step = max(1, len(pairs) // max_pairs)
-        chosen = pairs[::step][:max_pairs]
-        imgs = [(_read(p.rgb_path, False), _read(p.thermal_path, True)) for p in chosen]
-        est = estimate_robust(imgs)
-        how = (f"automatic: global search + joint refinement over {est.n_inliers}/{len(chosen)} pairs, "
-               f"error on pairs held out of the fit")
-    for w in est.warnings:
-        log.warning(w)
+    return pairs, (int(rgb_size[0]), int(rgb_size[1])), (int(thermal_size[0]), int(thermal_size[1]))
+
+
+def _estimate_from_pairs(pairs: list[Any], max_pairs: int) -> tuple[Estimate, str]:
+    """Automatic estimate on up to ``max_pairs`` pairs spread over ``pairs``, and how it was obtained."""
+    if not pairs:
+        raise InputError("automatic estimation needs image pairs", "register estimate",
+                         "give --index (pairs of this version) or --points")
+    step = max(1, len(pairs) // max_pairs)
+    chosen = pairs[::step][:max_pairs]
+    imgs = [(_read(p.rgb_path, False), _read(p.thermal_path, True)) for p in chosen]
+    est = estimate_robust(imgs)
+    return est, (f"automatic: global search + joint refinement over {est.n_inliers}/{len(chosen)} pairs, "
+                 f"error on pairs held out of the fit")
+
+
+def _entry(est: Estimate, version: str, rgb_size: tuple[int, int], thermal_size: tuple[int, int],
+           notes: str) -> HomographyEntry:
+    """The registry entry of an estimate; an automatic one records its pairs used/rejected and spread (px)."""
+    auto = est.method.startswith("auto")
     extra: dict[str, Any] = {}
-    if est.method.startswith("auto"):
+    if auto:
         extra = {"pairs_used": est.n_inliers, "pairs_rejected": sum(1 for p in est.per_pair if p.get("ok") is False),
                  "pair_spread_px": None if est.fit_error_px is None else round(est.fit_error_px, 3)}
-    entry = HomographyEntry(H=est.H, rgb_size=rgb_size, thermal_size=thermal_size, method=est.method,
-                            error_px=est.error_px, error_kind=est.error_kind, version=version,
-                            heldout_error_px=est.holdout_error_px if est.method.startswith("auto") else None,
-                            notes=(notes + "; " if notes else "") + how, extra=extra)
-    verdict = assess_entry(entry, DEFAULT_MAX_ERROR_PX)
-    if verdict.refused:
-        log.warning("%s %dx%d: the new entry will be REFUSED by register check and the warp stage: %s; fix: click "
-                    "points (rgb2thermal register estimate --version %s --rgb-size %d %d --points POINTS.csv)", version,
-                    *rgb_size, "; ".join(verdict.reasons), version, *rgb_size)
-    reg_file = save_entry(registry_dir, version, entry) if write else None
-    ov = None
-    if overlay_path is not None and pairs:
-        ov = save_overlay(overlay_path, _read(pairs[0].rgb_path, False), _read(pairs[0].thermal_path, True), est.H)
-    return EstimateRun(estimate=est, entry=entry, registry_file=reg_file, overlay=ov)
+    return HomographyEntry(H=est.H, rgb_size=rgb_size, thermal_size=thermal_size, method=est.method,
+                           error_px=est.error_px, error_kind=est.error_kind, version=version,
+                           heldout_error_px=est.holdout_error_px if auto else None, notes=notes, extra=extra)
 
 
 def describe(entry: HomographyEntry) -> dict[str, Any]:
