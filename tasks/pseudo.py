@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -178,63 +179,25 @@ def run_pseudo(inp: Path, out: Path, params: PseudoParams) -> StageReport:
     ``infer_ann_id`` (the input annotation's id). No per-image cache: this stage is cheaper than
     reading one.
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     inp, out = Path(inp), Path(out)
     ds = load_dataset(inp)
     report = StageReport(stage="pseudo", inputs={"coco": str(inp)}, params=params.to_dict())
     det_names = {c["id"]: c["name"] for c in ds["categories"]}
-    cmap = params.resolved_class_map()
-    used = [k for k in cmap if k in det_names.values()]
-    if not used:
-        raise InputError(f"no class-map entry matches the input's classes (map: {sorted(cmap)}; input classes: "
-                         f"{sorted(det_names.values())[:20]}{' ...' if len(det_names) > 20 else ''})", str(inp),
-                         "give --map DETECTOR_CLASS=TARGET_CLASS for the detector's class names")
-    unused = sorted(set(cmap) - set(used))
-    if unused:
-        log.warning("class-map entries %s match no class of %s; they map nothing", unused, inp)
-        report.params["class_map_unused"] = unused
-    tidx = {c: i for i, c in enumerate(params.target_classes)}
-    cat_to_target = {cid: tidx[cmap[name]] for cid, name in det_names.items() if name in cmap}
     thresholds = np.asarray([params.threshold(c) for c in params.target_classes], dtype=np.float64)
 
     # steps 1-3 over all boxes at once (a 10k-image infer file holds ~500k detections: per-image
     # Python over them was most of this stage), then NMS and the cap per image on what is left
-    src = ds["annotations"]
-    target_all = np.fromiter((cat_to_target.get(a["category_id"], -1) for a in src), dtype=np.int64, count=len(src))
-    mapped_i = np.flatnonzero(target_all >= 0)
+    m = _Mapped.of(ds["annotations"], _target_of_category(det_names, params, report, inp))
     dropped = dict.fromkeys(DROP_REASONS, 0)
-    dropped["unmapped_class"] = len(src) - len(mapped_i)
-    target = target_all[mapped_i]
-    boxes = xywh_to_xyxy([src[i]["bbox"] for i in mapped_i.tolist()])
-    scores = np.asarray([float(src[i].get("score", 1.0)) for i in mapped_i.tolist()], dtype=np.float64)
-    above, ok = _passes(boxes, scores, target, thresholds, params.min_size)
+    dropped["unmapped_class"] = len(m.src) - len(m.index)
+    above, ok = _passes(m.boxes, m.scores, m.target, thresholds, params.min_size)
     dropped["below_threshold"] = int((~above).sum())
     dropped["too_small"] = int((above & ~ok).sum())
-    pos = {im["id"]: k for k, im in enumerate(ds["images"])}
-    surv = np.flatnonzero(ok)
-    img_pos = np.fromiter((pos[src[i]["image_id"]] for i in mapped_i[surv].tolist()), dtype=np.int64, count=len(surv))
-    by_pos = np.argsort(img_pos, kind="stable")          # image order, annotation order within an image
-    surv, img_pos = surv[by_pos], img_pos[by_pos]
-    groups = np.split(surv, np.flatnonzero(img_pos[1:] != img_pos[:-1]) + 1) if len(surv) else []
-    kept_per_class = np.zeros(len(params.target_classes), dtype=np.int64)
-    kept_all: list[np.ndarray] = []
-    extras: list[dict] = []
-    for group in tqdm(groups, desc="pseudo", unit="img", disable=None):
-        order = _nms_order(boxes[group], scores[group], target[group], params.nms_iou)
-        dropped["nms"] += len(group) - len(order)
-        dropped["max_per_image"] += max(0, len(order) - params.max_per_image)
-        keep = group[order[: params.max_per_image]]
-        kept_per_class += np.bincount(target[keep], minlength=len(params.target_classes))
-        kept_all.append(keep)
-        extras += [{"score": round(float(scores[j]), 6), "source": a.get("source", "unknown"),
-                    "detector_class": det_names[a["category_id"]], "infer_ann_id": a["id"]}
-                   for j, a in zip(keep.tolist(), (src[i] for i in mapped_i[keep].tolist()))]
-    keep = np.concatenate(kept_all) if kept_all else np.zeros(0, np.int64)
-    anns = annotations(1, [src[i]["image_id"] for i in mapped_i[keep].tolist()], (target[keep] + 1).tolist(),
-                       boxes[keep], extras)
-    hist = np.stack([np.histogram(np.clip(scores[target == t], 0.0, 1.0), bins=HIST_BINS)[0]     # mapped boxes' scores
+    keep, extras, kept_per_class = _nms_and_cap(m, _image_groups(ds, m, np.flatnonzero(ok)), params, det_names, dropped)
+    anns = annotations(1, [m.src[i]["image_id"] for i in m.index[keep].tolist()], (m.target[keep] + 1).tolist(),
+                       m.boxes[keep], extras)
+    hist = np.stack([np.histogram(np.clip(m.scores[m.target == t], 0.0, 1.0), bins=HIST_BINS)[0]     # mapped boxes' scores
                      for t in range(len(params.target_classes))]).astype(np.int64)
     # no input path and no copy of the input's info: this file's content keys the steps after it,
     # which must not depend on where the workspace is (the report beside it names the input)
@@ -255,3 +218,73 @@ def run_pseudo(inp: Path, out: Path, params: PseudoParams) -> StageReport:
     report.seconds = round(time.perf_counter() - t0, 3)
     report.save(report_path(out))
     return report
+
+
+def _target_of_category(det_names: dict[int, str], params: PseudoParams, report: StageReport,
+                        inp: Path) -> dict[int, int]:
+    """Detector category id -> target class index, for the categories the class map covers; map
+    entries that match no input class are logged and listed in the report (``class_map_unused``)."""
+    cmap = params.resolved_class_map()
+    used = [k for k in cmap if k in det_names.values()]
+    if not used:
+        raise InputError(f"no class-map entry matches the input's classes (map: {sorted(cmap)}; input classes: "
+                         f"{sorted(det_names.values())[:20]}{' ...' if len(det_names) > 20 else ''})", str(inp),
+                         "give --map DETECTOR_CLASS=TARGET_CLASS for the detector's class names")
+    unused = sorted(set(cmap) - set(used))
+    if unused:
+        log.warning("class-map entries %s match no class of %s; they map nothing", unused, inp)
+        report.params["class_map_unused"] = unused
+    tidx = {c: i for i, c in enumerate(params.target_classes)}
+    return {cid: tidx[cmap[name]] for cid, name in det_names.items() if name in cmap}
+
+
+@dataclass
+class _Mapped:
+    """The input boxes whose category maps to a target class, as arrays (positions ``index`` in ``src``,
+    target class index, ``xyxy`` pixel boxes, scores: 1.0 where the input has none)."""
+
+    src: list[dict]
+    index: np.ndarray
+    target: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def of(cls, src: list[dict], cat_to_target: dict[int, int]) -> _Mapped:
+        target_all = np.fromiter((cat_to_target.get(a["category_id"], -1) for a in src), dtype=np.int64, count=len(src))
+        mapped_i = np.flatnonzero(target_all >= 0)
+        boxes = xywh_to_xyxy([src[i]["bbox"] for i in mapped_i.tolist()])
+        scores = np.asarray([float(src[i].get("score", 1.0)) for i in mapped_i.tolist()], dtype=np.float64)
+        return cls(src, mapped_i, target_all[mapped_i], boxes, scores)
+
+
+def _image_groups(ds: dict, m: _Mapped, surv: np.ndarray) -> list[np.ndarray]:
+    """The surviving mapped boxes ``surv`` split per image: image order, annotation order within an image."""
+    pos = {im["id"]: k for k, im in enumerate(ds["images"])}
+    img_pos = np.fromiter((pos[m.src[i]["image_id"]] for i in m.index[surv].tolist()), dtype=np.int64, count=len(surv))
+    by_pos = np.argsort(img_pos, kind="stable")
+    surv, img_pos = surv[by_pos], img_pos[by_pos]
+    return np.split(surv, np.flatnonzero(img_pos[1:] != img_pos[:-1]) + 1) if len(surv) else []
+
+
+def _nms_and_cap(m: _Mapped, groups: list[np.ndarray], params: PseudoParams, det_names: dict[int, str],
+                 dropped: dict[str, int]) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    """Steps 4-5 per image: (kept mapped boxes, best score first per image; their provenance;
+    kept count per target class); drops counted in ``dropped``."""
+    from tqdm import tqdm
+
+    kept_per_class = np.zeros(len(params.target_classes), dtype=np.int64)
+    kept_all: list[np.ndarray] = []
+    extras: list[dict] = []
+    for group in tqdm(groups, desc="pseudo", unit="img", disable=None):
+        order = _nms_order(m.boxes[group], m.scores[group], m.target[group], params.nms_iou)
+        dropped["nms"] += len(group) - len(order)
+        dropped["max_per_image"] += max(0, len(order) - params.max_per_image)
+        keep = group[order[: params.max_per_image]]
+        kept_per_class += np.bincount(m.target[keep], minlength=len(params.target_classes))
+        kept_all.append(keep)
+        extras += [{"score": round(float(m.scores[j]), 6), "source": a.get("source", "unknown"),
+                    "detector_class": det_names[a["category_id"]], "infer_ann_id": a["id"]}
+                   for j, a in zip(keep.tolist(), (m.src[i] for i in m.index[keep].tolist()))]
+    keep = np.concatenate(kept_all) if kept_all else np.zeros(0, np.int64)
+    return keep, extras, kept_per_class
