@@ -156,10 +156,6 @@ def draw_overlay(image: np.ndarray, m: ImageMatch) -> np.ndarray:
 def run_report(inp: ReportInputs, out: Path, params: ReportParams, *, index: Path | None = None) -> StageReport:
     """Score the given label files and write ``out/quality.{md,json}``, ``out/overlays/`` and
     ``<out>.report.json``. ``index`` (optional) supplies day/night per image by ``pair_id``."""
-    import cv2
-
-    from tasks.refine import resolve_image_path
-
     t0 = time.perf_counter()
     out = Path(out)
     inputs = {k: str(v) for k, v in asdict(inp).items() if v is not None and k != "extra"}
@@ -169,23 +165,10 @@ def run_report(inp: ReportInputs, out: Path, params: ReportParams, *, index: Pat
     rgb_gt = coco.load_dataset(inp.rgb_gt) if inp.rgb_gt is not None else None
     daynight: dict[int, str] | None = None
     if index is not None:
-        from data.index import load_index
-
         report.inputs["index"] = str(index)
-        by_pair = {p.pair_id: p.daynight for p in load_index(index).pairs}
-        daynight = {im["id"]: by_pair[im["pair_id"]] for im in thermal_gt["images"]
-                    if im.get("pair_id") in by_pair and by_pair[im["pair_id"]]}
-
-    todo: list[tuple[str, dict, dict]] = []
-    if inp.pseudo is not None and rgb_gt is not None:
-        todo.append(("pseudo", coco.load_dataset(inp.pseudo), rgb_gt))
-    for name in THERMAL_STAGES:
-        p = getattr(inp, name)
-        if p is not None:
-            todo.append((name, coco.load_dataset(p), thermal_gt))
+        daynight = _daynight(index, thermal_gt)
+    todo = _label_sets(inp, thermal_gt, rgb_gt)
     thermal_names = [*THERMAL_STAGES, *(n for n, _ in inp.extra)]
-    for name, p in inp.extra:
-        todo.append((name, coco.load_dataset(p), thermal_gt))
 
     classes = list(params.classes) if params.classes else None
     if classes is None:
@@ -203,23 +186,7 @@ def run_report(inp: ReportInputs, out: Path, params: ReportParams, *, index: Pat
             last_matches = matches
     report.counts["images"] = len(thermal_gt["images"])
     report.counts["gt_boxes_thermal"] = sum(len(m.gt_boxes) for m in last_matches)
-
-    overlays: list[str] = []
-    if last_matches and params.n_overlays:
-        images = {im["id"]: im for im in thermal_gt["images"]}
-        worst = sorted((m for m in last_matches if m.n_errors), key=lambda m: (-m.n_errors, m.image_id))
-        for m in worst[:params.n_overlays]:
-            path = resolve_image_path(images[m.image_id], Path(inp.thermal_gt), params.image_root, None)
-            img, err = read_image(path)
-            if img is None:
-                report.skip_image(path, f"overlay: {err}")
-                log.warning("report: cannot read %s for its overlay (%s)", path, err)
-                continue
-            target = out / "overlays" / f"{Path(images[m.image_id]['file_name']).stem}_{m.image_id}.png"
-            with atomic.atomic_path(target) as tmp:
-                if not cv2.imwrite(str(tmp), draw_overlay(img, m)):
-                    raise OSError(f"could not write {target}")
-            overlays.append(str(target))
+    overlays = _overlays(last_matches, thermal_gt, Path(inp.thermal_gt), out, params, report)
     report.counts["overlays"] = len(overlays)
 
     data = {"iou_threshold": params.iou_threshold, "classes": classes, "inputs": inputs,
@@ -231,3 +198,54 @@ def run_report(inp: ReportInputs, out: Path, params: ReportParams, *, index: Pat
     report.seconds = round(time.perf_counter() - t0, 3)
     report.save(report_path(out))
     return report
+
+
+def _daynight(index: Path, thermal_gt: dict) -> dict[int, str]:
+    """Thermal GT image id -> ``day``/``night`` from the index (by ``pair_id``; images it does not know are absent)."""
+    from data.index import load_index
+
+    by_pair = {p.pair_id: p.daynight for p in load_index(index).pairs}
+    return {im["id"]: by_pair[im["pair_id"]] for im in thermal_gt["images"]
+            if im.get("pair_id") in by_pair and by_pair[im["pair_id"]]}
+
+
+def _label_sets(inp: ReportInputs, thermal_gt: dict, rgb_gt: dict | None) -> list[tuple[str, dict, dict]]:
+    """(name, predicted labels, the GT they are scored against): ``pseudo`` against the RGB GT, the rest thermal."""
+    todo: list[tuple[str, dict, dict]] = []
+    if inp.pseudo is not None and rgb_gt is not None:
+        todo.append(("pseudo", coco.load_dataset(inp.pseudo), rgb_gt))
+    for name in THERMAL_STAGES:
+        p = getattr(inp, name)
+        if p is not None:
+            todo.append((name, coco.load_dataset(p), thermal_gt))
+    for name, p in inp.extra:
+        todo.append((name, coco.load_dataset(p), thermal_gt))
+    return todo
+
+
+def _overlays(matches: list[ImageMatch], thermal_gt: dict, gt_path: Path, out: Path, params: ReportParams,
+              report: StageReport) -> list[str]:
+    """Draw the ``n_overlays`` images with the most errors into ``out/overlays/`` (PNG); an unreadable
+    image is skipped, logged and listed in the report. Returns the written paths."""
+    import cv2
+
+    from tasks.refine import resolve_image_path
+
+    overlays: list[str] = []
+    if not (matches and params.n_overlays):
+        return overlays
+    images = {im["id"]: im for im in thermal_gt["images"]}
+    worst = sorted((m for m in matches if m.n_errors), key=lambda m: (-m.n_errors, m.image_id))
+    for m in worst[:params.n_overlays]:
+        path = resolve_image_path(images[m.image_id], gt_path, params.image_root, None)
+        img, err = read_image(path)
+        if img is None:
+            report.skip_image(path, f"overlay: {err}")
+            log.warning("report: cannot read %s for its overlay (%s)", path, err)
+            continue
+        target = out / "overlays" / f"{Path(images[m.image_id]['file_name']).stem}_{m.image_id}.png"
+        with atomic.atomic_path(target) as tmp:
+            if not cv2.imwrite(str(tmp), draw_overlay(img, m)):
+                raise OSError(f"could not write {target}")
+        overlays.append(str(target))
+    return overlays
