@@ -38,7 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="paired datasets: index, validate, merge versions, generate synthetic scenes",
                        description="Build and check the paired RGB/thermal index that every later stage reads.")
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    _add_index(dsub)
+    _add_validate(dsub)
+    _add_merge(dsub)
+    _add_synth(dsub)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
+
+def _add_index(dsub: argparse._SubParsersAction) -> None:
+    """``data index``: build one version's index."""
     pi = dsub.add_parser("index", help="index a dataset version (pairs, sizes, split, labels -> COCO)",
                          description="Find the RGB/thermal pairs of one dataset version, check them (existence, "
                                      "image headers, sizes, ids, labels), convert labels to the target classes and "
@@ -49,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="fully decode every image to catch corrupt files (slower; data validate always does)")
     pi.set_defaults(func=_run_index)
 
+
+def _add_validate(dsub: argparse._SubParsersAction) -> None:
+    """``data validate``: index with full decoding (or re-check an index) and write the reports."""
     pv = dsub.add_parser("validate", help="validate pairs: report (Markdown + JSON) and per-version exclusion list",
                          description="Index a dataset version with full image decoding and write "
                                      "<out>/<version>.validation.{md,json} (pairs found, RGB without thermal and vice "
@@ -71,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pv.add_argument("--strict", action="store_true", help="also exit 1 when only label issues (no exclusions) were found")
     pv.set_defaults(func=_run_validate)
 
+
+def _add_merge(dsub: argparse._SubParsersAction) -> None:
+    """``data merge``: several versions' indexes into one."""
     pm = dsub.add_parser("merge", help="merge indexes of several versions into one (ids stay apart)",
                          description="Merge version indexes (e.g. flir_v1 + flir_v2) into one index; every image keeps "
                                      "its version tag and original id, COCO image ids are renumbered without collisions.")
@@ -78,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pm.add_argument("--out", type=Path, required=True, metavar="INDEX_JSON", help="merged index file to write")
     pm.set_defaults(func=_run_merge)
 
+
+def _add_synth(dsub: argparse._SubParsersAction) -> None:
+    """``data synth``: generated paired scenes with a known homography."""
     ps = dsub.add_parser("synth", help="generate synthetic paired RGB/thermal scenes with a known homography",
                          description="Deterministic (seeded) street scenes: RGB and a second thermal camera with a "
                                      "known homography, person/car boxes in both frames, day and night. Writes the "
@@ -99,7 +116,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="objects per image (default 1 5)")
     ps.add_argument("--version", default="synthetic", help="version tag recorded in the metadata (default synthetic)")
     ps.set_defaults(func=_run_synth)
-    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
 
 def _opts(args: argparse.Namespace, decode: bool):
