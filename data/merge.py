@@ -41,26 +41,9 @@ def merge_indexes(indexes: Sequence[PairedIndex | str | Path], out_path: str | P
         for v in ix.versions:
             if v not in versions:
                 versions.append(v)
-        remap: dict[int, int] = {}
-        for p in ix.pairs:
-            if p.pair_id in seen:
-                raise InputError(f"pair id {p.pair_id} is in both {seen[p.pair_id]} and {src}", "data merge",
-                                 "merge each dataset version once (ids are '<version>:<original id>')")
-            seen[p.pair_id] = src
-            new_id = len(pairs) + 1
-            remap[p.image_id] = new_id
-            pairs.append(Pair(**{**p.__dict__, "image_id": new_id}))
+        remap = _append_pairs(ix, src, pairs, seen)
         for mod in ("rgb", "thermal"):
-            ds = ix.load_labels(mod)
-            if ds is None:
-                continue
-            labelled[mod].extend(pairs[remap[p.image_id] - 1] for p in ix.pairs)
-            names = {c["id"]: c["name"] for c in ds["categories"]}
-            if [names[k] for k in sorted(names)] != classes:
-                raise InputError(f"{mod} label categories {names} do not match the index classes {classes}", src,
-                                 "rebuild the index")
-            for a in ds["annotations"]:
-                anns[mod].append({**a, "id": len(anns[mod]) + 1, "image_id": remap[a["image_id"]]})
+            _append_labels(ix, mod, src, classes, remap, pairs, labelled[mod], anns[mod])
         excluded.extend(ix.excluded)
         issues.extend(ix.issues)
     cats = categories_from_names(classes)
@@ -82,3 +65,34 @@ def merge_indexes(indexes: Sequence[PairedIndex | str | Path], out_path: str | P
     merged.stats = summarize(merged)
     save_index(merged, out_path)
     return merged
+
+
+def _append_pairs(ix: PairedIndex, src: str, pairs: list[Pair], seen: dict[str, str]) -> dict[int, int]:
+    """Append ``ix``'s pairs with image ids renumbered after ``pairs``; returns old id -> new id.
+    A pair id already merged (from ``seen[pair_id]``) is refused."""
+    remap: dict[int, int] = {}
+    for p in ix.pairs:
+        if p.pair_id in seen:
+            raise InputError(f"pair id {p.pair_id} is in both {seen[p.pair_id]} and {src}", "data merge",
+                             "merge each dataset version once (ids are '<version>:<original id>')")
+        seen[p.pair_id] = src
+        new_id = len(pairs) + 1
+        remap[p.image_id] = new_id
+        pairs.append(Pair(**{**p.__dict__, "image_id": new_id}))
+    return remap
+
+
+def _append_labels(ix: PairedIndex, mod: str, src: str, classes: list[str], remap: dict[int, int], pairs: list[Pair],
+                   labelled: list[Pair], anns: list[dict]) -> None:
+    """Append ``ix``'s ``mod`` labels (if it has any): its pairs to ``labelled``, its boxes to ``anns``
+    with annotation ids continued and image ids remapped; categories must be ``classes``."""
+    ds = ix.load_labels(mod)
+    if ds is None:
+        return
+    labelled.extend(pairs[remap[p.image_id] - 1] for p in ix.pairs)
+    names = {c["id"]: c["name"] for c in ds["categories"]}
+    if [names[k] for k in sorted(names)] != classes:
+        raise InputError(f"{mod} label categories {names} do not match the index classes {classes}", src,
+                         "rebuild the index")
+    for a in ds["annotations"]:
+        anns.append({**a, "id": len(anns) + 1, "image_id": remap[a["image_id"]]})
