@@ -77,8 +77,6 @@ def transfer_state_dict(source: Mapping[str, Any], target: Mapping[str, Any], so
     ``mode="reinit"``: classifier tensors keep the target's fresh initialisation (the baseline).
     Returns the new state dict (all of ``target``'s keys) and a report.
     """
-    import torch
-
     if mode not in ("transfer", "reinit"):
         raise InputError(f"unknown head_init '{mode}'", "head_init", "use 'transfer' or 'reinit'")
     n_src, n_tgt = len(source_classes), len(target_classes)
@@ -112,16 +110,7 @@ def transfer_state_dict(source: Mapping[str, Any], target: Mapping[str, Any], so
             out[key] = tgt.clone()
             report.reinitialised_keys.append(key)
             continue
-        new = tgt.clone()
-        for t, srcs in mapping.items():
-            if len(srcs) == 1:
-                new[t] = src[srcs[0]].detach().clone()
-            else:
-                new[t] = torch.stack([src[s] for s in srcs]).mean(dim=0).to(new.dtype)
-                row = f"{target_classes[t]} <- mean({', '.join(source_classes[s] for s in srcs)})"
-                if row not in report.averaged_rows:
-                    report.averaged_rows.append(row)
-        out[key] = new
+        out[key] = _mapped_rows(src, tgt, mapping, source_classes, target_classes, report)
         report.transferred_keys.append(key)
     if not same and mode == "transfer" and not report.transferred_keys:
         raise InputError("no classifier tensor found to transfer (unknown head layout)", "load_from",
@@ -131,3 +120,21 @@ def transfer_state_dict(source: Mapping[str, Any], target: Mapping[str, Any], so
         report.warnings.append(f"{len(unused)} checkpoint weights not used by the model, e.g. {unused[:3]}")
         log.warning(report.warnings[-1])
     return out, report
+
+
+def _mapped_rows(src: Any, tgt: Any, mapping: Mapping[int, Sequence[int]], source_classes: Sequence[str],
+                 target_classes: Sequence[str], report: TransferReport) -> Any:
+    """A class tensor of the target (rows = target classes) from the source's rows: each target row
+    is its one source row, or the mean of several (recorded in ``report.averaged_rows``)."""
+    import torch
+
+    new = tgt.clone()
+    for t, srcs in mapping.items():
+        if len(srcs) == 1:
+            new[t] = src[srcs[0]].detach().clone()
+        else:
+            new[t] = torch.stack([src[s] for s in srcs]).mean(dim=0).to(new.dtype)
+            row = f"{target_classes[t]} <- mean({', '.join(source_classes[s] for s in srcs)})"
+            if row not in report.averaged_rows:
+                report.averaged_rows.append(row)
+    return new
