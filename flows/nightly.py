@@ -40,8 +40,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.adapt import adapt_flow
 from core import atomic
 from core.errors import InputError
-from pipeline.champion import (DEFAULT_METRIC, Champion, archive_model, decide, format_report, gt_fingerprint,
-                            load_champion, promote, rescore, watched_fingerprints)
+from pipeline.champion import (DEFAULT_METRIC, Champion, Decision, archive_model, decide, format_report,
+                               gt_fingerprint, load_champion, promote, rescore, watched_fingerprints)
 from pipeline.executor import workspace_hash_memo
 from pipeline.params import load_params
 from pipeline.plan import adapted_step
@@ -117,16 +117,7 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
                            metric=metric)
         return {**result, "outcome": "no change", "reason": reason, "report": str(_publish(ws, nightly_id, md, "no change"))}
 
-    if decide_on not in ("val", "test"):
-        raise InputError(f"decide_on must be 'val' or 'test', got {decide_on!r}", "nightly decide_on", "use val")
-    if decide_on == "val" and not p.data.has_val:
-        raise InputError("nightly promotion is a decision and the parameters have no val split: it would be made "
-                         "on the test split", "params data", "set data.val_fraction (e.g. 0.2 of the adapt pairs, "
-                         "which need thermal labels) or data.val_split; or opt in to deciding on test with "
-                         "--decide-on test (said in every report)")
-    split = "val" if decide_on == "val" else "eval"
-    on = ("the val split" if split == "val" else
-          "the TEST split (explicit opt-in --decide-on test: the reported test numbers are no longer unbiased)")
+    split, on = _decision_split(decide_on, p)
     # One lock from the challenger run through promotion: no other run can replace
     # stages/student between scoring it and archiving it (the wrong model would be promoted).
     with _lock_or_report(ws, nightly_id, lock_wait_seconds, fps, champ, metric):
@@ -139,19 +130,8 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
                                metric=metric)
             _publish(ws, nightly_id, md, "failed")
             raise
-        metrics = {k: v for k, v in RunRecord.from_json(record).eval_metrics(split).items() if k != "table_markdown"}
-        gt = _stage_outputs(record, "index")["thermal_val" if split == "val" else "thermal_test"]
-        note = "no champion yet"
-        if champ is not None:
-            champ, note = rescore_task(champ, gt, metric, str(p.student.train.get("device", "auto")), p.eval.batch_size)
-        decision = decide(champ, metrics, metric, min_improvement)
-        outcome = "promoted" if decision.promote else "kept"
-        if decision.promote:
-            # the adapted model: the last self-training round's student (student@round2 with 2 rounds)
-            model = archive_model(ws, record["run_id"], _stage_outputs(record, adapted_step(p)))
-            promote(ws, Champion(run_id=record["run_id"], metric=metric, value=float(decision.challenger),
-                                 datasets=fps, promoted=now(), metrics=metrics, model=model,
-                                 test_set=gt_fingerprint(gt)))
+        champ, note, decision, metrics = _judge_challenger(ws, p, record, split, champ, fps, metric, min_improvement)
+    outcome = "promoted" if decision.promote else "kept"
     note = f"decided on {on}; {note}"
     md = format_report(nightly_id=nightly_id, outcome=outcome, reason=f"{decision.reason} ({note})", datasets=fps,
                        champion=champ, challenger_run=record["run_id"], challenger_metrics=metrics, metric=metric)
@@ -159,6 +139,42 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
             "champion_run": record["run_id"] if decision.promote else result["champion_run"],
             "champion_value": decision.champion, "challenger_value": decision.challenger, "comparison": note,
             "report": str(_publish(ws, nightly_id, md, outcome))}
+
+
+def _decision_split(decide_on: str, p: Any) -> tuple[str, str]:
+    """(the eval split promotion is decided on: ``val`` or ``eval`` (test), how the report names it);
+    deciding on test is refused unless asked for, and said loudly when it is."""
+    if decide_on not in ("val", "test"):
+        raise InputError(f"decide_on must be 'val' or 'test', got {decide_on!r}", "nightly decide_on", "use val")
+    if decide_on == "val" and not p.data.has_val:
+        raise InputError("nightly promotion is a decision and the parameters have no val split: it would be made "
+                         "on the test split", "params data", "set data.val_fraction (e.g. 0.2 of the adapt pairs, "
+                         "which need thermal labels) or data.val_split; or opt in to deciding on test with "
+                         "--decide-on test (said in every report)")
+    split = "val" if decide_on == "val" else "eval"
+    on = ("the val split" if split == "val" else
+          "the TEST split (explicit opt-in --decide-on test: the reported test numbers are no longer unbiased)")
+    return split, on
+
+
+def _judge_challenger(ws: Path, p: Any, record: dict[str, Any], split: str, champ: Champion | None,
+                      fps: dict[str, str], metric: str, min_improvement: float
+                      ) -> tuple[Champion | None, str, Decision, dict]:
+    """Score the champion again on the challenger's GT, decide, and promote the challenger if it wins
+    (under the caller's lock). Returns (champion as rescored, note, decision, challenger metrics)."""
+    metrics = {k: v for k, v in RunRecord.from_json(record).eval_metrics(split).items() if k != "table_markdown"}
+    gt = _stage_outputs(record, "index")["thermal_val" if split == "val" else "thermal_test"]
+    note = "no champion yet"
+    if champ is not None:
+        champ, note = rescore_task(champ, gt, metric, str(p.student.train.get("device", "auto")), p.eval.batch_size)
+    decision = decide(champ, metrics, metric, min_improvement)
+    if decision.promote:
+        # the adapted model: the last self-training round's student (student@round2 with 2 rounds)
+        model = archive_model(ws, record["run_id"], _stage_outputs(record, adapted_step(p)))
+        promote(ws, Champion(run_id=record["run_id"], metric=metric, value=float(decision.challenger),
+                             datasets=fps, promoted=now(), metrics=metrics, model=model,
+                             test_set=gt_fingerprint(gt)))
+    return champ, note, decision, metrics
 
 
 def main(argv: list[str] | None = None) -> int:
