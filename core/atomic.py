@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from core.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[Path]:
@@ -90,3 +92,16 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return json.loads(data)
+
+
+def read_json_input(path: str | os.PathLike[str], *, missing: str = "file not found", missing_fix: str = "check the path",
+                    invalid: str = "not valid JSON", invalid_fix: str = "re-export the file",
+                    error: type[InputError] = InputError) -> Any:
+    """:func:`read_json` of a file the user named: its two usual failures (absent, not JSON) are
+    raised as ``error`` saying what (``missing``, ``invalid (parser message)``) and how to fix."""
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise error(missing, str(path), missing_fix) from None
+    except ValueError as exc:
+        raise error(f"{invalid} ({exc})", str(path), invalid_fix) from None

@@ -120,12 +120,7 @@ def validate_dataset(ds: dict, path: str | os.PathLike[str] | None = None) -> di
 
 def load_dataset(path: str | os.PathLike[str]) -> dict:
     """Read and validate a COCO dataset JSON."""
-    try:
-        ds = atomic.read_json(path)
-    except FileNotFoundError:
-        raise CocoFormatError("file not found", str(path), "check the path") from None
-    except ValueError as exc:
-        raise CocoFormatError(f"not valid JSON ({exc})", str(path), "re-export the file") from None
+    ds = atomic.read_json_input(path, error=CocoFormatError)
     if not isinstance(ds, dict):
         raise _fail(path, "top level", "expected a COCO dataset object, got a list (a results file?)",
                     "pass the ground-truth dataset here and the results list as predictions")

@@ -207,12 +207,8 @@ def save_index(index: PairedIndex, path: str | Path) -> Path:
 def load_index(path: str | Path) -> PairedIndex:
     """Read an index JSON (schema ``rgb2thermal.index/1``); label files are resolved next to it."""
     path = Path(path)
-    try:
-        doc = atomic.read_json(path)
-    except FileNotFoundError:
-        raise InputError("index file not found", str(path), "build it with: rgb2thermal data index ...") from None
-    except ValueError as exc:
-        raise InputError(f"index is not valid JSON ({exc})", str(path), "rebuild it") from None
+    doc = atomic.read_json_input(path, missing="index file not found", missing_fix="build it with: rgb2thermal data "
+                                 "index ...", invalid="index is not valid JSON", invalid_fix="rebuild it")
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise InputError(f"not a paired index (schema {doc.get('schema') if isinstance(doc, dict) else None!r}, "
                          f"expected {SCHEMA})", str(path), "pass an index written by rgb2thermal data index/merge")

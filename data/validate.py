@@ -17,7 +17,7 @@ RGB/thermal sync offsets.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -106,26 +106,28 @@ def write_report(index: PairedIndex, out_dir: str | Path, *, name: str = "valida
                   f"{sync['abs_offset_s_median'] * 1000:.1f} ms, max {sync['abs_offset_s_max'] * 1000:.1f} ms.", ""]
     else:
         lines += ["Sync offsets: no timestamps in this dataset.", ""]
-    by_reason: dict[str, list[dict]] = defaultdict(list)
-    for e in index.excluded:
-        by_reason[e["reason"]].append(e)
-    for reason, items in sorted(by_reason.items()):
-        lines += [f"## Excluded: {_REASON_TEXT.get(reason, reason)} ({len(items)})", ""]
-        lines += [f"- `{e.get('version')}:{e.get('original_id')}` — {e.get('detail', '')}" for e in items[:max_examples]]
-        if len(items) > max_examples:
-            lines.append(f"- ... and {len(items) - max_examples} more (see {jpath.name})")
-        lines.append("")
-    by_kind: dict[str, list[dict]] = defaultdict(list)
-    for i in issues:
-        by_kind[i["kind"]].append(i)
-    for kind, items in sorted(by_kind.items()):
-        lines += [f"## Issue: {_REASON_TEXT.get(kind, kind)} ({len(items)})", ""]
-        lines += [f"- `{i.get('item')}` — {i.get('detail', '')}" for i in items[:max_examples]]
-        if len(items) > max_examples:
-            lines.append(f"- ... and {len(items) - max_examples} more (see {jpath.name})")
-        lines.append("")
+    lines += _sections("Excluded", index.excluded, "reason", lambda e: f"{e.get('version')}:{e.get('original_id')}",
+                       max_examples, jpath.name)
+    lines += _sections("Issue", issues, "kind", lambda i: f"{i.get('item')}", max_examples, jpath.name)
     mpath = atomic.write_text(out_dir / f"{name}.md", "\n".join(lines) + "\n")
     return jpath, mpath
+
+
+def _sections(title: str, entries: list[dict], key: str, name: Callable[[dict], str], max_examples: int,
+              json_name: str) -> list[str]:
+    """Markdown: one section per value of ``entries``' ``key`` (sorted), listing up to ``max_examples``
+    entries by ``name`` with their detail; the rest are counted and left to the JSON report."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for e in entries:
+        groups[e[key]].append(e)
+    lines: list[str] = []
+    for value, items in sorted(groups.items()):
+        lines += [f"## {title}: {_REASON_TEXT.get(value, value)} ({len(items)})", ""]
+        lines += [f"- `{name(e)}` — {e.get('detail', '')}" for e in items[:max_examples]]
+        if len(items) > max_examples:
+            lines.append(f"- ... and {len(items) - max_examples} more (see {json_name})")
+        lines.append("")
+    return lines
 
 
 def validate_source(fmt: str, root: str | Path, version: str, out_dir: str | Path, *,

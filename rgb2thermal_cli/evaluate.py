@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 ORDER = 45
 
@@ -40,7 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core import atomic
     from core.errors import InputError
     from tasks.evaluate import METRICS, cross_dataset_matrix, evaluate_runs, format_markdown, format_matrix_markdown
 
@@ -51,12 +52,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("matrix mode needs --test-set and --cell", "eval", "see `rgb2thermal eval --help`")
         matrix = cross_dataset_matrix(dict(args.test_set), [tuple(c) for c in args.cell])
         metrics = args.metrics or ["mAP", "mAP_50"]
-        text = format_matrix_markdown(matrix, metrics, args.digits)
-        print(text, end="")
-        if args.out:
-            atomic.write_text(args.out + ".md", text)
-            atomic.write_json(args.out + ".json", matrix.to_json())
-        return 0
+        return _show(format_matrix_markdown(matrix, metrics, args.digits), args.out, matrix.to_json)
     if not args.gt or not args.pred:
         raise InputError("--gt and at least one --pred are required", "eval", "see `rgb2thermal eval --help`")
     if args.name and len(args.name) != len(args.pred):
@@ -66,9 +62,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("duplicate --name", "eval", "give each run a distinct name")
     report = evaluate_runs(args.gt, preds)
     metrics = args.metrics or list(METRICS)
-    text = format_markdown(report, metrics, args.digits)
+    return _show(format_markdown(report, metrics, args.digits), args.out, report.to_json)
+
+
+def _show(text: str, out: str | None, numbers: Callable[[], Any]) -> int:
+    """Print the Markdown table; with ``--out PREFIX`` also write PREFIX.md and ``numbers()`` as PREFIX.json."""
+    from core import atomic
+
     print(text, end="")
-    if args.out:
-        atomic.write_text(args.out + ".md", text)
-        atomic.write_json(args.out + ".json", report.to_json())
+    if out:
+        atomic.write_text(out + ".md", text)
+        atomic.write_json(out + ".json", numbers())
     return 0
