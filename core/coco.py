@@ -83,23 +83,40 @@ def validate_dataset(ds: dict, path: str | os.PathLike[str] | None = None) -> di
     for key in ("images", "annotations", "categories"):
         if key not in ds or not isinstance(ds[key], list):
             raise _fail(path, "top level", f"missing list '{key}'", "a COCO dataset needs images, annotations and categories")
+    _check_annotations(ds["annotations"], path, _image_ids(ds["images"], path), _category_ids(ds["categories"], path))
+    return ds
+
+
+def _image_ids(images: list[dict], path: Any) -> set[int]:
+    """The ids of ``images``, each image having id, file_name, width and height, no id twice."""
     image_ids: set[int] = set()
-    for i, im in enumerate(ds["images"]):
+    for i, im in enumerate(images):
         for k in ("id", "file_name", "width", "height"):
             if k not in im:
                 raise _fail(path, f"images[{i}]", f"missing '{k}'", "every image needs id, file_name, width, height")
         if im["id"] in image_ids:
             raise _fail(path, f"images[{i}]", f"duplicate image id {im['id']}", "give every image a unique id")
         image_ids.add(im["id"])
+    return image_ids
+
+
+def _category_ids(categories: list[dict], path: Any) -> set[int]:
+    """The ids of ``categories``, each having id and name, no id twice."""
     cat_ids: set[int] = set()
-    for i, c in enumerate(ds["categories"]):
+    for i, c in enumerate(categories):
         if "id" not in c or "name" not in c:
             raise _fail(path, f"categories[{i}]", "missing 'id' or 'name'", "categories need id and name")
         if c["id"] in cat_ids:
             raise _fail(path, f"categories[{i}]", f"duplicate category id {c['id']}", "give every category a unique id")
         cat_ids.add(c["id"])
+    return cat_ids
+
+
+def _check_annotations(anns: list[dict], path: Any, image_ids: set[int], cat_ids: set[int]) -> None:
+    """Every annotation: required keys, a unique id, a known image and category, a valid COCO xywh
+    box, and a valid ``score`` where it has one."""
     ann_ids: set[int] = set()
-    for i, a in enumerate(ds["annotations"]):
+    for i, a in enumerate(anns):
         where = f"annotations[{i}]"
         for k in ("id", "image_id", "category_id", "bbox"):
             if k not in a:
@@ -115,7 +132,6 @@ def validate_dataset(ds: dict, path: str | os.PathLike[str] | None = None) -> di
         _check_bbox(a["bbox"], path, where)
         if "score" in a:          # stage outputs (infer, pseudo, fuse) carry detection scores: same rule as results
             _check_score(a["score"], path, where)
-    return ds
 
 
 def load_dataset(path: str | os.PathLike[str]) -> dict:
