@@ -157,30 +157,42 @@ def _modality_labels(folder: Path, images: Mapping[str, Path], names: Mapping[in
     txts = sorted(p for p in folder.glob("*.txt") if p.name != "classes.txt")
     out: dict[str, RawLabels] = {}
     if jsons:
-        by_name: dict[str, Path] = {p.name: p for p in images.values()}
-        for j in jsons:
-            for fname, lab in read_coco_labels(j, issues, root=folder.parent, base=folder.parent / modality).items():
-                stem = Path(fname).stem
-                if Path(fname).name not in by_name and stem not in images:
-                    issues.append({"kind": "labels_missing_image", "item": fname, "source": str(j),
-                                   "detail": f"{modality} COCO labels list {fname!r}, which is not in {folder.parent / modality}"})
-                    continue
-                out[stem] = lab
+        _add_coco_labels(out, jsons, folder, images, modality, issues)
     if txts:
-        if names is None:
-            raise InputError("YOLO label files found but no classes.txt", str(folder),
-                             "add classes.txt (lines 'id name' or one name per line) to the dataset root or label folder")
-        for t in txts:
-            if t.stem not in images:
-                issues.append({"kind": "labels_missing_image", "item": t.name, "source": str(t),
-                               "detail": f"{modality} label file {t.name} has no image in {folder.parent / modality}"})
-                continue
-            if t.stem in out:
-                continue
-            out[t.stem] = read_yolo_file(t, names, issues)
-        for stem in images:  # YOLO convention: no file = no objects
-            out.setdefault(stem, RawLabels(names=[], boxes=np.zeros((0, 4)), fmt="cxcywh_norm", source="(no file)"))
+        _add_yolo_labels(out, txts, folder, images, names, modality, issues)
     return out
+
+
+def _add_coco_labels(out: dict[str, RawLabels], jsons: list[Path], folder: Path, images: Mapping[str, Path],
+                     modality: str, issues: list[dict]) -> None:
+    """Labels from COCO files (``xyxy`` pixels) into ``out`` by image stem; entries for absent images are issues."""
+    by_name: dict[str, Path] = {p.name: p for p in images.values()}
+    for j in jsons:
+        for fname, lab in read_coco_labels(j, issues, root=folder.parent, base=folder.parent / modality).items():
+            stem = Path(fname).stem
+            if Path(fname).name not in by_name and stem not in images:
+                issues.append({"kind": "labels_missing_image", "item": fname, "source": str(j),
+                               "detail": f"{modality} COCO labels list {fname!r}, which is not in {folder.parent / modality}"})
+                continue
+            out[stem] = lab
+
+
+def _add_yolo_labels(out: dict[str, RawLabels], txts: list[Path], folder: Path, images: Mapping[str, Path],
+                     names: Mapping[int, str] | None, modality: str, issues: list[dict]) -> None:
+    """YOLO files (normalised ``cxcywh``) into ``out`` where COCO gave none; an image without a file has no objects."""
+    if names is None:
+        raise InputError("YOLO label files found but no classes.txt", str(folder),
+                         "add classes.txt (lines 'id name' or one name per line) to the dataset root or label folder")
+    for t in txts:
+        if t.stem not in images:
+            issues.append({"kind": "labels_missing_image", "item": t.name, "source": str(t),
+                           "detail": f"{modality} label file {t.name} has no image in {folder.parent / modality}"})
+            continue
+        if t.stem in out:
+            continue
+        out[t.stem] = read_yolo_file(t, names, issues)
+    for stem in images:  # YOLO convention: no file = no objects
+        out.setdefault(stem, RawLabels(names=[], boxes=np.zeros((0, 4)), fmt="cxcywh_norm", source="(no file)"))
 
 
 def read_split_csv(path: Path) -> dict[str, tuple[str, str | None, dict[str, str]]]:
