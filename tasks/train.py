@@ -183,10 +183,9 @@ def _prints_to_file(path: Path, active: bool) -> Iterator[None]:
 
 @dataclass
 class _Prepared:
-    """What :func:`_prepare_run` built: the config (as written to ``config.py``), the Runner's twin of
-    it, the initial-weights record and the warnings so far."""
+    """What :func:`_prepare_run` built: ``config.py``, the Runner's twin of that config, the
+    initial-weights record and the warnings so far."""
 
-    cfg: Any
     config_path: Path
     runner_cfg: Any
     weights: dict[str, Any]
@@ -264,7 +263,7 @@ def _prepare_run(spec: TrainSpec, work_dir: Path) -> _Prepared:
     # formatting that costs ~0.5-1.5 s each on CPU, so the Runner gets an unformatted twin.
     runner_cfg = Config(cfg.to_dict(), format_python_code=False)
     runner_cfg.log_level = _console_log_level()
-    return _Prepared(cfg=cfg, config_path=config_path, runner_cfg=runner_cfg, weights=weights, warnings=warnings)
+    return _Prepared(config_path=config_path, runner_cfg=runner_cfg, weights=weights, warnings=warnings)
 
 
 def _run(runner_cfg: Any, work_dir: Path) -> tuple[Any, ProgressHook]:
