@@ -102,7 +102,8 @@ def bench_sam2(n_images: int, thermal_size: tuple[int, int]) -> dict:
                 times["per_box_reencode"].append(time.perf_counter() - t)
         t = time.perf_counter()
         rep = run_refine(path, work / "refined.json",
-                         RefineParams(sam2_random_weights=True, use_cache=False), sam2_refiner=refiner)
+                         RefineParams(sam2_random_weights=True, use_cache=False), sam2_refiner=refiner,
+                         cache_dir=work / "cache")
         stage_total = time.perf_counter() - t
         times["refine_stage"] = [stage_total / rep.counts["images_refined"]]
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -1,26 +1,24 @@
 """Compatibility shims for this stack (torch 2.14, mmengine 0.10.7, mmdet 3.3, numpy 2).
 
-Each shim says why it exists. Nothing here patches site-packages, and nothing changes
-behaviour process-wide beyond the ``with`` block that asks for it.
+Each shim says why it exists. Nothing here patches site-packages or rebinds anything
+process-wide (no ``torch.load`` swap): the choice of how a file is unpickled is made by the
+caller that opens it, so steps running in threads (the Prefect door) cannot see each other's trust.
 
-1. ``trusted_checkpoints``: torch >= 2.6 loads with ``weights_only=True`` by default.
+1. ``load_trusted_checkpoint``: torch >= 2.6 loads with ``weights_only=True`` by default.
    mmengine training checkpoints pickle ``HistoryBuffer``, numpy arrays and optimizer
-   state, so ``mmengine.runner.load_checkpoint``, ``mmdet.apis.init_detector``, Runner
-   ``load_from`` and ``resume`` all fail with ``UnpicklingError: Weights only load failed``.
-   Allow-listing classes (``add_safe_globals``) ends up needing builtins such as
-   ``getattr``, which defeats the safety. So: inside the block, *only the files the user
-   named* load with ``weights_only=False``; every other ``torch.load`` keeps the strict
-   default. Only name files you trust (your own training outputs, a checkpoint you chose):
-   unpickling can run code.
+   state, so they fail with ``UnpicklingError: Weights only load failed``. Allow-listing
+   classes (``add_safe_globals``) ends up needing builtins such as ``getattr``, which defeats
+   the safety. So the one file a caller names as trusted is opened with an explicit
+   ``weights_only=False``; every other ``torch.load`` keeps the strict default. Only name files
+   you trust (your own training outputs, a checkpoint you chose): unpickling can run code.
+   A training's resume goes through mmengine's checkpoint loader with the same rule, by a
+   scheme of its own (``tasks.train_hooks.TRUSTED_SCHEME``), not by a patch.
+2. ``slim_checkpoint``: what rgb2thermal writes for inference loads under the strict default.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,48 +26,20 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def _resolve(p: Any) -> str | None:
-    if isinstance(p, (str, os.PathLike)):
-        try:
-            return str(Path(p).expanduser().resolve())
-        except OSError:
-            return None
-    return None
+def load_trusted_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+    """Load ``path``, a checkpoint the user (or a training, for its own files) named, fully.
 
+    ``weights_only=False`` is passed explicitly for this one call (see the module docstring for
+    why); nothing else in the process changes, so a concurrent strict load elsewhere stays strict.
 
-@contextlib.contextmanager
-def trusted_checkpoints(*paths: str | os.PathLike[str]) -> Iterator[None]:
-    """Let ``torch.load`` unpickle exactly ``paths`` (and files in a trusted directory) fully.
+    Args:
+        path: the trusted ``.pth`` file.
+        map_location: as ``torch.load``'s (default ``"cpu"``).
 
-    A path that is a directory trusts the checkpoints inside it (a training run's work
-    directory, where mmengine writes ``epoch_*.pth``/``best_*.pth`` that resume reads back).
+    Returns:
+        What the file holds (a dict for mmengine/mmdet checkpoints).
     """
-    trusted_files = {r for p in paths if (r := _resolve(p)) and not Path(r).is_dir()}
-    trusted_dirs = {r for p in paths if (r := _resolve(p)) and Path(r).is_dir()}
-    original = torch.load
-
-    def is_trusted(f: Any) -> bool:
-        r = _resolve(f)
-        if r is None:
-            return False
-        return r in trusted_files or any(r.startswith(d + os.sep) for d in trusted_dirs)
-
-    @functools.wraps(original)
-    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
-        if "weights_only" not in kwargs and is_trusted(f):
-            log.debug("loading trusted checkpoint %s with weights_only=False", f)
-            kwargs["weights_only"] = False
-        return original(f, *args, **kwargs)
-
-    torch.load = load
-    try:
-        yield
-    finally:
-        torch.load = original
-
-
-def load_trusted_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> dict:
-    """Load one checkpoint the user named, fully (see module docstring for why)."""
+    log.debug("loading trusted checkpoint %s with weights_only=False", path)
     return torch.load(path, map_location=map_location, weights_only=False)
 
 

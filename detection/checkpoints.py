@@ -53,19 +53,17 @@ def _load_or_refuse(path: Path) -> Any:
 
     Why: a truncated download or an interrupted copy otherwise surfaces as a torch/pickle traceback
     (``EOFError``, ``UnpicklingError``, ``RuntimeError: PytorchStreamReader failed ...``) that does
-    not say which file is at fault or that the remedy is a fresh copy. Valid files load exactly as
-    before: same call, same ``trusted_checkpoints`` scope, torch's own ``weights_only`` default.
+    not say which file is at fault or that the remedy is a fresh copy. The file is opened with an
+    explicit ``weights_only=False`` for this call only (:func:`core.compat.load_trusted_checkpoint`):
+    no process-wide switch, so a strict load running in another thread stays strict.
     """
     import pickle
     import zipfile
 
-    import torch
-
-    from core.compat import trusted_checkpoints
+    from core.compat import load_trusted_checkpoint
 
     try:
-        with trusted_checkpoints(path):
-            return torch.load(path, map_location="cpu")
+        return load_trusted_checkpoint(path, map_location="cpu")
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise _unreadable_checkpoint(path, exc) from None
     except RuntimeError as exc:

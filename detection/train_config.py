@@ -180,7 +180,57 @@ def build_config(spec: TrainSpec) -> Any:
     """
     from mmengine.config import Config
 
-    from detection.detector import resolve_device
+    base = _base_config(spec)
+    train_stats = check_dataset(spec.train, spec.classes, "train")
+    val_spec = spec.val or spec.train
+    if spec.val is not None:
+        check_dataset(spec.val, spec.classes, "val")
+    model = _model(spec, base)
+    optim_wrapper, device, amp = _optim_wrapper(spec)
+    lr = spec.effective_lr
+    train_pipe, test_pipe = _pipelines(spec)
+    iters_per_epoch = math.ceil(train_stats.n_images / spec.batch_size)
+    val_loader = _loader(spec, _dataset(val_spec, spec.classes, test_pipe, True), False)
+    evaluator = dict(type="CocoMetric", ann_file=str(val_spec.ann_file), metric="bbox", format_only=False,
+                     backend_args=None)
+    cfg = dict(
+        default_scope="mmdet",
+        custom_imports=dict(imports=["tasks.train_hooks", *(["detection.transforms"] if spec.erase_ignored else [])],
+                            allow_failed_imports=False),
+        model=model,
+        work_dir=str(spec.work_dir),
+        experiment_name=f"{Path(spec.work_dir).name}_{time.strftime('%Y%m%d_%H%M%S')}_{time.time_ns() % 10**9:09d}",
+        train_dataloader=_loader(spec, _dataset(spec.train, spec.classes, train_pipe, False), True),
+        val_dataloader=val_loader,
+        test_dataloader=copy.deepcopy(val_loader),
+        val_evaluator=evaluator,
+        test_evaluator=copy.deepcopy(evaluator),
+        train_cfg=dict(type="EpochBasedTrainLoop", max_epochs=spec.epochs, val_interval=spec.val_interval),
+        val_cfg=dict(type="ValLoop"),
+        test_cfg=dict(type="TestLoop"),
+        optim_wrapper=optim_wrapper,
+        param_scheduler=_schedulers(spec, iters_per_epoch),
+        default_hooks=_default_hooks(iters_per_epoch),
+        custom_hooks=_custom_hooks(spec),
+        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                     dist_cfg=dict(backend="nccl")),
+        visualizer=dict(type="DetLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")]),
+        log_processor=dict(type="LogProcessor", window_size=max(1, min(50, iters_per_epoch)), by_epoch=True),
+        log_level="INFO",
+        randomness=dict(seed=spec.seed, deterministic=False),
+        load_from=None,
+        resume=False,
+        rgb2thermal=dict(classes=list(spec.classes), lr=lr, lr_rule="given" if spec.lr else "0.01 x batch / 64",
+                         iters_per_epoch=iters_per_epoch, train_images=train_stats.n_images,
+                         train_boxes=train_stats.n_boxes, validation=("val" if spec.val else "train (no val set)"),
+                         device=device, amp=amp),
+    )
+    return Config(cfg)
+
+
+def _base_config(spec: TrainSpec) -> Any:
+    """The base model's mmdet config (a bundled name or a file); InputError unless it is a
+    single-stage detector with ``model.bbox_head.num_classes``."""
     from detection.mmdet_utils import load_config, register_mmdet
 
     register_mmdet()
@@ -191,11 +241,13 @@ def build_config(spec: TrainSpec) -> Any:
     if "model" not in base or "bbox_head" not in base.model or "num_classes" not in base.model.bbox_head:
         raise InputError("base config has no model.bbox_head.num_classes", spec.base_model,
                          "use a single-stage detector config such as yolox_tiny_8xb8-300e_coco")
-    train_stats = check_dataset(spec.train, spec.classes, "train")
-    val_spec = spec.val or spec.train
-    if spec.val is not None:
-        check_dataset(spec.val, spec.classes, "val")
+    return base
 
+
+def _model(spec: TrainSpec, base: Any) -> dict:
+    """The model dict: the base model with ``len(spec.classes)`` head rows, the loss overrides, no
+    backbone pretrained ``init_cfg`` (weights come from ``load_from``), ``frozen_stages`` and no
+    batch augments (multi-scale resizing of YOLOX)."""
     model = copy.deepcopy(base.model.to_dict())
     head = model["bbox_head"]
     head["num_classes"] = len(spec.classes)
@@ -211,6 +263,13 @@ def build_config(spec: TrainSpec) -> Any:
     dp = model.get("data_preprocessor")
     if dp is not None and dp.get("batch_augments"):
         dp["batch_augments"] = None
+    return model
+
+
+def _optim_wrapper(spec: TrainSpec) -> tuple[dict, str, bool]:
+    """(optim_wrapper config, resolved device, amp). AMP defaults to on for CUDA; asked for on a CPU
+    it is an InputError. No weight decay on norms and biases; optional gradient clipping."""
+    from detection.detector import resolve_device
 
     device = resolve_device(spec.device)
     amp = spec.amp if spec.amp is not None else device.startswith("cuda")
@@ -225,18 +284,31 @@ def build_config(spec: TrainSpec) -> Any:
                          paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))
     if spec.grad_clip:
         optim_wrapper["clip_grad"] = dict(max_norm=spec.grad_clip, norm_type=2)
+    return optim_wrapper, device, amp
 
-    train_pipe, test_pipe = _pipelines(spec)
-    iters_per_epoch = math.ceil(train_stats.n_images / spec.batch_size)
+
+def _loader(spec: TrainSpec, ds: dict, shuffle: bool) -> dict:
     workers = spec.num_workers
+    return dict(batch_size=spec.batch_size, num_workers=workers, persistent_workers=workers > 0,
+                drop_last=False, sampler=dict(type="DefaultSampler", shuffle=shuffle), dataset=ds)
 
-    def loader(ds: dict, shuffle: bool) -> dict:
-        return dict(batch_size=spec.batch_size, num_workers=workers, persistent_workers=workers > 0,
-                    drop_last=False, sampler=dict(type="DefaultSampler", shuffle=shuffle), dataset=ds)
 
-    val_loader = loader(_dataset(val_spec, spec.classes, test_pipe, True), False)
-    evaluator = dict(type="CocoMetric", ann_file=str(val_spec.ann_file), metric="bbox", format_only=False,
-                     backend_args=None)
+def _default_hooks(iters_per_epoch: int) -> dict:
+    """mmengine's default hooks; checkpoints every epoch through the atomic file backend, keeping the
+    last one and the best by :data:`BEST_METRIC`."""
+    return dict(
+        timer=dict(type="IterTimerHook"),
+        logger=dict(type="LoggerHook", interval=max(1, min(50, iters_per_epoch))),
+        param_scheduler=dict(type="ParamSchedulerHook"),
+        checkpoint=dict(type="CheckpointHook", interval=1, by_epoch=True, max_keep_ckpts=1,
+                        save_best=BEST_METRIC, rule="greater", save_last=True,
+                        backend_args=dict(backend="rgb2thermal_atomic_local")),
+        sampler_seed=dict(type="DistSamplerSeedHook"),
+    )
+
+
+def _custom_hooks(spec: TrainSpec) -> list[dict]:
+    """Our hooks (:mod:`tasks.train_hooks`) plus EMA and early stopping when the spec asks for them."""
     custom_hooks: list[dict] = [dict(type="NonFiniteLossGuardHook", priority="VERY_HIGH"),
                                 dict(type="EpochSeedHook", seed=spec.seed, priority="VERY_HIGH")]
     if spec.freeze_bn:
@@ -248,45 +320,4 @@ def build_config(spec: TrainSpec) -> Any:
         custom_hooks.append(dict(type="EarlyStoppingHook", monitor=BEST_METRIC, rule="greater",
                                  patience=spec.early_stop_patience, min_delta=spec.early_stop_min_delta))
     custom_hooks.append(dict(type="ProgressHook", show_bar=spec.progress, priority="LOWEST"))
-
-    cfg = dict(
-        default_scope="mmdet",
-        custom_imports=dict(imports=["tasks.train_hooks", *(["detection.transforms"] if spec.erase_ignored else [])],
-                            allow_failed_imports=False),
-        model=model,
-        work_dir=str(spec.work_dir),
-        experiment_name=f"{Path(spec.work_dir).name}_{time.strftime('%Y%m%d_%H%M%S')}_{time.time_ns() % 10**9:09d}",
-        train_dataloader=loader(_dataset(spec.train, spec.classes, train_pipe, False), True),
-        val_dataloader=val_loader,
-        test_dataloader=copy.deepcopy(val_loader),
-        val_evaluator=evaluator,
-        test_evaluator=copy.deepcopy(evaluator),
-        train_cfg=dict(type="EpochBasedTrainLoop", max_epochs=spec.epochs, val_interval=spec.val_interval),
-        val_cfg=dict(type="ValLoop"),
-        test_cfg=dict(type="TestLoop"),
-        optim_wrapper=optim_wrapper,
-        param_scheduler=_schedulers(spec, iters_per_epoch),
-        default_hooks=dict(
-            timer=dict(type="IterTimerHook"),
-            logger=dict(type="LoggerHook", interval=max(1, min(50, iters_per_epoch))),
-            param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", interval=1, by_epoch=True, max_keep_ckpts=1,
-                            save_best=BEST_METRIC, rule="greater", save_last=True,
-                            backend_args=dict(backend="rgb2thermal_atomic_local")),
-            sampler_seed=dict(type="DistSamplerSeedHook"),
-        ),
-        custom_hooks=custom_hooks,
-        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-                     dist_cfg=dict(backend="nccl")),
-        visualizer=dict(type="DetLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")]),
-        log_processor=dict(type="LogProcessor", window_size=max(1, min(50, iters_per_epoch)), by_epoch=True),
-        log_level="INFO",
-        randomness=dict(seed=spec.seed, deterministic=False),
-        load_from=None,
-        resume=False,
-        rgb2thermal=dict(classes=list(spec.classes), lr=lr, lr_rule="given" if spec.lr else "0.01 x batch / 64",
-                         iters_per_epoch=iters_per_epoch, train_images=train_stats.n_images,
-                         train_boxes=train_stats.n_boxes, validation=("val" if spec.val else "train (no val set)"),
-                         device=device, amp=amp),
-    )
-    return Config(cfg)
+    return custom_hooks

@@ -1,32 +1,49 @@
-"""Imported by every flow module *before* ``prefect``: Prefect's telemetry off unless the user
-turned it on, and its console at WARNING, so a flow's console is as quiet as the CLI's.
+"""Settings and options the flow entry points share: Prefect's telemetry off unless the user turned
+it on, its console at WARNING (so a flow's console is as quiet as the CLI's), the common flow
+CLI options and the CLI's error policy.
 
-Why: a temporary Prefect server's telemetry heartbeat wrote a ``sqlite3.OperationalError:
+Why a function and not an import side effect: importing a module must not edit ``os.environ`` for
+the whole process (a library user, a test, another door importing ``flows.adapt`` for its flow
+object gets its environment untouched). Each entry point (``python -m flows.<name>``,
+``rgb2thermal serve``) calls :func:`apply_prefect_defaults` itself, *before* ``prefect`` is
+imported, because Prefect reads its settings at import time. ``setdefault`` keeps whatever the
+user set explicitly; ``-v`` on the flow CLIs (:func:`configure`) brings third-party output back.
+
+Why these values: a temporary Prefect server's telemetry heartbeat wrote a ``sqlite3.OperationalError:
 database is locked`` traceback before the first task, and per-task INFO lines drowned the
-pipeline's own progress. ``setdefault`` keeps whatever the user set explicitly; ``-v`` on the
-flow CLIs (:func:`core.console.configure_logging`) brings third-party output back.
+pipeline's own progress.
 """
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+import sys
+from collections.abc import Callable
 
-# The temporary server a flow starts when no PREFECT_API_URL is set gets 90 s instead of Prefect's
-# 20 s to come up: on a busy 2-core machine it was measured to miss 20 s and fail the whole run.
-# The temporary server's own log (``prefect.server``) at CRITICAL: when a short flow ends, its
-# services are cancelled while they flush events, and that printed a CancelledError traceback after
-# a successful run (seen in the full test suite). ``-v`` brings it back (:func:`configure`).
-for _key, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
-                     ("PREFECT_LOGGING_LEVEL", "WARNING"), ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"),
-                     ("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")):
-    os.environ.setdefault(_key, _value)
+from core.console import configure_logging
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+#: Environment defaults of a flow process. The temporary server a flow starts when no PREFECT_API_URL
+#: is set gets 90 s instead of Prefect's 20 s to come up: on a busy 2-core machine it was measured to
+#: miss 20 s and fail the whole run. The temporary server's own log (``prefect.server``) at CRITICAL:
+#: when a short flow ends, its services are cancelled while they flush events, and that printed a
+#: CancelledError traceback after a successful run (seen in the full test suite). ``-v`` brings it
+#: back (:func:`configure`).
+PREFECT_DEFAULTS: dict[str, str] = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90", "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
+}
 
-import logging  # noqa: E402
 
-from core.console import configure_logging  # noqa: E402
+def apply_prefect_defaults() -> None:
+    """Set :data:`PREFECT_DEFAULTS` in ``os.environ`` where the user has not set them.
+
+    For entry points only, and before ``prefect`` is imported (it reads these at import; called
+    later, the values reach only what reads the environment afterwards, such as the temporary
+    server's subprocess).
+    """
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def configure(verbose: int) -> None:
@@ -37,7 +54,7 @@ def configure(verbose: int) -> None:
         logging.getLogger("prefect.server").setLevel(logging.WARNING)
 
 
-__all__ = ["configure", "flow_parser", "run_cli"]
+__all__ = ["PREFECT_DEFAULTS", "apply_prefect_defaults", "configure", "flow_parser", "run_cli"]
 
 
 def run_cli(call: Callable[[], int], args: argparse.Namespace) -> int:

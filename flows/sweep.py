@@ -14,7 +14,10 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from flows import quiet  # before prefect: telemetry off, third-party noise down
+from flows import quiet
+
+if __name__ == "__main__":  # this module is the entry point: its settings, before prefect is imported
+    quiet.apply_prefect_defaults()
 
 from prefect import flow, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact

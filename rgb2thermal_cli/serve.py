@@ -137,6 +137,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from flows.quiet import apply_prefect_defaults
+
+    apply_prefect_defaults()        # an entry point: Prefect's quiet defaults, before prefect is imported
     check_loopback(args.allow_remote)
     dep = build_deployment(args.params, args.workspace, cron=args.cron, timezone=args.timezone, name=args.name,
                            metric=args.metric, min_improvement=args.min_improvement, decide_on=args.decide_on,

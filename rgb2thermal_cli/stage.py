@@ -189,13 +189,17 @@ def _warp_args(p: argparse.ArgumentParser) -> None:
                    help="drop warped boxes whose width or height is below this many thermal pixels (default 2)")
     p.add_argument("--min-visible-fraction", type=float, default=0.5,
                    help="drop warped boxes with less than this fraction of their area inside the thermal image (default 0.5)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where boxes are warped: cpu (numpy), cuda (kornia on the GPU) or auto (default): the GPU "
+                        "when this machine has one torch can use, else numpy. Same numbers either way")
 
 
 def _warp_run(args: argparse.Namespace) -> int:
     from tasks.warp import WarpParams, run_warp
 
     params = WarpParams.validated({"registry_dir": args.registry, "min_size": args.min_size,
-                                   "min_visible_fraction": args.min_visible_fraction}, **params_where("warp"))
+                                   "min_visible_fraction": args.min_visible_fraction, "device": args.device},
+                                  **params_where("warp"))
     print_report(run_warp(args.inp, args.out, params, index=args.index))
     return 0
 

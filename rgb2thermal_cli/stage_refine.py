@@ -15,7 +15,11 @@ def _refine_args(p: argparse.ArgumentParser) -> None:
     add_io_arguments(p, inp_help="COCO labels on the thermal images (output of 'stage warp')",
                      out_help="COCO refined labels: same images and ids; every box records "
                               "refine={method, score, iou_to_prompt, decision, reason, prompt_bbox}.",
-                     index="paired index JSON (optional): thermal image files are then taken from it by pair_id")
+                     index="paired index JSON (optional): thermal image files are then taken from it by pair_id",
+                     cache=False)
+    p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                   help="per-image cache folder (content-addressed; default: .cache/refine/ in --out's folder, "
+                        "never the current folder)")
     p.add_argument("--method", choices=["auto", "sam2", "classical", "none"], default="auto",
                    help="auto (default): SAM2 when --sam2-checkpoint is given, otherwise the classical Otsu refiner "
                         "with a loud WARNING and a 'fallbacks' entry in the report; sam2: fail without a checkpoint; "
@@ -50,6 +54,12 @@ def _refine_args(p: argparse.ArgumentParser) -> None:
                    help="folder that relative 'file_name's are resolved against (default: the COCO file's folder)")
 
 
+def refine_cache_default(out: Path) -> Path:
+    """``--cache-dir``'s default: ``.cache/refine`` beside the output file, so the cache follows the
+    data it was made for and never depends on the folder the command was started in."""
+    return Path(out).resolve().parent / ".cache" / "refine"
+
+
 def _refine_run(args: argparse.Namespace) -> int:
     from tasks.refine import RefineParams, run_refine
 
@@ -63,7 +73,8 @@ def _refine_run(args: argparse.Namespace) -> int:
               "use_cache": not args.no_cache, "image_root": str(args.image_root) if args.image_root else None,
               **thresholds}
     params = RefineParams.validated(values, **params_where("refine"))
-    print_report(run_refine(args.inp, args.out, params, index=args.index, cache_dir=args.cache_dir))
+    cache_dir = args.cache_dir if args.cache_dir is not None else refine_cache_default(args.out)
+    print_report(run_refine(args.inp, args.out, params, index=args.index, cache_dir=cache_dir))
     return 0
 
 

@@ -21,7 +21,9 @@ Cache: per image, content-addressed: key = image bytes' sha256 + refiner fingerp
 config + checkpoint hash, or the classical parameters) + the prompt boxes. The cached value is
 the refiner's *raw* output (new boxes + scores), before the policy, so changing
 ``min_iou``/thresholds/``on_reject`` re-runs no model. The cache is
-:class:`core.image_cache.ImageCache`; images are decoded by :mod:`core.images` (SAM2 gets
+:class:`core.image_cache.ImageCache` in the folder the caller names (``cache_dir``, required: the
+pipeline's cache root, or beside the output for ``rgb2thermal stage refine``; never a folder
+relative to wherever the process was started); images are decoded by :mod:`core.images` (SAM2 gets
 ``to_rgb_u8``, the classical refiner ``to_gray_u8``: 16-bit frames are stretched between their
 0.5/99.5 percentiles). Memory: images are decoded one batch at a
 time; only the COCO annotations are held for the whole dataset.
@@ -58,7 +60,6 @@ STAGE = "refine"
 #: Bumped whenever the cache key material, the entry format or its meaning changes
 #: (/3: ``core.image_cache`` entries, one ``core.images`` decoder).
 CACHE_SCHEMA = "rgb2thermal.refine-cache/3"
-DEFAULT_CACHE_DIR = Path(".cache/rgb2thermal") / STAGE
 
 
 class RefineParams(StageParams):
@@ -234,7 +235,7 @@ class _Run:
 
 
 def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None = None,
-               cache_dir: Path | None = None, sam2_refiner: Any = None, hash_memo: HashMemo | None = None) -> StageReport:
+               cache_dir: Path, sam2_refiner: Any = None, hash_memo: HashMemo | None = None) -> StageReport:
     """Refine the boxes of the thermal COCO file ``inp``; write ``out`` and ``<out>.report.json``.
 
     ``index`` (optional): a paired index; image files are then found by ``pair_id``.
@@ -255,7 +256,7 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
                          params=params.to_dict())
     if index is not None:
         report.inputs["index"] = str(index)
-    cache = ImageCache(Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR, CACHE_SCHEMA)
+    cache = ImageCache(Path(cache_dir), CACHE_SCHEMA)
 
     if params.method == "none":
         return _pass_through(ds, out, report, t0)

@@ -15,7 +15,7 @@ pixel columns ``c0..c1`` is ``x1=c0, x2=c1+1``.
 
 Checkpoints: sam2 1.1.0's ``build_sam2(config, ckpt)`` calls
 ``torch.load(ckpt, weights_only=True)["model"]`` with ``weights_only`` passed *explicitly*, so
-``core.compat.trusted_checkpoints`` cannot change it, and a checkpoint saved by SAM2's own
+no caller can change it, and a checkpoint saved by SAM2's own
 training code (optimizer state, meters and other pickled objects beside ``model``) fails with
 ``UnpicklingError``. So the model is built without weights and the state dict is loaded here:
 strict ``weights_only=True`` first (official checkpoints are plain tensors and load that way);

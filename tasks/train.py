@@ -181,6 +181,17 @@ def _prints_to_file(path: Path, active: bool) -> Iterator[None]:
         yield
 
 
+@dataclass
+class _Prepared:
+    """What :func:`_prepare_run` built: ``config.py``, the Runner's twin of that config, the
+    initial-weights record and the warnings so far."""
+
+    config_path: Path
+    runner_cfg: Any
+    weights: dict[str, Any]
+    warnings: list[str]
+
+
 def train(spec: TrainSpec) -> TrainResult:
     """Train per ``spec`` and return what was produced (see module docstring).
 
@@ -188,20 +199,44 @@ def train(spec: TrainSpec) -> TrainResult:
     unknown class mappings) before any training, and ``NonFiniteLossError`` at the first
     NaN/inf loss.
     """
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-
-    from core.compat import trusted_checkpoints
-    from detection.train_config import BEST_METRIC, build_config
-
     if spec.erase_ignored:
         import detection.transforms  # noqa: F401  (registers EraseIgnoredBoxes with mmdet's TRANSFORMS)
 
     _fresh_mmengine_logger(spec.work_dir)
-
     t_start = time.perf_counter()
     work_dir = Path(spec.work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
+    prep = _prepare_run(spec, work_dir)
+    t_build = time.perf_counter()
+    runner, progress = _run(prep.runner_cfg, work_dir)
+    t_train = time.perf_counter()
+    result = _record(spec, work_dir, prep, int(runner.epoch), progress)
+    iters = progress.iter_seconds
+    result.timings = {"total_s": round(time.perf_counter() - t_start, 3), "build_s": round(t_build - t_start, 3),
+                      "train_loop_s": round(t_train - t_build, 3), "iterations": len(iters),
+                      "train_iter_median_s": round(statistics.median(iters[1:] or iters), 4) if iters else None,
+                      "train_iter_first_s": round(iters[0], 4) if iters else None}
+    if spec.test is not None and result.slim_checkpoint is not None:
+        result.test_predictions = _predict_test(spec, prep.config_path, result.slim_checkpoint, work_dir)
+    atomic.write_json(work_dir / "train_result.json", result.to_json())
+    return result
+
+
+def _prepare_run(spec: TrainSpec, work_dir: Path) -> _Prepared:
+    """Build the config, prepare the initial weights or find the checkpoint to resume from, write
+    ``config.py``.
+
+    Which files are unpickled fully: only the checkpoint a resume continues from (this training's
+    own ``epoch_N.pth``, found by :func:`_find_last`), named to mmengine as
+    ``rgb2thermal-trusted://<path>`` (:func:`tasks.train_hooks.trusted_checkpoint_uri`). The initial
+    weights (``init_weights.pth``) are slim and load through mmengine's plain loader under torch's
+    strict ``weights_only`` default, like any other file.
+    """
+    from mmengine.config import Config
+
+    from detection.train_config import build_config
+    from tasks.train_hooks import trusted_checkpoint_uri
+
     cfg = build_config(spec)
     warnings: list[str] = []
     if spec.val is None:
@@ -219,25 +254,36 @@ def train(spec: TrainSpec) -> TrainResult:
         if not resuming:
             cfg.load_from = weights["init_weights"]
     if resuming:
+        assert last is not None
         cfg.resume = True
-        cfg.load_from = str(last)
+        cfg.load_from = trusted_checkpoint_uri(last)
         weights["resumed_from"] = str(last)
     config_path = atomic.write_text(work_dir / "config.py", cfg.pretty_text)
     # mmengine re-renders the config text on every checkpoint save and at start-up; with yapf
     # formatting that costs ~0.5-1.5 s each on CPU, so the Runner gets an unformatted twin.
     runner_cfg = Config(cfg.to_dict(), format_python_code=False)
     runner_cfg.log_level = _console_log_level()
-    t_build = time.perf_counter()
-    # only the one file this training loads is unpickled fully (its init weights or the checkpoint it
-    # resumes from); any other checkpoint keeps torch's strict weights_only default
-    with trusted_checkpoints(*([cfg.load_from] if cfg.load_from else [])), _prints_to_file(work_dir / "prints.log", runner_cfg.log_level != "INFO"):
+    return _Prepared(config_path=config_path, runner_cfg=runner_cfg, weights=weights, warnings=warnings)
+
+
+def _run(runner_cfg: Any, work_dir: Path) -> tuple[Any, ProgressHook]:
+    """Build the Runner from ``runner_cfg`` and train; returns the finished Runner and its ProgressHook."""
+    from mmengine.runner import Runner
+
+    with _prints_to_file(work_dir / "prints.log", runner_cfg.log_level != "INFO"):
         runner = Runner.from_cfg(runner_cfg)
         _log_file_at_info(runner)
         progress = next(h for h in runner.hooks if isinstance(h, ProgressHook))
         runner.train()
-    t_train = time.perf_counter()
-    epochs_run = int(runner.epoch)
-    stopped_early = epochs_run < spec.epochs
+    return runner, progress
+
+
+def _record(spec: TrainSpec, work_dir: Path, prep: _Prepared, epochs_run: int, progress: ProgressHook) -> TrainResult:
+    """Pick the best (else the last) checkpoint, write its slim copy, and gather the result
+    (``timings`` are filled in by the caller)."""
+    from detection.train_config import BEST_METRIC
+
+    warnings = list(prep.warnings)
     best = _find_best(work_dir)
     last = _find_last(work_dir)
     history = progress.val_history
@@ -252,21 +298,12 @@ def train(spec: TrainSpec) -> TrainResult:
         slim = write_slim(chosen, work_dir / SLIM_NAME,
                           {"classes": list(spec.classes), "config": "config.py", "source": chosen.name,
                            "spec_sha256": _spec_identity(spec)})
-    iters = progress.iter_seconds
-    timings = {"total_s": round(time.perf_counter() - t_start, 3), "build_s": round(t_build - t_start, 3),
-               "train_loop_s": round(t_train - t_build, 3), "iterations": len(iters),
-               "train_iter_median_s": round(statistics.median(iters[1:] or iters), 4) if iters else None,
-               "train_iter_first_s": round(iters[0], 4) if iters else None}
-    result = TrainResult(run_dir=work_dir, config_path=config_path, best_checkpoint=best, last_checkpoint=last,
-                         slim_checkpoint=slim,
-                         metrics={"best_metric": BEST_METRIC, "best": best_entry,
-                                  "last": history[-1] if history else None, "history": history},
-                         timings=timings, weights=weights, epochs_run=epochs_run, stopped_early=stopped_early,
-                         warnings=warnings)
-    if spec.test is not None and slim is not None:
-        result.test_predictions = _predict_test(spec, config_path, slim, work_dir)
-    atomic.write_json(work_dir / "train_result.json", result.to_json())
-    return result
+    return TrainResult(run_dir=work_dir, config_path=prep.config_path, best_checkpoint=best, last_checkpoint=last,
+                       slim_checkpoint=slim,
+                       metrics={"best_metric": BEST_METRIC, "best": best_entry,
+                                "last": history[-1] if history else None, "history": history},
+                       timings={}, weights=prep.weights, epochs_run=epochs_run, stopped_early=epochs_run < spec.epochs,
+                       warnings=warnings)
 
 
 def _spec_identity(spec: TrainSpec) -> str:

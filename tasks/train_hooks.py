@@ -12,7 +12,14 @@ written ``config.py`` names them and stays runnable with mmdet's own tools:
   etc. as fractions);
 - ``AtomicLocalBackend`` (file backend ``rgb2thermal_atomic_local``): mmengine's checkpoints
   written through ``core.atomic``, so a kill during ``epoch_*.pth`` / ``best_*.pth`` leaves the
-  previous file or none, never a truncated checkpoint that resume would read.
+  previous file or none, never a truncated checkpoint that resume would read;
+- ``TRUSTED_SCHEME`` (``rgb2thermal-trusted://<path>``): a checkpoint scheme in mmengine's
+  ``CheckpointLoader`` registry whose loader opens ``<path>`` with ``weights_only=False``. The
+  training gives the Runner ``load_from=trusted_checkpoint_uri(<its own epoch_N.pth>)`` to resume
+  (mmengine training checkpoints pickle more than tensors); any other path the Runner loads goes
+  through mmengine's plain local loader and torch's strict ``weights_only`` default. A registry
+  entry like the hooks', not a patch of ``torch.load``: trust is carried by the name of the file
+  being opened, so it cannot leak into a load in another thread.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from mmengine.fileio import register_backend
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+from mmengine.runner.checkpoint import CheckpointLoader
 
 from core import atomic
 from core.errors import InputError
@@ -32,6 +40,8 @@ from core.errors import InputError
 #: the file backend name the CheckpointHook is configured with (``detection.train_config``)
 ATOMIC_BACKEND = "rgb2thermal_atomic_local"
 VAL_HISTORY = "val_history.json"
+#: mmengine checkpoint scheme of a file the training trusts (see the module docstring)
+TRUSTED_SCHEME = "rgb2thermal-trusted://"
 
 
 class AtomicLocalBackend(LocalBackend):
@@ -51,6 +61,27 @@ class AtomicLocalBackend(LocalBackend):
 
 
 register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
+
+
+def trusted_checkpoint_uri(path: str | Path) -> str:
+    """``load_from`` value that makes mmengine unpickle ``path`` fully (resume from a training's own
+    checkpoint); only for files the training wrote or the user named."""
+    return TRUSTED_SCHEME + str(Path(path).resolve())
+
+
+def load_from_trusted_local(filename: str, map_location: Any = None) -> Any:
+    """mmengine ``CheckpointLoader`` loader of :data:`TRUSTED_SCHEME`: strip the scheme, open the file
+    with ``weights_only=False`` (:func:`core.compat.load_trusted_checkpoint`)."""
+    from core.compat import load_trusted_checkpoint
+
+    path = Path(filename[len(TRUSTED_SCHEME):]).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} can not be found.")
+    return load_trusted_checkpoint(path, map_location=map_location)
+
+
+# registered once, at import (as mmengine registers its own schemes); ``force`` keeps a re-import harmless
+CheckpointLoader.register_scheme(prefixes=TRUSTED_SCHEME, loader=load_from_trusted_local, force=True)
 
 
 class NonFiniteLossError(InputError):

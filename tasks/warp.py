@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,8 +52,10 @@ class WarpParams(StageParams):
       before any box is warped (``on_untrusted_homography: fail``) or is used with a WARNING
       recorded in the report's ``fallbacks`` (``warn``).
     - ``device``: ``cuda`` warps with kornia on the GPU (``registration.warp.warp_boxes_torch``),
-      ``cpu`` with numpy; ``auto`` takes the GPU only when torch is already loaded in this process
-      and sees one (importing torch costs more than warping 1M boxes on the CPU). Same numbers.
+      ``cpu`` with numpy; ``auto`` takes the GPU when this machine has one that torch can use
+      (``torch.cuda.is_available()``; torch is imported to ask), else numpy. The choice depends on
+      this parameter and the machine only, never on what else the process happened to import.
+      Same numbers either way (float64, ~1e-9 px).
     """
 
     registry_dir: Path | None = None
@@ -86,13 +87,19 @@ def _median_box_px(ds: dict, H: Any) -> float | None:
 
 
 def _box_warper(device: str) -> tuple[Callable[..., Any], str]:
-    """(warp function, device used): kornia on a GPU when asked for or already at hand, else numpy."""
+    """(warp function, device used) for ``WarpParams.device``: kornia on the GPU for ``cuda``, and for
+    ``auto`` when ``torch.cuda.is_available()`` on this machine; numpy otherwise (``cpu`` never
+    imports torch)."""
     from registration.warp import warp_boxes, warp_boxes_torch
 
-    torch = sys.modules.get("torch")
-    if device == "cuda" or (device == "auto" and torch is not None and torch.cuda.is_available()):
-        return functools.partial(warp_boxes_torch, device="cuda"), "cuda"
-    return warp_boxes, "cpu"
+    if device == "cpu":
+        return warp_boxes, "cpu"
+    if device == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            return warp_boxes, "cpu"
+    return functools.partial(warp_boxes_torch, device="cuda"), "cuda"
 
 
 def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = None) -> StageReport:

@@ -15,6 +15,10 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+from flows.quiet import apply_prefect_defaults  # noqa: E402
+
+apply_prefect_defaults()   # the test session is an entry point too: the flows' quiet defaults, before prefect
+
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

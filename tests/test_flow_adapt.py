@@ -118,15 +118,34 @@ def test_retries_only_for_transient_errors() -> None:
     assert transient(None, None, _State(InputError("bad value", "params pseudo", "fix it"))) is False
 
 
-def test_flow_module_turns_prefect_telemetry_off_unless_set(monkeypatch) -> None:
+def test_flow_entry_points_turn_prefect_telemetry_off_unless_set(monkeypatch) -> None:
+    """``apply_prefect_defaults`` sets the quiet defaults, keeping the user's own choice; importing
+    ``flows.quiet`` or a flow module changes no environment (only an entry point does, ``python -m
+    flows.adapt``, before prefect is imported, so Prefect's settings hold the values)."""
     import importlib
     import os
+    import subprocess
+    import sys
 
     import flows.quiet
 
-    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    for key in flows.quiet.PREFECT_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
     importlib.reload(flows.quiet)
-    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert not set(flows.quiet.PREFECT_DEFAULTS) & set(os.environ)         # importing sets nothing
+    flows.quiet.apply_prefect_defaults()
+    assert {k: os.environ[k] for k in flows.quiet.PREFECT_DEFAULTS} == flows.quiet.PREFECT_DEFAULTS
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")       # the user's own choice stays
-    importlib.reload(flows.quiet)
+    flows.quiet.apply_prefect_defaults()
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
+
+    env = {k: v for k, v in os.environ.items() if k not in flows.quiet.PREFECT_DEFAULTS}
+    show = ("from prefect.settings import get_current_settings as s; import os; "
+            "print(os.environ.get('PREFECT_SERVER_LOGGING_LEVEL'), s().logging.level)")
+    imported = subprocess.run([sys.executable, "-c", f"import flows.adapt; {show}"], env=env,
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert imported == ["None", "INFO"]
+    entry = ("import runpy, sys; sys.argv = ['flows.adapt', '--help']\ntry:\n    "
+             "runpy.run_module('flows.adapt', run_name='__main__')\nexcept SystemExit:\n    pass\n" + show)
+    ran = subprocess.run([sys.executable, "-c", entry], env=env, capture_output=True, text=True, check=True)
+    assert ran.stdout.split()[-2:] == ["CRITICAL", "WARNING"]

@@ -52,27 +52,29 @@ class _Rich:
         self.values = [1, 2, 3]
 
 
-def test_trusted_checkpoints_only_for_named_files(tmp_path: Path) -> None:
+def test_trusted_loading_is_per_call_and_rebinds_nothing(tmp_path: Path) -> None:
+    """``load_trusted_checkpoint(named)`` unpickles that one file fully; ``torch.load`` itself is never
+    replaced, so every other load (the same file included) keeps torch's strict default."""
     named, other = tmp_path / "named.pth", tmp_path / "other.pth"
     for p in (named, other):
         torch.save({"state_dict": {"w": torch.ones(2)}, "meta": {"hist": _Rich()}}, p)
+    original = torch.load
     with pytest.raises(Exception, match="Weights only load failed"):
         torch.load(named)
-    with compat.trusted_checkpoints(named):
-        assert torch.load(named)["meta"]["hist"].values == [1, 2, 3]
+    assert compat.load_trusted_checkpoint(named)["meta"]["hist"].values == [1, 2, 3]
+    assert torch.load is original
+    for p in (other, named):
         with pytest.raises(Exception, match="Weights only load failed"):
-            torch.load(other)
-    with pytest.raises(Exception, match="Weights only load failed"):
-        torch.load(named)
+            torch.load(p)
+    assert not hasattr(compat, "trusted_checkpoints")
 
 
-def test_trusted_directory_and_slim_checkpoint(tmp_path: Path) -> None:
+def test_slim_checkpoint_loads_under_the_strict_default(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     ckpt = run_dir / "epoch_1.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}, "meta": {"hist": _Rich(), "dataset_meta": {"classes": ("person", "car")}}}, ckpt)
-    with compat.trusted_checkpoints(run_dir):
-        full = torch.load(ckpt)
+    full = compat.load_trusted_checkpoint(ckpt)
     slim = tmp_path / "slim.pth"
     torch.save(compat.slim_checkpoint(full), slim)
     loaded = torch.load(slim)  # strict weights_only default

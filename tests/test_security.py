@@ -44,12 +44,15 @@ def _plant(path: Path, marker: Path) -> Path:
 
 
 def test_only_named_checkpoints_are_unpickled(tmp_path: Path) -> None:
-    """Inside ``trusted_checkpoints(named)`` the named file loads fully; a planted pickle beside it
-    (same folder, or reached through a symlink placed there) is refused under torch's strict default,
-    with torch's message saying why, and its payload does not run."""
+    """A file named as trusted loads fully, through ``read_checkpoint`` and through mmengine with the
+    training's trusted scheme; a planted pickle beside it (same folder, or reached through a symlink
+    placed there) is refused by every strict path (torch's default, mmengine's plain loader,
+    ``read_checkpoint(trusted=False)``), torch's message saying why, and its payload does not run.
+    The named file itself, loaded by a strict path, is refused too: trust is per call."""
     import torch
 
-    from core.compat import trusted_checkpoints
+    from core.compat import load_trusted_checkpoint
+    from detection.checkpoints import read_checkpoint
 
     named = tmp_path / "mine.pth"
     # a class outside torch's allow-list, like mmengine's HistoryBuffer in a training checkpoint
@@ -60,15 +63,24 @@ def test_only_named_checkpoints_are_unpickled(tmp_path: Path) -> None:
     elsewhere = _plant(tmp_path / "other" / "x.pth", marker)
     link = tmp_path / "link.pth"
     link.symlink_to(elsewhere)
-    with trusted_checkpoints(named):
-        assert torch.load(named, map_location="cpu")["meta"].n == 1
-        for f in (planted, link):
-            with pytest.raises(pickle.UnpicklingError, match="Weights only load failed") as ei:
-                torch.load(f, map_location="cpu")
-            assert "arbitrary code execution" in str(ei.value) or "trusted source" in str(ei.value)
+    assert load_trusted_checkpoint(named)["meta"].n == 1
+    assert read_checkpoint(named)["meta"].n == 1
+    for f in (planted, link, named):
+        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed") as ei:
+            torch.load(f, map_location="cpu")
+        assert "arbitrary code execution" in str(ei.value) or "trusted source" in str(ei.value)
+        with pytest.raises(InputError, match="refused to unpickle a checkpoint that was not named by you"):
+            read_checkpoint(f, trusted=False)
+    pytest.importorskip("mmengine")
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from tasks.train_hooks import trusted_checkpoint_uri
+
+    assert CheckpointLoader.load_checkpoint(trusted_checkpoint_uri(named), map_location="cpu")["meta"].n == 1
+    for f in (planted, link, named):
+        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+            CheckpointLoader.load_checkpoint(str(f), map_location="cpu")   # a Runner's plain load_from
     assert not marker.exists(), "a planted checkpoint was unpickled"
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(named, map_location="cpu")          # the trust ends with the block
 
 
 def test_training_resumes_only_from_its_own_checkpoint_files(tmp_path: Path) -> None:

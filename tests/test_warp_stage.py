@@ -155,19 +155,29 @@ def test_cli_pseudo_then_warp(tmp_path: Path, synth, capsys) -> None:
     assert "needs the paired index" in capsys.readouterr().err
 
 
-def test_box_warper_takes_kornia_only_on_a_gpu() -> None:
-    """``device=auto`` warps with numpy unless torch is loaded and sees a GPU (then kornia, same numbers)."""
+def test_box_warper_depends_on_the_parameter_and_the_machine_only() -> None:
+    """``cpu`` is numpy; ``auto`` is numpy here (no usable GPU in the tests: CUDA_VISIBLE_DEVICES is
+    empty) whether or not torch was imported before: in a fresh interpreter without torch, and in
+    this one, which has it; ``cuda`` is kornia."""
+    import subprocess
+    import sys
+
     import torch
 
     from registration.warp import warp_boxes
     from tasks.warp import _box_warper
 
-    fn, dev = _box_warper("cpu")
-    assert fn is warp_boxes and dev == "cpu"
-    fn, dev = _box_warper("auto")
-    assert dev == ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev == "cpu":
-        assert fn is warp_boxes
+    code = ("import sys; from tasks.warp import _box_warper; from registration.warp import warp_boxes; "
+            "assert 'torch' not in sys.modules; fn, dev = _box_warper('auto'); "
+            "print(dev, fn is warp_boxes); fn, dev = _box_warper('cpu'); print(dev, fn is warp_boxes, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["cpu", "True", "cpu", "True", "True"]
+    assert "torch" in sys.modules and not torch.cuda.is_available()
+    for device in ("cpu", "auto"):
+        fn, dev = _box_warper(device)
+        assert fn is warp_boxes and dev == "cpu"
+    fn, dev = _box_warper("cuda")
+    assert dev == "cuda" and fn.func.__name__ == "warp_boxes_torch" and fn.keywords == {"device": "cuda"}
 
 
 def test_untrusted_homography_stops_before_warp(tmp_path: Path, synth) -> None:
