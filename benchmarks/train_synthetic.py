@@ -105,7 +105,7 @@ def main() -> None:
     from data.synthetic import generate
     from core import atomic
     from core.coco import load_dataset
-    from detection.detector import load_detector, predict_dataset
+    from tasks.infer import InferParams, infer_results
     from tasks.evaluate import evaluate_runs, format_markdown
 
     torch.set_num_threads(args.threads)
@@ -128,8 +128,10 @@ def main() -> None:
     nano_note = f"shared nano teacher not found at {NANO}: transfer comparison skipped"
     if (NANO / "yolox_nano_coco.pth").is_file():
         nano_note = ""
-        teacher = load_detector(NANO / "yolox_nano_coco.py", NANO / "yolox_nano_coco.pth", device="cpu")
-        zero = predict_dataset(teacher, splits["test"], data / "rgb", progress=False)
+        teacher = InferParams(config=str(NANO / "yolox_nano_coco.py"), checkpoint=str(NANO / "yolox_nano_coco.pth"),
+                              device="cpu")
+        zero, _ = infer_results(splits["test"], work / "nano_zero_shot.infer.json", teacher,
+                                cache_dir=work / "cache" / "infer", image_root=data / "rgb")
         preds["nano-zero-shot"] = atomic.write_json(work / "nano_zero_shot.json", zero)
         common = dict(base_model=str(NANO / "yolox_nano_coco.py"), load_from=str(NANO / "yolox_nano_coco.pth"),
                       input_size=(320, 256), batch_size=8, epochs=args.finetune_epochs, lr=0.00125,

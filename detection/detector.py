@@ -1,4 +1,4 @@
-"""A loaded MMDetection detector, batched prediction, and COCO results at the edge.
+"""A loaded MMDetection detector and batched prediction of in-memory images.
 
 Why this module exists: every stage that runs a detector (RGB teacher inference, thermal
 student evaluation, ``rgb2thermal predict``) must load checkpoints the same safe way, feed
@@ -12,8 +12,12 @@ Conventions:
   trained on RGB-like input expect.
 - Output boxes are ``xyxy`` float pixels in the ORIGINAL image (the pipeline's resize and
   padding are undone by the model's ``rescale=True``), clipped to the image.
-- Labels are 0-based indices into ``Detector.classes``; COCO category ids appear only when
-  writing results (``detections_to_coco_results``).
+- Labels are 0-based indices into ``Detector.classes``; COCO category ids appear only in the
+  files the infer stage writes (``tasks.infer``), matched to a data set's categories by name
+  (:func:`label_map_by_name`).
+
+Running a detector over a data set (with its per-image cache and TTA) is ``tasks.infer``'s job,
+the only one: this module loads detectors and predicts one batch of in-memory images.
 
 ``mmdet``/``torch`` are imported inside functions so importing this module is cheap.
 """
@@ -29,10 +33,9 @@ from typing import Any
 import numpy as np
 
 from core import hashing
-from core.boxes import clip, xyxy_to_xywh
-from core.coco import validate_results
+from core.boxes import clip
 from core.errors import InputError
-from core.images import read_image, to_bgr_u8
+from core.images import to_bgr_u8
 from detection.checkpoints import checkpoint_classes, read_checkpoint, unreadable_checkpoint_error  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -104,7 +107,14 @@ def load_detector(config: str | os.PathLike[str], checkpoint: str | os.PathLike[
                   device: str = "auto", classes: Sequence[str] | None = None, *, trusted: bool = True) -> Detector:
     """Build the detector of ``config`` and load ``checkpoint`` into it (strictly).
 
-    ``config``: a path to an mmdet ``.py`` config or a bundled name (``yolox_tiny_8xb8-300e_coco``).
+    Args:
+        config: a path to an mmdet ``.py`` config or a bundled name (``yolox_tiny_8xb8-300e_coco``).
+        checkpoint: weights file, or None for random weights (marked in the fingerprint).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`resolve_device`).
+        classes: class names when neither the checkpoint nor the config names them.
+        trusted: unpickle the checkpoint in full (a file the user named); False keeps torch's strict
+            ``weights_only`` default (a file a pointer named, e.g. the nightly champion's archive).
+
     Class names come from the checkpoint's metadata, else ``classes``, else the config's
     dataset ``metainfo``; when both checkpoint and ``classes`` name classes they must agree.
     The head's ``num_classes`` is set to the number of classes. Missing or mismatched
@@ -112,7 +122,7 @@ def load_detector(config: str | os.PathLike[str], checkpoint: str | os.PathLike[
     """
     import torch
 
-    from detection.mmdet_utils import build_model, load_config
+    from detection.mmdet_utils import load_config
 
     try:
         cfg = load_config(config)
@@ -120,6 +130,21 @@ def load_detector(config: str | os.PathLike[str], checkpoint: str | os.PathLike[
         raise InputError(str(exc), str(config), "pass an mmdet config path or bundled config name") from None
     dev = resolve_device(device)
     ckpt = read_checkpoint(checkpoint, trusted=trusted) if checkpoint is not None else None
+    resolved = _resolve_classes(cfg, ckpt, classes, config, checkpoint)
+    model = _build(cfg, config, len(resolved), from_checkpoint=ckpt is not None)
+    if ckpt is not None:
+        _load_state_strict(model, ckpt["state_dict"], str(checkpoint))
+    fingerprint, description = _identity(cfg, model, config, checkpoint, resolved)
+    model.cfg = cfg
+    model.dataset_meta = {"classes": tuple(resolved)}
+    model.to(torch.device(dev)).eval()
+    return Detector(model=model, cfg=cfg, classes=tuple(resolved), device=dev,
+                    fingerprint=fingerprint, description=description)
+
+
+def _resolve_classes(cfg: Any, ckpt: Mapping[str, Any] | None, classes: Sequence[str] | None,
+                     config: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None) -> tuple[str, ...]:
+    """The detector's class names: the checkpoint's, else ``classes``, else the config's (they must agree)."""
     ck_classes = checkpoint_classes(ckpt) if ckpt is not None else None
     if classes is not None:
         classes = tuple(classes)
@@ -130,37 +155,43 @@ def load_detector(config: str | os.PathLike[str], checkpoint: str | os.PathLike[
     if not resolved:
         raise InputError("the detector's class names are unknown (not in the checkpoint, the config or the call)",
                          str(checkpoint or config), "pass classes=[...] (e.g. ['person', 'car'])")
+    return tuple(resolved)
+
+
+def _build(cfg: Any, config: str | os.PathLike[str], num_classes: int, *, from_checkpoint: bool) -> Any:
+    """The config's model with ``num_classes`` head outputs; weights initialised only when no
+    checkpoint follows (every weight then comes from the checkpoint), pretrained backbones never fetched."""
+    from detection.mmdet_utils import build_model
+
     head = cfg.model.get("bbox_head")
     if head is None or "num_classes" not in head:
         raise InputError("config has no model.bbox_head.num_classes (only single-stage heads are supported)",
                          str(config), "use a YOLOX/RetinaNet-style config")
-    head.num_classes = len(resolved)
+    head.num_classes = num_classes
     if "backbone" in cfg.model and "init_cfg" in cfg.model.backbone:
         cfg.model.backbone.init_cfg = None  # never fetch pretrained backbone weights at load time
-    if ckpt is not None:
-        from mmdet.registry import MODELS
+    if not from_checkpoint:
+        return build_model(cfg.model)
+    from mmdet.registry import MODELS
 
-        from detection.mmdet_utils import register_mmdet
+    from detection.mmdet_utils import register_mmdet
 
-        register_mmdet()
-        model = MODELS.build(cfg.model)  # no init_weights(): every weight comes from the checkpoint
-    else:
-        model = build_model(cfg.model)
-    if ckpt is not None:
-        _load_state_strict(model, ckpt["state_dict"], str(checkpoint))
-        fingerprint = hashing.json_sha256({"config": _prediction_config(cfg), "checkpoint": hashing.file_sha256(checkpoint)})
-        description = (f"{Path(str(config)).name} + {Path(checkpoint).name} "
-                       f"(sha256 {hashing.short(hashing.file_sha256(checkpoint), 12)}), classes {list(resolved)}")
-    else:
-        h = hashing.bytes_sha256(hashing.json_sha256(_prediction_config(cfg)).encode() + _state_bytes(model))
-        fingerprint = f"{RANDOM_INIT}:{h}"
-        description = f"{Path(str(config)).name} with RANDOM WEIGHTS (no checkpoint), classes {list(resolved)}"
-        log.warning("detector %s has random weights (no checkpoint given)", Path(str(config)).name)
-    model.cfg = cfg
-    model.dataset_meta = {"classes": tuple(resolved)}
-    model.to(torch.device(dev)).eval()
-    return Detector(model=model, cfg=cfg, classes=tuple(resolved), device=dev,
-                    fingerprint=fingerprint, description=description)
+    register_mmdet()
+    return MODELS.build(cfg.model)  # no init_weights(): every weight comes from the checkpoint
+
+
+def _identity(cfg: Any, model: Any, config: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None,
+              classes: tuple[str, ...]) -> tuple[str, str]:
+    """``(fingerprint, description)`` of a loaded detector (see :class:`Detector`)."""
+    if checkpoint is not None:
+        sha = hashing.file_sha256(checkpoint)
+        fingerprint = hashing.json_sha256({"config": _prediction_config(cfg), "checkpoint": sha})
+        return fingerprint, (f"{Path(str(config)).name} + {Path(checkpoint).name} "
+                             f"(sha256 {hashing.short(sha, 12)}), classes {list(classes)}")
+    h = hashing.bytes_sha256(hashing.json_sha256(_prediction_config(cfg)).encode() + _state_bytes(model))
+    log.warning("detector %s has random weights (no checkpoint given)", Path(str(config)).name)
+    return (f"{RANDOM_INIT}:{h}",
+            f"{Path(str(config)).name} with RANDOM WEIGHTS (no checkpoint), classes {list(classes)}")
 
 
 def _state_bytes(model: Any) -> bytes:
@@ -232,6 +263,19 @@ def test_pipeline_cfg(cfg: Any, input_size: tuple[int, int] | None = None) -> li
     return out
 
 
+def effective_test_size(detector: Detector, input_size: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """The test input ``(w, h)`` in pixels a detector runs at: ``input_size`` when given, else the
+    ``scale`` of its config's test ``Resize`` (None when the pipeline has none). Reported next to
+    every score, because a model scored at one size and used at another is not the model measured."""
+    if input_size is not None:
+        return int(input_size[0]), int(input_size[1])
+    for step in test_pipeline_cfg(detector.cfg):
+        if str(step["type"]).split(".")[-1] in ("Resize", "FixScaleResize") and step.get("scale") is not None:
+            scale = step["scale"]
+            return (int(scale), int(scale)) if isinstance(scale, (int, float)) else (int(scale[0]), int(scale[1]))
+    return None
+
+
 def _as_bgr3(img: np.ndarray, i: int) -> np.ndarray:
     """An in-memory image must already be 8-bit gray or BGR (other depths are not silently rescaled
     here: decode files with ``core.images``); gray is replicated by ``core.images.to_bgr_u8``."""
@@ -282,24 +326,6 @@ def predict_batch(detector: Detector, images: Sequence[np.ndarray],
     return out
 
 
-def detections_to_coco_results(dets: Detections, image_id: int, label_to_category_id: Mapping[int, int]) -> list[dict]:
-    """COCO results entries (``bbox`` xywh pixels) for one image.
-
-    Labels absent from ``label_to_category_id`` are dropped on purpose: that is how an
-    80-class COCO teacher is restricted to the target classes (e.g. ``{0: 1, 2: 2}`` keeps
-    person and car). Boxes with zero width or height are dropped (COCO cannot score them).
-    """
-    out = []
-    xywh = xyxy_to_xywh(dets.boxes)
-    for box, score, label in zip(xywh, dets.scores, dets.labels):
-        cat = label_to_category_id.get(int(label))
-        if cat is None or box[2] <= 0 or box[3] <= 0:
-            continue
-        out.append({"image_id": int(image_id), "category_id": int(cat),
-                    "bbox": [round(float(v), 3) for v in box], "score": round(float(score), 5)})
-    return validate_results(out, "detections_to_coco_results")
-
-
 def label_map_by_name(classes: Sequence[str], categories: Sequence[Mapping[str, Any]]) -> dict[int, int]:
     """``{detector label: COCO category id}`` matching class names to the dataset's categories.
 
@@ -312,39 +338,3 @@ def label_map_by_name(classes: Sequence[str], categories: Sequence[Mapping[str, 
         raise InputError(f"none of the detector's classes {list(classes)[:10]} is a category of the dataset "
                          f"{sorted(by_name)}", "label mapping", "use a detector trained for these classes")
     return mapping
-
-
-def predict_dataset(detector: Detector, ann_file: str | os.PathLike[str], image_root: str | os.PathLike[str],
-                    batch_size: int = 8, progress: bool = True) -> list[dict]:
-    """Run ``detector`` on every image of a COCO dataset; return a COCO results list.
-
-    Image ids and category ids are those of ``ann_file`` (matched by class name), so the
-    output can be scored against that file with ``rgb2thermal eval``. Images are decoded like
-    every stage decodes them (``core.images``: 8/16-bit, gray or colour; ``to_bgr_u8``), so a
-    detector is evaluated on the pixels it is fed by ``infer``.
-    """
-    from tqdm import tqdm
-
-    from core.coco import load_dataset, refuse_escaping_file_names
-
-    ds = load_dataset(ann_file)
-    root = Path(image_root)
-    refuse_escaping_file_names(ds, root, ann_file)
-    label_map = label_map_by_name(detector.classes, ds["categories"])
-    results: list[dict] = []
-    images = ds["images"]
-    bar = tqdm(total=len(images), desc="predict", unit="img", disable=not progress)
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        arrays = []
-        for im in chunk:
-            path = root / im["file_name"]
-            arr, err = read_image(path)
-            if arr is None:
-                raise InputError(f"image cannot be read: {err}", str(path), "check image_root and file_name")
-            arrays.append(to_bgr_u8(arr))
-        for im, dets in zip(chunk, predict_batch(detector, arrays)):
-            results.extend(detections_to_coco_results(dets, im["id"], label_map))
-        bar.update(len(chunk))
-    bar.close()
-    return validate_results(results, str(ann_file), ds)

@@ -160,36 +160,62 @@ def gt_fingerprint(gt: str | os.PathLike[str]) -> str:
     return f"sha256:{file_sha256(gt)}"
 
 
-def evaluate_model(model: dict[str, str], gt: str | os.PathLike[str], *, device: str = "cpu",
-                   batch_size: int = 8, name: str = "adapted") -> dict[str, Any]:
+def archive_cache_dir(model: dict[str, str]) -> Path:
+    """The infer cache of the workspace an archived model lives in (``<workspace>/cache/infer``, the
+    pipeline's default cache root): the archive is ``<workspace>/champion/<run_id>/<file>`` and holds a
+    byte copy of the run's files, so its fingerprint is the run's own and the frames its eval step
+    already scored are cache hits."""
+    return Path(model["checkpoint"]).resolve().parents[2] / "cache" / "infer"
+
+
+def evaluate_model(model: dict[str, str], gt: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str],
+                   infer: dict[str, Any] | None = None, device: str = "cpu", batch_size: int = 8,
+                   name: str = "adapted") -> dict[str, Any]:
     """Score an archived model on the thermal test ground truth ``gt`` (COCO; image paths absolute).
 
-    Returns ``{name: {<category>: {...}, "all": {...}}}`` shaped like a run record's metrics, so
-    :func:`decide` reads the champion's and the challenger's values on the *same* test set.
+    Args:
+        model: ``{"config", "checkpoint"}`` paths of the archived student.
+        gt: the test split's COCO ground truth.
+        cache_dir: the infer stage's per-image cache (see :func:`archive_cache_dir`).
+        infer: infer-section keys (``input_size``, ``tta``, ``min_score``...): run the model as the
+            pipeline's eval step runs it, i.e. as it pseudo-labels; None = the stage defaults.
+        device, batch_size: where and how many frames per forward pass (not in the cache key).
+        name: the model name of the returned metrics.
+
+    Returns:
+        ``{name: {<category>: {...}, "all": {...}}}`` shaped like a run record's metrics, so
+        :func:`decide` reads the champion's and the challenger's values on the *same* test set.
     """
     import tempfile
 
-    from detection.detector import load_detector, predict_dataset
+    from detection.detector import load_detector
     from tasks.evaluate import evaluate_runs
+    from tasks.infer import InferParams, infer_results
 
+    params = InferParams.validated({**(infer or {}), "config": model["config"], "checkpoint": model["checkpoint"],
+                                    "device": device, "batch_size": batch_size, "source": "thermal_student"},
+                                   "champion re-scoring")
     # the archive is a slim checkpoint: loaded under torch's strict default, since champion.json (not
     # the user) names it, so a planted pickle there is refused instead of unpickled
     det = load_detector(model["config"], model["checkpoint"], device=device, trusted=False)
-    preds = predict_dataset(det, gt, "/", batch_size=batch_size, progress=False)
     with tempfile.TemporaryDirectory(prefix="r2t-champion-") as tmp:
+        preds, _ = infer_results(Path(gt), Path(tmp) / "infer.json", params, cache_dir=Path(cache_dir), detector=det)
         pred_file = atomic.write_json(Path(tmp) / f"{name}.json", preds)
         (run,) = evaluate_runs(gt, {name: pred_file}).runs
     return {name: {**run.per_category, "all": run.overall}}
 
 
 def rescore(champion: Champion, gt: str | os.PathLike[str], metric: str, *, device: str = "cpu",
-            batch_size: int = 8) -> tuple[Champion, str]:
+            batch_size: int = 8, infer: dict[str, Any] | None = None,
+            cache_dir: str | os.PathLike[str] | None = None) -> tuple[Champion, str]:
     """The champion as measured on the test set ``gt``, and a note for the report.
 
     When the test set changed since the promotion (new data can add test frames), the archived
-    champion model is evaluated again so both models are compared on the same frames. Without an
-    archived model that is impossible: the stored value is used, logged at WARNING and noted.
-    A re-scored champion without a valid value (-1 from pycocotools) gets -1: any valid challenger wins.
+    champion model is evaluated again (through the infer stage, ``infer`` and ``cache_dir`` as in
+    :func:`evaluate_model`; default cache: :func:`archive_cache_dir`) so both models are compared on
+    the same frames. Without an archived model that is impossible: the stored value is used, logged
+    at WARNING and noted. A re-scored champion without a valid value (-1 from pycocotools) gets -1:
+    any valid challenger wins.
     """
     now_set = gt_fingerprint(gt)
     if champion.test_set == now_set:
@@ -200,7 +226,8 @@ def rescore(champion: Champion, gt: str | os.PathLike[str], metric: str, *, devi
                 "compared with its stored value (measured on a different test set)")
         log.warning(note)
         return champion, note
-    metrics = evaluate_model(model, gt, device=device, batch_size=batch_size, name=metric.split(".")[0])
+    metrics = evaluate_model(model, gt, cache_dir=cache_dir if cache_dir is not None else archive_cache_dir(model),
+                             infer=infer, device=device, batch_size=batch_size, name=metric.split(".")[0])
     value = metric_value(metrics, metric)
     return (Champion(run_id=champion.run_id, metric=champion.metric, value=-1.0 if value is None else value,
                      datasets=champion.datasets, promoted=champion.promoted, metrics=metrics, model=model,

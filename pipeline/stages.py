@@ -293,71 +293,59 @@ def _quality(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
 
 
 def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
-    from detection.detector import load_detector, predict_dataset
-    from tasks.evaluate import evaluate_runs, format_markdown
+    """Score each model column on the step's ground truth (``eval``: test split, ``val``: val split).
 
-    gt = ctx.input(step, "gt")
-    ev = ctx.params.eval
-    device = str(ctx.params.student.train.get("device", "auto"))
-    preds: dict[str, Path] = {}
-    notes = []
+    Every model runs through the infer stage (``tasks.infer.infer_results``) with the step cache
+    ``ctx.cache_dir("infer")``, so an unchanged model on unchanged frames is all cache hits, and with
+    the parameters it pseudo-labels with (the ``infer`` section merged with ``thermal_source.infer``:
+    test size, TTA, device, and ``min_score`` as the score floor; COCO AP wants low-score detections,
+    and that floor is kept below every pseudo-label threshold). Batch size: ``eval.batch_size``.
+    """
+    from tasks.compare import evaluate_models
+
+    gt, p = ctx.input(step, "gt"), ctx.params
+    preds, conditions, reports, notes = {}, {}, [], []
     for column in step.options["columns"]:
         model = model_of(ctx, ctx.input(step, f"model:{column}"))
         if model is None:                     # an optional model (the oracle without thermal labels)
             notes.append(f"column {column} left out: {atomic.read_json(ctx.input(step, f'model:{column}'))['absent']}")
             continue
-        config, ck = model
-        det = load_detector(config, ck, device=device)
-        preds[column] = atomic.write_json(out / f"predictions_{column}.json",
-                                          predict_dataset(det, gt, "/", batch_size=ev.batch_size, progress=False),
-                                          indent=None)
-    report = evaluate_runs(gt, preds)
-    metrics: dict[str, Any] = {r.name: {**r.per_category, "all": r.overall} for r in report.runs}
-    files = {"json": atomic.write_json(out / "eval.json", report.to_json()),
-             "metrics": atomic.write_json(out / "metrics.json", {
-                 name: {cat: {m: vals.get(m) for m in ev.metrics} for cat, vals in per.items()}
-                 for name, per in metrics.items()}),
-             **{f"predictions_{k}": v for k, v in preds.items()}}
-    md = format_markdown(report, ev.metrics)
-    comparison, extra = _comparison(step, gt, preds, out)
-    files.update(extra)
-    md += "\n" + comparison
-    decisions = _decisions(ctx, step, gt)
-    md += f"\n{decisions}\n"
-    files["table"] = atomic.write_text(out / "eval.md", md)
-    return StepOutput(files=files, info={"metrics": {**metrics, "table_markdown": md}, "notes": notes,
-                                         "decisions": decisions})
+        preds[column], rep = _predict_column(ctx, column, model, gt, out)
+        conditions[column] = {**rep.params, "skipped": len(rep.skipped_images)}
+        reports.append(rep)
+    ev = evaluate_models(gt, preds, out, p.eval.metrics, columns=step.options["columns"], conditions=conditions,
+                         describe=step.options.get("describe"), decisions=(decisions := _decisions(ctx, step, gt)))
+    skipped = [f"{c}: {n['skipped']} test frame(s) could not be read: scored as misses (see infer_{c}.json.report.json)"
+               for c, n in conditions.items() if n["skipped"]]
+    return StepOutput(files={**ev.files, **{f"predictions_{k}": v for k, v in preds.items()}},
+                      cache_hits=sum(r.cache_hits for r in reports), cache_misses=sum(r.cache_misses for r in reports),
+                      info={"metrics": {**ev.metrics, "table_markdown": ev.markdown}, "notes": notes,
+                            "decisions": decisions, "test_sizes": {k: c["test_size"] for k, c in conditions.items()},
+                            "fallbacks": list(dict.fromkeys(f for r in reports for f in r.fallbacks)) + skipped})
+
+
+def _predict_column(ctx: PipelineContext, column: str, model: tuple[str, str | None], gt: Path,
+                    out: Path) -> tuple[Path, Any]:
+    """One model's COCO results on ``gt`` through the infer stage, as it pseudo-labels (see :func:`_eval`)."""
+    from tasks.infer import infer_results
+
+    p = ctx.params
+    params = p.infer_params(*model, source="thermal_teacher" if column == "source_only" else "thermal_student",
+                            overrides={**p.thermal_source.infer, "batch_size": p.eval.batch_size})
+    results, rep = infer_results(gt, out / f"infer_{column}.json", params, cache_dir=ctx.cache_dir("infer"),
+                                 hash_memo=ctx.memo)
+    return atomic.write_json(out / f"predictions_{column}.json", results, indent=None), rep
 
 
 def _decisions(ctx: PipelineContext, step: Step, gt: Path) -> str:
     """One sentence for the report and the record: what this run's decisions were made on."""
-    d, n = ctx.params.data, len(atomic.read_json(gt)["images"])
-    if step.options.get("split") == "val":
-        return (f"Scored on the **val** split ({n} frames with thermal labels): best checkpoints, sweeps and nightly "
-                "promotion decide on these numbers.")
-    if d.has_val:
-        how = f"data.val_fraction={d.val_fraction} of the adapt pairs" if d.val_fraction else f"split '{d.val_split}'"
-        return (f"Decisions (best checkpoints, sweeps, nightly promotion) were made on the val split ({how}); "
-                f"the test split ({n} frames) is only reported.")
-    return (f"No val split: each student's best checkpoint was chosen on its own training labels, self-training ran "
-            f"the fixed {ctx.params.self_training.rounds} round(s) of params.yaml, and nothing was decided on the test "
-            f"split ({n} frames). Set data.val_fraction to decide on held-out thermal labels.")
+    from tasks.compare import decisions_sentence
 
-
-def _comparison(step: Step, gt: Path, preds: dict[str, Path], out: Path) -> tuple[str, dict[str, Path]]:
-    """The adaptation table (mAP_50 per class and day/night, gap closed) and the per-round plot."""
-    from tasks.compare import comparison_json, comparison_markdown, evaluate_grouped, plot_rounds, split_groups
-
-    gt_ds = atomic.read_json(gt)
-    grouped = evaluate_grouped(gt_ds, {k: atomic.read_json(v) for k, v in preds.items()})
-    rounds = [c for c in step.options["columns"] if c.startswith("round") and c in grouped] + ["adapted"]
-    sizes = {g: len(ds["images"]) for g, ds in split_groups(gt_ds).items()}
-    md = comparison_markdown(grouped, "mAP_50", describe=step.options.get("describe"), sizes=sizes)
-    files = {"comparison": atomic.write_json(out / "comparison.json", comparison_json(grouped, "mAP_50"))}
-    if "adapted" in grouped:
-        files["rounds_plot"] = plot_rounds(grouped, rounds, out / "rounds.png", "mAP_50")
-        md += "\n![mAP_50 per self-training round](rounds.png)\n"
-    return md, files
+    d = ctx.params.data
+    how = (f"data.val_fraction={d.val_fraction} of the adapt pairs" if d.val_fraction else f"split '{d.val_split}'"
+           ) if d.has_val else None
+    return decisions_sentence(on_val=step.options.get("split") == "val", n_frames=len(atomic.read_json(gt)["images"]),
+                              val_how=how, rounds=ctx.params.self_training.rounds)
 
 
 def _fuse(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:

@@ -43,8 +43,10 @@ class StageCommand(NamedTuple):
 
 
 def add_io_arguments(p: argparse.ArgumentParser, *, inp_help: str, out_help: str,
-                     index: str | None = None, cache: bool = True) -> None:
-    """The options every stage shares. ``index``: None = no ``--index``; else its help text."""
+                     index: str | None = None, cache: bool = True,
+                     cache_default: str = ".cache/rgb2thermal/<stage>/") -> None:
+    """The options every stage shares. ``index``: None = no ``--index``; else its help text;
+    ``cache_default``: where the stage puts its cache without ``--cache-dir`` (for the help)."""
     p.add_argument("--in", dest="inp", type=Path, required=True, metavar="COCO_JSON", help=inp_help)
     p.add_argument("--out", type=Path, required=True, metavar="COCO_JSON",
                    help=out_help + " The stage's JSON report is written beside it as <out>.report.json.")
@@ -52,7 +54,7 @@ def add_io_arguments(p: argparse.ArgumentParser, *, inp_help: str, out_help: str
         p.add_argument("--index", type=Path, default=None, metavar="INDEX_JSON", help=index)
     if cache:
         p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
-                       help="per-image cache folder (content-addressed; default .cache/rgb2thermal/<stage>/)")
+                       help=f"per-image cache folder (content-addressed; default {cache_default})")
 
 
 def print_report(report: StageReport) -> None:
@@ -106,7 +108,8 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
                                  "<name>.rgb_images.json or .thermal_images.json, or any COCO file); its annotations "
                                  "are ignored",
                      out_help="COCO output: same images, categories = the detector's classes, one annotation "
-                              "per detection with 'score' and 'source'.")
+                              "per detection with 'score' and 'source'.",
+                     cache_default="<folder of --out>/.cache/infer, never the current folder")
     p.add_argument("--config", required=True,
                    help="mmdet config file, or the name of a config bundled with mmdet (e.g. yolox_s_8xb8-300e_coco)")
     p.add_argument("--checkpoint", default=None,
@@ -132,7 +135,8 @@ def _infer_run(args: argparse.Namespace) -> int:
         {"config": args.config, "checkpoint": args.checkpoint, "device": args.device, "batch_size": args.batch_size,
          "min_score": args.min_score, "max_per_image": args.max_per_image, "source": args.source},
         **params_where("infer"))
-    print_report(run_infer(args.inp, args.out, params, cache_dir=args.cache_dir, image_root=args.image_root))
+    cache = args.cache_dir if args.cache_dir is not None else args.out.parent / ".cache" / "infer"
+    print_report(run_infer(args.inp, args.out, params, cache_dir=cache, image_root=args.image_root))
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 ORDER = 40
 
@@ -59,8 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("predict", help="run a detector on a COCO dataset's images and write COCO results JSON",
                        description="Load a detector (config + checkpoint, e.g. a run's config.py and best_slim.pth), "
-                                   "predict on every image of a COCO file and write COCO results (xywh boxes, image "
-                                   "and category ids of that file, classes matched by name) for `rgb2thermal eval`.")
+                                   "run it over every image of a COCO file with the infer stage (per-image cache; "
+                                   "unreadable frames are skipped and listed) and write COCO results (xywh boxes, "
+                                   "image and category ids of that file, classes matched by name) for "
+                                   "`rgb2thermal eval`. The infer stage's COCO output is kept beside --out "
+                                   "as <out>.infer.json.")
     q.add_argument("--config", required=True, help="mmdet config (.py path or bundled name)")
     q.add_argument("--checkpoint", required=True, help="checkpoint .pth (trusted: it is unpickled)")
     q.add_argument("--ann", required=True, metavar="COCO.json", help="dataset whose images to predict on")
@@ -68,6 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, metavar="RESULTS.json", help="where to write the COCO results list")
     q.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     q.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    q.add_argument("--min-score", type=float, default=0.05,
+                   help="detections below this score are not kept (default 0.05, the infer stage's)")
+    q.add_argument("--input-size", nargs=2, type=int, metavar=("W", "H"),
+                   help="test input size in pixels (default: the config's); score a model at the size you use it at")
+    q.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                   help="per-image inference cache (content-addressed; default <folder of --out>/.cache/infer)")
     q.set_defaults(func=run_predict)
 
 
@@ -113,12 +123,21 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    """The infer stage over the dataset's frames (cached per image under ``--cache-dir``, default
+    ``<folder of --out>/.cache/infer``), then its detections as COCO results for the dataset's categories."""
     from core import atomic
-    from detection.detector import load_detector, predict_dataset
+    from tasks.infer import InferParams, infer_results
 
-    det = load_detector(args.config, args.checkpoint, device=args.device)
-    results = predict_dataset(det, args.ann, args.images, batch_size=args.batch_size)
-    atomic.write_json(args.out, results)
-    print(json.dumps({"detector": det.description, "fingerprint": det.fingerprint, "detections": len(results),
-                      "out": args.out}, indent=2))
+    params = InferParams.validated({"config": args.config, "checkpoint": args.checkpoint, "device": args.device,
+                                    "batch_size": args.batch_size, "min_score": args.min_score,
+                                    **({"input_size": tuple(args.input_size)} if args.input_size else {})}, "predict")
+    out = Path(args.out)
+    cache = args.cache_dir if args.cache_dir is not None else out.parent / ".cache" / "infer"
+    results, rep = infer_results(Path(args.ann), out.with_name(out.stem + ".infer.json"), params, cache_dir=cache,
+                                 image_root=Path(args.images))
+    atomic.write_json(out, results)
+    print(json.dumps({"detector": rep.models["detector"], "fingerprint": rep.params["model_fingerprint"],
+                      "test_size": rep.params["test_size"], "detections": len(results), "out": str(out),
+                      "cache_hits": rep.cache_hits, "cache_misses": rep.cache_misses,
+                      "skipped_images": rep.skipped_images}, indent=2))
     return 0

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core import atomic
-from tasks.evaluate import DASH, evaluate
+from tasks.evaluate import DASH, evaluate, evaluate_runs, format_markdown
 from tasks.evaluate import _fmt as _fmt_digits
 
 ALL = "all"
@@ -164,3 +165,104 @@ def plot_rounds(grouped: Grouped, rounds: Sequence[str], out: Path, metric: str 
 
 def comparison_json(grouped: Grouped, metric: str = "mAP_50") -> dict[str, Any]:
     return {"metric_for_gap": metric, "by_group": grouped, "gap_closed": gap_table(grouped, metric)}
+
+
+def comparison_section(gt_ds: dict, predictions: Mapping[str, list[dict]], columns: Sequence[str], out: Path,
+                       describe: Mapping[str, str] | None = None) -> tuple[str, dict[str, Path]]:
+    """The adaptation table (mAP_50 per class and day/night, gap closed) as Markdown, its JSON file
+    ``<out>/comparison.json`` and, when an ``adapted`` model is present, the per-round plot
+    ``<out>/rounds.png`` (rounds: the ``round<k>`` columns in ``columns`` order, then ``adapted``)."""
+    grouped = evaluate_grouped(gt_ds, predictions)
+    sizes = {g: len(ds["images"]) for g, ds in split_groups(gt_ds).items()}
+    md = comparison_markdown(grouped, "mAP_50", describe=describe, sizes=sizes)
+    files = {"comparison": atomic.write_json(out / "comparison.json", comparison_json(grouped, "mAP_50"))}
+    if "adapted" in grouped:
+        rounds = [c for c in columns if c.startswith("round") and c in grouped] + ["adapted"]
+        files["rounds_plot"] = plot_rounds(grouped, rounds, out / "rounds.png", "mAP_50")
+        md += "\n![mAP_50 per self-training round](rounds.png)\n"
+    return md, files
+
+
+def inference_markdown(conditions: Mapping[str, Mapping[str, Any]]) -> str:
+    """One Markdown paragraph saying how each model was run: its test input size (``[w, h]`` pixels,
+    the size it is used at for pseudo-labelling), TTA views, the score floor and frames skipped.
+
+    ``conditions``: per model, an infer-stage report's ``params`` plus ``skipped`` (frames that could
+    not be read: they have no detections, so their ground-truth boxes count as misses)."""
+    def one(name: str, c: Mapping[str, Any]) -> str:
+        size = c.get("test_size")
+        views = [*c.get("tta", []), *(f"{w}x{h}" for w, h in c.get("tta_sizes", []))]
+        text = f"{name} {size[0]}x{size[1]}" if size else f"{name} (config's size)"
+        text += f" + TTA {', '.join(views)}" if views else ""
+        return text + (f", {c['skipped']} frame(s) unreadable" if c.get("skipped") else "")
+
+    if not conditions:
+        return ""
+    floor = {(c.get("min_score"), c.get("max_per_image")) for c in conditions.values()}
+    floors = "; ".join(f"score >= {s}, at most {m} per frame" for s, m in sorted(floor, key=str))
+    return ("Test input (w x h px, the size each model pseudo-labels at): "
+            + "; ".join(one(n, c) for n, c in conditions.items()) + f". Detections kept: {floors}.\n")
+
+
+def decisions_sentence(*, on_val: bool, n_frames: int, val_how: str | None, rounds: int) -> str:
+    """One sentence for the report and the record: what a run's decisions were made on.
+
+    Args:
+        on_val: these scores are on the val split (the ones decisions read).
+        n_frames: frames of the scored split.
+        val_how: how the run's val split is made (e.g. ``data.val_fraction=0.2 of the adapt pairs``),
+            None when the run has none.
+        rounds: the run's self-training rounds (fixed when there is no val split).
+    """
+    if on_val:
+        return (f"Scored on the **val** split ({n_frames} frames with thermal labels): best checkpoints, sweeps and "
+                "nightly promotion decide on these numbers.")
+    if val_how is not None:
+        return (f"Decisions (best checkpoints, sweeps, nightly promotion) were made on the val split ({val_how}); "
+                f"the test split ({n_frames} frames) is only reported.")
+    return (f"No val split: each student's best checkpoint was chosen on its own training labels, self-training ran "
+            f"the fixed {rounds} round(s) of params.yaml, and nothing was decided on the test "
+            f"split ({n_frames} frames). Set data.val_fraction to decide on held-out thermal labels.")
+
+
+@dataclass
+class ModelsEvaluation:
+    """What :func:`evaluate_models` wrote and measured.
+
+    ``files``: role -> path (``json``, ``metrics``, ``comparison``, ``rounds_plot``, ``table``);
+    ``metrics``: ``{model: {category or "all": {metric: value in [0, 1] or None}}}``;
+    ``markdown``: the whole report (main table, test conditions, adaptation table, decisions)."""
+
+    files: dict[str, Path]
+    metrics: dict[str, Any]
+    markdown: str
+
+
+def evaluate_models(gt: Path, predictions: Mapping[str, Path], out: Path, metrics: Sequence[str], *,
+                    columns: Sequence[str], conditions: Mapping[str, Mapping[str, Any]] | None = None,
+                    describe: Mapping[str, str] | None = None, decisions: str = "") -> ModelsEvaluation:
+    """Score every model's COCO results file on ground truth ``gt`` and write the evaluation under ``out``.
+
+    Args:
+        gt: COCO ground truth (boxes ``xywh`` pixels).
+        predictions: model name -> COCO results file for ``gt``'s images and categories.
+        out: folder for ``eval.json`` (every value), ``metrics.json`` (``metrics`` only),
+            ``comparison.json``/``rounds.png`` and ``eval.md``.
+        metrics: names of :data:`tasks.evaluate.METRICS` shown in the main table and ``metrics.json``.
+        columns: the models in table order (for the per-round plot).
+        conditions: per model, how it was run (:func:`inference_markdown`), stated under the table.
+        describe: per model, what it was trained on (row labels of the adaptation table).
+        decisions: one sentence on what the run's decisions were made on, appended.
+    """
+    report = evaluate_runs(gt, dict(predictions))
+    per = {r.name: {**r.per_category, "all": r.overall} for r in report.runs}
+    files = {"json": atomic.write_json(out / "eval.json", report.to_json()),
+             "metrics": atomic.write_json(out / "metrics.json", {
+                 name: {cat: {m: vals.get(m) for m in metrics} for cat, vals in p.items()} for name, p in per.items()})}
+    md = format_markdown(report, metrics) + "\n" + inference_markdown(conditions or {})
+    comparison, extra = comparison_section(atomic.read_json(gt), {k: atomic.read_json(v) for k, v in predictions.items()},
+                                           columns, out, describe)
+    files.update(extra)
+    md += "\n" + comparison + (f"\n{decisions}\n" if decisions else "")
+    files["table"] = atomic.write_text(out / "eval.md", md)
+    return ModelsEvaluation(files=files, metrics=per, markdown=md)

@@ -10,6 +10,16 @@ which makes a re-run after *adding* images infer only the new ones, and a later 
 pseudo-label threshold (stage ``pseudo``) infer nothing. Paths and mtimes are not in the key:
 renaming a dataset folder keeps the cache, editing an image in place invalidates it.
 
+The one inference path: this is the only code that runs a detector over a set of frames.
+Pseudo-labelling (``infer`` steps), evaluation (the pipeline's ``val``/``eval`` steps through
+:func:`infer_results`), the nightly champion's re-scoring, ``rgb2thermal predict`` and a
+training's test predictions all call it, so they share the cache, the decoder, TTA and the test
+size, and a model is scored with the parameters it is used with. Module layout: :func:`_lookup`
+(hash + cache look-up + decode of one frame), :func:`_flush` (one batch through the detector and
+its views), :func:`infer_frames` (the loop), :func:`_infer_coco` (COCO assembly),
+:func:`run_infer` (the stage), :func:`coco_results` / :func:`infer_results` (COCO results for a
+ground truth, what ``COCOeval`` scores).
+
 Nothing here assumes RGB: the same stage runs a teacher directly on thermal frames, tagged
 ``source="thermal_teacher"``. Images are decoded by :mod:`core.images` (``to_bgr_u8``: gray is
 replicated to 3 identical BGR channels, 16-bit frames are stretched between their 0.5/99.5
@@ -35,7 +45,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from core.coco import (annotations, categories_from_names, load_dataset, new_dataset, refuse_escaping_file_names,
-                       save_dataset)
+                       save_dataset, validate_results)
 from core.errors import InputError
 from core.hashing import HashMemo, sha256_read_once
 from core.image_cache import ImageCache
@@ -51,7 +61,6 @@ log = logging.getLogger(__name__)
 CACHE_SCHEMA = "rgb2thermal.infer-cache/2"
 Source = Literal["rgb_teacher", "thermal_teacher", "thermal_student"]
 SOURCES: tuple[str, ...] = get_args(Source)
-DEFAULT_CACHE_DIR = Path(".cache/rgb2thermal/infer")
 
 
 #: A test input side in pixels.
@@ -162,132 +171,214 @@ def resolve_image_path(file_name: str, root: Path) -> Path:
     return p if p.is_absolute() else root / p
 
 
-def run_infer(inp: Path, out: Path, params: InferParams, *, index: Path | None = None,
-              cache_dir: Path | None = None, image_root: Path | None = None, detector: Any = None,
-              hash_memo: HashMemo | None = None) -> StageReport:
-    """Run the detector over the images of COCO file ``inp``; write COCO detections to ``out``.
+def _lookup(path: Path, expected: tuple[int, int], cache: ImageCache, key_parts: dict[str, Any],
+            report: StageReport, hash_memo: HashMemo | None) -> _Result | tuple[np.ndarray, str] | None:
+    """One frame: its cached result, or its decoded BGR uint8 pixels and cache key (a miss), or
+    None when it cannot be used (missing, unreadable, or not the size its COCO entry says:
+    recorded in ``report.skipped_images``, the run goes on without it)."""
+    try:
+        sha, data = sha256_read_once(path, hash_memo)
+    except OSError as exc:
+        report.skip_image(path, read_error(exc))
+        return None
+    key = cache.key(image=sha, **key_parts)
+    entry = cache.get(key, _entry_ok)
+    if entry is not None:
+        if wrong := size_mismatch(entry["size"], expected):
+            report.skip_image(path, wrong)
+            return None
+        report.cache_hits += 1
+        return _Result.from_entry(entry)
+    decoded, err = read_image(path, data)
+    del data
+    if decoded is None:
+        report.skip_image(path, err)
+        return None
+    if wrong := size_mismatch((decoded.shape[1], decoded.shape[0]), expected):
+        report.skip_image(path, wrong)
+        return None
+    report.cache_misses += 1
+    return to_bgr_u8(decoded), key
 
-    Output: the same images (minus skipped ones), ``categories`` = the detector's classes with
-    1-based ids in detector class order, one annotation per stored detection with ``score``,
-    ``source`` and ``detector_label`` (0-based class index). Returns the stage report, which is
-    also written to ``<out>.report.json``. ``index`` is accepted for the common stage signature
-    and unused: the COCO file already names the images.
 
-    ``detector`` (optional): an already loaded ``detection.detector.Detector`` to use instead of
-    loading ``params.config``/``params.checkpoint``, so a flow or benchmark that infers several
-    files loads the model once (loading costs seconds). Its fingerprint keys the cache, so
-    results are shared with runs that load the same config + checkpoint.
+def _flush(detector: Any, pending: list[tuple[int, np.ndarray, str]], params: InferParams, cache: ImageCache,
+           results: dict[int, _Result]) -> None:
+    """Run the detector on the pending frames (one batch per view), fuse the views, keep what
+    ``params`` keeps, cache each frame's entry and store its result; empties ``pending``."""
+    from detection.detector import predict_batch
 
-    ``hash_memo`` (optional, :class:`core.hashing.HashMemo`): image hashes remembered by stat,
-    so a cached image whose file is unchanged is not even read (the pipeline passes its
-    workspace memo; 10k cached images then cost a stat and a cache read each).
+    if not pending:
+        return
+    imgs = [img for _, img, _ in pending]
+    views = [[(d.boxes, d.scores, d.labels)] for d in predict_batch(detector, imgs, params.input_size)]
+    if "flip" in params.tta:
+        for v, img, f in zip(views, imgs, predict_batch(detector, [hflip(i) for i in imgs], params.input_size)):
+            v.append((unflip_boxes(f.boxes, img.shape[1]), f.scores, f.labels))
+    for size in sorted({tuple(s) for s in params.tta_sizes}):
+        for v, d in zip(views, predict_batch(detector, imgs, size)):
+            v.append((d.boxes, d.scores, d.labels))
+    for (image_id, img, key), v in zip(pending, views):
+        boxes, scores, labels = v[0] if len(v) == 1 else fuse_views(v, img.shape[1], img.shape[0])
+        b, s, lab = _filter(boxes, scores, labels, params)
+        entry = _entry(b, s, lab, (img.shape[1], img.shape[0]))
+        cache.put(key, entry)
+        results[image_id] = _Result.from_entry(entry)
+    pending.clear()
+
+
+def infer_frames(images: list[dict], root: Path, params: InferParams, detector: Any, cache: ImageCache,
+                 report: StageReport, hash_memo: HashMemo | None = None) -> dict[int, _Result]:
+    """Detections of every usable frame of ``images`` (COCO image entries), by image id.
+
+    The one loop that runs a detector over frames: each frame is hashed, looked up in ``cache``
+    (key: image bytes + ``detector.fingerprint`` + ``params.cache_params()``), else decoded by
+    :mod:`core.images` and batched (``params.batch_size`` frames held at once). Frames that cannot
+    be used are skipped and recorded in ``report`` (counted in its cache hits/misses otherwise).
+    Raises InputError when not one of the files exists (a wrong image root, not bad frames).
     """
     from tqdm import tqdm
 
-    from detection.detector import RANDOM_INIT, load_detector, predict_batch
-
-    t0 = time.perf_counter()
-    inp, out = Path(inp), Path(out)
-    cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
-    cache = ImageCache(cache_dir, CACHE_SCHEMA)
-    root = Path(image_root) if image_root is not None else inp.parent
-    ds = load_dataset(inp)
-    refuse_escaping_file_names(ds, root, inp)      # before the detector loads: nothing read outside root
-    report = StageReport(stage="infer", inputs={"coco": str(inp)}, params=params.to_dict())
-    if index is not None:
-        report.inputs["index"] = str(index)
-
-    if detector is None:
-        detector = load_detector(params.config, params.checkpoint, params.device)
-    classes = tuple(detector.classes)
-    report.models["detector"] = detector.description
-    report.params["model_fingerprint"] = detector.fingerprint
-    report.params["cache_dir"] = str(cache_dir)
-    if str(detector.fingerprint).startswith(RANDOM_INIT):
-        msg = "no checkpoint given: the detector has RANDOM weights (its detections are meaningless)"
-        log.warning(msg)
-        report.fallbacks.append(msg)
-
+    key_parts = {"model": detector.fingerprint, "params": params.cache_params()}
     results: dict[int, _Result] = {}
     pending: list[tuple[int, np.ndarray, str]] = []
-    n_missing = 0
-
-    def flush() -> None:
-        if not pending:
-            return
-        imgs = [img for _, img, _ in pending]
-        views = [[(d.boxes, d.scores, d.labels)] for d in predict_batch(detector, imgs, params.input_size)]
-        if "flip" in params.tta:
-            for v, img, f in zip(views, imgs, predict_batch(detector, [hflip(i) for i in imgs], params.input_size)):
-                v.append((unflip_boxes(f.boxes, img.shape[1]), f.scores, f.labels))
-        for size in sorted({tuple(s) for s in params.tta_sizes}):
-            for v, d in zip(views, predict_batch(detector, imgs, size)):
-                v.append((d.boxes, d.scores, d.labels))
-        for (image_id, img, key), v in zip(pending, views):
-            boxes, scores, labels = v[0] if len(v) == 1 else fuse_views(v, img.shape[1], img.shape[0])
-            b, s, lab = _filter(boxes, scores, labels, params)
-            entry = _entry(b, s, lab, (img.shape[1], img.shape[0]))
-            cache.put(key, entry)
-            results[image_id] = _Result.from_entry(entry)
-        pending.clear()
-
-    for im in tqdm(ds["images"], desc="infer", unit="img", disable=None):
+    for im in tqdm(images, desc="infer", unit="img", disable=None):
         path = resolve_image_path(im["file_name"], root)
-        try:
-            sha, data = sha256_read_once(path, hash_memo)
-        except OSError as exc:
-            n_missing += isinstance(exc, FileNotFoundError)
-            report.skip_image(path, read_error(exc))
-            continue
-        expected = (im["width"], im["height"])
-        key = cache.key(image=sha, model=detector.fingerprint, params=params.cache_params())
-        entry = cache.get(key, _entry_ok)
-        if entry is not None:
-            if wrong := size_mismatch(entry["size"], expected):
-                report.skip_image(path, wrong)
-                continue
-            report.cache_hits += 1
-            results[im["id"]] = _Result.from_entry(entry)
-            continue
-        decoded, err = read_image(path, data)
-        del data
-        if decoded is None:
-            report.skip_image(path, err)
-            continue
-        if wrong := size_mismatch((decoded.shape[1], decoded.shape[0]), expected):
-            report.skip_image(path, wrong)
-            continue
-        report.cache_misses += 1
-        pending.append((im["id"], to_bgr_u8(decoded), key))
-        del decoded
-        if len(pending) >= params.batch_size:
-            flush()
-    flush()
-
-    if ds["images"] and n_missing == len(ds["images"]):
-        raise InputError(f"none of the {n_missing} images exist (first: {resolve_image_path(ds['images'][0]['file_name'], root)})",
-                         str(inp), "relative file_names are resolved against --image-root (default: the COCO file's folder)")
+        got = _lookup(path, (im["width"], im["height"]), cache, key_parts, report, hash_memo)
+        if isinstance(got, _Result):
+            results[im["id"]] = got
+        elif got is not None:
+            pending.append((im["id"], *got))
+            if len(pending) >= params.batch_size:
+                _flush(detector, pending, params, cache, results)
+    _flush(detector, pending, params, cache, results)
+    if images and not results and not any(resolve_image_path(im["file_name"], root).exists() for im in images):
+        first = resolve_image_path(images[0]["file_name"], root)
+        raise InputError(f"none of the {len(images)} images exist (first: {first})", str(root),
+                         "relative file_names are resolved against --image-root (default: the COCO file's folder)")
     for s in report.skipped_images:
         log.warning("skipped %s: %s", s["image"], s["reason"])
+    return results
 
-    images = [im for im in ds["images"] if im["id"] in results]
-    done = [results.pop(im["id"]) for im in images]
+
+def _infer_coco(images: list[dict], results: dict[int, _Result], detector: Any, params: InferParams) -> dict:
+    """The stage's COCO output: the inferred images in input order, one annotation per kept detection
+    (``xywh`` pixels, ``score``, ``source``, 0-based ``detector_label``), the detector's classes as
+    categories 1..K. No paths in ``info``: this file's content keys later steps."""
+    kept = [im for im in images if im["id"] in results]
+    done = [results[im["id"]] for im in kept]
     # one call for the whole data set: per image, the numpy conversions cost more than a cache read
     labels = np.concatenate([r.labels for r in done]) if done else np.zeros(0, np.int64)
     extras = [{"score": s, "detector_label": lab} for s, lab in
               zip(np.concatenate([r.scores for r in done]).tolist() if done else [], labels.tolist())]
-    anns = annotations(1, [im["id"] for im, r in zip(images, done) for _ in range(len(r.labels))],
+    anns = annotations(1, [im["id"] for im, r in zip(kept, done) for _ in range(len(r.labels))],
                        (labels + 1).tolist(), np.concatenate([r.boxes.reshape(-1, 4) for r in done]) if done
                        else np.zeros((0, 4)), extras, source=params.source)
     info = {"stage": "infer", "source": params.source, "detector": detector.description,
-            "model_fingerprint": detector.fingerprint}      # no paths: this file's content keys later steps
-    save_dataset(out, new_dataset(images, anns, categories_from_names(classes), info), indent=None)
+            "model_fingerprint": detector.fingerprint}
+    return new_dataset(kept, anns, categories_from_names(tuple(detector.classes)), info)
 
-    report.counts = {"images_in": len(ds["images"]), "images_out": len(images), "images_inferred": report.cache_misses,
-                     "images_cached": report.cache_hits, "images_skipped": len(report.skipped_images),
-                     "detections": len(anns)}
+
+def _start_report(inp: Path, params: InferParams, index: Path | None, cache_dir: Path, detector: Any) -> StageReport:
+    from detection.detector import RANDOM_INIT, effective_test_size
+
+    report = StageReport(stage="infer", inputs={"coco": str(inp)}, params=params.to_dict())
+    if index is not None:
+        report.inputs["index"] = str(index)
+    report.models["detector"] = detector.description
+    report.params["model_fingerprint"] = detector.fingerprint
+    report.params["cache_dir"] = str(cache_dir)
+    size = effective_test_size(detector, params.input_size)
+    report.params["test_size"] = list(size) if size is not None else None      # [w, h] pixels actually used
+    if str(detector.fingerprint).startswith(RANDOM_INIT):
+        msg = "no checkpoint given: the detector has RANDOM weights (its detections are meaningless)"
+        log.warning(msg)
+        report.fallbacks.append(msg)
+    return report
+
+
+def run_infer(inp: Path, out: Path, params: InferParams, *, cache_dir: Path, index: Path | None = None,
+              image_root: Path | None = None, detector: Any = None, hash_memo: HashMemo | None = None) -> StageReport:
+    """Run the detector over the images of COCO file ``inp``; write COCO detections to ``out``.
+
+    The only code that runs a detector over a data set: pseudo-labelling, the pipeline's ``val``
+    and ``eval`` steps, the nightly champion's re-scoring, ``rgb2thermal predict`` and a
+    training's test predictions all come here (eval through :func:`infer_results`).
+
+    Args:
+        inp: COCO file naming the frames (``file_name`` absolute, or relative to ``image_root``).
+        out: the output COCO file: the same images (minus skipped ones), ``categories`` = the
+            detector's classes with 1-based ids in detector class order, one annotation per kept
+            detection (``bbox`` xywh pixels rounded to 1e-3, ``score`` rounded to 1e-6,
+            ``source``, ``detector_label`` = 0-based class index).
+        params: how to run the detector (:class:`InferParams`).
+        cache_dir: the per-image cache folder (required: a default relative to the current folder
+            would put caches wherever a command happened to run).
+        index: accepted for the common stage signature and unused (the COCO file names the images).
+        image_root: folder of relative ``file_name``s; default the folder of ``inp``.
+        detector: an already loaded ``detection.detector.Detector`` used instead of loading
+            ``params.config``/``params.checkpoint`` (a flow that infers several files loads it once;
+            the champion loads its archive with ``trusted=False``). Its fingerprint keys the cache.
+        hash_memo: image hashes remembered by stat (:class:`core.hashing.HashMemo`), so an unchanged
+            cached frame is not even read.
+
+    Returns:
+        The stage report (also written to ``<out>.report.json``): cache hits/misses, skipped frames,
+        ``params.test_size`` = the ``[w, h]`` test input in pixels the detector ran at.
+    """
+    from detection.detector import load_detector
+
+    t0 = time.perf_counter()
+    inp, out, cache_dir = Path(inp), Path(out), Path(cache_dir)
+    root = Path(image_root) if image_root is not None else inp.parent
+    ds = load_dataset(inp)
+    refuse_escaping_file_names(ds, root, inp)      # before the detector loads: nothing read outside root
+    if detector is None:
+        detector = load_detector(params.config, params.checkpoint, params.device)
+    report = _start_report(inp, params, index, cache_dir, detector)
+    results = infer_frames(ds["images"], root, params, detector, ImageCache(cache_dir, CACHE_SCHEMA), report, hash_memo)
+    coco = _infer_coco(ds["images"], results, detector, params)
+    save_dataset(out, coco, indent=None)
+    report.counts = {"images_in": len(ds["images"]), "images_out": len(coco["images"]),
+                     "images_inferred": report.cache_misses, "images_cached": report.cache_hits,
+                     "images_skipped": len(report.skipped_images), "detections": len(coco["annotations"])}
     report.outputs = {"coco": str(out), "report": str(report_path(out))}
     report.seconds = round(time.perf_counter() - t0, 3)
     report.save(report_path(out))
     return report
 
+
+def coco_results(infer_coco: dict, gt: dict, where: str = "infer output") -> list[dict]:
+    """COCO *results* (what ``COCOeval`` scores) for ``gt``'s categories from an infer-stage output.
+
+    Categories are matched by class name (``detection.detector.label_map_by_name``): detector classes
+    that are no category of ``gt`` are dropped on purpose (an 80-class COCO teacher scored on
+    person/car). Boxes stay as the stage wrote them (``xywh`` pixels, 1e-3; scores 1e-6: one
+    rounding for every use); a box with zero width or height is dropped (COCO cannot score it).
+    Image ids are the stage's, i.e. ``gt``'s when the stage ran on ``gt``.
+    """
+    from detection.detector import label_map_by_name
+
+    classes = [c["name"] for c in sorted(infer_coco["categories"], key=lambda c: c["id"])]
+    label_map = label_map_by_name(classes, gt["categories"])
+    out = []
+    for a in infer_coco["annotations"]:
+        cat = label_map.get(int(a["detector_label"]))
+        if cat is None or a["bbox"][2] <= 0 or a["bbox"][3] <= 0:
+            continue
+        out.append({"image_id": int(a["image_id"]), "category_id": cat, "bbox": list(a["bbox"]),
+                    "score": float(a["score"])})
+    return validate_results(out, where, gt)
+
+
+def infer_results(gt: Path, out: Path, params: InferParams, *, cache_dir: Path, image_root: Path | None = None,
+                  detector: Any = None, hash_memo: HashMemo | None = None) -> tuple[list[dict], StageReport]:
+    """:func:`run_infer` over the frames of ground-truth file ``gt`` (its COCO output at ``out``),
+    and the COCO results for ``gt``'s categories (:func:`coco_results`), for ``tasks.evaluate``.
+
+    A frame that cannot be read is skipped and recorded in the report, as in every infer run: it
+    has no detections, so its ground-truth boxes count as misses (the score can only be lower,
+    never silently better); callers put ``report.skipped_images`` in their own record.
+    """
+    report = run_infer(gt, out, params, cache_dir=cache_dir, image_root=image_root, detector=detector,
+                       hash_memo=hash_memo)
+    return coco_results(load_dataset(out), load_dataset(gt), str(out)), report

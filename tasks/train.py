@@ -320,14 +320,24 @@ def _spec_identity(spec: TrainSpec) -> str:
 
 
 def _predict_test(spec: TrainSpec, config_path: Path, slim: Path, work_dir: Path) -> Path:
-    """Predict on the test set with the best model; write COCO results and the eval table."""
-    from detection.detector import load_detector, predict_dataset
+    """Predict on the test set with the best model through the infer stage (``tasks.infer``, the
+    one path that runs a detector over frames; per-image cache under ``<work_dir>/cache/infer``, the
+    config's test size, the stage's default score floor); write COCO results and the eval table.
+
+    Training itself reads frames with mmdet's ``LoadImageFromFile``, not ``core.images``: for the
+    8-bit BGR and gray files the pipeline writes both decode to the same pixels (``to_bgr_u8`` of
+    an 8-bit file is what ``cv2.IMREAD_COLOR`` gives), so a model is trained and scored on the same
+    input; 16-bit frames would differ (OpenCV's colour read divides them by 256, ``core.images``
+    stretches them between their 0.5/99.5 percentiles).
+    """
     from tasks.evaluate import evaluate_runs, write_report
+    from tasks.infer import InferParams, infer_results
 
     assert spec.test is not None
-    det = load_detector(config_path, slim, device=spec.device)
-    results = predict_dataset(det, spec.test.ann_file, spec.test.img_root, batch_size=spec.batch_size,
-                              progress=spec.progress)
+    params = InferParams.validated({"config": str(config_path), "checkpoint": str(slim), "device": spec.device,
+                                    "batch_size": spec.batch_size, "source": "thermal_student"}, "test predictions")
+    results, _ = infer_results(Path(spec.test.ann_file), work_dir / "infer_test.json", params,
+                               cache_dir=work_dir / "cache" / "infer", image_root=Path(spec.test.img_root))
     out = atomic.write_json(work_dir / "predictions_test.json", results)
     report = evaluate_runs(spec.test.ann_file, {work_dir.name: out})
     write_report(report, work_dir / "eval_test")

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from core.coco import load_dataset
 from core.errors import InputError
 
 pytest.importorskip("mmdet")
@@ -34,7 +37,7 @@ def test_save_load_predict(trained_run):
     import cv2
 
     from core.coco import load_dataset
-    from detection.detector import detections_to_coco_results, load_detector, predict_batch
+    from detection.detector import label_map_by_name, load_detector, predict_batch
 
     import torch
 
@@ -58,8 +61,7 @@ def test_save_load_predict(trained_run):
         assert (d.boxes[:, 0] >= 0).all() and (d.boxes[:, 2] <= w).all() and (d.boxes[:, 3] <= h).all()
         assert ((d.labels >= 0) & (d.labels < 2)).all()
     assert all(len(d) > 0 for d in dets)
-    res = detections_to_coco_results(dets[0], ds["images"][0]["id"], {0: 1, 1: 2})
-    assert res and all(r["bbox"][2] > 0 and r["category_id"] in (1, 2) for r in res)
+    assert label_map_by_name(det.classes, ds["categories"]) == {0: 1, 1: 2}
     # same weights, same config -> same fingerprint; a different checkpoint file -> a different one
     assert load_detector(result.config_path, result.slim_checkpoint, device="cpu").fingerprint == det.fingerprint
     if result.best_checkpoint is not None and result.best_checkpoint != result.last_checkpoint:
@@ -96,17 +98,21 @@ def test_gray_is_replicated_and_batch_equals_single(trained_run):
         predict_batch(det, [rgb.astype(np.float32)])
 
 
-def test_predict_dataset_decodes_16bit_and_gray_through_core_images(trained_run, tmp_path):
-    """``predict_dataset`` reads 16-bit and gray frames (it refused 16-bit before) exactly as
-    ``core.images.to_bgr_u8`` converts them: same results as on the 8-bit stretched copies."""
+def test_evaluation_decodes_16bit_and_gray_through_core_images(trained_run, tmp_path):
+    """Evaluation predictions (``tasks.infer.infer_results``, the infer stage) read 16-bit and gray
+    frames exactly as ``core.images.to_bgr_u8`` converts them: same results as on the 8-bit
+    stretched copies; an unreadable frame is skipped and listed in the report, the others scored."""
     import cv2
 
     from core.images import to_gray_u8
-    from detection.detector import load_detector, predict_dataset
+    from detection.detector import load_detector
+    from tasks.infer import InferParams, infer_results
 
     syn, result = trained_run
     det = load_detector(result.config_path, result.last_checkpoint, device="cpu")
     det.model.bbox_head.test_cfg["score_thr"] = 0.0
+    params = InferParams(config=str(result.config_path), checkpoint=str(result.last_checkpoint), device="cpu",
+                         min_score=0.0)
     ann = syn / "labels_thermal" / "coco.json"
     for depth in ("16", "8"):
         (tmp_path / depth).mkdir()
@@ -114,11 +120,18 @@ def test_predict_dataset_decodes_16bit_and_gray_through_core_images(trained_run,
         raw = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 5 + 9_000
         assert cv2.imwrite(str(tmp_path / "16" / png.name), raw)
         assert cv2.imwrite(str(tmp_path / "8" / png.name), to_gray_u8(raw))
-    wide = predict_dataset(det, ann, tmp_path / "16", progress=False)
-    assert wide and wide == predict_dataset(det, ann, tmp_path / "8", progress=False)
+
+    def run(depth: str, name: str):
+        return infer_results(ann, tmp_path / f"{name}.json", params, cache_dir=tmp_path / "cache",
+                             image_root=tmp_path / depth, detector=det)
+
+    wide, rep = run("16", "wide")
+    assert wide and wide == run("8", "narrow")[0] and rep.cache_misses == 4
     (tmp_path / "16" / png.name).write_bytes(b"")
-    with pytest.raises(InputError, match="cannot be read: corrupt"):
-        predict_dataset(det, ann, tmp_path / "16", progress=False)
+    rest, rep = run("16", "broken")
+    assert [(Path(s["image"]).name, s["reason"].startswith("corrupt")) for s in rep.skipped_images] == [(png.name, True)]
+    gone = next(im["id"] for im in load_dataset(ann)["images"] if im["file_name"].endswith(png.name))
+    assert rest == [r for r in wide if r["image_id"] != gone] and rep.cache_hits == 3
 
 
 def test_random_init_is_marked_and_mismatch_refused(trained_run):

@@ -193,14 +193,18 @@ def test_stage_inputs_cannot_climb_out_of_their_image_folder(tmp_path: Path) -> 
             run_refine(coco(name), tmp_path / "r.json",
                        RefineParams(method="classical", image_root=str(tmp_path / "images")), cache_dir=tmp_path / "c")
     assert not (tmp_path / "i.json").exists() and not (tmp_path / "r.json").exists()
-    # evaluation (predict_dataset) and training sets (check_dataset, before any training) refuse it too
+    # evaluation (the infer stage's infer_results, before the detector loads) and training sets
+    # (check_dataset, before any training) refuse it too
+    from tasks.infer import infer_results
+
+    with pytest.raises(InputError, match="climbs out of the image folder"):
+        infer_results(coco("../secret.png"), tmp_path / "e.json", InferParams(config="no-such-config.py", device="cpu"),
+                      cache_dir=tmp_path / "c", image_root=tmp_path / "images")
+    assert not (tmp_path / "e.json").exists()
     pytest.importorskip("mmdet")
-    from detection.detector import predict_dataset
     from detection.train_config import check_dataset
     from detection.train_spec import DatasetSpec
 
-    with pytest.raises(InputError, match="climbs out of the image folder"):
-        predict_dataset(None, coco("../secret.png"), tmp_path / "images")   # refused before the detector is used
     with pytest.raises(InputError, match="climbs out of the image folder"):
         check_dataset(DatasetSpec(ann_file=coco("../secret.png"), img_root=tmp_path / "images"), ["person"], "train")
     for ok in ("a.png", "sub/../a.png", str(secret)):
@@ -221,7 +225,8 @@ def test_the_champion_pointer_cannot_make_rescoring_unpickle_a_planted_file(tmp_
     marker = tmp_path / "PAYLOAD_RAN"
     planted = _plant(tmp_path / "best_slim.pth", marker)
     with pytest.raises(InputError, match="refused to unpickle a checkpoint that was not named by you") as ei:
-        evaluate_model({"config": "yolox_tiny_8xb8-300e_coco", "checkpoint": str(planted)}, tmp_path / "gt.json")
+        evaluate_model({"config": "yolox_tiny_8xb8-300e_coco", "checkpoint": str(planted)}, tmp_path / "gt.json",
+                       cache_dir=tmp_path / "cache")
     assert str(planted) in str(ei.value) and "weights_only" in str(ei.value)
     assert not marker.exists(), "rescoring unpickled a planted checkpoint"
     slim = tmp_path / "slim.pth"
