@@ -33,6 +33,17 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator
     ``fsync=False`` keeps the rename atomicity (readers never see a partial file) but skips the
     flush to disk: for bulk regenerable outputs (e.g. 10k synthetic images) where a per-file
     fsync would dominate the run time.
+
+    An ``OSError`` that names no file gets ``path`` as its ``filename``: the kernel reports a full disk
+    (``ENOSPC``), a quota or a file size limit (``EFBIG``) on ``write``/``fsync``, which name no file,
+    and the user must learn which output failed. The temporary is removed in every case.
+
+    Args:
+        path: the final file; its folder is created when missing.
+        fsync: flush the temporary to disk before the rename.
+
+    Yields:
+        The temporary path to write (it does not exist yet).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -44,11 +55,29 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator
             with open(tmp_path, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp_path, final)
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(final)
+        raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically: readers see the previous file or the whole new one.
+
+    Args:
+        path: the file to write.
+        data: its new content.
+        fsync: flush to disk before the rename (see :func:`atomic_path`).
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        OSError: the write failed (e.g. ``ENOSPC``); ``filename`` names ``path``, the previous file
+            is untouched and no temporary is left.
+    """
     with atomic_path(path, fsync=fsync) as tmp:
         tmp.write_bytes(data)
     return Path(path)

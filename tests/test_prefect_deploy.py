@@ -74,19 +74,24 @@ def _wait_final(client: Any, flow_run_id: Any, timeout: float, proc: subprocess.
     pytest.fail(f"flow run {flow_run_id} did not finish within {timeout} s (last state: {run.state})")
 
 
-def _stop(proc: subprocess.Popen, *, must_exit: bool = True) -> int | None:
-    """SIGINT (what Ctrl-C sends) and wait; kill the whole process group if it does not exit
-    (then fail, or return None when ``must_exit`` is False)."""
+def _stop(proc: subprocess.Popen, log: Path, timeout: float = 60) -> int:
+    """SIGINT (what Ctrl-C sends: the documented way to stop ``rgb2thermal serve``) and wait up to
+    ``timeout`` s for the exit code. A process still running then fails the test, after SIGABRT has
+    made it write every thread's stack into ``log`` (the process runs with PYTHONFAULTHANDLER=1), so
+    the failure shows what the shutdown waited on."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            return proc.wait(timeout=60)
+            return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            if must_exit:
-                pytest.fail("the process did not exit within 60 s of SIGINT")
-            return None
+            proc.send_signal(signal.SIGABRT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_group(proc)
+            pytest.fail(f"serve did not exit within {timeout:.0f} s of SIGINT; its log with the threads' stacks "
+                        f"(faulthandler, on SIGABRT):\n{log.read_text()[-12000:]}")
     return proc.returncode
 
 
@@ -214,7 +219,8 @@ def test_serve_loop_registers_the_schedule_and_runs_a_triggered_night(prefect_ha
         proc = subprocess.Popen(
             [str(BIN / "rgb2thermal"), "serve", "--params", str(params_file), "--workspace", str(ws),
              "--cron", "0 3 * * *", "--timezone", "Europe/Berlin", "--name", "nightly-test"],
-            cwd=tmp_path, env=_env(PREFECT_RUNNER_POLL_FREQUENCY="1"), stdout=fh, stderr=subprocess.STDOUT,
+            cwd=tmp_path, env=_env(PREFECT_RUNNER_POLL_FREQUENCY="1", PYTHONFAULTHANDLER="1"), stdout=fh,
+            stderr=subprocess.STDOUT,
             start_new_session=True)
     try:
         with get_client(sync_client=True) as client:
@@ -235,12 +241,7 @@ def test_serve_loop_registers_the_schedule_and_runs_a_triggered_night(prefect_ha
         assert final.state.is_completed(), f"{final.state}\n{log.read_text()}"
         (report,) = (ws / "nightly").glob("*.md")
         assert "no change" in report.read_text()
-        rc = _stop(proc, must_exit=False)
-        if rc is None:
-            # KNOWN DEFECT (docs/RELIABILITY.md): alone this serve loop stops on Ctrl-C in seconds; late in
-            # the full suite (2026-12-01, twice) it did not within 60 s. Registration, the schedule and the
-            # triggered night are checked above; the shutdown is reported as an expected failure, not hidden.
-            pytest.xfail("serve did not stop within 60 s of SIGINT late in the full suite (known, open)")
-        assert rc in (0, 130, -signal.SIGINT), log.read_text()
+        # Ctrl-C stops the loop: exit code 0 (Prefect's serve catches KeyboardInterrupt), 130 or -SIGINT
+        assert _stop(proc, log) in (0, 130, -signal.SIGINT), log.read_text()
     finally:
         _kill_group(proc)

@@ -3,9 +3,12 @@ and that no other test proved. Each test names its catalogue row in its docstrin
 
 Everything is small and CPU-only: generated paired scenes (``data.synthetic.generate``), a random-weight
 YOLOX-tiny at 128 px (``benchmarks.label_transfer_infer.make_tiny_detector``), the classical refiner,
-and pipeline runs that stop after the ``index`` step. Disk-full and read-only file systems are
-simulated by making the OS-level writes of the product raise the ``OSError`` the kernel would
-(``ENOSPC``, ``EROFS``); the writers themselves (``core.atomic``, ``torch.save``, the stages) run for real.
+and pipeline runs that stop after the ``index`` step. Failed writes reach the product's own writers
+(``core.atomic``, ``torch.save``, the stages), which always run for real: either the kernel really
+refuses the write (a child process under a file size limit, ``RLIMIT_FSIZE``: ``write`` fails with
+``EFBIG`` part-way through the file, as it fails with ``ENOSPC`` on a full disk), or, where the test
+needs the errno of a full disk or a read-only mount, the OS call (``os.fsync``, ``os.mkdir``, ``open``)
+raises the ``OSError`` the kernel would.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,28 +43,48 @@ def _leftover_temporaries(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob(".*.tmp"))
 
 
-def _enospc(path: object) -> OSError:
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-
-def _disk_full_writes(monkeypatch, only: str | None = None) -> list[str]:
-    """Make ``core.atomic.write_bytes`` (every JSON/text output of the product goes through it) fill the
-    disk half-way through writing its temporary file, for target paths containing ``only`` (all when None).
-    Returns the list of targets that failed."""
-    real_write_bytes = atomic.write_bytes
+def _fsync_fails(monkeypatch, code: int = errno.ENOSPC, under: Path | None = None) -> list[str]:
+    """Make ``os.fsync`` of files under ``under`` (all when None) fail with ``code``, as a disk that fills
+    up when the written data is flushed (ext4/XFS delayed allocation, NFS report ``ENOSPC`` at fsync).
+    The product's writers run for real up to that call. Returns the paths whose flush failed (the
+    atomic temporaries)."""
+    real_fsync = os.fsync
     failed: list[str] = []
 
-    def write_bytes(path, data, *, fsync=True):
-        if only is not None and only not in str(path):
-            return real_write_bytes(path, data, fsync=fsync)
-        with atomic.atomic_path(path, fsync=fsync) as tmp:
-            with open(tmp, "wb") as fh:
-                fh.write(data[: len(data) // 2])         # what fitted before the disk was full
-            failed.append(str(path))
-            raise _enospc(tmp)
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if under is not None and not path.startswith(str(under)):
+            return real_fsync(fd)
+        failed.append(path)
+        raise OSError(code, os.strerror(code))            # like the kernel's: no file name
 
-    monkeypatch.setattr(atomic, "write_bytes", write_bytes)
+    monkeypatch.setattr(os, "fsync", fsync)
     return failed
+
+
+def _under_file_size_limit(setup: str, calls: dict[str, str], limit_bytes: int) -> dict[str, dict]:
+    """Run each of ``calls`` (name -> Python expression) in a child Python after ``setup`` (imports, done
+    before the limit: they may write caches), with files limited to ``limit_bytes`` (``RLIMIT_FSIZE``).
+
+    The kernel then refuses every write past that size (``EFBIG``, with ``SIGXFSZ`` ignored so the
+    write fails instead of killing the process): a real write failure inside the product's writer.
+    Returns, per call, ``{"errno": int | None, "filename": str | None}`` (None: no OSError).
+    """
+    code = "\n".join([
+        "import errno, json, resource, signal, sys",
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)",
+        setup,
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_bytes}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))",
+        "out = {}",
+        *(f"try:\n    {expr}\n    out[{name!r}] = {{'errno': None, 'filename': None}}\n"
+          f"except OSError as exc:\n    out[{name!r}] = {{'errno': exc.errno, 'filename': exc.filename}}"
+          for name, expr in calls.items()),
+        "print(json.dumps(out))",
+    ])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------------------- fixtures
@@ -652,9 +677,34 @@ def test_truncated_or_garbage_index_registry_and_params_files_are_input_errors(s
 
 
 # --------------------------------------------------------------------------------------- disk full
-def test_disk_full_while_writing_a_stage_output_keeps_the_previous_output_whole(synth, tmp_path: Path,
-                                                                                monkeypatch) -> None:
-    """Row: disk full (ENOSPC) while writing an output: the stage fails with the OSError, the previous
+def test_a_write_the_kernel_refuses_keeps_the_previous_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    """Row: disk full while writing an output, at the writer itself: ``core.atomic.write_bytes`` /
+    ``write_json`` / ``write_text`` whose ``write`` the kernel refuses part-way (file size limit, EFBIG)
+    raise the OSError naming the target (not the temporary, and not no file at all as the kernel's
+    error does); the previous file stays byte-identical, a new file never appears, no temporary is
+    left, and a write that fits still succeeds in the same process."""
+    out = tmp_path / "out"
+    atomic.write_bytes(out / "a.bin", b"previous a\n")
+    atomic.write_json(out / "b.json", {"previous": "b"})
+    before = {name: (out / name).read_bytes() for name in ("a.bin", "b.json")}
+    results = _under_file_size_limit("from core import atomic", {
+        "bytes": f"atomic.write_bytes({str(out / 'a.bin')!r}, b'x' * 65536)",
+        "json": f"atomic.write_json({str(out / 'b.json')!r}, {{'values': list(range(20000))}})",
+        "text": f"atomic.write_text({str(out / 'c.txt')!r}, 'y' * 65536)",
+        "fits": f"atomic.write_text({str(out / 'd.txt')!r}, 'fits under the limit')",
+    }, limit_bytes=4096)
+    assert results == {"bytes": {"errno": errno.EFBIG, "filename": str(out / "a.bin")},
+                       "json": {"errno": errno.EFBIG, "filename": str(out / "b.json")},
+                       "text": {"errno": errno.EFBIG, "filename": str(out / "c.txt")},
+                       "fits": {"errno": None, "filename": None}}
+    assert {name: (out / name).read_bytes() for name in ("a.bin", "b.json")} == before
+    assert sorted(os.listdir(out)) == ["a.bin", "b.json", "d.txt"]          # no c.txt, no .*.tmp folder
+    assert (out / "d.txt").read_text() == "fits under the limit"
+
+
+def test_a_failed_write_of_a_stage_output_keeps_the_previous_output_whole(synth, tmp_path: Path) -> None:
+    """Row: disk full while writing a stage output: ``run_pseudo`` in a process whose writes the kernel
+    refuses past 1 KiB fails with the OSError naming its output (the first file it writes); the previous
     output and its report stay byte-identical, no temporary is left behind."""
     from tasks.pseudo import PseudoParams, run_pseudo
 
@@ -662,13 +712,13 @@ def test_disk_full_while_writing_a_stage_output_keeps_the_previous_output_whole(
     out = tmp_path / "out" / "pseudo.json"
     run_pseudo(src / "labels_rgb" / "coco.json", out, PseudoParams(score_threshold=0.5, histogram=False))
     before = out.read_bytes(), report_path(out).read_bytes()
-    failed = _disk_full_writes(monkeypatch)
-    with pytest.raises(OSError) as ei:
-        run_pseudo(src / "labels_rgb" / "coco.json", out, PseudoParams(score_threshold=0.9, histogram=False))
-    assert ei.value.errno == errno.ENOSPC and failed == [str(out)]
+    results = _under_file_size_limit(
+        "from tasks.pseudo import PseudoParams, run_pseudo",
+        {"pseudo": f"run_pseudo({str(src / 'labels_rgb' / 'coco.json')!r}, {str(out)!r}, "
+                   "PseudoParams(score_threshold=0.9, histogram=False))"}, limit_bytes=1024)
+    assert results == {"pseudo": {"errno": errno.EFBIG, "filename": str(out)}}
     assert (out.read_bytes(), report_path(out).read_bytes()) == before
-    assert _leftover_temporaries(tmp_path) == [] and sorted(os.listdir(out.parent)) == sorted(
-        [out.name, report_path(out).name])
+    assert sorted(os.listdir(out.parent)) == sorted([out.name, report_path(out).name])
 
 
 def test_disk_full_while_writing_a_checkpoint_leaves_no_partial_file(tiny, tmp_path: Path, monkeypatch) -> None:
@@ -683,13 +733,10 @@ def test_disk_full_while_writing_a_checkpoint_leaves_no_partial_file(tiny, tmp_p
     slim = write_slim(ckpt, tmp_path / "run" / "best_slim.pth", {"note": "first"})
     before = slim.read_bytes()
 
-    def fsync(fd):
-        raise _enospc(f"fd {fd}")
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    _fsync_fails(monkeypatch)
     with pytest.raises(OSError) as ei:
         write_slim(ckpt, slim, {"note": "second"})
-    assert ei.value.errno == errno.ENOSPC
+    assert ei.value.errno == errno.ENOSPC and ei.value.filename == str(slim)
     with pytest.raises(OSError):
         write_slim(ckpt, tmp_path / "run" / "other_slim.pth", {})
     monkeypatch.undo()
@@ -753,15 +800,19 @@ def test_disk_full_in_a_pipeline_step_fails_the_run_and_the_next_run_redoes_only
 
     p = _pipeline_params()
     ws = tmp_path / "ws"
-    failed = _disk_full_writes(monkeypatch, only=f"{os.sep}stages{os.sep}index{os.sep}versions")
+    versions = ws.resolve() / "stages" / "index" / "versions"
+    failed = _fsync_fails(monkeypatch, under=versions)
     with pytest.raises(OSError) as ei:
         run_pipeline(p, ws, until="index")
     assert ei.value.errno == errno.ENOSPC and len(failed) == 1
+    target = versions / Path(failed[0]).name          # the temporary holds the target's name
+    assert ei.value.filename == str(target)
     (rec,) = list_records(ws)
     assert rec.status == "failed" and rec.error.startswith("step index: OSError") and "No space left" in rec.error
+    assert str(target) in rec.error
     assert [s.name for s in rec.stages] == ["data"]
     assert (ws / "stages" / "data" / MARKER).is_file() and not (ws / "stages" / "index" / MARKER).exists()
-    assert not Path(failed[0]).exists() and _leftover_temporaries(ws) == []
+    assert not Path(failed[0]).exists() and not target.exists() and _leftover_temporaries(ws) == []
 
     monkeypatch.undo()
     again = run_pipeline(p, ws, until="index")
@@ -777,35 +828,38 @@ def test_disk_full_or_read_only_during_a_cli_command_is_one_line_and_exit_1(synt
     """Row: disk full / read-only file system during a CLI command: one line saying what, the errno
     name, the output path (the target, not the atomic temporary) and how to fix it (free space,
     another --workspace); exit 1 (the machine's state), not 2 (bad input); the traceback only with
-    -v. Other OSErrors are bugs and keep their traceback."""
+    -v. Other OSErrors are bugs and keep their traceback. The full disk fails the output's flush
+    (``os.fsync``, whose error names no file), the read-only folder the writer's temporary folder
+    (``os.mkdir``): the product's writer runs up to the failing OS call."""
     from rgb2thermal_cli.main import main
 
     src, _ = synth
     out = tmp_path / "out" / "pseudo.json"
-    error = {"code": code}
-
-    def write_bytes(path, data, *, fsync=True):
-        with atomic.atomic_path(path, fsync=fsync) as tmp:
-            raise OSError(error["code"], os.strerror(error["code"]), str(tmp))
-
-    monkeypatch.setattr(atomic, "write_bytes", write_bytes)
+    out.parent.mkdir()
     argv = ["stage", "pseudo", "--in", str(src / "labels_rgb" / "coco.json"), "--out", str(out), "--no-histogram"]
-    capsys.readouterr()
-    assert main(argv) == 1
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"error: {words} on {out}. Fix: ") and "--workspace" in lines[0]
-    assert ".tmp" not in lines[0] and "-v shows the traceback" in lines[0]
-    assert main(["-v", *argv]) == 1
-    err = capsys.readouterr().err
-    assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith(f"error: {words}")
-    assert not out.exists() and _leftover_temporaries(tmp_path) == []
+    for verbose in ([], ["-v"]):
+        if code == errno.ENOSPC:
+            _fsync_fails(monkeypatch, code)
+        else:
+            _refuse_writes_under(monkeypatch, out.parent, code)
+        capsys.readouterr()
+        assert main([*verbose, *argv]) == 1
+        monkeypatch.undo()
+        err = capsys.readouterr().err
+        if verbose:
+            assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith(f"error: {words}")
+            continue
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith(f"error: {words} on {out}. Fix: ") and "--workspace" in lines[0]
+        assert ".tmp" not in lines[0] and "-v shows the traceback" in lines[0]
+    assert os.listdir(out.parent) == []
 
-    error["code"] = errno.EIO                                    # not the environment's state: a bug to see
+    _fsync_fails(monkeypatch, errno.EIO)                         # not the environment's state: a bug to see
     with pytest.raises(OSError) as ei:
         main(argv)
-    assert ei.value.errno == errno.EIO
+    monkeypatch.undo()
+    assert ei.value.errno == errno.EIO and ei.value.filename == str(out) and os.listdir(out.parent) == []
 
 
 def test_torn_stage_marker_means_the_step_runs_again(tmp_path: Path) -> None:
