@@ -161,8 +161,9 @@ def gt_fingerprint(gt: str | os.PathLike[str]) -> str:
 
 
 def evaluate_model(model: dict[str, str], gt: str | os.PathLike[str], *, device: str = "cpu",
-                   batch_size: int = 8, name: str = "adapted") -> dict[str, Any]:
-    """Score an archived model on the thermal test ground truth ``gt`` (COCO; image paths absolute).
+                   batch_size: int = 8, name: str = "adapted", image_root: str | os.PathLike[str] = "/") -> dict[str, Any]:
+    """Score an archived model on the thermal test ground truth ``gt`` (COCO; relative image paths are
+    relative to ``image_root``: a pipeline workspace's index holds paths relative to the workspace).
 
     Returns ``{name: {<category>: {...}, "all": {...}}}`` shaped like a run record's metrics, so
     :func:`decide` reads the champion's and the challenger's values on the *same* test set.
@@ -175,7 +176,7 @@ def evaluate_model(model: dict[str, str], gt: str | os.PathLike[str], *, device:
     # the archive is a slim checkpoint: loaded under torch's strict default, since champion.json (not
     # the user) names it, so a planted pickle there is refused instead of unpickled
     det = load_detector(model["config"], model["checkpoint"], device=device, trusted=False)
-    preds = predict_dataset(det, gt, "/", batch_size=batch_size, progress=False)
+    preds = predict_dataset(det, gt, image_root, batch_size=batch_size, progress=False)
     with tempfile.TemporaryDirectory(prefix="r2t-champion-") as tmp:
         pred_file = atomic.write_json(Path(tmp) / f"{name}.json", preds)
         (run,) = evaluate_runs(gt, {name: pred_file}).runs
@@ -183,7 +184,7 @@ def evaluate_model(model: dict[str, str], gt: str | os.PathLike[str], *, device:
 
 
 def rescore(champion: Champion, gt: str | os.PathLike[str], metric: str, *, device: str = "cpu",
-            batch_size: int = 8) -> tuple[Champion, str]:
+            batch_size: int = 8, image_root: str | os.PathLike[str] = "/") -> tuple[Champion, str]:
     """The champion as measured on the test set ``gt``, and a note for the report.
 
     When the test set changed since the promotion (new data can add test frames), the archived
@@ -200,7 +201,8 @@ def rescore(champion: Champion, gt: str | os.PathLike[str], metric: str, *, devi
                 "compared with its stored value (measured on a different test set)")
         log.warning(note)
         return champion, note
-    metrics = evaluate_model(model, gt, device=device, batch_size=batch_size, name=metric.split(".")[0])
+    metrics = evaluate_model(model, gt, device=device, batch_size=batch_size, name=metric.split(".")[0],
+                             image_root=image_root)
     value = metric_value(metrics, metric)
     return (Champion(run_id=champion.run_id, metric=champion.metric, value=-1.0 if value is None else value,
                      datasets=champion.datasets, promoted=champion.promoted, metrics=metrics, model=model,

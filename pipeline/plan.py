@@ -48,7 +48,7 @@ def plan(params: PipelineParams) -> list[Step]:
              Step("index", "index", ("data",), needs=dict(datasets), retries=1)]
 
     if t.train is None:
-        ext = {"config": Path(t.config)} if t.config and Path(t.config).is_file() else {}
+        ext = {"config": Path(str(t.config))} if t.config_is_file else {}
         if t.checkpoint is not None:
             ext["checkpoint"] = t.checkpoint
         steps.append(Step("teacher", "model", ("teacher",), external=ext))
@@ -65,7 +65,7 @@ def plan(params: PipelineParams) -> list[Step]:
         steps.append(Step("pseudo", "pseudo", ("pseudo", "data"), needs={"predictions": Ref("infer", "coco")},
                           retries=1))
 
-    registry = params.warp.get("registry_dir")
+    registry = params.warp.registry_dir
     warp_needs = {"labels": Ref("index", "rgb_adapt") if rgb_labels else Ref("pseudo", "coco"),
                   "index": Ref("index", "index")}
     warp_ext: dict[str, Path] = {}
@@ -80,7 +80,7 @@ def plan(params: PipelineParams) -> list[Step]:
     steps.append(Step("warp", "warp", ("warp", "rgb_source") if rgb_labels else ("warp",), needs=warp_needs,
                       external=warp_ext, retries=1, options={"require_labels": True} if rgb_labels else {}))
 
-    sam2 = params.refine.get("sam2_checkpoint")
+    sam2 = params.refine.sam2_checkpoint
     steps.append(Step("refine", "refine", ("refine",), retries=1,
                       needs={"labels": Ref("warp", "coco"), "index": Ref("index", "index"), **datasets},
                       external={"sam2_checkpoint": Path(sam2)} if sam2 else {}))
