@@ -2,10 +2,11 @@
 functions in :mod:`tasks` (one implementation per stage; this module only wires files).
 
 A kind reads its inputs through ``ctx.input(step, role)`` (the upstream outputs its plan entry
-names) and writes only under its own stage folder. Models travel between steps as a small
-descriptor ``model.json`` (``config``, ``checkpoint``, ``checkpoint_sha256``; paths relative to
-the workspace when inside it), so "the teacher" of a step is whatever model its plan entry
-points at: the user's checkpoint, a trained teacher or a previous student.
+names) and writes only under its own stage folder; the work is in the data layer (:mod:`data.splits`,
+:mod:`data.synthetic_dataset`) and in :mod:`tasks` (a training step's spec:
+:mod:`tasks.train_spec_build`). Models travel between steps as descriptors (:mod:`pipeline.models`).
+Image paths in every index and COCO file a step writes are relative to the workspace
+(``ctx.image_root``); dataset roots are reached through ``datasets/<version>`` links.
 
 Boxes in every file are COCO ``xywh`` pixels (see :mod:`core.coco`); nothing is converted here.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from core import atomic
 from core.errors import InputError
+from pipeline.models import model_of, required_model, write_model
 from pipeline.step import PipelineContext, Step, StepOutput
 from pipeline.runs import content_fingerprint, dataset_fingerprint
 
@@ -80,40 +82,13 @@ def _index(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
 # ---------------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------------
-def _write_model(ctx: PipelineContext, out: Path, config: str, checkpoint: Path | None, source: str) -> tuple[Path, str]:
-    """Write ``model.json``; returns it and the model's fingerprint for the run record."""
-    sha = ctx.memo.sha256(checkpoint) if checkpoint is not None else None      # memo: the key hashed it already
-    cfg = ctx.rel(config) if Path(config).is_file() else config            # a bundled mmdet name stays a name
-    path = atomic.write_json(out / "model.json", {"config": cfg, "checkpoint": ctx.rel(checkpoint) if checkpoint else None,
-                                                  "checkpoint_sha256": sha, "source": source})
-    return path, f"sha256:{sha}" if sha else "random-init"
-
-
-def model_of(ctx: PipelineContext, descriptor: Path) -> tuple[str, str | None] | None:
-    """(config, checkpoint) of a ``model.json`` descriptor, absolute where they are files; None when
-    the descriptor says the model is absent (an optional step that had nothing to train on)."""
-    d = atomic.read_json(descriptor)
-    if "absent" in d:
-        return None
-    cfg = str(ctx.resolve(d["config"])) if d["config"].endswith(".py") else d["config"]
-    return cfg, (str(ctx.resolve(d["checkpoint"])) if d["checkpoint"] else None)
-
-
-def _required_model(ctx: PipelineContext, descriptor: Path) -> tuple[str, str | None]:
-    model = model_of(ctx, descriptor)
-    if model is None:
-        raise InputError(f"no model to use: {atomic.read_json(descriptor)['absent']}", str(descriptor),
-                         "provide the labels the step that makes this model needs")
-    return model
-
-
 def _model_step(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     """The user's detector (config + checkpoint), described for the steps that use it."""
     t = ctx.params.teacher
     assert t.config is not None
     ck = Path(t.checkpoint) if t.checkpoint is not None else None
     fallbacks = [] if ck else ["the teacher has no checkpoint: RANDOM weights (its pseudo-labels are meaningless)"]
-    model, fp = _write_model(ctx, out, t.config, ck, "user")
+    model, fp = write_model(ctx, out, t.config, ck, "user")
     return StepOutput(files={"model": model}, info={"models": {step.name: fp}, "fallbacks": fallbacks})
 
 
@@ -133,12 +108,12 @@ def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) ->
         ctx.params.train_fields(step.options["fields"]), classes=ctx.params.data.classes, labels=labels,
         image_root=ctx.image_root, work_dir=out / "train", resume=resume, has_ignored=ignored,
         val_labels=ctx.input(step, "val") if "val" in step.needs else None, where=f"params ({step.name})",
-        init=_required_model(ctx, ctx.input(step, "init"))[1] if "init" in step.needs else None)
+        init=required_model(ctx, ctx.input(step, "init"))[1] if "init" in step.needs else None)
     result = train(spec)
     if result.slim_checkpoint is None:
         raise RuntimeError(f"{step.name} training produced no checkpoint (see {result.run_dir})")
     ck = Path(result.slim_checkpoint)
-    model, fp = _write_model(ctx, out, str(result.config_path), ck, "trained")
+    model, fp = write_model(ctx, out, str(result.config_path), ck, "trained")
     return StepOutput(files={"model": model, "config": Path(result.config_path), "checkpoint": ck,
                              "train_result": Path(result.run_dir) / "train_result.json"},
                       info={"models": {step.name: fp}, "fallbacks": list(result.warnings),
@@ -161,7 +136,7 @@ def _from_report(rep: Any, files: dict[str, Path]) -> StepOutput:
 def _infer(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     from tasks.infer import run_infer
 
-    config, ck = _required_model(ctx, ctx.input(step, "model"))
+    config, ck = required_model(ctx, ctx.input(step, "model"))
     rep = run_infer(ctx.input(step, "images"), out / "infer.json",
                     ctx.params.infer_params(config, ck, source=step.options.get("source", "rgb_teacher"),
                                             overrides=step.options.get("params")),
