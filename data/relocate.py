@@ -10,11 +10,12 @@ workspace; its steps resolve them against the workspace (``image_root``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from core import atomic
+from data.index import PairedIndex, load_index
 #: The index files that hold paths: the index JSON and its COCO side files.
 _SIDE_KEYS = ("rgb_images", "thermal_images", "rgb_labels", "thermal_labels")
 
@@ -57,3 +58,27 @@ def relocate_index(index_path: Path, prefixes: Mapping[str, str]) -> Path:
             side = Path(index_path).parent / doc[key]
             atomic.write_json(side, _rewrite(atomic.read_json(side), ordered), indent=None)
     return index_path
+
+
+def build_relative_index(roots: Mapping[str, str], base: Path, out: Path, classes: Sequence[str]) -> PairedIndex:
+    """Index paired folders (:mod:`data.adapters.folder` layout) with every path relative to ``base``.
+
+    Args:
+        roots: dataset version -> its root folder, relative to ``base`` (a link there is kept as
+            given: the relative path names the link, not its target).
+        base: the folder paths are made relative to (the pipeline's workspace).
+        out: where the index is written: ``versions/<version>.json`` per version, and
+            ``index.json`` merging them when there are several.
+        classes: the target class names.
+
+    Returns:
+        The index as read back from its relocated file (pair paths relative to ``base``).
+    """
+    from data.adapters.folder import build_index
+    from data.merge import merge_indexes
+
+    built = [build_index(base / rel, version, out / "versions", classes=classes, progress=False)
+             for version, rel in roots.items()]
+    idx = merge_indexes(built, out / "index.json") if len(built) > 1 else built[0]
+    prefixes = {k: v for rel in roots.values() for k, v in root_prefixes(base / rel, rel).items()}
+    return load_index(relocate_index(Path(str(idx.path)), prefixes))

@@ -59,23 +59,15 @@ def _data(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
 
 
 def _index(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
-    """Index the roots and cut the splits (:func:`data.splits.split_datasets`). Every path in the
-    outputs is relative to the workspace (:func:`data.relocate.relocate_index`)."""
+    """Index the roots, paths relative to the workspace, and cut the splits (:mod:`data.splits`)."""
     from core.coco import save_dataset
-    from data.adapters.folder import build_index
-    from data.index import load_index
-    from data.merge import merge_indexes
-    from data.relocate import relocate_index, root_prefixes
+    from data.relocate import build_relative_index
     from data.splits import split_datasets
 
-    d = ctx.params.data
-    roots = atomic.read_json(ctx.input(step, "datasets"))
-    built = [build_index(ctx.resolve(info["path"]), version, out / "versions", classes=d.classes, progress=False)
-             for version, info in roots.items()]
-    idx = merge_indexes(built, out / "index.json") if len(built) > 1 else built[0]
-    prefixes = {k: v for info in roots.values() for k, v in root_prefixes(ctx.resolve(info["path"]), info["path"]).items()}
-    cut = split_datasets(load_index(relocate_index(Path(idx.path), prefixes)), d)
-    files = {"index": Path(idx.path), **{name: save_dataset(out / f"{name}.json", ds) for name, ds in cut.datasets.items()}}
+    roots = {v: info["path"] for v, info in atomic.read_json(ctx.input(step, "datasets")).items()}
+    idx = build_relative_index(roots, ctx.workspace, out, ctx.params.data.classes)
+    cut = split_datasets(idx, ctx.params.data)
+    files = {"index": Path(str(idx.path)), **{k: save_dataset(out / f"{k}.json", ds) for k, ds in cut.datasets.items()}}
     return StepOutput(files=files, info={"counts": cut.counts})
 
 
