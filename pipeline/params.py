@@ -71,9 +71,14 @@ _STAGE_SECTIONS: dict[str, tuple[type[StageParams], tuple[str, ...], dict[str, A
 }
 
 
-def _set(section: BaseModel) -> dict[str, Any]:
-    """The values the user set in a section (the stage class supplies the defaults)."""
-    return section.model_dump(exclude_unset=True)
+def set_values(section: BaseModel | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The values the user set in a section (the stage class supplies the defaults), as plain JSON
+    values: what a step's options hold and what is merged over another section."""
+    if section is None:
+        return {}
+    if isinstance(section, BaseModel):
+        return section.model_dump(mode="json", exclude_unset=True)
+    return dict(section)
 
 
 def _check_stage_sections(data: Mapping[str, Any]) -> None:
@@ -212,8 +217,8 @@ class ThermalSourceSection(_Strict):
     source (keys of ``infer``, e.g. ``tta: [flip]``), merged over the ``infer`` section."""
 
     enabled: bool = False
-    pseudo: dict[str, Any] = Field(default_factory=dict)
-    infer: dict[str, Any] = Field(default_factory=dict)
+    pseudo: PseudoSection = Field(default_factory=PseudoSection)
+    infer: InferSection = Field(default_factory=InferSection)
 
 
 class SelfTrainingSection(_Strict):
@@ -227,11 +232,12 @@ class SelfTrainingSection(_Strict):
 
     rounds: int = Field(default=1, ge=1, le=10)
     init: Literal["teacher", "previous"] = "teacher"
-    pseudo: dict[str, Any] = Field(default_factory=dict)
+    pseudo: PseudoSection = Field(default_factory=PseudoSection)
 
-    def round_pseudo(self, thermal: Mapping[str, Any]) -> dict[str, Any]:
-        """The pseudo-label overrides of a student's round (``thermal``: ``thermal_source.pseudo``)."""
-        return {**thermal, **self.pseudo}
+    def round_pseudo(self, thermal: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+        """The pseudo-label overrides of a student's round (``thermal``: ``thermal_source.pseudo``):
+        the keys set in either, this section's winning, as plain JSON values."""
+        return {**set_values(thermal), **set_values(self.pseudo)}
 
 
 class PipelineParams(_Strict):
@@ -255,27 +261,27 @@ class PipelineParams(_Strict):
     # merged over the section and validated exactly like it (errors still name ``section.key``).
     def infer_params(self, config: str, checkpoint: str | None, source: str = "rgb_teacher",
                      overrides: Mapping[str, Any] | None = None) -> InferParams:
-        return _stage_params(InferParams, "infer", _set(self.infer), overrides, _INFER_PIPELINE_FIELDS,
+        return _stage_params(InferParams, "infer", set_values(self.infer), overrides, _INFER_PIPELINE_FIELDS,
                              config=config, checkpoint=checkpoint, source=source)
 
     def pseudo_params(self, overrides: Mapping[str, Any] | None = None) -> PseudoParams:
-        return _stage_params(PseudoParams, "pseudo", _set(self.pseudo), overrides, _PSEUDO_PIPELINE_FIELDS,
+        return _stage_params(PseudoParams, "pseudo", set_values(self.pseudo), overrides, _PSEUDO_PIPELINE_FIELDS,
                              target_classes=tuple(self.data.classes))
 
     def warp_params(self, default_registry: Path | None, overrides: Mapping[str, Any] | None = None) -> WarpParams:
         """``warp.registry_dir`` is the user's to set; unset (or null) it is ``default_registry``."""
-        values = _merged(_set(self.warp), overrides, "warp")
+        values = _merged(set_values(self.warp), overrides, "warp")
         if values.get("registry_dir") is None:
             values["registry_dir"] = default_registry
         return _stage_params(WarpParams, "warp", values, None, ())
 
     def refine_params(self, overrides: Mapping[str, Any] | None = None, image_root: Path | None = None) -> RefineParams:
         """``image_root``: the folder the pipeline's image paths are relative to (its workspace)."""
-        return _stage_params(RefineParams, "refine", _set(self.refine), overrides, _REFINE_PIPELINE_FIELDS,
+        return _stage_params(RefineParams, "refine", set_values(self.refine), overrides, _REFINE_PIPELINE_FIELDS,
                              image_root=str(image_root) if image_root is not None else None)
 
     def fuse_params(self, overrides: Mapping[str, Any] | None = None) -> FuseParams:
-        return _stage_params(FuseParams, "fuse", _set(self.fuse), overrides, ())
+        return _stage_params(FuseParams, "fuse", set_values(self.fuse), overrides, ())
 
     def train_fields(self, role: Literal["teacher", "student"]) -> TrainFields:
         """The training section of ``role``; a student's ``base_model`` defaults to the teacher's
@@ -350,7 +356,9 @@ def _without_paths(dump: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _merged(section: Mapping[str, Any], overrides: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+def _merged(section: Mapping[str, Any], overrides: Mapping[str, Any] | BaseModel | None, where: str) -> dict[str, Any]:
+    if isinstance(overrides, BaseModel):
+        overrides = set_values(overrides)
     if overrides is not None and not isinstance(overrides, Mapping):
         raise InputError(f"parameter overrides for '{where}' must be a mapping of keys to values, got {overrides!r}",
                          f"params {where}", f"e.g. {{min_size: 2}} (keys of '{where}')")

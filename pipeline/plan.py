@@ -30,7 +30,7 @@ from pathlib import Path
 
 from data.synthetic import SCHEMA as SYNTHETIC_SCHEMA
 from pipeline.step import Ref, Step
-from pipeline.params import PipelineParams
+from pipeline.params import PipelineParams, set_values
 
 
 def _model(step: str) -> Ref:
@@ -111,7 +111,7 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
     """
     teacher = _model("teacher") if params.student.init_from_teacher else None
     val = params.data.has_val
-    thermal_pseudo = dict(params.thermal_source.pseudo)
+    thermal_pseudo = set_values(params.thermal_source.pseudo)
     round_pseudo = params.self_training.round_pseudo(thermal_pseudo)     # the students' own labels
     rounds = params.self_training.rounds
     students: list[str] = []
@@ -125,10 +125,10 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
                               needs={"images": Ref("index", "thermal_adapt_images"), "model": _model(source),
                                      **datasets},
                               options={"source": "thermal_teacher" if k == 1 else "thermal_student",
-                                       "params": dict(params.thermal_source.infer)}))
+                                       "params": set_values(params.thermal_source.infer)}))
             # a student's labels also read self_training.pseudo (its own thresholds), when set: its key and
             # DVC's params say so; only that field, so that more rounds do not re-key this one
-            own = ("self_training.pseudo",) if k > 1 and params.self_training.pseudo else ()
+            own = ("self_training.pseudo",) if k > 1 and params.self_training.pseudo.model_fields_set else ()
             sections = ("pseudo", "thermal_source", *own, "data")
             steps.append(Step(f"pseudo@{tag}", "pseudo", sections,
                               needs={"predictions": Ref(f"infer@{tag}", "coco")},
