@@ -16,6 +16,13 @@ Sections mirror the stages: ``data``, ``teacher``, ``infer``, ``pseudo``, ``warp
 ``student``, ``eval``. Overrides use dotted keys (``--set refine.classical_score_threshold=0.5``);
 values are parsed as YAML scalars (``0.5`` is a float, ``true`` a bool, ``[1, 2]`` a list).
 Relative paths in ``params.yaml`` are relative to the file's folder.
+
+Every section is a pydantic model: a stage section (``infer``, ``pseudo``, ``warp``, ``refine``,
+``fuse``, and the ``thermal_source``/``self_training`` overrides) is the stage class's fields minus
+the pipeline-owned ones (:func:`_section_model`), a training section is
+:class:`detection.train_spec.TrainFields`, ``data`` extends :class:`data.splits.SplitSettings`.
+Validation reads no file system; the files the parameters name are checked once at run start
+(:meth:`PipelineParams.check_files`). No path enters a stage key (:meth:`PipelineParams.section`).
 """
 from __future__ import annotations
 
@@ -241,7 +248,8 @@ class SelfTrainingSection(_Strict):
 
 
 class PipelineParams(_Strict):
-    """The whole ``params.yaml``. Stage sections are plain mappings validated by the stage classes."""
+    """The whole ``params.yaml``, every section typed. A stage's parameter object is its section's
+    values (those the user set) + the pipeline's own values, built by the stage class."""
 
     data: DataSection
     teacher: TeacherSection
