@@ -37,11 +37,12 @@ def fused_f1(ws: Path, infer_step: str, rgb: str, thresholds: dict[str, float], 
     (``params``: the run's ``PipelineParams``; the source's other pseudo-label options as the run had them)."""
     from tasks.fuse import run_fuse
     from tasks.pseudo import run_pseudo
+    from pipeline.params import set_values
     from tasks.quality import evaluate
 
     stages = ws / "stages"
     classes = list(params.data.classes)
-    base = dict(params.thermal_source.pseudo)
+    base = set_values(params.thermal_source.pseudo)      # the keys set there (a typed section)
     if infer_step != "infer@thermal":      # a student's labels: self_training.pseudo over the teacher's
         base = params.self_training.round_pseudo(base)
     with tempfile.TemporaryDirectory() as tmp:

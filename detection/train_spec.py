@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import input_error_from_validation
+from data.index import DEFAULT_CLASSES
 
 #: which YOLOX head losses can be overridden, and the mmdet loss types that fit each slot
 #: (YOLOX passes soft IoU-aware class targets and (N, 1) objectness targets, and xyxy boxes).
@@ -70,7 +71,7 @@ class TrainSpec(BaseModel):
 
     base_model: str = Field(description="mmdet bundled config name (yolox_tiny_8xb8-300e_coco, "
                                         "yolox_s_8xb8-300e_coco) or a path to an mmdet .py config")
-    classes: list[str] = Field(default_factory=lambda: ["person", "car"], min_length=1)
+    classes: list[str] = Field(default_factory=lambda: list(DEFAULT_CLASSES), min_length=1)
     train: DatasetSpec
     val: DatasetSpec | None = Field(default=None, description="validation set; best checkpoint by its "
                                                               "coco/bbox_mAP_50 (without it: the training set, with a warning)")
@@ -157,6 +158,28 @@ class TrainSpec(BaseModel):
     def effective_lr(self) -> float:
         """The lr actually used: ``lr`` or the linear scaling rule ``base x batch_size / 64``."""
         return self.lr if self.lr is not None else BASE_LR_AT_64[self.optimizer] * self.batch_size / 64
+
+
+#: TrainSpec fields a pipeline sets itself (datasets, output folder, classes, initial weights).
+PIPELINE_OWNED = ("train", "val", "test", "work_dir", "classes", "load_from", "resume")
+
+
+class TrainFields(TrainSpec):
+    """A training section of pipeline parameters: TrainSpec without what the pipeline sets itself
+    (:data:`PIPELINE_OWNED`), validated by TrainSpec's own validators before any dataset exists.
+    ``base_model`` may be left out where the pipeline has a default (a student: the teacher's)."""
+
+    base_model: str | None = None  # type: ignore[assignment]
+    train: DatasetSpec | None = None  # type: ignore[assignment]
+    work_dir: Path | None = None  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _not_owned(self) -> "TrainFields":
+        owned = sorted(self.model_fields_set & set(PIPELINE_OWNED))
+        if owned:
+            allowed = sorted(set(TrainSpec.model_fields) - set(PIPELINE_OWNED))
+            raise ValueError(f"sets {owned}, which the pipeline sets itself: remove them; allowed: {allowed}")
+        return self
 
 
 def spec_from_dict(data: dict[str, Any], where: str = "train spec") -> TrainSpec:

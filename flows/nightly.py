@@ -64,8 +64,9 @@ def fingerprints_task(params: Any, workspace: Path) -> dict[str, str]:
 
 
 @task(name="nightly-rescore-champion", cache_policy=NO_CACHE, persist_result=False)
-def rescore_task(champion: Champion, gt: str, metric: str, device: str, batch_size: int) -> tuple[Champion, str]:
-    return rescore(champion, gt, metric, device=device, batch_size=batch_size)
+def rescore_task(champion: Champion, gt: str, metric: str, device: str, batch_size: int,
+                 image_root: str) -> tuple[Champion, str]:
+    return rescore(champion, gt, metric, device=device, batch_size=batch_size, image_root=image_root)
 
 
 def _stage_outputs(record: dict[str, Any], step: str) -> dict[str, str]:
@@ -169,7 +170,8 @@ def _judge_challenger(ws: Path, p: Any, record: dict[str, Any], split: str, cham
     gt = _stage_outputs(record, "index")["thermal_val" if split == "val" else "thermal_test"]
     note = "no champion yet"
     if champ is not None:
-        champ, note = rescore_task(champ, gt, metric, str(p.student.train.get("device", "auto")), p.eval.batch_size)
+        champ, note = rescore_task(champ, gt, metric, p.eval.device, p.eval.batch_size,
+                                   str(ws))       # the index's image paths are relative to the workspace
     decision = decide(champ, metrics, metric, min_improvement)
     if decision.promote:
         # the adapted model: the last self-training round's student (student@round2 with 2 rounds)

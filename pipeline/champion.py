@@ -170,8 +170,9 @@ def archive_cache_dir(model: dict[str, str]) -> Path:
 
 def evaluate_model(model: dict[str, str], gt: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str],
                    infer: dict[str, Any] | None = None, device: str = "cpu", batch_size: int = 8,
-                   name: str = "adapted") -> dict[str, Any]:
-    """Score an archived model on the thermal test ground truth ``gt`` (COCO; image paths absolute).
+                   name: str = "adapted", image_root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Score an archived model on the thermal test ground truth ``gt`` (COCO; relative image paths are
+    relative to ``image_root``: a pipeline workspace's index holds paths relative to the workspace).
 
     Args:
         model: ``{"config", "checkpoint"}`` paths of the archived student.
@@ -199,7 +200,8 @@ def evaluate_model(model: dict[str, str], gt: str | os.PathLike[str], *, cache_d
     # the user) names it, so a planted pickle there is refused instead of unpickled
     det = load_detector(model["config"], model["checkpoint"], device=device, trusted=False)
     with tempfile.TemporaryDirectory(prefix="r2t-champion-") as tmp:
-        preds, _ = infer_results(Path(gt), Path(tmp) / "infer.json", params, cache_dir=Path(cache_dir), detector=det)
+        preds, _ = infer_results(Path(gt), Path(tmp) / "infer.json", params, cache_dir=Path(cache_dir), detector=det,
+                                    image_root=Path(image_root) if image_root is not None else None)
         pred_file = atomic.write_json(Path(tmp) / f"{name}.json", preds)
         (run,) = evaluate_runs(gt, {name: pred_file}).runs
     return {name: {**run.per_category, "all": run.overall}}
@@ -207,7 +209,8 @@ def evaluate_model(model: dict[str, str], gt: str | os.PathLike[str], *, cache_d
 
 def rescore(champion: Champion, gt: str | os.PathLike[str], metric: str, *, device: str = "cpu",
             batch_size: int = 8, infer: dict[str, Any] | None = None,
-            cache_dir: str | os.PathLike[str] | None = None) -> tuple[Champion, str]:
+            cache_dir: str | os.PathLike[str] | None = None,
+            image_root: str | os.PathLike[str] | None = None) -> tuple[Champion, str]:
     """The champion as measured on the test set ``gt``, and a note for the report.
 
     When the test set changed since the promotion (new data can add test frames), the archived
@@ -227,7 +230,8 @@ def rescore(champion: Champion, gt: str | os.PathLike[str], metric: str, *, devi
         log.warning(note)
         return champion, note
     metrics = evaluate_model(model, gt, cache_dir=cache_dir if cache_dir is not None else archive_cache_dir(model),
-                             infer=infer, device=device, batch_size=batch_size, name=metric.split(".")[0])
+                             infer=infer, device=device, batch_size=batch_size, name=metric.split(".")[0],
+                             image_root=image_root)
     value = metric_value(metrics, metric)
     return (Champion(run_id=champion.run_id, metric=champion.metric, value=-1.0 if value is None else value,
                      datasets=champion.datasets, promoted=champion.promoted, metrics=metrics, model=model,

@@ -45,7 +45,7 @@ from pipeline.step import PipelineContext, Step, StepOutput
 log = logging.getLogger(__name__)
 
 #: Bumped when a step's outputs change meaning: every stage key changes, nothing stale is reused.
-PIPELINE_SCHEMA = "rgb2thermal.pipeline/2"
+PIPELINE_SCHEMA = "rgb2thermal.pipeline/3"
 MARKER = "stage.json"
 ATTEMPT = "attempt.json"
 CACHE_ENV = "RGB2THERMAL_CACHE_DIR"
@@ -204,6 +204,7 @@ def pipeline_run(params: PipelineParams, workspace: str | Path, flow: str = "ada
                  hold_lock: bool = True) -> Iterator[PipelineContext]:
     """Hold the workspace lock (unless the caller holds it: ``hold_lock=False``) and keep the run
     record for the block (status, error, finish time)."""
+    params.check_files()                          # before anything is written: a missing file stops the run here
     ws = Path(workspace).resolve()
     record = RunRecord(run_id=new_run_id(flow), flow=flow, started=now(), git_revision=git_revision(),
                        params=params.model_dump(mode="json"))
@@ -216,6 +217,7 @@ def pipeline_run(params: PipelineParams, workspace: str | Path, flow: str = "ada
                               cache_root=shared_cache)
         save_record(ws, record)
         try:
+            ctx.mount_datasets()
             yield ctx
             record.status = "succeeded"
         except BaseException as exc:

@@ -16,6 +16,13 @@ Sections mirror the stages: ``data``, ``teacher``, ``infer``, ``pseudo``, ``warp
 ``student``, ``eval``. Overrides use dotted keys (``--set refine.classical_score_threshold=0.5``);
 values are parsed as YAML scalars (``0.5`` is a float, ``true`` a bool, ``[1, 2]`` a list).
 Relative paths in ``params.yaml`` are relative to the file's folder.
+
+Every section is a pydantic model: a stage section (``infer``, ``pseudo``, ``warp``, ``refine``,
+``fuse``, and the ``thermal_source``/``self_training`` overrides) is the stage class's fields minus
+the pipeline-owned ones (:func:`_section_model`), a training section is
+:class:`detection.train_spec.TrainFields`, ``data`` extends :class:`data.splits.SplitSettings`.
+Validation reads no file system; the files the parameters name are checked once at run start
+(:meth:`PipelineParams.check_files`). No path enters a stage key (:meth:`PipelineParams.section`).
 """
 from __future__ import annotations
 
@@ -24,36 +31,71 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from core.errors import InputError, input_error_from_validation
 from core.overrides import apply_overrides
 from core.stage_params import StageParams
 from core.yamlio import read_mapping
+from data.splits import SplitSettings
+from data.synthetic_dataset import SyntheticSettings
 from tasks.fuse import FuseParams
 from tasks.infer import InferParams
 from tasks.pseudo import PseudoParams
 from tasks.refine import RefineParams
-from detection.train_spec import DatasetSpec, TrainSpec
+from detection.train_spec import TrainFields
 from tasks.warp import WarpParams
 
-#: TrainSpec fields the pipeline sets itself (datasets, output folder, classes, initial weights).
-_TRAIN_PIPELINE_FIELDS = ("train", "val", "test", "work_dir", "classes", "load_from", "resume")
 #: Stage-parameter fields the pipeline sets itself (``warp.registry_dir`` is the user's, with a
 #: pipeline default: see ``PipelineParams.warp_params``).
 _INFER_PIPELINE_FIELDS = ("config", "checkpoint", "source")
 _REFINE_PIPELINE_FIELDS = ("image_root",)
 _PSEUDO_PIPELINE_FIELDS = ("target_classes",)
 
+
+def _section_model(stage: type[StageParams], owned: tuple[str, ...]) -> type[BaseModel]:
+    """The ``params.yaml`` section of a stage: the stage class's fields minus the ones the pipeline
+    sets (``owned``), same types, constraints and defaults. Its values are also checked by the
+    stage class itself, first (:func:`_check_stage_sections`: errors name ``section.key``)."""
+    fields: dict[str, Any] = {k: (f.annotation, f) for k, f in stage.model_fields.items() if k not in owned}
+    name = stage.__name__.removesuffix("Params") + "Section"
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=f"{stage.__doc__}\n\n"
+                        f"(the ``params.yaml`` section: without {list(owned)}, which the pipeline sets)", **fields)
+
+
+InferSection = _section_model(InferParams, _INFER_PIPELINE_FIELDS)
+PseudoSection = _section_model(PseudoParams, _PSEUDO_PIPELINE_FIELDS)
+WarpSection = _section_model(WarpParams, ())
+RefineSection = _section_model(RefineParams, _REFINE_PIPELINE_FIELDS)
+FuseSection = _section_model(FuseParams, ())
+#: section name -> (stage class, pipeline-owned fields, placeholder values of those for validation)
+_STAGE_SECTIONS: dict[str, tuple[type[StageParams], tuple[str, ...], dict[str, Any]]] = {
+    "infer": (InferParams, _INFER_PIPELINE_FIELDS, {"config": "(set by the pipeline)", "checkpoint": None}),
+    "pseudo": (PseudoParams, _PSEUDO_PIPELINE_FIELDS, {}),
+    "warp": (WarpParams, (), {}),
+    "refine": (RefineParams, _REFINE_PIPELINE_FIELDS, {}),
+    "fuse": (FuseParams, (), {}),
+}
+
+
+def set_values(section: BaseModel | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The values the user set in a section (the stage class supplies the defaults), as plain JSON
+    values: what a step's options hold and what is merged over another section."""
+    if section is None:
+        return {}
+    if isinstance(section, BaseModel):
+        return section.model_dump(mode="json", exclude_unset=True)
+    return dict(section)
+
+
+def _check_stage_sections(data: Mapping[str, Any]) -> None:
+    """Each stage section of raw parameters through its stage class, before the whole document is
+    parsed: a bad value is ONE InputError naming ``section.key``, the value and what is allowed."""
+    for name, (stage, owned, fixed) in _STAGE_SECTIONS.items():
+        if isinstance(data.get(name), Mapping):
+            _stage_params(stage, name, data[name], None, owned, **fixed)
+
 _P = TypeVar("_P", bound=StageParams)
-
-
-class _TrainFields(TrainSpec):
-    """TrainSpec with the pipeline-owned fields made optional: validates a user's training
-    section with TrainSpec's own validators, before any dataset exists."""
-
-    train: DatasetSpec | None = None  # type: ignore[assignment]
-    work_dir: Path | None = None  # type: ignore[assignment]
 
 
 class _Strict(BaseModel):
@@ -68,57 +110,25 @@ class DataRoot(_Strict):
 
     @field_validator("path")
     @classmethod
-    def _exists(cls, v: Path) -> Path:
-        if not v.is_dir():
-            raise ValueError(f"dataset folder {v} does not exist")
-        return v.resolve()
+    def _absolute(cls, v: Path) -> Path:
+        return v.resolve()          # that it exists is checked at run start (PipelineParams.check_files)
 
 
-class SyntheticData(_Strict):
-    """The deterministic synthetic paired-scene generator (demo and tests). Sizes ``(width, height)`` px."""
-
-    n_pairs: int = Field(default=40, ge=2)
-    seed: int = 0
-    rgb_size: tuple[int, int] = (320, 256)
-    thermal_size: tuple[int, int] = (256, 208)
-    night_fraction: float = Field(default=0.5, ge=0, le=1)
-    night_hidden_people: float = Field(default=0.0, ge=0, le=1, description=(
-        "share of night people drawn in thermal only (invisible in RGB and absent from the RGB labels), "
-        "as most night people on real pairs are"))
-    version: str = "synthetic"
+#: The generator's settings (``data.synthetic``), defined beside the generator.
+SyntheticData = SyntheticSettings
 
 
-class DataSection(_Strict):
-    """Where the paired data comes from: ``roots`` (one or more paired folders) or ``synthetic``."""
+class DataSection(SplitSettings):
+    """Where the paired data comes from: ``roots`` (one or more paired folders) or ``synthetic``;
+    classes and splits are :class:`data.splits.SplitSettings` (the data layer cuts the splits)."""
 
     roots: list[DataRoot] = Field(default_factory=list)
     synthetic: SyntheticData | None = None
-    classes: list[str] = Field(default_factory=lambda: ["person", "car"], min_length=1)
-    adapt_split: str = "adapt"
-    test_split: str = "test"
-    val_split: str | None = Field(default=None, description=(
-        "a split of pairs WITH thermal labels used for every decision (best checkpoints, sweeps, nightly "
-        "promotion); the test split is only ever reported"))
-    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0, description=(
-        "or: carve this fraction of the adapt pairs out as the val split (chosen by a hash of the pair id and "
-        "val_seed, so the same pairs are chosen on every machine); they leave the adapt split"))
-    val_seed: int = 0
-
-    @property
-    def has_val(self) -> bool:
-        """Whether a validation split exists (decisions use it; without it they say what they used instead)."""
-        return self.val_split is not None or self.val_fraction > 0
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSection":
         if bool(self.roots) == (self.synthetic is not None):
             raise ValueError("give exactly one of data.roots (paired folders) or data.synthetic (generated demo data)")
-        if self.val_split is not None and self.val_fraction > 0:
-            raise ValueError("give at most one of data.val_split (a labelled split) or data.val_fraction (carved "
-                             "from the adapt split)")
-        if self.val_split is not None and self.val_split in (self.adapt_split, self.test_split):
-            raise ValueError(f"data.val_split '{self.val_split}' must differ from the adapt and test splits "
-                             "(use data.val_fraction to carve val frames out of the adapt split)")
         versions = [r.version for r in self.roots]
         if len(set(versions)) != len(versions):
             raise ValueError(f"data.roots versions must be unique, got {versions}")
@@ -131,7 +141,13 @@ class TeacherSection(_Strict):
 
     config: str | None = None
     checkpoint: Path | None = None
-    train: dict[str, Any] | None = None
+    train: TrainFields | None = None
+
+    @property
+    def config_is_file(self) -> bool:
+        """Whether ``config`` names a file (a ``.py`` or a path) rather than a config bundled with mmdet."""
+        cfg = self.config
+        return cfg is not None and (cfg.endswith(".py") or "/" in cfg or os.sep in cfg)
 
     @model_validator(mode="after")
     def _mode(self) -> "TeacherSection":
@@ -140,17 +156,22 @@ class TeacherSection(_Strict):
         if self.checkpoint is not None:
             if self.config is None:
                 raise ValueError("teacher.checkpoint needs teacher.config")
-            if not self.checkpoint.is_file():
-                raise ValueError(f"teacher.checkpoint {self.checkpoint} does not exist")
             self.checkpoint = self.checkpoint.resolve()
-        # a config *path* is checked now, not at the first step that builds the model (after the data
-        # steps); a bundled mmdet name (no .py, no folder) is resolved when the model is built
-        cfg = self.config
-        if cfg is not None and (cfg.endswith(".py") or "/" in cfg or os.sep in cfg) \
-                and not Path(cfg).expanduser().is_file():
-            raise ValueError(f"teacher.config {cfg} does not exist (give the path of an mmdet .py config, or a "
-                             "config name bundled with mmdet such as yolox_tiny_8xb8-300e_coco)")
+        if self.train is not None and self.train.base_model is None:
+            raise ValueError("teacher.train needs base_model (e.g. base_model: yolox_tiny_8xb8-300e_coco)")
         return self
+
+    def missing_files(self) -> list[str]:
+        """What this section names that does not exist (checked at run start, not at validation)."""
+        missing = []
+        if self.checkpoint is not None and not self.checkpoint.is_file():
+            missing.append(f"teacher.checkpoint {self.checkpoint} does not exist")
+        # a config *path* is checked at run start, not at the first step that builds the model (after the
+        # data steps); a bundled mmdet name (no .py, no folder) is resolved when the model is built
+        if self.config_is_file and not Path(str(self.config)).expanduser().is_file():
+            missing.append(f"teacher.config {self.config} does not exist (give the path of an mmdet .py config, "
+                           "or a config name bundled with mmdet such as yolox_tiny_8xb8-300e_coco)")
+        return missing
 
 
 class StudentSection(_Strict):
@@ -160,7 +181,7 @@ class StudentSection(_Strict):
 
     init_from_teacher: bool = True
     mix_rgb: bool = False
-    train: dict[str, Any] = Field(default_factory=dict)
+    train: TrainFields = Field(default_factory=TrainFields)
 
 
 class EvalSection(_Strict):
@@ -174,6 +195,9 @@ class EvalSection(_Strict):
         default_factory=lambda: ["source_only", "no_refinement"])
     batch_size: int = Field(default=8, ge=1)
     metrics: list[str] = Field(default_factory=lambda: ["mAP", "mAP_50"])
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description=(
+        "where the evaluated models run (not taken from a training section: evaluating on the CPU a student "
+        "trained on a GPU is a choice of its own)"))
 
 
 class RgbSourceSection(_Strict):
@@ -200,8 +224,8 @@ class ThermalSourceSection(_Strict):
     source (keys of ``infer``, e.g. ``tta: [flip]``), merged over the ``infer`` section."""
 
     enabled: bool = False
-    pseudo: dict[str, Any] = Field(default_factory=dict)
-    infer: dict[str, Any] = Field(default_factory=dict)
+    pseudo: PseudoSection = Field(default_factory=PseudoSection)
+    infer: InferSection = Field(default_factory=InferSection)
 
 
 class SelfTrainingSection(_Strict):
@@ -215,26 +239,28 @@ class SelfTrainingSection(_Strict):
 
     rounds: int = Field(default=1, ge=1, le=10)
     init: Literal["teacher", "previous"] = "teacher"
-    pseudo: dict[str, Any] = Field(default_factory=dict)
+    pseudo: PseudoSection = Field(default_factory=PseudoSection)
 
-    def round_pseudo(self, thermal: Mapping[str, Any]) -> dict[str, Any]:
-        """The pseudo-label overrides of a student's round (``thermal``: ``thermal_source.pseudo``)."""
-        return {**thermal, **self.pseudo}
+    def round_pseudo(self, thermal: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+        """The pseudo-label overrides of a student's round (``thermal``: ``thermal_source.pseudo``):
+        the keys set in either, this section's winning, as plain JSON values."""
+        return {**set_values(thermal), **set_values(self.pseudo)}
 
 
 class PipelineParams(_Strict):
-    """The whole ``params.yaml``. Stage sections are plain mappings validated by the stage classes."""
+    """The whole ``params.yaml``, every section typed. A stage's parameter object is its section's
+    values (those the user set) + the pipeline's own values, built by the stage class."""
 
     data: DataSection
     teacher: TeacherSection
-    infer: dict[str, Any] = Field(default_factory=dict)
-    pseudo: dict[str, Any] = Field(default_factory=dict)
-    warp: dict[str, Any] = Field(default_factory=dict)
-    refine: dict[str, Any] = Field(default_factory=dict)
+    infer: InferSection = Field(default_factory=InferSection)
+    pseudo: PseudoSection = Field(default_factory=PseudoSection)
+    warp: WarpSection = Field(default_factory=WarpSection)
+    refine: RefineSection = Field(default_factory=RefineSection)
     student: StudentSection = Field(default_factory=StudentSection)
     rgb_source: RgbSourceSection = Field(default_factory=RgbSourceSection)
     thermal_source: ThermalSourceSection = Field(default_factory=ThermalSourceSection)
-    fuse: dict[str, Any] = Field(default_factory=dict)
+    fuse: FuseSection = Field(default_factory=FuseSection)
     self_training: SelfTrainingSection = Field(default_factory=SelfTrainingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
 
@@ -243,35 +269,51 @@ class PipelineParams(_Strict):
     # merged over the section and validated exactly like it (errors still name ``section.key``).
     def infer_params(self, config: str, checkpoint: str | None, source: str = "rgb_teacher",
                      overrides: Mapping[str, Any] | None = None) -> InferParams:
-        return _stage_params(InferParams, "infer", self.infer, overrides, _INFER_PIPELINE_FIELDS,
+        return _stage_params(InferParams, "infer", set_values(self.infer), overrides, _INFER_PIPELINE_FIELDS,
                              config=config, checkpoint=checkpoint, source=source)
 
     def pseudo_params(self, overrides: Mapping[str, Any] | None = None) -> PseudoParams:
-        return _stage_params(PseudoParams, "pseudo", self.pseudo, overrides, _PSEUDO_PIPELINE_FIELDS,
+        return _stage_params(PseudoParams, "pseudo", set_values(self.pseudo), overrides, _PSEUDO_PIPELINE_FIELDS,
                              target_classes=tuple(self.data.classes))
 
     def warp_params(self, default_registry: Path | None, overrides: Mapping[str, Any] | None = None) -> WarpParams:
         """``warp.registry_dir`` is the user's to set; unset (or null) it is ``default_registry``."""
-        values = _merged(self.warp, overrides, "warp")
+        values = _merged(set_values(self.warp), overrides, "warp")
         if values.get("registry_dir") is None:
             values["registry_dir"] = default_registry
         return _stage_params(WarpParams, "warp", values, None, ())
 
-    def refine_params(self, overrides: Mapping[str, Any] | None = None) -> RefineParams:
-        return _stage_params(RefineParams, "refine", self.refine, overrides, _REFINE_PIPELINE_FIELDS)
+    def refine_params(self, overrides: Mapping[str, Any] | None = None, image_root: Path | None = None) -> RefineParams:
+        """``image_root``: the folder the pipeline's image paths are relative to (its workspace)."""
+        return _stage_params(RefineParams, "refine", set_values(self.refine), overrides, _REFINE_PIPELINE_FIELDS,
+                             image_root=str(image_root) if image_root is not None else None)
 
     def fuse_params(self, overrides: Mapping[str, Any] | None = None) -> FuseParams:
-        return _stage_params(FuseParams, "fuse", self.fuse, overrides, ())
+        return _stage_params(FuseParams, "fuse", set_values(self.fuse), overrides, ())
 
-    def teacher_train_fields(self) -> dict[str, Any]:
-        return _train_fields(self.teacher.train or {}, "teacher.train")
-
-    def student_train_fields(self) -> dict[str, Any]:
-        fields = _train_fields(self.student.train, "student.train")
-        if "base_model" not in fields:
-            fields["base_model"] = (self.teacher.config if self.teacher.config is not None
-                                    else self.teacher_train_fields()["base_model"])
+    def train_fields(self, role: Literal["teacher", "student"]) -> TrainFields:
+        """The training section of ``role``; a student's ``base_model`` defaults to the teacher's
+        (its config, or the base model it trains from)."""
+        if role == "teacher":
+            assert self.teacher.train is not None, "the teacher is the user's model, not trained"
+            return self.teacher.train
+        fields = self.student.train
+        if fields.base_model is None:
+            t = self.teacher
+            base = t.config if t.config is not None else (t.train.base_model if t.train is not None else None)
+            fields = TrainFields.model_validate({**fields.model_dump(exclude_unset=True), "base_model": base})
         return fields
+
+    def check_files(self) -> None:
+        """Every file and folder the parameters name exists: checked once at run start, before any
+        step (and by ``rgb2thermal run --check``), not by the validators, so parameters can be
+        validated on a machine without the data (the demo, a CI check of a recipe)."""
+        missing = [f"data.roots[{k}].path: dataset folder {r.path} does not exist"
+                   for k, r in enumerate(self.data.roots) if not r.path.is_dir()]
+        missing += self.teacher.missing_files()
+        if missing:
+            raise InputError("; ".join(missing), "params", "fix the paths in the parameters (relative paths are "
+                             "relative to the params file's folder)")
 
     def validate_stages(self) -> None:
         """Build every stage's parameter object once, so bad values fail before any work starts."""
@@ -283,12 +325,6 @@ class PipelineParams(_Strict):
         self.pseudo_params(self.thermal_source.pseudo)
         self.pseudo_params(self.self_training.round_pseudo(self.thermal_source.pseudo))
         self.infer_params("(set by the pipeline)", None, overrides=self.thermal_source.infer)
-        if self.teacher.train is not None:
-            if "base_model" not in self.teacher.train:
-                raise InputError("teacher.train needs base_model", "params teacher.train",
-                                 "e.g. base_model: yolox_tiny_8xb8-300e_coco")
-            self.teacher_train_fields()
-        self.student_train_fields()
         from tasks.evaluate import METRICS
 
         bad = [m for m in self.eval.metrics if m not in METRICS]
@@ -300,26 +336,37 @@ class PipelineParams(_Strict):
 
         ``name`` may be dotted (``self_training.pseudo``): a step that reads one field of a section
         keys (and, in ``dvc.yaml``, depends) on that field only, as DVC's dotted params do.
+        Paths never enter it: every file or folder a parameter names is an ``external`` input of the
+        steps that read it, keyed by its *content* (:func:`_without_paths`), so a dataset folder or
+        checkpoint moved with the same content reuses every step (``tests/test_pipeline_moved.py``).
         """
-        value: Any = self.model_dump(mode="json")
+        value: Any = _without_paths(self.model_dump(mode="json"))
         for part in name.split("."):
             value = value[part]
         return value
 
 
-def _train_fields(section: dict[str, Any], where: str) -> dict[str, Any]:
-    owned = sorted(set(section) & set(_TRAIN_PIPELINE_FIELDS))
-    if owned:
-        raise InputError(f"{where} sets {owned}, which the pipeline sets itself", f"params {where}",
-                         f"remove {owned}; allowed: {sorted(set(TrainSpec.model_fields) - set(_TRAIN_PIPELINE_FIELDS))}")
-    try:
-        _TrainFields.model_validate({"base_model": "(checked when training)", **section})
-    except ValidationError as exc:
-        raise _pydantic_error(exc, where, _TrainFields) from None
-    return dict(section)
+#: (section, field) of every parameter that names a file or folder; keyed by content, as an external input.
+PATH_FIELDS = (("teacher", "checkpoint"), ("warp", "registry_dir"), ("refine", "sam2_checkpoint"))
 
 
-def _merged(section: Mapping[str, Any], overrides: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+def _without_paths(dump: dict[str, Any]) -> dict[str, Any]:
+    """``dump`` (``model_dump(mode="json")``) without the values that are paths: dataset roots keep
+    their version name, a teacher config keeps its name when it is a bundled mmdet name (no ``.py``)."""
+    data = dump["data"]
+    out = {**dump, "data": {**data, "roots": [{"version": r["version"]} for r in data["roots"]]}}
+    for sec, key in PATH_FIELDS:
+        if isinstance(out.get(sec), dict) and key in out[sec]:
+            out[sec] = {k: v for k, v in out[sec].items() if k != key}
+    cfg = out["teacher"].get("config")
+    if isinstance(cfg, str) and (cfg.endswith(".py") or "/" in cfg or os.sep in cfg):
+        out["teacher"] = {**out["teacher"], "config": "(a file: keyed by its content)"}
+    return out
+
+
+def _merged(section: Mapping[str, Any], overrides: Mapping[str, Any] | BaseModel | None, where: str) -> dict[str, Any]:
+    if isinstance(overrides, BaseModel):
+        overrides = set_values(overrides)
     if overrides is not None and not isinstance(overrides, Mapping):
         raise InputError(f"parameter overrides for '{where}' must be a mapping of keys to values, got {overrides!r}",
                          f"params {where}", f"e.g. {{min_size: 2}} (keys of '{where}')")
@@ -376,6 +423,7 @@ def params_from_dict(data: dict[str, Any], where: str = "params") -> PipelinePar
     """Validate a plain mapping; every problem becomes one InputError before any work starts."""
     if not isinstance(data, dict):
         raise InputError("parameters must be a mapping of sections", where, "see params.yaml")
+    _check_stage_sections(data)
     try:
         params = PipelineParams.model_validate(data)
     except ValidationError as exc:

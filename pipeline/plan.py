@@ -30,7 +30,7 @@ from pathlib import Path
 
 from data.synthetic import SCHEMA as SYNTHETIC_SCHEMA
 from pipeline.step import Ref, Step
-from pipeline.params import PipelineParams
+from pipeline.params import PipelineParams, set_values
 
 
 def _model(step: str) -> Ref:
@@ -48,7 +48,7 @@ def plan(params: PipelineParams) -> list[Step]:
              Step("index", "index", ("data",), needs=dict(datasets), retries=1)]
 
     if t.train is None:
-        ext = {"config": Path(t.config)} if t.config and Path(t.config).is_file() else {}
+        ext = {"config": Path(str(t.config))} if t.config_is_file else {}
         if t.checkpoint is not None:
             ext["checkpoint"] = t.checkpoint
         steps.append(Step("teacher", "model", ("teacher",), external=ext))
@@ -65,7 +65,7 @@ def plan(params: PipelineParams) -> list[Step]:
         steps.append(Step("pseudo", "pseudo", ("pseudo", "data"), needs={"predictions": Ref("infer", "coco")},
                           retries=1))
 
-    registry = params.warp.get("registry_dir")
+    registry = params.warp.registry_dir
     warp_needs = {"labels": Ref("index", "rgb_adapt") if rgb_labels else Ref("pseudo", "coco"),
                   "index": Ref("index", "index")}
     warp_ext: dict[str, Path] = {}
@@ -80,7 +80,7 @@ def plan(params: PipelineParams) -> list[Step]:
     steps.append(Step("warp", "warp", ("warp", "rgb_source") if rgb_labels else ("warp",), needs=warp_needs,
                       external=warp_ext, retries=1, options={"require_labels": True} if rgb_labels else {}))
 
-    sam2 = params.refine.get("sam2_checkpoint")
+    sam2 = params.refine.sam2_checkpoint
     steps.append(Step("refine", "refine", ("refine",), retries=1,
                       needs={"labels": Ref("warp", "coco"), "index": Ref("index", "index"), **datasets},
                       external={"sam2_checkpoint": Path(sam2)} if sam2 else {}))
@@ -111,7 +111,7 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
     """
     teacher = _model("teacher") if params.student.init_from_teacher else None
     val = params.data.has_val
-    thermal_pseudo = dict(params.thermal_source.pseudo)
+    thermal_pseudo = set_values(params.thermal_source.pseudo)
     round_pseudo = params.self_training.round_pseudo(thermal_pseudo)     # the students' own labels
     rounds = params.self_training.rounds
     students: list[str] = []
@@ -125,10 +125,10 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
                               needs={"images": Ref("index", "thermal_adapt_images"), "model": _model(source),
                                      **datasets},
                               options={"source": "thermal_teacher" if k == 1 else "thermal_student",
-                                       "params": dict(params.thermal_source.infer)}))
+                                       "params": set_values(params.thermal_source.infer)}))
             # a student's labels also read self_training.pseudo (its own thresholds), when set: its key and
             # DVC's params say so; only that field, so that more rounds do not re-key this one
-            own = ("self_training.pseudo",) if k > 1 and params.self_training.pseudo else ()
+            own = ("self_training.pseudo",) if k > 1 and params.self_training.pseudo.model_fields_set else ()
             sections = ("pseudo", "thermal_source", *own, "data")
             steps.append(Step(f"pseudo@{tag}", "pseudo", sections,
                               needs={"predictions": Ref(f"infer@{tag}", "coco")},

@@ -16,6 +16,9 @@ from core.hashing import HashMemo
 from pipeline.params import PipelineParams
 from pipeline.runs import RunRecord
 
+#: Workspace folder of the links to the dataset roots (see :meth:`PipelineContext.mount_datasets`).
+DATASETS_DIR = "datasets"
+
 
 @dataclass(frozen=True)
 class Ref:
@@ -96,9 +99,40 @@ class PipelineContext:
             raise InputError(f"step '{ref.step}' has no output '{ref.role}' in this run", str(self.workspace),
                              f"run the steps before '{step.name}' first") from None
 
-    def rel(self, path: str | os.PathLike[str]) -> str:
-        """``path`` relative to the workspace when inside it (outputs stay valid after a move), else absolute."""
-        p = Path(path).resolve()
+    @property
+    def image_root(self) -> Path:
+        """The folder every image path in a step's COCO files and index is relative to: the workspace
+        (dataset roots are reached through :meth:`dataset_root`), so outputs hold no outside path."""
+        return self.workspace
+
+    def dataset_root(self, version: str) -> Path:
+        """Where the workspace reaches the dataset root of ``version``: a link, made at run start
+        (:meth:`mount_datasets`), to the folder ``data.roots`` names now."""
+        return self.workspace / DATASETS_DIR / version
+
+    def mount_datasets(self) -> None:
+        """Point ``datasets/<version>`` at each ``data.roots`` folder (replacing a link to an old place).
+
+        Why a link: the index names images through it, so a dataset folder moved with the same
+        content needs only a new link, not a new index (whose content keys every later step).
+        """
+        for r in self.params.data.roots:
+            link, target = self.dataset_root(r.version), Path(r.path).resolve()
+            if link.is_symlink() and Path(os.readlink(link)) == target:
+                continue
+            if link.exists() and not link.is_symlink():
+                raise InputError(f"{link} is not a link to a dataset root", str(link),
+                                 "remove it: the pipeline links data.roots there at run start")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            tmp = link.with_name(f".{r.version}.{os.getpid()}.link")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target, target_is_directory=True)
+            os.replace(tmp, link)
+
+    def rel(self, path: str | os.PathLike[str], *, resolve: bool = True) -> str:
+        """``path`` relative to the workspace when inside it (outputs stay valid after a move), else
+        absolute. ``resolve=False`` keeps links (a path through :meth:`dataset_root` stays one)."""
+        p = Path(path).resolve() if resolve else Path(os.path.abspath(path))
         try:
             return p.relative_to(self.workspace).as_posix()
         except ValueError:

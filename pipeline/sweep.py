@@ -38,6 +38,7 @@ import yaml
 
 from core import atomic
 from core.errors import InputError
+from data.index import DEFAULT_CLASSES
 from pipeline.champion import metric_value
 from pipeline.plan import adapted_step
 from pipeline.params import params_from_dict
@@ -329,5 +330,5 @@ def sweep_classes(root: str | Path) -> list[str]:
     """The target classes of the sweep in ``root`` (from its ``sweep.json``), for the tables."""
     path = Path(root) / "sweep.json"
     if not path.is_file():
-        return ["person", "car"]                 # the pipeline's default classes (data.classes)
-    return list((json.loads(path.read_text())["base"].get("data") or {}).get("classes") or ["person", "car"])
+        return list(DEFAULT_CLASSES)             # the pipeline's default classes (data.classes)
+    return list((json.loads(path.read_text())["base"].get("data") or {}).get("classes") or DEFAULT_CLASSES)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from data.index import DEFAULT_CLASSES
+
 ORDER = 10
 
 _FORMATS = ("folder", "flir_v1", "flir_v2")
@@ -20,8 +22,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                         "pair ids become '<version>:<original id>'")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="output folder: <version>.json index + COCO side files (+ reports for validate)")
-    p.add_argument("--classes", nargs="+", default=["person", "car"], metavar="NAME",
-                   help="target classes in category-id order (1-based): default person car")
+    p.add_argument("--classes", nargs="+", default=list(DEFAULT_CLASSES), metavar="NAME",
+                   help="target classes in category-id order (1-based; default: %(default)s)")
     p.add_argument("--class-map", type=Path, default=None, metavar="YAML",
                    help="YAML/JSON mapping dataset class name -> target class (or null to drop); unmapped classes "
                         "are dropped and counted")
@@ -73,7 +75,7 @@ def _add_validate(dsub: argparse._SubParsersAction) -> None:
     pv.add_argument("--format", choices=_FORMATS, default="folder", help="source layout with --root (default: folder)")
     pv.add_argument("--version", help="dataset version tag (required with --root)")
     pv.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder for index and reports")
-    pv.add_argument("--classes", nargs="+", default=["person", "car"], metavar="NAME", help="target classes (default person car)")
+    pv.add_argument("--classes", nargs="+", default=list(DEFAULT_CLASSES), metavar="NAME", help="target classes (default: %(default)s)")
     pv.add_argument("--class-map", type=Path, default=None, metavar="YAML", help="class name mapping (see data index)")
     pv.add_argument("--pairs-file", type=Path, default=None, metavar="JSON", help="explicit pairs (see data index)")
     pv.add_argument("--exclusions", type=Path, default=None, metavar="JSON", help="this version's exclusion list to apply")

@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.plan import plan
 
     describe = next(s.options.get("describe") for s in plan(params) if s.kind == "eval")
-    table = format_summary(record.eval_metrics(), list(params.data.classes), refiner_description(params.refine),
+    table = format_summary(record.eval_metrics(), list(params.data.classes), refiner_description(params.refine.model_dump()),
                            describe=describe)
     print()
     print(table)

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     params = load_params(args.params, args.overrides)
     if args.check:
+        params.check_files()
         print(f"{args.params}: parameters OK")
         return 0
     record = run_pipeline(params, args.workspace, flow="dvc" if args.stage else "adapt", only=args.stage,

@@ -8,7 +8,8 @@ a module lists its stages in ``STAGES: dict[str, StageCommand]`` and is named in
 ``STAGE_MODULES`` below. Such modules must NOT define ``register`` (``main.py`` would then add
 them as a top-level command). ``stage_refine`` (refine, report) is one of them.
 
-Heavy packages (torch, mmdet, cv2) are imported inside the ``run`` handlers only.
+Heavy packages (torch, mmdet, cv2) are imported inside the ``run`` handlers only; the stages'
+parameter classes are imported here, so that option defaults are theirs (:func:`_d`).
 """
 from __future__ import annotations
 
@@ -17,9 +18,14 @@ import importlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel
 
 from core.stage_report import StageReport
+from tasks.infer import InferParams
+from tasks.pseudo import PseudoParams
+from tasks.warp import WarpParams
 
 ORDER = 40
 
@@ -40,6 +46,11 @@ class StageCommand(NamedTuple):
     run: Callable[[argparse.Namespace], int]
     help: str
     description: str = ""
+
+
+def _d(model: type[BaseModel], name: str) -> Any:
+    """An option's default: the parameter class's own, so the CLI never restates (and drifts from) it."""
+    return model.model_fields[name].get_default(call_default_factory=True)
 
 
 def add_io_arguments(p: argparse.ArgumentParser, *, inp_help: str, out_help: str,
@@ -115,13 +126,13 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None,
                    help="detector weights (.pth) to load; only name files you trust (they are unpickled). "
                         "Omitted: random weights, for smoke tests only (recorded as such in the report)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    p.add_argument("--min-score", type=float, default=0.05,
-                   help="detections below this score are not stored (default 0.05). Keep it below every "
+    p.add_argument("--device", default=_d(InferParams, "device"), help="cpu, cuda, cuda:N or auto (CUDA when available; default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=_d(InferParams, "batch_size"), help="images per forward pass (default %(default)s)")
+    p.add_argument("--min-score", type=float, default=_d(InferParams, "min_score"),
+                   help="detections below this score are not stored (default %(default)s). Keep it below every "
                         "threshold you may want in 'pseudo', so changing those never needs re-inference")
-    p.add_argument("--max-per-image", type=int, default=100, help="keep at most this many detections per image (default 100)")
-    p.add_argument("--source", choices=["rgb_teacher", "thermal_teacher"], default="rgb_teacher",
+    p.add_argument("--max-per-image", type=int, default=_d(InferParams, "max_per_image"), help="keep at most this many detections per image (default %(default)s)")
+    p.add_argument("--source", choices=["rgb_teacher", "thermal_teacher"], default=_d(InferParams, "source"),
                    help="provenance tag written on every box: rgb_teacher (RGB images) or thermal_teacher "
                         "(the detector run directly on thermal frames)")
     p.add_argument("--image-root", type=Path, default=None,
@@ -145,8 +156,8 @@ def _pseudo_args(p: argparse.ArgumentParser) -> None:
     add_io_arguments(p, inp_help="COCO output of 'stage infer' (detections with scores, detector classes)",
                      out_help="COCO pseudo-labels: categories = the target classes (1-based, in --classes order).",
                      cache=False)
-    p.add_argument("--classes", nargs="+", default=["person", "car"], metavar="NAME",
-                   help="target classes, in category-id order (default: person car)")
+    p.add_argument("--classes", nargs="+", default=list(_d(PseudoParams, "target_classes")), metavar="NAME",
+                   help="target classes, in category-id order (default: %(default)s)")
     p.add_argument("--map", action="append", metavar="DETECTOR=TARGET",
                    help="class map entry, repeatable (default: each target class maps from the detector class "
                         "of the same name). Giving any --map replaces that default")
@@ -154,15 +165,15 @@ def _pseudo_args(p: argparse.ArgumentParser) -> None:
                    help="also map the detector's truck and bus to car")
     p.add_argument("--threshold", action="append", metavar="CLASS=SCORE",
                    help="score threshold for one target class, repeatable (e.g. --threshold person=0.7)")
-    p.add_argument("--score-threshold", type=float, default=0.5,
-                   help="score threshold for target classes without --threshold (default 0.5; "
+    p.add_argument("--score-threshold", type=float, default=_d(PseudoParams, "score_threshold"),
+                   help="score threshold for target classes without --threshold (default %(default)s; "
                         "params.yaml: pseudo.score_threshold)")
-    p.add_argument("--nms-iou", type=float, default=0.5,
+    p.add_argument("--nms-iou", type=float, default=_d(PseudoParams, "nms_iou"),
                    help="class-wise NMS IoU after mapping (merges e.g. a car and a truck box on one vehicle); "
-                        "1.0 disables NMS (default 0.5)")
-    p.add_argument("--min-size", type=float, default=4.0,
-                   help="drop boxes whose width or height is below this many pixels (default 4)")
-    p.add_argument("--max-per-image", type=int, default=100, help="keep at most this many boxes per image, best scores first (default 100)")
+                        "1.0 disables NMS (default %(default)s)")
+    p.add_argument("--min-size", type=float, default=_d(PseudoParams, "min_size"),
+                   help="drop boxes whose width or height is below this many pixels (default %(default)s)")
+    p.add_argument("--max-per-image", type=int, default=_d(PseudoParams, "max_per_image"), help="keep at most this many boxes per image, best scores first (default %(default)s)")
     p.add_argument("--no-histogram", action="store_true", help="do not write the per-class score histogram PNGs")
 
 
@@ -189,11 +200,11 @@ def _warp_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", type=Path, default=None,
                    help="homography registry folder (one YAML per dataset version; default: the package's "
                         "registration/homographies)")
-    p.add_argument("--min-size", type=float, default=2.0,
-                   help="drop warped boxes whose width or height is below this many thermal pixels (default 2)")
-    p.add_argument("--min-visible-fraction", type=float, default=0.5,
-                   help="drop warped boxes with less than this fraction of their area inside the thermal image (default 0.5)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+    p.add_argument("--min-size", type=float, default=_d(WarpParams, "min_size"),
+                   help="drop warped boxes whose width or height is below this many thermal pixels (default %(default)s)")
+    p.add_argument("--min-visible-fraction", type=float, default=_d(WarpParams, "min_visible_fraction"),
+                   help="drop warped boxes with less than this fraction of their area inside the thermal image (default %(default)s)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=_d(WarpParams, "device"),
                    help="where boxes are warped: cpu (numpy), cuda (kornia on the GPU) or auto (default): the GPU "
                         "when this machine has one torch can use, else numpy. Same numbers either way")
 

@@ -1,14 +1,16 @@
 """``rgb2thermal stage refine`` and ``rgb2thermal stage report`` (added to ``stage``'s group).
 
 This module has no ``register``: ``rgb2thermal_cli.stage`` imports it (``STAGE_MODULES``) and
-adds the entries of :data:`STAGES`. Heavy packages are imported inside the handlers only.
+adds the entries of :data:`STAGES`. Heavy packages are imported inside the handlers only;
+option defaults are :class:`tasks.refine.RefineParams`'s own.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from rgb2thermal_cli.stage import StageCommand, add_io_arguments, params_where, print_report
+from rgb2thermal_cli.stage import StageCommand, _d, add_io_arguments, params_where, print_report
+from tasks.refine import RefineParams
 
 
 def _refine_args(p: argparse.ArgumentParser) -> None:
@@ -20,35 +22,35 @@ def _refine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                    help="per-image cache folder (content-addressed; default: .cache/refine/ in --out's folder, "
                         "never the current folder)")
-    p.add_argument("--method", choices=["auto", "sam2", "classical", "none"], default="auto",
+    p.add_argument("--method", choices=["auto", "sam2", "classical", "none"], default=_d(RefineParams, "method"),
                    help="auto (default): SAM2 when --sam2-checkpoint is given, otherwise the classical Otsu refiner "
                         "with a loud WARNING and a 'fallbacks' entry in the report; sam2: fail without a checkpoint; "
                         "classical: the Otsu refiner by choice; none: boxes pass through unchanged")
-    p.add_argument("--sam2-config", default="configs/sam2.1/sam2.1_hiera_t.yaml",
+    p.add_argument("--sam2-config", default=_d(RefineParams, "sam2_config"),
                    help="SAM2 model config bundled with the sam2 package, matching the checkpoint "
-                        "(default configs/sam2.1/sam2.1_hiera_t.yaml; _s, _b+, _l for the larger models)")
+                        "(default %(default)s; _s, _b+, _l for the larger models)")
     p.add_argument("--sam2-checkpoint", default=None, metavar="PT",
                    help="SAM2 checkpoint file (.pt), e.g. sam2.1_hiera_tiny.pt; only name files you trust")
     p.add_argument("--sam2-random-weights", action="store_true",
                    help="build SAM2 with random weights (smoke tests and timing only: boxes are meaningless; "
                         "recorded in the report)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for SAM2 (default cpu)")
+    p.add_argument("--device", default=_d(RefineParams, "device"), help="cpu or cuda[:N] for SAM2 (default %(default)s)")
     p.add_argument("--score-threshold", type=float, default=None,
                    help="minimum refiner score to replace a box: SAM2 predicted mask IoU (default 0.5) or, "
                         "for the classical refiner, Otsu separability in [0, 1] (default 0.3)")
-    p.add_argument("--min-iou", type=float, default=0.5,
+    p.add_argument("--min-iou", type=float, default=_d(RefineParams, "min_iou"),
                    help="minimum IoU between the refined box and the input box to replace it; guards against a "
-                        "mask that grabbed the road or a shadow (default 0.5)")
-    p.add_argument("--min-size", type=float, default=2.0,
-                   help="minimum width and height in pixels of a replacement box (default 2)")
-    p.add_argument("--on-reject", choices=["keep", "drop"], default="keep",
+                        "mask that grabbed the road or a shadow (default %(default)s)")
+    p.add_argument("--min-size", type=float, default=_d(RefineParams, "min_size"),
+                   help="minimum width and height in pixels of a replacement box (default %(default)s)")
+    p.add_argument("--on-reject", choices=["keep", "drop"], default=_d(RefineParams, "on_reject"),
                    help="what to do with a box that is not replaced: keep the input box (default) or drop it")
-    p.add_argument("--image-batch-size", type=int, default=1,
+    p.add_argument("--image-batch-size", type=int, default=_d(RefineParams, "image_batch_size"),
                    help="thermal images encoded together by SAM2 (set_image_batch); 1 = one at a time (default)")
-    p.add_argument("--max-boxes-per-call", type=int, default=64,
-                   help="boxes per SAM2 decoder call on one image (bounds mask memory; default 64)")
-    p.add_argument("--enlarge", type=float, default=1.2,
-                   help="classical refiner: factor by which the box is enlarged before segmenting (default 1.2)")
+    p.add_argument("--max-boxes-per-call", type=int, default=_d(RefineParams, "max_boxes_per_call"),
+                   help="boxes per SAM2 decoder call on one image (bounds mask memory; default %(default)s)")
+    p.add_argument("--enlarge", type=float, default=_d(RefineParams, "classical_enlarge"),
+                   help="classical refiner: factor by which the box is enlarged before segmenting (default %(default)s)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the per-image cache")
     p.add_argument("--image-root", type=Path, default=None,
                    help="folder that relative 'file_name's are resolved against (default: the COCO file's folder)")

@@ -36,6 +36,7 @@ from core.coco import annotations, categories_from_names, load_dataset, new_data
 from core.errors import InputError
 from core.stage_params import StageParams
 from core.stage_report import StageReport, report_path
+from data.index import DEFAULT_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class PseudoParams(StageParams):
     - ``histogram``: write the per-class score histogram PNGs.
     """
 
-    target_classes: tuple[str, ...] = ("person", "car")
+    target_classes: tuple[str, ...] = DEFAULT_CLASSES
     class_map: dict[str, str] | None = None
     vehicles_as_car: bool = False
     thresholds: dict[str, Score] = Field(default_factory=dict)

@@ -170,11 +170,10 @@ class _Refiner:
 
 
 def resolve_image_path(image: dict, coco_path: Path, image_root: str | None, pairs: dict[str, Path] | None) -> Path:
-    """Where an image's file is: the index's thermal path (by ``pair_id``), else ``file_name``
-    (absolute, or relative to ``image_root`` / the COCO file's folder)."""
-    if pairs is not None and image.get("pair_id") in pairs:
-        return pairs[image["pair_id"]]
-    p = Path(image["file_name"])
+    """Where an image's file is: the index's thermal path (by ``pair_id``), else ``file_name``;
+    either absolute, or relative to ``image_root`` / the COCO file's folder (the pipeline's index
+    and COCO files hold paths relative to its workspace, its ``image_root``)."""
+    p = pairs[image["pair_id"]] if pairs is not None and image.get("pair_id") in pairs else Path(image["file_name"])
     if p.is_absolute():
         return p
     return Path(image_root) / p if image_root else coco_path.parent / p

@@ -25,7 +25,7 @@ def test_demo_params_validate_and_point_at_data(tmp_path: Path) -> None:
     params, synthetic = demo.demo_params(demo.DEFAULT_PARAMS, tmp_path, tmp_path / "reg")
     assert params.data.synthetic is None
     assert [r.path for r in params.data.roots] == [tmp_path.resolve()]
-    assert params.warp["registry_dir"] == str((tmp_path / "reg").resolve())
+    assert str(params.warp.registry_dir) == str((tmp_path / "reg").resolve())
     assert synthetic["n_pairs"] >= 2 and params.teacher.train is not None   # trains its own teacher: no downloads
     assert params.teacher.checkpoint is None
     # the rows the demo shows: source-only, the classic recipe, fused (round 1) and self-trained (round 2)

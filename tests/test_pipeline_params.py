@@ -27,7 +27,7 @@ def test_valid_params_map_onto_stage_classes() -> None:
     assert pp.target_classes == ("person", "car")
     assert p.refine_params().classical_score_threshold == 0.5
     assert p.infer_params("cfg.py", None).min_score == 0.05
-    assert p.student_train_fields()["base_model"] == "yolox_tiny_8xb8-300e_coco"   # defaults to the teacher's
+    assert p.train_fields("student").base_model == "yolox_tiny_8xb8-300e_coco"   # defaults to the teacher's
 
 
 @pytest.mark.parametrize("override, words", [
@@ -140,8 +140,9 @@ def test_exactly_one_data_source_and_teacher_mode(tmp_path: Path) -> None:
         params_from_dict(d)
     d = _base()
     d["teacher"] = {"config": "x.py", "checkpoint": str(tmp_path / "missing.pth")}
+    p = params_from_dict(d)             # validation reads no file system; the run start checks the files
     with pytest.raises(InputError, match="missing.pth does not exist"):
-        params_from_dict(d)
+        p.check_files()
 
 
 def test_overrides_and_yaml_file(tmp_path: Path) -> None:
@@ -176,17 +177,18 @@ def test_thermal_source_infer_section_is_validated_up_front() -> None:
 
 
 def test_shipped_real_data_recipe_is_valid_once_the_user_paths_are_given(tmp_path: Path) -> None:
-    """params/real.yaml names placeholders: without the user's paths it stops naming the keys."""
+    """params/real.yaml names placeholders: it validates (no file is read), and without the user's
+    paths the run-start check stops naming the keys."""
     with pytest.raises(InputError) as ei:
-        load_params(REPO / "params" / "real.yaml")
+        load_params(REPO / "params" / "real.yaml").check_files()
     assert "data.roots" in str(ei.value) or "teacher" in str(ei.value)
     ck = tmp_path / "w.pth"
     ck.write_bytes(b"x")
     (tmp_path / "data").mkdir()
     user = [f"teacher.checkpoint={ck}", f"teacher.config={tmp_path / 'c.py'}",
             f"data.roots=[{{path: {tmp_path / 'data'}, version: v}}]"]
-    with pytest.raises(InputError, match=r"c\.py does not exist"):      # a missing config: refused up front
-        load_params(REPO / "params" / "real.yaml", user)
+    with pytest.raises(InputError, match=r"c\.py does not exist"):      # a missing config: refused at run start
+        load_params(REPO / "params" / "real.yaml", user).check_files()
     (tmp_path / "c.py").write_text("# an mmdet config\n")
     p = load_params(REPO / "params" / "real.yaml", user)
     assert p.thermal_source.enabled and p.self_training.rounds >= 1 and "oracle" in p.eval.baselines
@@ -196,3 +198,29 @@ def test_shipped_real_data_recipe_is_valid_once_the_user_paths_are_given(tmp_pat
 
     assert p.rgb_source.boxes == "labels" and p.refine_params().classes == ["person"]
     assert "infer" not in step_names(p) and "warp" in step_names(p)
+
+
+def test_no_path_enters_a_key_section(tmp_path: Path) -> None:
+    """The parameter part of a stage key names no file or folder: those are keyed by content."""
+    def params(where: Path):
+        (where / "data").mkdir(parents=True)
+        return params_from_dict({"data": {"roots": [{"path": str(where / "data"), "version": "v1"}], "classes": ["car"]},
+                                 "teacher": {"config": str(where / "c.py"), "checkpoint": str(where / "w.pth")},
+                                 "warp": {"registry_dir": str(where / "reg")}, "refine": {"method": "classical"}})
+
+    a, b = params(tmp_path / "a"), params(tmp_path / "b")
+    for name in ("data", "teacher", "warp", "refine", "student", "pseudo"):
+        assert a.section(name) == b.section(name), name
+        assert str(tmp_path) not in yaml.safe_dump(a.section(name)), name
+    assert a.section("data")["roots"] == [{"version": "v1"}] and a.section("data")["classes"] == ["car"]
+
+
+def test_file_checks_run_once_at_run_start_before_any_work(tmp_path: Path) -> None:
+    """Validation reads no file system (a recipe validates anywhere); a run stops before it writes anything."""
+    from pipeline.executor import run_pipeline
+
+    p = params_from_dict({"data": {"roots": [{"path": str(tmp_path / "gone"), "version": "v1"}]},
+                          "teacher": {"config": "yolox_tiny_8xb8-300e_coco"}})
+    with pytest.raises(InputError, match="dataset folder .*gone does not exist"):
+        run_pipeline(p, tmp_path / "ws")
+    assert not (tmp_path / "ws").exists()
