@@ -170,8 +170,17 @@ class TrainFields(TrainSpec):
     ``base_model`` may be left out where the pipeline has a default (a student: the teacher's)."""
 
     base_model: str | None = None  # type: ignore[assignment]
-    train: DatasetSpec | None = None  # type: ignore[assignment]
-    work_dir: Path | None = None  # type: ignore[assignment]
+    erase_ignored: bool | None = Field(default=None, description=(  # type: ignore[assignment]
+        "None: on exactly when the training labels hold ignore regions (uncertain pseudo-labels)"))
+    # the pipeline-owned fields: refused when set (below), left out of dumps, so that a dumped
+    # parameter document (the run record, the demo's params) validates again
+    classes: list[str] = Field(default_factory=lambda: list(DEFAULT_CLASSES), exclude=True)
+    train: DatasetSpec | None = Field(default=None, exclude=True)  # type: ignore[assignment]
+    val: DatasetSpec | None = Field(default=None, exclude=True)
+    test: DatasetSpec | None = Field(default=None, exclude=True)
+    work_dir: Path | None = Field(default=None, exclude=True)  # type: ignore[assignment]
+    load_from: Path | None = Field(default=None, exclude=True)
+    resume: bool = Field(default=False, exclude=True)
 
     @model_validator(mode="after")
     def _not_owned(self) -> "TrainFields":

@@ -31,7 +31,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_serializer, field_validator,
+                      model_validator)
 
 from core.errors import InputError, input_error_from_validation
 from core.overrides import apply_overrides
@@ -227,6 +228,10 @@ class ThermalSourceSection(_Strict):
     pseudo: PseudoSection = Field(default_factory=PseudoSection)
     infer: InferSection = Field(default_factory=InferSection)
 
+    @field_serializer("pseudo", "infer")
+    def _only_set(self, v: BaseModel) -> dict[str, Any]:
+        return set_values(v)        # overrides: a dumped document must set the same keys, no more
+
 
 class SelfTrainingSection(_Strict):
     """Self-training: round k's student labels the thermal adapt frames, fused with the RGB labels,
@@ -240,6 +245,10 @@ class SelfTrainingSection(_Strict):
     rounds: int = Field(default=1, ge=1, le=10)
     init: Literal["teacher", "previous"] = "teacher"
     pseudo: PseudoSection = Field(default_factory=PseudoSection)
+
+    @field_serializer("pseudo")
+    def _only_set(self, v: BaseModel) -> dict[str, Any]:
+        return set_values(v)        # overrides: a dumped document must set the same keys, no more
 
     def round_pseudo(self, thermal: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
         """The pseudo-label overrides of a student's round (``thermal``: ``thermal_source.pseudo``):

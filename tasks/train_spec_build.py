@@ -61,13 +61,13 @@ def build_train_spec(fields: TrainFields, *, classes: Sequence[str], labels: Pat
         work_dir: where training writes.
         init: initial weights (a checkpoint path), else the base model's.
         resume: continue an interrupted attempt in ``work_dir``.
-        has_ignored: the labels hold ignore regions; unless the user set ``erase_ignored``, they are
-            erased from the images (uncertain pseudo-labels must not train as background).
+        has_ignored: the labels hold ignore regions; unless the user set ``erase_ignored`` (True or
+            False), they are erased from the images (uncertain pseudo-labels must not train as background).
         where: names the section in error messages.
     """
-    values = fields.model_dump(exclude_unset=True, exclude_none=False)
-    if has_ignored and "erase_ignored" not in values:
-        values["erase_ignored"] = True
+    values = fields.model_dump(exclude_unset=True)
+    if values.get("erase_ignored") is None:       # unset or None: uncertain pseudo-labels are not background
+        values["erase_ignored"] = has_ignored
     data = {"train": {"ann_file": str(labels), "img_root": str(image_root)}}
     if val_labels is not None:
         data["val"] = {"ann_file": str(val_labels), "img_root": str(image_root)}

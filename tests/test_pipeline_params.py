@@ -224,3 +224,20 @@ def test_file_checks_run_once_at_run_start_before_any_work(tmp_path: Path) -> No
     with pytest.raises(InputError, match="dataset folder .*gone does not exist"):
         run_pipeline(p, tmp_path / "ws")
     assert not (tmp_path / "ws").exists()
+
+
+def test_dumped_parameters_validate_again_with_the_same_plan_and_keys() -> None:
+    """The run record and the demo write ``model_dump``: read back, it must plan and key the same steps."""
+    from pipeline.plan import plan
+
+    d = {**_base(), "student": {"train": {"epochs": 2}},
+         "thermal_source": {"enabled": True, "pseudo": {"thresholds": {"person": 0.2}}},
+         "self_training": {"rounds": 2, "pseudo": {"score_threshold": 0.3}}}
+    p = params_from_dict(d)
+    dump = p.model_dump(mode="json")
+    assert "work_dir" not in dump["student"]["train"] and dump["self_training"]["pseudo"] == {"score_threshold": 0.3}
+    again = params_from_dict(dump)
+    assert [(s.name, s.sections, dict(s.options)) for s in plan(again)] == \
+           [(s.name, s.sections, dict(s.options)) for s in plan(p)]
+    for name in ("data", "teacher", "student", "pseudo", "thermal_source", "self_training.pseudo"):
+        assert again.section(name) == p.section(name), name
