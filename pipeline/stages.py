@@ -194,8 +194,8 @@ def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     Every model runs through the infer stage (``tasks.infer.infer_results``) with the step cache
     ``ctx.cache_dir("infer")``, so an unchanged model on unchanged frames is all cache hits, and with
     the parameters it pseudo-labels with (the ``infer`` section merged with ``thermal_source.infer``:
-    test size, TTA, device, and ``min_score`` as the score floor; COCO AP wants low-score detections,
-    and that floor is kept below every pseudo-label threshold). Batch size: ``eval.batch_size``.
+    test size, TTA, device; the score floor is at most ``tasks.infer.EVAL_MIN_SCORE``, since COCO AP
+    wants low-score detections). Batch size: ``eval.batch_size``.
     """
     from tasks.compare import evaluate_models
 

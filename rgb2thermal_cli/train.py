@@ -72,8 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, metavar="RESULTS.json", help="where to write the COCO results list")
     q.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     q.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    q.add_argument("--min-score", type=float, default=0.05,
-                   help="detections below this score are not kept (default 0.05, the infer stage's)")
+    q.add_argument("--min-score", type=float, default=0.01,
+                   help="detections below this score are not kept (default 0.01; never above 0.01, as COCO AP "
+                        "counts low-score detections)")
     q.add_argument("--input-size", nargs=2, type=int, metavar=("W", "H"),
                    help="test input size in pixels (default: the config's); score a model at the size you use it at")
     q.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",

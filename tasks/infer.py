@@ -63,6 +63,9 @@ Source = Literal["rgb_teacher", "thermal_teacher", "thermal_student"]
 SOURCES: tuple[str, ...] = get_args(Source)
 
 
+#: The highest score floor evaluation uses (see :func:`infer_results`): low-score detections count in COCO AP.
+EVAL_MIN_SCORE = 0.01
+
 #: A test input side in pixels.
 Side = Annotated[int, Field(ge=32, le=4096)]
 
@@ -375,10 +378,18 @@ def infer_results(gt: Path, out: Path, params: InferParams, *, cache_dir: Path, 
     """:func:`run_infer` over the frames of ground-truth file ``gt`` (its COCO output at ``out``),
     and the COCO results for ``gt``'s categories (:func:`coco_results`), for ``tasks.evaluate``.
 
+    Score floor: ``min(params.min_score, EVAL_MIN_SCORE)``. COCO AP integrates precision over the
+    whole ranking, so dropping the low-score tail lowers it: the COCO nano teacher on the 83
+    msrs-bench test frames scores mAP_50 0.426 with its own 0.01 floor and 0.401 with the infer
+    stage's default 0.05 (car 0.380 vs 0.349). Every detection at or above ``params.min_score`` is
+    the same box and score as pseudo-labelling gives (same size, TTA, decoder and rounding);
+    the report's ``params.min_score`` says which floor was used.
+
     A frame that cannot be read is skipped and recorded in the report, as in every infer run: it
     has no detections, so its ground-truth boxes count as misses (the score can only be lower,
     never silently better); callers put ``report.skipped_images`` in their own record.
     """
-    report = run_infer(gt, out, params, cache_dir=cache_dir, image_root=image_root, detector=detector,
-                       hash_memo=hash_memo)
+    floor = min(params.min_score, EVAL_MIN_SCORE)
+    report = run_infer(gt, out, params if floor == params.min_score else params.replace(min_score=floor),
+                       cache_dir=cache_dir, image_root=image_root, detector=detector, hash_memo=hash_memo)
     return coco_results(load_dataset(out), load_dataset(gt), str(out)), report
