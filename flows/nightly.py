@@ -46,7 +46,7 @@ from core.errors import InputError
 from pipeline.champion import (DEFAULT_METRIC, Champion, Decision, archive_model, decide, format_report,
                                gt_fingerprint, load_champion, promote, rescore, watched_fingerprints)
 from pipeline.executor import workspace_hash_memo
-from pipeline.params import load_params
+from pipeline.params import load_params, set_values
 from pipeline.plan import adapted_step
 from pipeline.runs import RunRecord, new_run_id, now
 from pipeline.lock import WorkspaceBusy, workspace_lock
@@ -65,8 +65,8 @@ def fingerprints_task(params: Any, workspace: Path) -> dict[str, str]:
 
 @task(name="nightly-rescore-champion", cache_policy=NO_CACHE, persist_result=False)
 def rescore_task(champion: Champion, gt: str, metric: str, device: str, batch_size: int,
-                 image_root: str) -> tuple[Champion, str]:
-    return rescore(champion, gt, metric, device=device, batch_size=batch_size, image_root=image_root)
+                 image_root: str, infer: dict[str, Any]) -> tuple[Champion, str]:
+    return rescore(champion, gt, metric, device=device, batch_size=batch_size, image_root=image_root, infer=infer)
 
 
 def _stage_outputs(record: dict[str, Any], step: str) -> dict[str, str]:
@@ -170,8 +170,10 @@ def _judge_challenger(ws: Path, p: Any, record: dict[str, Any], split: str, cham
     gt = _stage_outputs(record, "index")["thermal_val" if split == "val" else "thermal_test"]
     note = "no champion yet"
     if champ is not None:
-        champ, note = rescore_task(champ, gt, metric, p.eval.device, p.eval.batch_size,
-                                   str(ws))       # the index's image paths are relative to the workspace
+        # the index's image paths are relative to the workspace; the champion is scored as the eval
+        # step scores the challenger: at the size (and views) it pseudo-labels with
+        champ, note = rescore_task(champ, gt, metric, p.eval.device, p.eval.batch_size, str(ws),
+                                   {**set_values(p.infer), **set_values(p.thermal_source.infer)})
     decision = decide(champ, metrics, metric, min_improvement)
     if decision.promote:
         # the adapted model: the last self-training round's student (student@round2 with 2 rounds)

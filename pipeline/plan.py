@@ -163,10 +163,12 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
             columns[b] = step
     models = {f"model:{c}": _model(m) for c, m in columns.items()}
     describe = _describe(params, list(columns))
+    # a model is scored as it pseudo-labels (test size, TTA: the infer sections), so those key eval too
+    sections = ("eval", "infer", "thermal_source.infer")
     if val:     # what decides (sweeps, nightly promotion); the test split below is only reported
-        steps.append(Step("val", "eval", ("eval",), needs={"gt": Ref("index", "thermal_val"), **datasets, **models},
+        steps.append(Step("val", "eval", sections, needs={"gt": Ref("index", "thermal_val"), **datasets, **models},
                           options={"columns": list(columns), "describe": describe, "split": "val"}))
-    steps.append(Step("eval", "eval", ("eval",), needs={"gt": Ref("index", "thermal_test"), **datasets, **models},
+    steps.append(Step("eval", "eval", sections, needs={"gt": Ref("index", "thermal_test"), **datasets, **models},
                       options={"columns": list(columns), "describe": describe}))
 
 
