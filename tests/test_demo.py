@@ -11,12 +11,12 @@ import pytest
 
 from core.errors import InputError
 from rgb2thermal_cli import demo
+from tests.test_adaptation_e2e import SMALL
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: The demo's own parameters, smaller: fewer frames, fewer epochs, a smaller input; every step runs.
-CHEAP = ["data.synthetic.n_pairs=48", "teacher.train.epochs=12", "teacher.train.input_size=[160,128]",
-         "student.train.epochs=2", "student.train.input_size=[160,128]"]
+#: The demo's own parameters, smaller (fewer frames and epochs, a smaller input): every step runs.
+CHEAP = SMALL
 
 
 def test_demo_help_lists_options() -> None:
