@@ -10,7 +10,7 @@ deliberately look different, so that a detector trained on RGB and applied to th
   with coloured clothes and skin-coloured heads, coloured cars with windows and wheels. At
   night it is dark, low-contrast and noisy, people wear darker clothes, so small people are
   barely visible; cars show headlights. A share of night people (``night_hidden_people``,
-  default 0; 0.8 reproduces the real problem) is not in the RGB frame at all — below the RGB
+  default 0; the demo uses 1.0, so only thermal shows night people) is not in the RGB frame at all — below the RGB
   noise, as most night people on real pairs (MSRS) are — and not in the RGB labels, while hot in
   thermal and in the thermal labels.
   That is the real problem the pipeline has to solve: RGB-only pseudo-labels miss them.
@@ -220,29 +220,6 @@ def _load_existing(out: Path, meta: dict) -> tuple[dict | None, dict | None, dic
         for row in csv.DictReader(fh):
             split[row["name"]] = (row["split"], row["daynight"])
     return rgb, therm, split
-
-
-def is_generated(out_dir: str | Path, n_pairs: int, seed: int = 0, *, rgb_size: tuple[int, int] = (320, 256),
-                 thermal_size: tuple[int, int] = (256, 208), night_fraction: float = 0.5,
-                 night_hidden_people: float = 0.0, classes: Sequence[str] = ("person", "car"),
-                 objects_per_image: tuple[int, int] = (1, 5), version: str = "synthetic") -> bool:
-    """True when ``out_dir`` holds exactly the set that :func:`generate` with these arguments (and the
-    default homography) writes: same generator version, parameters and number of frames.
-
-    Why: a folder kept from an older generator (or other parameters) must not be reused as if it
-    were the requested one (the demo regenerates it instead of silently running on other data).
-    """
-    out = Path(out_dir)
-    try:
-        old = atomic.read_json(out / "homography.json")
-        with open(out / "split.csv", newline="", encoding="utf-8") as fh:
-            frames = sum(1 for _ in csv.DictReader(fh))
-    except (OSError, ValueError):
-        return False
-    sizes = (int(rgb_size[0]), int(rgb_size[1])), (int(thermal_size[0]), int(thermal_size[1]))
-    meta = _meta(default_homography(*sizes), *sizes, seed, version, classes, night_fraction,
-                 (int(objects_per_image[0]), int(objects_per_image[1])), night_hidden_people)
-    return frames == n_pairs and _same_generation(old, meta)
 
 
 def generate(out_dir: str | Path, n_pairs: int, seed: int = 0, *,

@@ -103,6 +103,9 @@ class TrainSpec(BaseModel):
     frozen_stages: int = Field(default=-1, ge=-1, description="backbone stages to freeze (0 = stem only)")
     ema: bool = True
     seed: int = 0
+    deterministic: bool = Field(default=False, description=(
+        "CPU only (dropped with a warning on CUDA): mmengine randomness.deterministic, i.e. "
+        "torch.use_deterministic_algorithms, so a seed gives the same weights run after run; the demo sets it"))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool | None = Field(default=None, description="mixed precision; default on for CUDA, off on CPU")
     early_stop_patience: int | None = Field(default=None, ge=1, description="stop after this many validations "

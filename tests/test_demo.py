@@ -1,4 +1,6 @@
-"""Fast checks of ``rgb2thermal demo`` (the 10-minute demo itself never runs in the test suite)."""
+"""``rgb2thermal demo`` (``make demo``): its parameters, its computed conclusion, and — slow — its own
+path (the demo command on the default ``params.yaml``, made cheaper only by ``--set`` overrides of the
+same parameters) with the other doors reusing every step it ran."""
 from __future__ import annotations
 
 import subprocess
@@ -7,81 +9,73 @@ from pathlib import Path
 
 import pytest
 
-from rgb2thermal_cli import demo
 from core.errors import InputError
-from pipeline.params import SyntheticData
+from rgb2thermal_cli import demo
+from tests.test_adaptation_e2e import SMALL
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: The demo's own parameters, smaller (fewer frames and epochs, a smaller input): every step runs.
+CHEAP = SMALL
 
 
 def test_demo_help_lists_options() -> None:
     out = subprocess.run([sys.executable, "-m", "rgb2thermal_cli.main", "demo", "--help"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
-    for opt in ("--params", "--data", "--workspace", "--set", "--check"):
+    for opt in ("--params", "--workspace", "--set", "--threads", "--check"):
         assert opt in out
+    assert "--data " not in out          # the pipeline's data step makes the data: no folder of its own
 
 
-def test_demo_params_validate_and_point_at_data(tmp_path: Path) -> None:
-    params, synthetic = demo.demo_params(demo.DEFAULT_PARAMS, tmp_path, tmp_path / "reg")
-    assert params.data.synthetic is None
-    assert [r.path for r in params.data.roots] == [tmp_path.resolve()]
-    assert str(params.warp.registry_dir) == str((tmp_path / "reg").resolve())
-    assert synthetic["n_pairs"] >= 2 and params.teacher.train is not None   # trains its own teacher: no downloads
-    assert params.teacher.checkpoint is None
-    # the rows the demo shows: source-only, the classic recipe, fused (round 1) and self-trained (round 2)
+def test_demo_params_are_the_pipelines_with_generated_data() -> None:
+    params = demo.demo_params(demo.DEFAULT_PARAMS)
+    s = params.data.synthetic
+    assert s is not None and not params.data.roots        # the pipeline's data step generates it
+    assert (s.n_pairs, s.seed, s.night_hidden_people) == (240, 0, 1.0)
+    assert params.teacher.train is not None and params.teacher.checkpoint is None   # no downloads
+    assert params.teacher.train.deterministic is True and params.student.train.deterministic is True
+    assert params.warp.registry_dir is None        # the data step's registry: the exact homography
     assert set(params.eval.baselines) == {"source_only", "classic"}
     assert params.thermal_source.enabled and params.self_training.rounds == 2
-    assert synthetic["night_hidden_people"] > 0.5   # night people mostly invisible in RGB, as on real frames
 
 
-def test_demo_params_reject_bad_override(tmp_path: Path) -> None:
+def test_demo_params_reject_bad_override_and_foreign_data(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="pseudo"):
-        demo.demo_params(demo.DEFAULT_PARAMS, tmp_path, tmp_path, ["pseudo.score_threshold=2.0"])
+        demo.demo_params(demo.DEFAULT_PARAMS, ["pseudo.score_threshold=2.0"])
+    (tmp_path / "pairs").mkdir()
+    with pytest.raises(InputError, match="data.synthetic"):
+        demo.demo_params(demo.DEFAULT_PARAMS, ["data.synthetic=null", f"data.roots=[{{path: {tmp_path / 'pairs'}, version: mine}}]"])
 
 
-def test_demo_registry_from_generated_data(tmp_path: Path) -> None:
-    from data.synthetic import default_homography, generate
-    from registration.registry import lookup
+def test_demo_check_validates_without_running(tmp_path: Path, capsys) -> None:
+    from rgb2thermal_cli.main import main
 
-    import numpy as np
-
-    synthetic = SyntheticData(n_pairs=2, seed=1).model_dump()
-    generate(tmp_path / "d", 2, seed=1, progress=False)
-    assert not demo.ensure_data(tmp_path / "d", synthetic, ["person", "car"])   # present: not regenerated
-    reg = demo.write_registry(tmp_path / "d", tmp_path / "reg", "synthetic")
-    entry = lookup(reg, "synthetic", (320, 256))
-    np.testing.assert_allclose(entry.H, default_homography(), rtol=1e-6)
+    assert main(["demo", "--check", "--workspace", str(tmp_path / "ws")]) == 0
+    assert "demo parameters OK" in capsys.readouterr().out
+    assert not (tmp_path / "ws").exists()
 
 
-def test_demo_regenerates_data_from_other_parameters_and_spares_other_folders(tmp_path: Path, caplog) -> None:
-    """A kept folder made with other parameters (e.g. an older generator) is regenerated, never reused."""
+
+def test_deterministic_training_is_honoured_on_cpu_and_dropped_loudly_on_cuda(caplog) -> None:
+    """The demo's ``deterministic: true`` (TrainSpec) reaches mmengine's randomness on CPU; on CUDA it is
+    dropped with a WARNING (untested kernels there), never silently."""
     import logging
 
-    from data.synthetic import SCHEMA, generate, is_generated
+    from detection.train_config import _deterministic
 
-    old = generate(tmp_path / "d", 3, seed=1, night_hidden_people=0.5, progress=False)
-    synthetic = SyntheticData(n_pairs=3, seed=1).model_dump()
-    assert not is_generated(old.out_dir, 3, seed=1)
+    assert _deterministic(True, "cpu") is True and _deterministic(False, "cpu") is False
     with caplog.at_level(logging.WARNING):
-        assert demo.ensure_data(old.out_dir, synthetic, ["person", "car"])
-    assert "regenerating" in caplog.text
-    assert is_generated(old.out_dir, 3, seed=1)
-    assert (old.out_dir / "homography.json").read_text().count(SCHEMA) == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["d"]   # no temporary folder left
-    other = tmp_path / "mine"
-    other.mkdir()
-    (other / "notes.txt").write_text("not a synthetic set")
-    with pytest.raises(InputError, match="other than a generated synthetic set"):
-        demo.ensure_data(other, synthetic, ["person", "car"])
-    assert (other / "notes.txt").read_text() == "not a synthetic set"
+        assert _deterministic(True, "cuda:0") is False
+    assert "only supported on CPU" in caplog.text
+
+METRICS = {"source_only": {"person": {"mAP_50": 0.2}, "car": {"mAP_50": 0.4}, "all": {"mAP_50": 0.3}},
+           "classic": {"person": {"mAP_50": 0.3}, "car": {"mAP_50": -1.0}, "all": {"mAP_50": 0.35}},
+           "adapted": {"person": {"mAP_50": 0.5}, "car": {"mAP_50": 0.45}, "all": {"mAP_50": 0.475}},
+           "oracle": {"person": {"mAP_50": 0.9}, "car": {"mAP_50": 0.8}, "all": {"mAP_50": 0.85}}}
 
 
 def test_format_summary_gain_and_missing() -> None:
-    metrics = {"source_only": {"person": {"mAP_50": 0.2}, "car": {"mAP_50": 0.4}, "all": {"mAP_50": 0.3}},
-               "classic": {"person": {"mAP_50": 0.3}, "car": {"mAP_50": -1.0}, "all": {"mAP_50": 0.35}},
-               "adapted": {"person": {"mAP_50": 0.5}, "car": {"mAP_50": 0.45}, "all": {"mAP_50": 0.475}},
-               "oracle": {"person": {"mAP_50": 0.9}, "car": {"mAP_50": 0.8}, "all": {"mAP_50": 0.85}}}
-    table = demo.format_summary(metrics, ["person", "car"], "classical", describe={"adapted": "round 2: fused"})
+    table = demo.format_summary(METRICS, ["person", "car"], "classical", describe={"adapted": "round 2: fused"})
     rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
     assert [r.split(" | ")[0] for r in rows] == ["| source_only", "| classic", "| adapted: round 2: fused", "| oracle"]
     assert "| source_only | 0.200 | 0.400 | 0.300 | — |" in table
@@ -90,36 +84,49 @@ def test_format_summary_gain_and_missing() -> None:
     assert "Refinement: classical" in table
 
 
+def test_conclusion_is_computed_from_the_table() -> None:
+    night = {run: {"night": {"person": {"mAP_50": v}, "car": {"mAP_50": -1.0}}}
+             for run, v in (("source_only", 0.1), ("classic", 0.2), ("adapted", 0.6))}
+    margins = demo.conclusion_margins(METRICS, night, ["person", "car"])
+    assert margins == {
+        "source_only": {"all": 0.175, "person": 0.3, "car": 0.05, "night person": 0.5, "night car": None},
+        "classic": {"all": 0.125, "person": 0.2, "car": None, "night person": 0.4, "night car": None}}
+    line = demo.conclusion_line(margins, noise=0.05)
+    assert line.endswith("the adapted model beats source_only (+0.175 all; person +0.300, car +0.050, night person "
+                         "+0.500, night car —); it beats classic (+0.125 all; person +0.200, car —, night person "
+                         "+0.400, night car —).")
+    assert "a margin under 0.05" in line
+    assert demo.conclusion_line({"classic": {"all": 0.049}}, noise=0.05).endswith("ties classic (+0.049 all; ).")
+    assert "falls below classic (-0.050 all" in demo.conclusion_line({"classic": {"all": -0.05}}, noise=0.05)
+    assert demo.conclusion_margins({"source_only": METRICS["source_only"]}, None, ["person"]) == {}
+
+
 @pytest.mark.slow
-def test_demo_writes_the_parameters_it_ran_and_the_other_doors_reuse_every_step(tmp_path: Path,
-                                                                                  prefect_harness) -> None:
-    """A tiny demo run, then the Prefect flow and the plain run on its ``params.run.yaml``: every step reused."""
+def test_make_demo_path_writes_its_parameters_and_the_other_doors_reuse_every_step(tmp_path: Path, capsys,
+                                                                                    prefect_harness) -> None:
+    """The demo command on the default params.yaml (cheaper through --set only), then the Prefect flow
+    and the plain run on its ``params.run.yaml``: every step reused. No ``../shared`` file is read."""
     pytest.importorskip("mmdet")
     from flows.adapt import adapt_flow
     from pipeline.executor import run_pipeline
     from pipeline.params import load_params
+    from pipeline.runs import list_records
     from rgb2thermal_cli.main import main
 
-    import yaml
-
-    from tests.test_pipeline import NANO, TRAIN
-
-    if not (NANO / "yolox_nano_coco.pth").is_file():
-        pytest.skip(f"shared YOLOX-nano teacher absent at {NANO}")
-    params = yaml.safe_load(demo.DEFAULT_PARAMS.read_text())
-    params["data"]["synthetic"].update(n_pairs=8, rgb_size=[160, 128], thermal_size=[128, 96])
-    params["teacher"] = {"config": str(NANO / "yolox_nano_coco.py"), "checkpoint": str(NANO / "yolox_nano_coco.pth")}
-    params["infer"].update(device="cpu", min_score=0.01)
-    params["pseudo"].update(score_threshold=0.02, max_per_image=5)
-    params["student"]["train"] = {**TRAIN, "freeze_bn": True, "frozen_stages": 0}
-    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(params))
     ws = tmp_path / "ws"
-    assert main(["demo", "--params", str(tmp_path / "demo.yaml"), "--data", str(tmp_path / "sample"),
-                 "--workspace", str(ws)]) == 0
+    argv = ["demo", "--workspace", str(ws), "--threads", "1"]
+    assert main(argv + [a for o in CHEAP for a in ("--set", o)]) == 0
+    out = capsys.readouterr().out
     ran = ws / "params.run.yaml"
-    assert ran.is_file()
-    record = adapt_flow(params_path=str(ran), workspace=str(ws))
-    assert record["status"] == "succeeded" and all(s["reused"] for s in record["stages"]), \
-        [s["name"] for s in record["stages"] if not s["reused"]]
-    plain = run_pipeline(load_params(ran), ws)
-    assert all(s.reused for s in plain.stages)
+    params = load_params(ran)
+    assert params == demo.demo_params(demo.DEFAULT_PARAMS, CHEAP)      # exactly what it ran
+    assert params.data.synthetic is not None and (ws / "stages" / "data" / "synthetic" / "split.csv").is_file()
+    record = list_records(ws)[-1]
+    metrics = record.eval_metrics("eval")
+    assert {"source_only", "classic", "round1", "adapted"} <= set(metrics)
+    expected = demo.conclusion_line(demo.conclusion_margins(metrics, demo._grouped(record, ws), ["person", "car"]))
+    assert expected in out.splitlines()
+    flow = adapt_flow(params_path=str(ran), workspace=str(ws))
+    assert flow["status"] == "succeeded" and all(s["reused"] for s in flow["stages"]), \
+        [s["name"] for s in flow["stages"] if not s["reused"]]
+    assert all(s.reused for s in run_pipeline(load_params(ran), ws).stages)
