@@ -48,13 +48,13 @@ def _data(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
         from data.synthetic_dataset import generate_dataset
 
         root, files["registry"] = generate_dataset(d.synthetic, out, d.classes)
-        roots = {d.synthetic.version: root}
-    else:
-        roots = {r.version: ctx.dataset_root(r.version) for r in d.roots}
-    content = {v: content_fingerprint(p, ctx.memo) for v, p in roots.items()}
-    fps = {v: dataset_fingerprint(p, content=content[v]) for v, p in roots.items()}
+        roots = {d.synthetic.version: (root, root)}
+    else:       # (the folder itself: its content and its DVC pointer beside it; how the workspace reaches it)
+        roots = {r.version: (r.path, ctx.dataset_root(r.version)) for r in d.roots}
+    content = {v: content_fingerprint(p, ctx.memo) for v, (p, _) in roots.items()}
+    fps = {v: dataset_fingerprint(p, content=content[v]) for v, (p, _) in roots.items()}
     files["datasets"] = atomic.write_json(out / "datasets.json", {
-        v: {"path": ctx.rel(roots[v], resolve=False), "fingerprint": fps[v], "content": content[v]}
+        v: {"path": ctx.rel(roots[v][1], resolve=False), "fingerprint": fps[v], "content": content[v]}
         for v in sorted(roots)})
     return StepOutput(files=files, info={"datasets": fps})
 
