@@ -161,7 +161,8 @@ def validate_results(results: list, path: str | os.PathLike[str] | None = None,
     match are the usual cause of a silent mAP of 0.
     """
     if not isinstance(results, list):
-        raise _fail(path, "top level", "expected a list of detections", "write COCO results: [{image_id, category_id, bbox, score}]")
+        raise _fail(path, "top level", "expected a list of detections",
+                    "write COCO results: [{image_id, category_id, bbox, score}]")
     gt_images = {im["id"] for im in gt["images"]} if gt else None
     gt_cats = {c["id"] for c in gt["categories"]} if gt else None
     for i, r in enumerate(results):

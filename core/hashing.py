@@ -37,7 +37,7 @@ def bytes_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_read_once(path: str | os.PathLike[str], memo: "HashMemo | None") -> tuple[str, bytes | None]:
+def sha256_read_once(path: str | os.PathLike[str], memo: HashMemo | None) -> tuple[str, bytes | None]:
     """``(sha256, bytes)`` of a file that may be decoded next: the bytes are returned when they had
     to be read (so the caller decodes them without a second read), ``None`` when ``memo`` knew the
     hash from the file's unchanged stat (a cached result then needs no read at all).

@@ -22,7 +22,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise InputError(f"override {item!r}: value is not valid YAML ({exc})", "--set", "quote strings, e.g. a.b='x y'") from None
+        raise InputError(f"override {item!r}: value is not valid YAML ({exc})", "--set",
+                         "quote strings, e.g. a.b='x y'") from None
     return key.strip().split("."), value
 
 

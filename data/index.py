@@ -54,8 +54,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 EXCLUSION_REASONS = ("missing_thermal", "missing_rgb", "unreadable_rgb", "unreadable_thermal", "size_mismatch",
                      "duplicate_id", "sync_offset", "excluded_by_list")
 #: Label-level issues (the pair stays; the label is repaired or dropped; listed under ``issues``).
-ISSUE_KINDS = ("unpaired_frames", "unlabelled_image", "labels_missing_image", "box_outside_image", "box_clipped", "box_degenerate", "class_dropped",
-               "label_file_unreadable")
+ISSUE_KINDS = ("unpaired_frames", "unlabelled_image", "labels_missing_image", "box_outside_image", "box_clipped",
+               "box_degenerate", "class_dropped", "label_file_unreadable")
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,8 @@ def save_exclusions(path: str | Path, version: str, excluded: Iterable[Mapping[s
 
 
 def _labels_to_anns(raw: RawLabels, size: tuple[int, int], cmap: Mapping[str, str | None], cat_id: Mapping[str, int],
-                    opts: BuildOptions, where: str, issues: list[dict], dropped_classes: Counter) -> list[tuple[int, list[float]]]:
+                    opts: BuildOptions, where: str, issues: list[dict],
+                    dropped_classes: Counter) -> list[tuple[int, list[float]]]:
     from core.boxes import as_boxes, cxcywh_norm_to_xyxy
 
     isfinite = math.isfinite

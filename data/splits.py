@@ -41,7 +41,7 @@ class SplitSettings(BaseModel):
         return self.val_split is not None or self.val_fraction > 0
 
     @model_validator(mode="after")
-    def _val_source(self) -> "SplitSettings":
+    def _val_source(self) -> SplitSettings:
         if self.val_split is not None and self.val_fraction > 0:
             raise ValueError("give at most one of data.val_split (a labelled split) or data.val_fraction (carved "
                              "from the adapt split)")

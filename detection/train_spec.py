@@ -150,7 +150,7 @@ class TrainSpec(BaseModel):
         return v.resolve() if v is not None else None
 
     @model_validator(mode="after")
-    def _cross(self) -> "TrainSpec":
+    def _cross(self) -> TrainSpec:
         if self.class_map is not None:
             unknown = sorted(set(self.class_map) - set(self.classes))
             if unknown:
@@ -186,7 +186,7 @@ class TrainFields(TrainSpec):
     resume: bool = Field(default=False, exclude=True)
 
     @model_validator(mode="after")
-    def _not_owned(self) -> "TrainFields":
+    def _not_owned(self) -> TrainFields:
         owned = sorted(self.model_fields_set & set(PIPELINE_OWNED))
         if owned:
             allowed = sorted(set(TrainSpec.model_fields) - set(PIPELINE_OWNED))

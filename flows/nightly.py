@@ -15,11 +15,11 @@ hours, and a retrained model that scores worse must not replace the served one. 
    re-scored on the current split (:func:`pipeline.champion.rescore`);
 4. decides with :func:`pipeline.champion.decide` and promotes (archiving the student) only a
    winner. The workspace lock is held from the challenger run through promotion (waiting up to
-   ``lock_wait_seconds`` for another run), so no other run can replace the student in between. A failed challenger run leaves ``champion.json`` untouched; its report
-   says "failed" and the flow fails.
+   ``lock_wait_seconds`` for another run), so no other run can replace the student in between. A
+   failed challenger run leaves ``champion.json`` untouched; its report says "failed" and the flow fails.
 
-Every night, also one refused because another run kept the workspace busy, writes a Markdown report to ``<workspace>/nightly/<nightly id>.md`` and publishes it
-as the artifact ``nightly-decision``. The decision logic lives in :mod:`pipeline.champion`.
+Every night, also one refused because another run kept the workspace busy, writes a Markdown report
+to ``<workspace>/nightly/<nightly id>.md`` and publishes it as the artifact ``nightly-decision``. The decision logic lives in :mod:`pipeline.champion`.
 
 Limit: a champion without an archived model (e.g. a hand-written pointer) cannot be re-scored; its
 stored value is then used, logged at WARNING and said in the report.
@@ -106,7 +106,8 @@ def nightly_flow(params_path: str | None = "params.yaml", workspace: str = "work
 
     Returns ``{"nightly_id", "outcome" (no change|promoted|kept), "reason", "challenger_run",
     "champion_run", "report"}`` plus, when a challenger ran, ``"champion_value"``,
-    ``"challenger_value"`` (the metric of both on the current decision split: val, or test by opt-in) and ``"comparison"``; raises when the challenger run fails (champion untouched).
+    ``"challenger_value"`` (the metric of both on the current decision split: val, or test by opt-in)
+    and ``"comparison"``; raises when the challenger run fails (champion untouched).
     """
     p = load_params(None if params is not None else params_path, overrides, data=params)
     ws = Path(workspace).resolve()

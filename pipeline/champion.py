@@ -53,7 +53,7 @@ class Champion:
     test_set: str = ""                       # sha256 of the thermal test ground truth ``value`` was measured on
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], where: str) -> "Champion":
+    def from_json(cls, d: dict[str, Any], where: str) -> Champion:
         try:
             return cls(run_id=str(d["run_id"]), metric=str(d["metric"]), value=float(d["value"]),
                        datasets=dict(d["datasets"]), promoted=str(d.get("promoted", "")),
@@ -180,8 +180,11 @@ def evaluate_model(model: dict[str, str], gt: str | os.PathLike[str], *, cache_d
         cache_dir: the infer stage's per-image cache (see :func:`archive_cache_dir`).
         infer: infer-section keys (``input_size``, ``tta``, ``min_score``...): run the model as the
             pipeline's eval step runs it, i.e. as it pseudo-labels; None = the stage defaults.
-        device, batch_size: where and how many frames per forward pass (not in the cache key).
+        device: where the model runs (not in the cache key).
+        batch_size: frames per forward pass (not in the cache key).
         name: the model name of the returned metrics.
+        image_root: the folder relative ``file_name``s of ``gt`` are relative to (a pipeline
+            workspace); None = ``gt``'s own folder.
 
     Returns:
         ``{name: {<category>: {...}, "all": {...}}}`` shaped like a run record's metrics, so

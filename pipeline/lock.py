@@ -31,7 +31,8 @@ def _holder(path: Path) -> str:
         info = json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
         return "another process"
-    return f"run {info.get('run_id', '?')} (pid {info.get('pid', '?')} on {info.get('host', '?')}, since {info.get('since', '?')})"
+    return (f"run {info.get('run_id', '?')} (pid {info.get('pid', '?')} on {info.get('host', '?')}, "
+            f"since {info.get('since', '?')})")
 
 
 #: ``errno`` values that mean "this file system or folder does not let us write", as opposed to a bug.

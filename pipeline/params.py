@@ -127,7 +127,7 @@ class DataSection(SplitSettings):
     synthetic: SyntheticData | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataSection":
+    def _one_source(self) -> DataSection:
         if bool(self.roots) == (self.synthetic is not None):
             raise ValueError("give exactly one of data.roots (paired folders) or data.synthetic (generated demo data)")
         versions = [r.version for r in self.roots]
@@ -151,7 +151,7 @@ class TeacherSection(_Strict):
         return cfg is not None and (cfg.endswith(".py") or "/" in cfg or os.sep in cfg)
 
     @model_validator(mode="after")
-    def _mode(self) -> "TeacherSection":
+    def _mode(self) -> TeacherSection:
         if (self.config is not None) == (self.train is not None):
             raise ValueError("give exactly one of teacher.config (+ teacher.checkpoint) or teacher.train")
         if self.checkpoint is not None:

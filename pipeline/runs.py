@@ -70,7 +70,7 @@ class RunRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "RunRecord":
+    def from_json(cls, d: dict[str, Any]) -> RunRecord:
         d = dict(d)
         d["stages"] = [StageRecord(**s) for s in d.get("stages", [])]
         return cls(**d)

@@ -55,7 +55,7 @@ class Dim(StageParams):
     step: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _shape(self) -> "Dim":
+    def _shape(self) -> Dim:
         if self.choices is not None:
             if self.low is not None or self.high is not None:
                 raise ValueError("give either choices or low/high, not both")
@@ -146,8 +146,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise input_error_from_validation(exc, str(p), model=SweepSpec,
-                                          fix="fix the listed keys of the sweep file (see `rgb2thermal sweep run --help`)") from None
+        raise input_error_from_validation(
+            exc, str(p), model=SweepSpec,
+            fix="fix the listed keys of the sweep file (see `rgb2thermal sweep run --help`)") from None
 
 
 def trial_params(base: dict[str, Any], spec: SweepSpec, values: dict[str, Any]) -> dict[str, Any]:

@@ -75,7 +75,8 @@ def _add_validate(dsub: argparse._SubParsersAction) -> None:
     pv.add_argument("--format", choices=_FORMATS, default="folder", help="source layout with --root (default: folder)")
     pv.add_argument("--version", help="dataset version tag (required with --root)")
     pv.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder for index and reports")
-    pv.add_argument("--classes", nargs="+", default=list(DEFAULT_CLASSES), metavar="NAME", help="target classes (default: %(default)s)")
+    pv.add_argument("--classes", nargs="+", default=list(DEFAULT_CLASSES), metavar="NAME",
+                    help="target classes (default: %(default)s)")
     pv.add_argument("--class-map", type=Path, default=None, metavar="YAML", help="class name mapping (see data index)")
     pv.add_argument("--pairs-file", type=Path, default=None, metavar="JSON", help="explicit pairs (see data index)")
     pv.add_argument("--exclusions", type=Path, default=None, metavar="JSON", help="this version's exclusion list to apply")

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", help="run the RGB->thermal adaptation pipeline from params.yaml (steps skipped when current)",
         description="Run data -> index -> teacher -> infer -> pseudo -> warp -> refine -> student -> baseline -> "
-                    "quality -> eval as configured in params.yaml (the steps are listed by `rgb2thermal steps`). Every step is skipped when its inputs (by content) "
+                    "quality -> eval as configured in params.yaml (the steps are listed by `rgb2thermal steps`). "
+                    "Every step is skipped when its inputs (by content) "
                     "and parameter section are unchanged since it last ran in this workspace; per-image caches make "
                     "added images cheap. Parameters are validated before any work starts. A run record is written "
                     "to WORKSPACE/runs/<run id>/record.json (see `rgb2thermal runs`).")

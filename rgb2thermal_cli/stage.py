@@ -126,12 +126,15 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None,
                    help="detector weights (.pth) to load; only name files you trust (they are unpickled). "
                         "Omitted: random weights, for smoke tests only (recorded as such in the report)")
-    p.add_argument("--device", default=_d(InferParams, "device"), help="cpu, cuda, cuda:N or auto (CUDA when available; default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=_d(InferParams, "batch_size"), help="images per forward pass (default %(default)s)")
+    p.add_argument("--device", default=_d(InferParams, "device"),
+                   help="cpu, cuda, cuda:N or auto (CUDA when available; default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=_d(InferParams, "batch_size"),
+                   help="images per forward pass (default %(default)s)")
     p.add_argument("--min-score", type=float, default=_d(InferParams, "min_score"),
                    help="detections below this score are not stored (default %(default)s). Keep it below every "
                         "threshold you may want in 'pseudo', so changing those never needs re-inference")
-    p.add_argument("--max-per-image", type=int, default=_d(InferParams, "max_per_image"), help="keep at most this many detections per image (default %(default)s)")
+    p.add_argument("--max-per-image", type=int, default=_d(InferParams, "max_per_image"),
+                   help="keep at most this many detections per image (default %(default)s)")
     p.add_argument("--source", choices=["rgb_teacher", "thermal_teacher"], default=_d(InferParams, "source"),
                    help="provenance tag written on every box: rgb_teacher (RGB images) or thermal_teacher "
                         "(the detector run directly on thermal frames)")
@@ -173,7 +176,8 @@ def _pseudo_args(p: argparse.ArgumentParser) -> None:
                         "1.0 disables NMS (default %(default)s)")
     p.add_argument("--min-size", type=float, default=_d(PseudoParams, "min_size"),
                    help="drop boxes whose width or height is below this many pixels (default %(default)s)")
-    p.add_argument("--max-per-image", type=int, default=_d(PseudoParams, "max_per_image"), help="keep at most this many boxes per image, best scores first (default %(default)s)")
+    p.add_argument("--max-per-image", type=int, default=_d(PseudoParams, "max_per_image"),
+                   help="keep at most this many boxes per image, best scores first (default %(default)s)")
     p.add_argument("--no-histogram", action="store_true", help="do not write the per-class score histogram PNGs")
 
 
@@ -203,7 +207,8 @@ def _warp_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-size", type=float, default=_d(WarpParams, "min_size"),
                    help="drop warped boxes whose width or height is below this many thermal pixels (default %(default)s)")
     p.add_argument("--min-visible-fraction", type=float, default=_d(WarpParams, "min_visible_fraction"),
-                   help="drop warped boxes with less than this fraction of their area inside the thermal image (default %(default)s)")
+                   help="drop warped boxes with less than this fraction of their area inside the thermal image "
+                        "(default %(default)s)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=_d(WarpParams, "device"),
                    help="where boxes are warped: cpu (numpy), cuda (kornia on the GPU) or auto (default): the GPU "
                         "when this machine has one torch can use, else numpy. Same numbers either way")

@@ -315,7 +315,8 @@ def _spec_identity(spec: TrainSpec) -> str:
         d[role] = None if ds is None else hashing.file_sha256(ds.ann_file)
     d["load_from"] = hashing.file_sha256(spec.load_from) if spec.load_from is not None else None
     d.pop("work_dir", None)
-    d.pop("resume", None)       # how this attempt started, not what was trained: a resumed run's weights equal an uninterrupted one's
+    # how this attempt started, not what was trained: a resumed run's weights equal an uninterrupted one's
+    d.pop("resume", None)
     return hashing.json_sha256(d)
 
 

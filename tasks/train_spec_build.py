@@ -56,7 +56,8 @@ def build_train_spec(fields: TrainFields, *, classes: Sequence[str], labels: Pat
     Args:
         fields: the user's training section (no datasets, work dir, classes or initial weights).
         classes: the target class names (``data.classes``).
-        labels: the COCO training labels; ``val_labels``: validation labels (best checkpoint by them).
+        labels: the COCO training labels.
+        val_labels: validation labels (the best checkpoint is chosen by them), or None.
         image_root: the folder their relative ``file_name``s are relative to.
         work_dir: where training writes.
         init: initial weights (a checkpoint path), else the base model's.

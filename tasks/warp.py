@@ -123,7 +123,8 @@ def run_warp(inp: Path, out: Path, params: WarpParams, *, index: Path | None = N
                          "pass --index INDEX_JSON (written by 'rgb2thermal data ...')")
     ds = load_dataset(inp)
     report = StageReport(stage="warp", inputs={"coco": str(inp), "index": str(index),
-                                               "registry": str(params.registry_dir or "(package default)")}, params=params.to_dict())
+                                               "registry": str(params.registry_dir or "(package default)")},
+                         params=params.to_dict())
     homographies = _Homographies(params, ds, report)
     images, jobs, n_other_ids = _thermal_images(ds, _PairFinder(load_index(index)), homographies, report)
     kept_of = _warp_jobs(jobs, homographies.entries, warp_boxes, params, report)

@@ -237,7 +237,8 @@ def candidates(root: str | Path, *, pairs_file: str | Path | None = None) -> tup
     rgb, th = _images(root / "rgb"), _images(root / "thermal")
     pf = Path(pairs_file) if pairs_file else (root / "pairs.json" if (root / "pairs.json").exists() else None)
     if not rgb and not th and pf is None:
-        raise InputError("no images in rgb/ or thermal/", str(root), "use the layout rgb/, thermal/ (see data/adapters/folder.py)")
+        raise InputError("no images in rgb/ or thermal/", str(root),
+                         "use the layout rgb/, thermal/ (see data/adapters/folder.py)")
     issues: list[dict] = []
     classes_txt = next((p for p in (root / "classes.txt", root / "labels_rgb" / "classes.txt",
                                     root / "labels_thermal" / "classes.txt") if p.exists()), None)
@@ -246,7 +247,7 @@ def candidates(root: str | Path, *, pairs_file: str | Path | None = None) -> tup
     split = read_split_csv(root / "split.csv") if (root / "split.csv").exists() else {}
     out: list[Candidate] = []
     if pf is not None:
-        for k, item in enumerate(_read_pairs_file(pf, root)):
+        for item in _read_pairs_file(pf, root):
             rp = Path(item["rgb"]) if Path(item["rgb"]).is_absolute() else root / item["rgb"]
             tp = Path(item["thermal"]) if Path(item["thermal"]).is_absolute() else root / item["thermal"]
             oid = str(item.get("id") or rp.stem)
