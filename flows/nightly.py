@@ -19,7 +19,8 @@ hours, and a retrained model that scores worse must not replace the served one. 
    failed challenger run leaves ``champion.json`` untouched; its report says "failed" and the flow fails.
 
 Every night, also one refused because another run kept the workspace busy, writes a Markdown report
-to ``<workspace>/nightly/<nightly id>.md`` and publishes it as the artifact ``nightly-decision``. The decision logic lives in :mod:`pipeline.champion`.
+to ``<workspace>/nightly/<nightly id>.md`` and publishes it as the artifact ``nightly-decision``.
+The decision logic lives in :mod:`pipeline.champion`.
 
 Limit: a champion without an archived model (e.g. a hand-written pointer) cannot be re-scored; its
 stored value is then used, logged at WARNING and said in the report.
