@@ -53,7 +53,8 @@ def test_extension_is_identical_to_one_call(tmp_path: Path) -> None:
         assert not c.diff_files and not c.left_only and not c.right_only, sub
     # another seed gives other images
     generate(tmp_path / "other", 2, seed=4, progress=False)
-    assert (tmp_path / "other" / "rgb" / "syn_000000.png").read_bytes() != (tmp_path / "one" / "rgb" / "syn_000000.png").read_bytes()
+    first = "rgb/syn_000000.png"
+    assert (tmp_path / "other" / first).read_bytes() != (tmp_path / "one" / first).read_bytes()
     with pytest.raises(InputError, match="different parameters"):
         generate(tmp_path / "one", 2, seed=99, start_index=9, progress=False)
     with pytest.raises(InputError, match="different parameters"):

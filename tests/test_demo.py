@@ -44,7 +44,8 @@ def test_demo_params_reject_bad_override_and_foreign_data(tmp_path: Path) -> Non
         demo.demo_params(demo.DEFAULT_PARAMS, ["pseudo.score_threshold=2.0"])
     (tmp_path / "pairs").mkdir()
     with pytest.raises(InputError, match="data.synthetic"):
-        demo.demo_params(demo.DEFAULT_PARAMS, ["data.synthetic=null", f"data.roots=[{{path: {tmp_path / 'pairs'}, version: mine}}]"])
+        demo.demo_params(demo.DEFAULT_PARAMS,
+                         ["data.synthetic=null", f"data.roots=[{{path: {tmp_path / 'pairs'}, version: mine}}]"])
 
 
 def test_demo_check_validates_without_running(tmp_path: Path, capsys) -> None:

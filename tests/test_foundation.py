@@ -73,7 +73,8 @@ def test_slim_checkpoint_loads_under_the_strict_default(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     ckpt = run_dir / "epoch_1.pth"
-    torch.save({"state_dict": {"w": torch.ones(2)}, "meta": {"hist": _Rich(), "dataset_meta": {"classes": ("person", "car")}}}, ckpt)
+    meta = {"hist": _Rich(), "dataset_meta": {"classes": ("person", "car")}}
+    torch.save({"state_dict": {"w": torch.ones(2)}, "meta": meta}, ckpt)
     full = compat.load_trusted_checkpoint(ckpt)
     slim = tmp_path / "slim.pth"
     torch.save(compat.slim_checkpoint(full), slim)

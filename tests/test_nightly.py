@@ -185,7 +185,7 @@ def test_nightly_flow_skip_promote_keep_and_fail(tmp_path: Path, prefect_harness
     # 4. the challenger run fails (no homography for its version): the champion is untouched
     empty = tmp_path / "empty_registry"
     empty.mkdir()
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="homography"):
         nightly_flow(params_path=None, workspace=str(ws), params={**params, "warp": {"registry_dir": str(empty)}},
                      decide_on="test")
     assert champion_path(ws).read_bytes() == pointer and len(read_history(ws)) == 2

@@ -64,7 +64,8 @@ def test_thresholds_per_class_and_class_map(tmp_path: Path) -> None:
     # truck/bus -> car on request
     rep3 = run_pseudo(inp, tmp_path / "veh.json", PseudoParams(vehicles_as_car=True))
     assert rep3.counts["kept_car"] == 2 and rep3.dropped["unmapped_class"] == 1
-    assert any(a["detector_class"] == "truck" and a["category_id"] == 2 for a in load_dataset(tmp_path / "veh.json")["annotations"])
+    anns = load_dataset(tmp_path / "veh.json")["annotations"]
+    assert any(a["detector_class"] == "truck" and a["category_id"] == 2 for a in anns)
 
 
 def test_classwise_nms_after_mapping(tmp_path: Path) -> None:

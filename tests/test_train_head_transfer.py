@@ -23,7 +23,7 @@ def _models():
     torch.manual_seed(0)
     cfg.model.bbox_head.num_classes = 80
     src = build_model(cfg.model).state_dict()
-    for k, v in src.items():  # make every row distinguishable
+    for v in src.values():  # make every row distinguishable
         if v.is_floating_point():
             v.copy_(torch.randn_like(v))
     cfg.model.bbox_head.num_classes = 2
