@@ -171,21 +171,17 @@ def _refine(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
 def _quality(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     """Score pseudo-labels stage by stage against thermal labels of the adapt split, where they
     exist (synthetic data, benchmarks). Without them the report says so and scores nothing."""
-    from tasks.report import ReportInputs, ReportParams, run_report
+    from tasks.report import NO_THERMAL_LABELS, ReportInputs, ReportParams, run_report
 
-    index, thermal_gt = ctx.input(step, "index"), ctx.input(step, "thermal_gt")
-    if not atomic.read_json(thermal_gt)["annotations"]:
-        note = "no thermal labels on the adapt split: pseudo-label quality cannot be measured"
-        md = atomic.write_text(out / "quality" / "quality.md", f"# Pseudo-label quality\n\n{note}.\n")
-        return StepOutput(files={"markdown": md}, info={"note": note})
-    rep = run_report(ReportInputs(thermal_gt=thermal_gt, rgb_gt=ctx.input(step, "rgb_gt"),
+    rep = run_report(ReportInputs(thermal_gt=ctx.input(step, "thermal_gt"), rgb_gt=ctx.input(step, "rgb_gt"),
                                   pseudo=ctx.input(step, "pseudo") if "pseudo" in step.needs else None,
                                   warped=ctx.input(step, "warped"), refined=ctx.input(step, "refined"),
                                   extra=tuple((role.removeprefix("label:"), ctx.input(step, role))
                                               for role in step.needs if role.startswith("label:"))),
-                     out / "quality", ReportParams(n_overlays=2, image_root=str(ctx.image_root)), index=index)
-    return StepOutput(files={"markdown": Path(rep.outputs["markdown"]), "json": Path(rep.outputs["json"])},
-                      info={"counts": rep.counts})
+                     out / "quality", ReportParams(n_overlays=2, image_root=str(ctx.image_root)),
+                     index=ctx.input(step, "index"))
+    files = {k: Path(rep.outputs[k]) for k in ("markdown", "json") if k in rep.outputs}
+    return StepOutput(files=files, info={"counts": rep.counts} if "json" in files else {"note": NO_THERMAL_LABELS})
 
 
 def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
