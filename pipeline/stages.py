@@ -187,47 +187,34 @@ def _quality(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
 def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     """Score each model column on the step's ground truth (``eval``: test split, ``val``: val split).
 
-    Every model runs through the infer stage (``tasks.infer.infer_results``) with the step cache
-    ``ctx.cache_dir("infer")``, so an unchanged model on unchanged frames is all cache hits, and with
+    Every model runs through the infer stage (:func:`tasks.compare.evaluate_columns`) with the step
+    cache ``ctx.cache_dir("infer")``, so an unchanged model on unchanged frames is all cache hits, and with
     the parameters it pseudo-labels with (the ``infer`` section merged with ``thermal_source.infer``:
     test size, TTA, device; the score floor is at most ``tasks.infer.EVAL_MIN_SCORE``, since COCO AP
     wants low-score detections). Batch size: ``eval.batch_size``.
     """
-    from tasks.compare import evaluate_models
+    from tasks.compare import evaluate_columns
 
     gt, p = ctx.input(step, "gt"), ctx.params
-    preds, conditions, reports, notes = {}, {}, [], []
+    params, notes = {}, []
     for column in step.options["columns"]:
         model = model_of(ctx, ctx.input(step, f"model:{column}"))
         if model is None:                     # an optional model (the oracle without thermal labels)
             notes.append(f"column {column} left out: {atomic.read_json(ctx.input(step, f'model:{column}'))['absent']}")
             continue
-        preds[column], rep = _predict_column(ctx, column, model, gt, out)
-        conditions[column] = {**rep.params, "skipped": len(rep.skipped_images)}
-        reports.append(rep)
-    ev = evaluate_models(gt, preds, out, p.eval.metrics, columns=step.options["columns"], conditions=conditions,
-                         describe=step.options.get("describe"), decisions=(decisions := _decisions(ctx, step, gt)))
-    skipped = [f"{c}: {n['skipped']} test frame(s) could not be read: scored as misses (see infer_{c}.json.report.json)"
-               for c, n in conditions.items() if n["skipped"]]
-    return StepOutput(files={**ev.files, **{f"predictions_{k}": v for k, v in preds.items()}},
-                      cache_hits=sum(r.cache_hits for r in reports), cache_misses=sum(r.cache_misses for r in reports),
+        params[column] = p.infer_params(*model, source="thermal_teacher" if column == "source_only" else
+                                        "thermal_student", overrides={**set_values(p.thermal_source.infer),
+                                                                      "batch_size": p.eval.batch_size,
+                                                                      "device": p.eval.device})
+    res = evaluate_columns(gt, params, out, p.eval.metrics, columns=step.options["columns"],
+                           cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo, image_root=ctx.image_root,
+                           describe=step.options.get("describe"), decisions=(decisions := _decisions(ctx, step, gt)))
+    ev = res.evaluation
+    return StepOutput(files={**ev.files, **{f"predictions_{k}": v for k, v in res.predictions.items()}},
+                      cache_hits=res.cache_hits, cache_misses=res.cache_misses,
                       info={"metrics": {**ev.metrics, "table_markdown": ev.markdown}, "notes": notes,
-                            "decisions": decisions, "test_sizes": {k: c["test_size"] for k, c in conditions.items()},
-                            "fallbacks": list(dict.fromkeys(f for r in reports for f in r.fallbacks)) + skipped})
-
-
-def _predict_column(ctx: PipelineContext, column: str, model: tuple[str, str | None], gt: Path,
-                    out: Path) -> tuple[Path, Any]:
-    """One model's COCO results on ``gt`` through the infer stage, as it pseudo-labels (see :func:`_eval`)."""
-    from tasks.infer import infer_results
-
-    p = ctx.params
-    params = p.infer_params(*model, source="thermal_teacher" if column == "source_only" else "thermal_student",
-                            overrides={**set_values(p.thermal_source.infer), "batch_size": p.eval.batch_size,
-                                       "device": p.eval.device})
-    results, rep = infer_results(gt, out / f"infer_{column}.json", params, cache_dir=ctx.cache_dir("infer"),
-                                 hash_memo=ctx.memo, image_root=ctx.image_root)
-    return atomic.write_json(out / f"predictions_{column}.json", results, indent=None), rep
+                            "decisions": decisions, "test_sizes": {k: c["test_size"] for k, c in res.conditions.items()},
+                            "fallbacks": res.fallbacks})
 
 
 def _decisions(ctx: PipelineContext, step: Step, gt: Path) -> str:
