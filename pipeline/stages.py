@@ -86,25 +86,21 @@ def _model_step(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
 
 
 def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) -> StepOutput:
-    from tasks.train import train
-    from tasks.train_spec_build import build_train_spec, training_labels
+    """Train the step's detector on its labels (:func:`tasks.train_spec_build.run_training_step`); an
+    optional step without labels writes ``model.json`` ``{"absent": why}`` for ``eval`` to leave out."""
+    from tasks.train_spec_build import run_training_step
 
-    rgb = ctx.input(step, "rgb_labels") if "rgb_labels" in step.needs else None
-    labels, ignored = training_labels(ctx.input(step, "labels"), step.name, optional=bool(step.options.get("optional")),
-                                      rgb_labels=rgb, out=out)
-    if labels is None:
-        note = (f"'{step.name}' not trained: its labels ({ctx.input(step, 'labels').name}) are empty (e.g. no "
-                "thermal labels on the adapt split)")
-        log.info(note)
-        return StepOutput(files={"model": atomic.write_json(out / "model.json", {"absent": note})}, info={"note": note})
-    spec = build_train_spec(
-        ctx.params.train_fields(step.options["fields"]), classes=ctx.params.data.classes, labels=labels,
-        image_root=ctx.image_root, work_dir=out / "train", resume=resume, has_ignored=ignored,
-        val_labels=ctx.input(step, "val") if "val" in step.needs else None, where=f"params ({step.name})",
-        init=required_model(ctx, ctx.input(step, "init"))[1] if "init" in step.needs else None)
-    result = train(spec)
-    if result.slim_checkpoint is None:
-        raise RuntimeError(f"{step.name} training produced no checkpoint (see {result.run_dir})")
+    run = run_training_step(
+        ctx.params.train_fields(step.options["fields"]), name=step.name, labels=ctx.input(step, "labels"),
+        classes=ctx.params.data.classes, image_root=ctx.image_root, out=out, resume=resume,
+        optional=bool(step.options.get("optional")),
+        rgb_labels=ctx.input(step, "rgb_labels") if "rgb_labels" in step.needs else None,
+        val_labels=ctx.input(step, "val") if "val" in step.needs else None,
+        init=(lambda: required_model(ctx, ctx.input(step, "init"))[1]) if "init" in step.needs else None)
+    if (result := run.result) is None:
+        log.info(run.note)
+        return StepOutput(files={"model": atomic.write_json(out / "model.json", {"absent": run.note})},
+                          info={"note": run.note})
     ck = Path(result.slim_checkpoint)
     model, fp = write_model(ctx, out, str(result.config_path), ck, "trained")
     return StepOutput(files={"model": model, "config": Path(result.config_path), "checkpoint": ck,
