@@ -300,8 +300,13 @@ def evaluate_columns(gt: Path, params: Mapping[str, InferParams], out: Path, met
         params: column name -> the infer parameters of that model (config, checkpoint, test size, ...).
         out: folder for ``infer_<column>.json`` (+ its report), ``predictions_<column>.json`` (COCO
             results, ``xywh`` pixels) and the evaluation files of :func:`evaluate_models`.
-        metrics, columns, describe, decisions: as for :func:`evaluate_models`.
-        cache_dir, hash_memo, image_root: as for :func:`tasks.infer.run_infer`.
+        metrics: names of :data:`tasks.evaluate.METRICS` for the main table (:func:`evaluate_models`).
+        columns: every model column in table order, including any left out of ``params``.
+        cache_dir: the infer stage's per-image cache (shared with pseudo-labelling).
+        hash_memo: avoids re-hashing unchanged frames (:class:`core.hashing.HashMemo`).
+        image_root: the folder ``gt``'s relative ``file_name``s are relative to.
+        describe: per column, what its model was trained on (table rows).
+        decisions: one sentence on what this run's decisions were made on.
 
     Returns:
         A :class:`ColumnsEvaluation`; its ``fallbacks`` add one line per column with unreadable

@@ -61,7 +61,8 @@ def build_train_spec(fields: TrainFields, *, classes: Sequence[str], labels: Pat
     Args:
         fields: the user's training section (no datasets, work dir, classes or initial weights).
         classes: the target class names (``data.classes``).
-        labels: the COCO training labels; ``val_labels``: validation labels (best checkpoint by them).
+        labels: the COCO training labels.
+        val_labels: validation labels (the best checkpoint is chosen by them), or ``None``.
         image_root: the folder their relative ``file_name``s are relative to.
         work_dir: where training writes.
         init: initial weights (a checkpoint path), else the base model's.
@@ -95,9 +96,19 @@ def run_training_step(fields: TrainFields, *, name: str, labels: Path, classes: 
     """Train a pipeline step's detector: its labels (:func:`training_labels`), its spec
     (:func:`build_train_spec`, work dir ``out/train``), :func:`tasks.train.train`.
 
-    Args: as for :func:`training_labels` and :func:`build_train_spec`; ``name`` is the step's name;
-        ``init`` gives the initial weights' checkpoint path, called only when there is something to
-        train (an empty label set is the error to report, not a missing upstream model).
+    Args:
+        fields: the user's training section (:func:`build_train_spec`).
+        name: the step's name, for messages.
+        labels: the step's (pseudo-)labels, COCO ``xywh`` pixels.
+        classes: the target class names (``data.classes``).
+        image_root: the folder the labels' relative ``file_name``s are relative to.
+        out: the step's folder (training writes under ``out/train``).
+        resume: continue an interrupted attempt.
+        optional: empty labels mean "nothing to train" instead of an error (:func:`training_labels`).
+        rgb_labels: with mixed training, the RGB frames with their ground truth.
+        val_labels: validation labels (best checkpoint by them), or ``None``.
+        init: gives the initial weights' checkpoint path; called only when there is something to
+            train (an empty label set is the error to report, not a missing upstream model).
 
     Returns:
         :class:`StepTraining`; ``result.slim_checkpoint`` is set whenever ``result`` is.
