@@ -222,6 +222,90 @@ def _load_existing(out: Path, meta: dict) -> tuple[dict | None, dict | None, dic
     return rgb, therm, split
 
 
+def _checked_homography(homography: np.ndarray | None, rgb_size: tuple[int, int],
+                        thermal_size: tuple[int, int]) -> np.ndarray:
+    """The 3x3 RGB->thermal homography to use (default if ``None``), checked and normalised to ``H[2, 2] = 1``."""
+    from registration.homography import check_homography
+
+    H = default_homography(rgb_size, thermal_size) if homography is None else np.asarray(homography, dtype=np.float64)
+    check_homography(H, rgb_size, thermal_size)
+    return H / H[2, 2]
+
+
+@dataclass
+class _Labels:
+    """COCO image and annotation records of the newly rendered frames, RGB and thermal side."""
+
+    images_rgb: list[dict] = field(default_factory=list)
+    images_th: list[dict] = field(default_factory=list)
+    anns_rgb: list[dict] = field(default_factory=list)
+    anns_th: list[dict] = field(default_factory=list)
+
+
+def _add_frame(labels: _Labels, job: _Job, cat_id: dict[str, int], i: int, geo: np.ndarray, names: list[str],
+               seen: list[bool], night: bool) -> None:
+    """Append frame ``i``'s image records and its boxes (geometry xyxy RGB px, clipped per camera) to ``labels``."""
+    from registration.warp import warp_boxes
+
+    stem, image_id, dn = stem_for(i), i + 1, "night" if night else "day"
+    for images, (w, h) in ((labels.images_rgb, job.rgb_size), (labels.images_th, job.thermal_size)):
+        images.append({"id": image_id, "file_name": f"{stem}.png", "width": w, "height": h, "daynight": dn})
+    cls = [cat_id[n] for n in names]
+    r_rgb = warp_boxes(geo, np.eye(3), job.rgb_size, min_size=2.0, min_visible_fraction=0.5)
+    for k, box in zip(r_rgb.keep, r_rgb.boxes):
+        if not seen[k]:
+            continue  # hidden in RGB: no RGB annotator could have labelled it
+        labels.anns_rgb.append(annotation(0, image_id, cls[k], box))
+    r_th = warp_boxes(geo, job.H, job.thermal_size, min_size=2.0, min_visible_fraction=0.5)
+    for k, box in zip(r_th.keep, r_th.boxes):
+        labels.anns_th.append(annotation(0, image_id, cls[k], box))
+
+
+def _render_all(job: _Job, indices: list[int], workers: int, progress: bool,
+                split: dict[str, tuple[str, str]]) -> tuple[_Labels, list[str]]:
+    """Render and write frames ``indices``; return their labels and stems, recording each in ``split``."""
+    from tqdm import tqdm
+
+    cat_id = {c: i + 1 for i, c in enumerate(job.classes)}
+    chunks = [indices[k:k + _CHUNK] for k in range(0, len(indices), _CHUNK)]
+    labels, generated = _Labels(), []
+    bar = tqdm(total=len(indices), desc="synthetic pairs", unit="pair", disable=not progress or len(indices) < 50)
+    for frames in _run_chunks(job, chunks, workers):
+        for i, geo, names, seen, night, sp in frames:
+            _add_frame(labels, job, cat_id, i, geo, names, seen, night)
+            split[stem_for(i)] = (sp, "night" if night else "day")
+            generated.append(stem_for(i))
+        bar.update(len(frames))
+    bar.close()
+    return labels, generated
+
+
+def _merged(old: dict | None, images: list[dict], anns: list[dict], classes: Sequence[str], version: str,
+            seed: int) -> dict:
+    """A COCO dataset of ``old``'s frames with the new frames replacing any of the same id; ids renumbered."""
+    new_ids = {im["id"] for im in images}
+    keep_imgs = [im for im in (old["images"] if old else []) if im["id"] not in new_ids]
+    keep_anns = [a for a in (old["annotations"] if old else []) if a["image_id"] not in new_ids]
+    all_imgs = sorted(keep_imgs + images, key=lambda im: im["id"])
+    all_anns = sorted(keep_anns + anns, key=lambda a: a["image_id"])  # stable: per-image order kept
+    for j, a in enumerate(all_anns):
+        a["id"] = j + 1
+    return new_dataset(all_imgs, all_anns, categories_from_names(classes),
+                       info={"description": f"rgb2thermal synthetic paired scenes ({version})", "seed": seed})
+
+
+def _write_split(path: Path, split: dict[str, tuple[str, str]]) -> list[str]:
+    """Write ``split.csv`` (name, split, daynight; sorted by name); return the sorted stems."""
+    buf_csv = io.StringIO()
+    w = csv.writer(buf_csv, lineterminator="\n")
+    w.writerow(["name", "split", "daynight"])
+    stems = sorted(split)
+    for stem in stems:
+        w.writerow([stem, *split[stem]])
+    atomic.write_text(path, buf_csv.getvalue())
+    return stems
+
+
 def generate(out_dir: str | Path, n_pairs: int, seed: int = 0, *,
              rgb_size: tuple[int, int] = (320, 256),
              thermal_size: tuple[int, int] = (256, 208),
@@ -248,11 +332,6 @@ def generate(out_dir: str | Path, n_pairs: int, seed: int = 0, *,
     """
     import time
 
-    from tqdm import tqdm
-
-    from registration.homography import check_homography
-    from registration.warp import warp_boxes
-
     t0 = time.perf_counter()
     rgb_size = (int(rgb_size[0]), int(rgb_size[1]))
     thermal_size = (int(thermal_size[0]), int(thermal_size[1]))
@@ -261,65 +340,19 @@ def generate(out_dir: str | Path, n_pairs: int, seed: int = 0, *,
         raise InputError(f"workers must be >= 1, got {workers}", "data.synthetic.generate", "use 1 (or the core count)")
     _check_args(n_pairs, rgb_size, thermal_size, night_fraction, night_hidden_people, classes, objects_per_image,
                 start_index)
-    H = default_homography(rgb_size, thermal_size) if homography is None else np.asarray(homography, dtype=np.float64)
-    check_homography(H, rgb_size, thermal_size)
-    H = H / H[2, 2]
+    H = _checked_homography(homography, rgb_size, thermal_size)
     out = Path(out_dir)
     meta = _meta(H, rgb_size, thermal_size, seed, version, classes, night_fraction, objects_per_image,
                  night_hidden_people)
     old_rgb, old_therm, split = _load_existing(out, meta)
-    cat_id = {c: i + 1 for i, c in enumerate(classes)}
-    identity = np.eye(3)
     job = _Job(str(out), seed, rgb_size, thermal_size, H, night_fraction, tuple(classes), objects_per_image,
                night_hidden_people)
-    indices = list(range(start_index, start_index + n_pairs))
-    chunks = [indices[k:k + _CHUNK] for k in range(0, len(indices), _CHUNK)]
-    new_images_rgb, new_images_th, new_anns_rgb, new_anns_th = [], [], [], []
-    generated: list[str] = []
-    bar = tqdm(total=n_pairs, desc="synthetic pairs", unit="pair", disable=not progress or n_pairs < 50)
-    for frames in _run_chunks(job, chunks, workers):
-        for i, geo, names, seen, night, sp in frames:
-            stem = stem_for(i)
-            image_id = i + 1
-            dn = "night" if night else "day"
-            new_images_rgb.append({"id": image_id, "file_name": f"{stem}.png", "width": rgb_size[0],
-                                   "height": rgb_size[1], "daynight": dn})
-            new_images_th.append({"id": image_id, "file_name": f"{stem}.png", "width": thermal_size[0],
-                                  "height": thermal_size[1], "daynight": dn})
-            cls = [cat_id[n] for n in names]
-            r_rgb = warp_boxes(geo, identity, rgb_size, min_size=2.0, min_visible_fraction=0.5)
-            for k, box in zip(r_rgb.keep, r_rgb.boxes):
-                if not seen[k]:
-                    continue  # hidden in RGB: no RGB annotator could have labelled it
-                new_anns_rgb.append(annotation(0, image_id, cls[k], box))
-            r_th = warp_boxes(geo, H, thermal_size, min_size=2.0, min_visible_fraction=0.5)
-            for k, box in zip(r_th.keep, r_th.boxes):
-                new_anns_th.append(annotation(0, image_id, cls[k], box))
-            split[stem] = (sp, dn)
-            generated.append(stem)
-        bar.update(len(frames))
-    bar.close()
-    new_ids = {im["id"] for im in new_images_rgb}
-    datasets = []
-    for old, images, anns in ((old_rgb, new_images_rgb, new_anns_rgb), (old_therm, new_images_th, new_anns_th)):
-        keep_imgs = [im for im in (old["images"] if old else []) if im["id"] not in new_ids]
-        keep_anns = [a for a in (old["annotations"] if old else []) if a["image_id"] not in new_ids]
-        all_imgs = sorted(keep_imgs + images, key=lambda im: im["id"])
-        all_anns = sorted(keep_anns + anns, key=lambda a: a["image_id"])  # stable: per-image order kept
-        for j, a in enumerate(all_anns):
-            a["id"] = j + 1
-        datasets.append(new_dataset(all_imgs, all_anns, categories_from_names(classes),
-                                    info={"description": f"rgb2thermal synthetic paired scenes ({version})",
-                                          "seed": seed}))
-    save_dataset(out / "labels_rgb" / "coco.json", datasets[0])
-    save_dataset(out / "labels_thermal" / "coco.json", datasets[1])
-    buf_csv = io.StringIO()
-    w = csv.writer(buf_csv, lineterminator="\n")
-    w.writerow(["name", "split", "daynight"])
-    stems = sorted(split)
-    for stem in stems:
-        w.writerow([stem, *split[stem]])
-    atomic.write_text(out / "split.csv", buf_csv.getvalue())
+    labels, generated = _render_all(job, list(range(start_index, start_index + n_pairs)), workers, progress, split)
+    save_dataset(out / "labels_rgb" / "coco.json",
+                 _merged(old_rgb, labels.images_rgb, labels.anns_rgb, classes, version, seed))
+    save_dataset(out / "labels_thermal" / "coco.json",
+                 _merged(old_therm, labels.images_th, labels.anns_th, classes, version, seed))
+    stems = _write_split(out / "split.csv", split)
     atomic.write_json(out / "homography.json", meta)
     seconds = time.perf_counter() - t0
     log.info("generated %d synthetic pairs in %.2fs (%.0f pairs/s) into %s", n_pairs, seconds,

@@ -95,15 +95,30 @@ class Renderer:
 
     # -- scene ---------------------------------------------------------------------------------
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray, list[_Obj], bool, str]:
-        cv2 = self.cv2
+        """Render frame ``index``: (RGB image, thermal image, objects (geometry boxes xyxy RGB px), night, split).
+
+        Every random draw comes from one generator seeded by ``(seed, index)`` in a fixed order, so the
+        helpers below must be called in this order for the output to stay the same.
+        """
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
         night = bool(rng.random() < self.night_fraction)
         split = "test" if rng.random() < _TEST_FRACTION else "adapt"
-        cw, ch, ox, oy = self.cw, self.ch, self.ox, self.oy
-        rgb = np.empty((ch, cw, 3), dtype=np.uint8)
-        therm = np.empty((ch, cw), dtype=np.uint8)
-        horizon = int(oy + self.rh * rng.uniform(0.36, 0.48))
-        # sky: vertical gradient
+        rgb = np.empty((self.ch, self.cw, 3), dtype=np.uint8)
+        therm = np.empty((self.ch, self.cw), dtype=np.uint8)
+        horizon = int(self.oy + self.rh * rng.uniform(0.36, 0.48))
+        self._sky_and_road(rng, rgb, therm, horizon, night)
+        self._buildings(rng, rgb, therm, horizon, night)
+        rgb[horizon:horizon + 1] = rgb[horizon + 1:horizon + 2]
+        objs = self._place(rng, horizon - self.oy, night)
+        objs, lights = self._draw_objects(rng, rgb, therm, objs, night)
+        rgb_img = self._rgb_camera(rng, rgb, lights, night)
+        th_img = self._thermal_camera(rng, therm)
+        return rgb_img, th_img, objs, night, split
+
+    def _sky_and_road(self, rng: np.random.Generator, rgb: np.ndarray, therm: np.ndarray, horizon: int,
+                      night: bool) -> None:
+        """Draw the sky gradient, the ground and the road with its dashed centre line on both canvases."""
+        cv2, cw, ch = self.cv2, self.cw, self.ch
         top = np.array([150, 90, 40] if not night else [40, 18, 8], dtype=np.float32)
         bot = np.array([235, 200, 170] if not night else [70, 45, 30], dtype=np.float32)
         t = np.linspace(0.0, 1.0, max(horizon, 1), dtype=np.float32)[:, None, None]
@@ -113,7 +128,7 @@ class Renderer:
         ground_rgb = list(_GROUND_COLOURS[int(rng.integers(0, len(_GROUND_COLOURS)))])
         rgb[horizon:] = ground_rgb
         therm[horizon:] = 150 if not night else 72
-        vx = int(ox + self.rw * rng.uniform(0.35, 0.65))
+        vx = int(self.ox + self.rw * rng.uniform(0.35, 0.65))
         road = np.array([[vx - 4, horizon], [vx + 4, horizon], [cw + cw // 3, ch], [-cw // 3, ch]], dtype=np.int32)
         g = int(rng.integers(80, 120))
         cv2.fillPoly(rgb, [road], (g, g, g))
@@ -125,9 +140,13 @@ class Renderer:
             poly = np.array([[vx - wa, ya], [vx + wa, ya], [vx + wb, yb], [vx - wb, yb]], dtype=np.int32)
             cv2.fillPoly(rgb, [poly], (230, 230, 230))
             cv2.fillPoly(therm, [poly], 140 if not night else 70)
-        # buildings along the horizon
+
+    def _buildings(self, rng: np.random.Generator, rgb: np.ndarray, therm: np.ndarray, horizon: int,
+                   night: bool) -> None:
+        """Draw a row of buildings (with windows) standing on the horizon, left to right across the canvas."""
+        cv2 = self.cv2
         x = -int(rng.integers(0, 30))
-        while x < cw:
+        while x < self.cw:
             bw = int(rng.integers(30, 90))
             bh = int((horizon) * rng.uniform(0.3, 0.95))
             col = tuple(int(v) for v in rng.integers(60, 200, 3))
@@ -136,8 +155,12 @@ class Renderer:
                           else int(rng.integers(55, 75)), -1)
             self._windows(rng, rgb, therm, x, horizon - bh, bw, bh, night)
             x += bw
-        rgb[horizon:horizon + 1] = rgb[horizon + 1:horizon + 2]
-        objs = self._place(rng, horizon - oy, night)
+
+    def _draw_objects(self, rng: np.random.Generator, rgb: np.ndarray, therm: np.ndarray, objs: list[_Obj],
+                      night: bool) -> tuple[list[_Obj], list[tuple[int, int, int]]]:
+        """Draw objects far to near; return them (hidden people marked ``rgb_visible=False``) and car lights
+        (canvas x, y, radius in px)."""
+        ox, oy = self.ox, self.oy
         lights: list[tuple[int, int, int]] = []
         hidden: set[int] = set()
         for k in sorted(range(len(objs)), key=lambda k: objs[k].foot):  # far to near
@@ -148,8 +171,12 @@ class Renderer:
                     hidden.add(k)
             else:
                 lights.extend(self._car(rng, rgb, therm, x0, y0, x1, y1, night))
-        objs = [replace(o, rgb_visible=False) if k in hidden else o for k, o in enumerate(objs)]
-        # RGB camera: crop, exposure, night lights, blur, noise (uint8, saturating OpenCV ops: fast)
+        return [replace(o, rgb_visible=False) if k in hidden else o for k, o in enumerate(objs)], lights
+
+    def _rgb_camera(self, rng: np.random.Generator, rgb: np.ndarray, lights: list[tuple[int, int, int]],
+                    night: bool) -> np.ndarray:
+        """RGB camera: crop, exposure, night lights, blur, noise (uint8, saturating OpenCV ops: fast)."""
+        cv2, ox, oy = self.cv2, self.ox, self.oy
         out = np.ascontiguousarray(rgb[oy:oy + self.rh, ox:ox + self.rw])
         if night:
             out = cv2.convertScaleAbs(out, alpha=float(rng.uniform(0.16, 0.28)))
@@ -163,7 +190,11 @@ class Renderer:
             out = cv2.convertScaleAbs(out, alpha=float(rng.uniform(0.85, 1.08)))
         rgb_img = cv2.GaussianBlur(out, (3, 3), 0.8 if not night else 1.0)
         self._add_noise(rng, rgb_img, 1 if night else 0)
-        # thermal camera: warp through H, soft optics, vignetting, offset drift, noise
+        return rgb_img
+
+    def _thermal_camera(self, rng: np.random.Generator, therm: np.ndarray) -> np.ndarray:
+        """Thermal camera: warp the canvas through H, soft optics, vignetting, offset drift, noise."""
+        cv2 = self.cv2
         t_img = cv2.warpPerspective(therm, self.M_thermal, (self.tw, self.th), flags=cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_REPLICATE)
         t_img = cv2.GaussianBlur(t_img, (5, 5), 1.1)
@@ -171,7 +202,7 @@ class Renderer:
         drift = int(rng.integers(-8, 9))
         th_img = cv2.add(th_img, drift) if drift >= 0 else cv2.subtract(th_img, -drift)
         self._add_noise(rng, th_img, 2)
-        return rgb_img, th_img, objs, night, split
+        return th_img
 
     def _windows(self, rng: np.random.Generator, rgb: np.ndarray, therm: np.ndarray, x: int, top: int, bw: int,
                  bh: int, night: bool) -> None:

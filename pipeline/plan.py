@@ -111,61 +111,75 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
     """
     teacher = _model("teacher") if params.student.init_from_teacher else None
     val = params.data.has_val
-    thermal_pseudo = set_values(params.thermal_source.pseudo)
-    round_pseudo = params.self_training.round_pseudo(thermal_pseudo)     # the students' own labels
-    rounds = params.self_training.rounds
     students: list[str] = []
     label_sets: dict[str, Ref] = {}            # thermal-frame label sets the quality report scores
-    for k in range(1, rounds + 1):
-        tag = "thermal" if k == 1 else f"round{k}"
-        source = "teacher" if k == 1 else students[-1]
+    for k in range(1, params.self_training.rounds + 1):
         labels = Ref("refine", "coco")
         if k > 1 or params.thermal_source.enabled:
-            steps.append(Step(f"infer@{tag}", "infer", ("infer", "thermal_source"), retries=1,
-                              needs={"images": Ref("index", "thermal_adapt_images"), "model": _model(source),
-                                     **datasets},
-                              options={"source": "thermal_teacher" if k == 1 else "thermal_student",
-                                       "params": set_values(params.thermal_source.infer)}))
-            # a student's labels also read self_training.pseudo (its own thresholds), when set: its key and
-            # DVC's params say so; only that field, so that more rounds do not re-key this one
-            own = ("self_training.pseudo",) if k > 1 and params.self_training.pseudo.model_fields_set else ()
-            sections = ("pseudo", "thermal_source", *own, "data")
-            steps.append(Step(f"pseudo@{tag}", "pseudo", sections,
-                              needs={"predictions": Ref(f"infer@{tag}", "coco")},
-                              options={"params": thermal_pseudo if k == 1 else round_pseudo}))
-            fuse = "fuse" if k == 1 else f"fuse@{tag}"
-            steps.append(Step(fuse, "fuse", ("fuse",), retries=1,
-                              needs={"rgb": Ref("refine", "coco"), "thermal": Ref(f"pseudo@{tag}", "coco")}))
-            labels = Ref(fuse, "coco")
-            label_sets[f"label:{'teacher' if k == 1 else students[-1]} on thermal"] = Ref(f"pseudo@{tag}", "coco")
-            label_sets[f"label:fused, round {k}"] = labels
+            labels = _thermal_round(params, steps, datasets, k, students[-1] if k > 1 else "teacher", label_sets)
         init = _model(students[-1]) if (k > 1 and params.self_training.init == "previous") else teacher
         students.append("student" if k == 1 else f"student@round{k}")
         steps.append(_train(students[-1], labels, datasets, init, mix_rgb=params.student.mix_rgb, val=val))
-
-    baselines = params.eval.baselines
-    if "no_refinement" in baselines:
-        steps.append(_train("baseline", Ref("warp", "coco"), datasets, teacher, val=val))
-    if "classic" in baselines and len(students) + int(params.thermal_source.enabled) > 1:
-        steps.append(_train("classic", Ref("refine", "coco"), datasets, teacher, val=val))
-    if "oracle" in baselines:
-        steps.append(_train("oracle", Ref("index", "thermal_adapt"), datasets, teacher, optional=True, val=val))
+    _baselines(params, steps, datasets, teacher, len(students))
     rgb_pseudo = {} if params.rgb_source.boxes == "labels" else {"pseudo": Ref("pseudo", "coco")}
     steps.append(Step("quality", "quality", (), retries=1, needs={
         "rgb_gt": Ref("index", "rgb_adapt"), **rgb_pseudo, "warped": Ref("warp", "coco"),
         "refined": Ref("refine", "coco"), "index": Ref("index", "index"),
         "thermal_gt": Ref("index", "thermal_adapt"), **label_sets}))
+    _evals(params, steps, datasets, students)
 
+
+def _thermal_round(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref], k: int, source: str,
+                   label_sets: dict[str, Ref]) -> Ref:
+    """Round ``k``'s thermal labels: ``source`` (a model step) infers on the thermal adapt frames, its
+    pseudo-labels are fused with the refined RGB labels; appends the steps, records the label sets the
+    quality report scores in ``label_sets`` and returns the fused labels."""
+    tag = "thermal" if k == 1 else f"round{k}"
+    thermal_pseudo = set_values(params.thermal_source.pseudo)
+    steps.append(Step(f"infer@{tag}", "infer", ("infer", "thermal_source"), retries=1,
+                      needs={"images": Ref("index", "thermal_adapt_images"), "model": _model(source), **datasets},
+                      options={"source": "thermal_teacher" if k == 1 else "thermal_student",
+                               "params": set_values(params.thermal_source.infer)}))
+    # a student's labels also read self_training.pseudo (its own thresholds), when set: its key and
+    # DVC's params say so; only that field, so that more rounds do not re-key this one
+    own = ("self_training.pseudo",) if k > 1 and params.self_training.pseudo.model_fields_set else ()
+    steps.append(Step(f"pseudo@{tag}", "pseudo", ("pseudo", "thermal_source", *own, "data"),
+                      needs={"predictions": Ref(f"infer@{tag}", "coco")},
+                      options={"params": thermal_pseudo if k == 1 else
+                               params.self_training.round_pseudo(thermal_pseudo)}))
+    fuse = "fuse" if k == 1 else f"fuse@{tag}"
+    steps.append(Step(fuse, "fuse", ("fuse",), retries=1,
+                      needs={"rgb": Ref("refine", "coco"), "thermal": Ref(f"pseudo@{tag}", "coco")}))
+    label_sets[f"label:{source} on thermal"] = Ref(f"pseudo@{tag}", "coco")
+    label_sets[f"label:fused, round {k}"] = Ref(fuse, "coco")
+    return Ref(fuse, "coco")
+
+
+def _baselines(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref], teacher: Ref | None,
+               n_students: int) -> None:
+    """The comparison students ``eval.baselines`` asks for (appended to ``steps``); ``classic`` only when it
+    differs from the adapted student (more than one round, or a thermal source)."""
+    baselines, val = params.eval.baselines, params.data.has_val
+    if "no_refinement" in baselines:
+        steps.append(_train("baseline", Ref("warp", "coco"), datasets, teacher, val=val))
+    if "classic" in baselines and n_students + int(params.thermal_source.enabled) > 1:
+        steps.append(_train("classic", Ref("refine", "coco"), datasets, teacher, val=val))
+    if "oracle" in baselines:
+        steps.append(_train("oracle", Ref("index", "thermal_adapt"), datasets, teacher, optional=True, val=val))
+
+
+def _evals(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref], students: list[str]) -> None:
+    """The ``val`` (when there is a val split) and ``eval`` steps scoring every model side by side."""
     columns = {"adapted": students[-1]}
     columns.update({f"round{k}": name for k, name in enumerate(students[:-1], start=1)})
     for b, step in (("classic", "classic"), ("no_refinement", "baseline"), ("oracle", "oracle"), ("source_only", "teacher")):
-        if b in baselines and any(s.name == step for s in steps):
+        if b in params.eval.baselines and any(s.name == step for s in steps):
             columns[b] = step
     models = {f"model:{c}": _model(m) for c, m in columns.items()}
     describe = _describe(params, list(columns))
     # a model is scored as it pseudo-labels (test size, TTA: the infer sections), so those key eval too
     sections = ("eval", "infer", "thermal_source.infer")
-    if val:     # what decides (sweeps, nightly promotion); the test split below is only reported
+    if params.data.has_val:     # what decides (sweeps, nightly promotion); the test split below is only reported
         steps.append(Step("val", "eval", sections, needs={"gt": Ref("index", "thermal_val"), **datasets, **models},
                           options={"columns": list(columns), "describe": describe, "split": "val"}))
     steps.append(Step("eval", "eval", sections, needs={"gt": Ref("index", "thermal_test"), **datasets, **models},

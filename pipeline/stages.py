@@ -86,25 +86,21 @@ def _model_step(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
 
 
 def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) -> StepOutput:
-    from tasks.train import train
-    from tasks.train_spec_build import build_train_spec, training_labels
+    """Train the step's detector on its labels (:func:`tasks.train_spec_build.run_training_step`); an
+    optional step without labels writes ``model.json`` ``{"absent": why}`` for ``eval`` to leave out."""
+    from tasks.train_spec_build import run_training_step
 
-    rgb = ctx.input(step, "rgb_labels") if "rgb_labels" in step.needs else None
-    labels, ignored = training_labels(ctx.input(step, "labels"), step.name, optional=bool(step.options.get("optional")),
-                                      rgb_labels=rgb, out=out)
-    if labels is None:
-        note = (f"'{step.name}' not trained: its labels ({ctx.input(step, 'labels').name}) are empty (e.g. no "
-                "thermal labels on the adapt split)")
-        log.info(note)
-        return StepOutput(files={"model": atomic.write_json(out / "model.json", {"absent": note})}, info={"note": note})
-    spec = build_train_spec(
-        ctx.params.train_fields(step.options["fields"]), classes=ctx.params.data.classes, labels=labels,
-        image_root=ctx.image_root, work_dir=out / "train", resume=resume, has_ignored=ignored,
-        val_labels=ctx.input(step, "val") if "val" in step.needs else None, where=f"params ({step.name})",
-        init=required_model(ctx, ctx.input(step, "init"))[1] if "init" in step.needs else None)
-    result = train(spec)
-    if result.slim_checkpoint is None:
-        raise RuntimeError(f"{step.name} training produced no checkpoint (see {result.run_dir})")
+    run = run_training_step(
+        ctx.params.train_fields(step.options["fields"]), name=step.name, labels=ctx.input(step, "labels"),
+        classes=ctx.params.data.classes, image_root=ctx.image_root, out=out, resume=resume,
+        optional=bool(step.options.get("optional")),
+        rgb_labels=ctx.input(step, "rgb_labels") if "rgb_labels" in step.needs else None,
+        val_labels=ctx.input(step, "val") if "val" in step.needs else None,
+        init=(lambda: required_model(ctx, ctx.input(step, "init"))[1]) if "init" in step.needs else None)
+    if (result := run.result) is None:
+        log.info(run.note)
+        return StepOutput(files={"model": atomic.write_json(out / "model.json", {"absent": run.note})},
+                          info={"note": run.note})
     ck = Path(result.slim_checkpoint)
     model, fp = write_model(ctx, out, str(result.config_path), ck, "trained")
     return StepOutput(files={"model": model, "config": Path(result.config_path), "checkpoint": ck,
@@ -171,67 +167,50 @@ def _refine(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
 def _quality(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     """Score pseudo-labels stage by stage against thermal labels of the adapt split, where they
     exist (synthetic data, benchmarks). Without them the report says so and scores nothing."""
-    from tasks.report import ReportInputs, ReportParams, run_report
+    from tasks.report import NO_THERMAL_LABELS, ReportInputs, ReportParams, run_report
 
-    index, thermal_gt = ctx.input(step, "index"), ctx.input(step, "thermal_gt")
-    if not atomic.read_json(thermal_gt)["annotations"]:
-        note = "no thermal labels on the adapt split: pseudo-label quality cannot be measured"
-        md = atomic.write_text(out / "quality" / "quality.md", f"# Pseudo-label quality\n\n{note}.\n")
-        return StepOutput(files={"markdown": md}, info={"note": note})
-    rep = run_report(ReportInputs(thermal_gt=thermal_gt, rgb_gt=ctx.input(step, "rgb_gt"),
+    rep = run_report(ReportInputs(thermal_gt=ctx.input(step, "thermal_gt"), rgb_gt=ctx.input(step, "rgb_gt"),
                                   pseudo=ctx.input(step, "pseudo") if "pseudo" in step.needs else None,
                                   warped=ctx.input(step, "warped"), refined=ctx.input(step, "refined"),
                                   extra=tuple((role.removeprefix("label:"), ctx.input(step, role))
                                               for role in step.needs if role.startswith("label:"))),
-                     out / "quality", ReportParams(n_overlays=2, image_root=str(ctx.image_root)), index=index)
-    return StepOutput(files={"markdown": Path(rep.outputs["markdown"]), "json": Path(rep.outputs["json"])},
-                      info={"counts": rep.counts})
+                     out / "quality", ReportParams(n_overlays=2, image_root=str(ctx.image_root)),
+                     index=ctx.input(step, "index"))
+    files = {k: Path(rep.outputs[k]) for k in ("markdown", "json") if k in rep.outputs}
+    return StepOutput(files=files, info={"counts": rep.counts} if "json" in files else {"note": NO_THERMAL_LABELS})
 
 
 def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     """Score each model column on the step's ground truth (``eval``: test split, ``val``: val split).
 
-    Every model runs through the infer stage (``tasks.infer.infer_results``) with the step cache
-    ``ctx.cache_dir("infer")``, so an unchanged model on unchanged frames is all cache hits, and with
+    Every model runs through the infer stage (:func:`tasks.compare.evaluate_columns`) with the step
+    cache ``ctx.cache_dir("infer")``, so an unchanged model on unchanged frames is all cache hits, and with
     the parameters it pseudo-labels with (the ``infer`` section merged with ``thermal_source.infer``:
     test size, TTA, device; the score floor is at most ``tasks.infer.EVAL_MIN_SCORE``, since COCO AP
     wants low-score detections). Batch size: ``eval.batch_size``.
     """
-    from tasks.compare import evaluate_models
+    from tasks.compare import evaluate_columns
 
     gt, p = ctx.input(step, "gt"), ctx.params
-    preds, conditions, reports, notes = {}, {}, [], []
+    params, notes = {}, []
     for column in step.options["columns"]:
         model = model_of(ctx, ctx.input(step, f"model:{column}"))
         if model is None:                     # an optional model (the oracle without thermal labels)
             notes.append(f"column {column} left out: {atomic.read_json(ctx.input(step, f'model:{column}'))['absent']}")
             continue
-        preds[column], rep = _predict_column(ctx, column, model, gt, out)
-        conditions[column] = {**rep.params, "skipped": len(rep.skipped_images)}
-        reports.append(rep)
-    ev = evaluate_models(gt, preds, out, p.eval.metrics, columns=step.options["columns"], conditions=conditions,
-                         describe=step.options.get("describe"), decisions=(decisions := _decisions(ctx, step, gt)))
-    skipped = [f"{c}: {n['skipped']} test frame(s) could not be read: scored as misses (see infer_{c}.json.report.json)"
-               for c, n in conditions.items() if n["skipped"]]
-    return StepOutput(files={**ev.files, **{f"predictions_{k}": v for k, v in preds.items()}},
-                      cache_hits=sum(r.cache_hits for r in reports), cache_misses=sum(r.cache_misses for r in reports),
+        params[column] = p.infer_params(*model, source="thermal_teacher" if column == "source_only" else
+                                        "thermal_student", overrides={**set_values(p.thermal_source.infer),
+                                                                      "batch_size": p.eval.batch_size,
+                                                                      "device": p.eval.device})
+    res = evaluate_columns(gt, params, out, p.eval.metrics, columns=step.options["columns"],
+                           cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo, image_root=ctx.image_root,
+                           describe=step.options.get("describe"), decisions=(decisions := _decisions(ctx, step, gt)))
+    ev = res.evaluation
+    return StepOutput(files={**ev.files, **{f"predictions_{k}": v for k, v in res.predictions.items()}},
+                      cache_hits=res.cache_hits, cache_misses=res.cache_misses,
                       info={"metrics": {**ev.metrics, "table_markdown": ev.markdown}, "notes": notes,
-                            "decisions": decisions, "test_sizes": {k: c["test_size"] for k, c in conditions.items()},
-                            "fallbacks": list(dict.fromkeys(f for r in reports for f in r.fallbacks)) + skipped})
-
-
-def _predict_column(ctx: PipelineContext, column: str, model: tuple[str, str | None], gt: Path,
-                    out: Path) -> tuple[Path, Any]:
-    """One model's COCO results on ``gt`` through the infer stage, as it pseudo-labels (see :func:`_eval`)."""
-    from tasks.infer import infer_results
-
-    p = ctx.params
-    params = p.infer_params(*model, source="thermal_teacher" if column == "source_only" else "thermal_student",
-                            overrides={**set_values(p.thermal_source.infer), "batch_size": p.eval.batch_size,
-                                       "device": p.eval.device})
-    results, rep = infer_results(gt, out / f"infer_{column}.json", params, cache_dir=ctx.cache_dir("infer"),
-                                 hash_memo=ctx.memo, image_root=ctx.image_root)
-    return atomic.write_json(out / f"predictions_{column}.json", results, indent=None), rep
+                            "decisions": decisions, "test_sizes": {k: c["test_size"] for k, c in res.conditions.items()},
+                            "fallbacks": res.fallbacks})
 
 
 def _decisions(ctx: PipelineContext, step: Step, gt: Path) -> str:

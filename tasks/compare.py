@@ -23,11 +23,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import atomic
 from tasks.evaluate import DASH, evaluate, evaluate_runs, format_markdown
 from tasks.evaluate import _fmt as _fmt_digits
+
+if TYPE_CHECKING:
+    from core.hashing import HashMemo
+    from tasks.infer import InferParams
 
 ALL = "all"
 SOURCE_ONLY = "source_only"
@@ -266,3 +270,63 @@ def evaluate_models(gt: Path, predictions: Mapping[str, Path], out: Path, metric
     md += "\n" + comparison + (f"\n{decisions}\n" if decisions else "")
     files["table"] = atomic.write_text(out / "eval.md", md)
     return ModelsEvaluation(files=files, metrics=per, markdown=md)
+
+
+@dataclass
+class ColumnsEvaluation:
+    """What :func:`evaluate_columns` did: the evaluation, each column's COCO results file and how it
+    was run (its infer parameters + ``skipped`` frames), the infer runs' cache look-ups and fallbacks."""
+
+    evaluation: ModelsEvaluation
+    predictions: dict[str, Path]
+    conditions: dict[str, dict[str, Any]]
+    cache_hits: int
+    cache_misses: int
+    fallbacks: list[str]
+
+
+def evaluate_columns(gt: Path, params: Mapping[str, InferParams], out: Path, metrics: Sequence[str], *,
+                     columns: Sequence[str], cache_dir: Path, hash_memo: HashMemo | None = None,
+                     image_root: Path | None = None, describe: Mapping[str, str] | None = None,
+                     decisions: str = "") -> ColumnsEvaluation:
+    """Run every model through the infer stage on ``gt``'s frames and score them side by side.
+
+    One inference path: each model runs as it pseudo-labels (:func:`tasks.infer.infer_results`, same
+    cache ``cache_dir``, so an unchanged model on unchanged frames is all cache hits), then
+    :func:`evaluate_models` scores the results.
+
+    Args:
+        gt: COCO ground truth (boxes ``xywh`` pixels; ``file_name`` resolved against ``image_root``).
+        params: column name -> the infer parameters of that model (config, checkpoint, test size, ...).
+        out: folder for ``infer_<column>.json`` (+ its report), ``predictions_<column>.json`` (COCO
+            results, ``xywh`` pixels) and the evaluation files of :func:`evaluate_models`.
+        metrics: names of :data:`tasks.evaluate.METRICS` for the main table (:func:`evaluate_models`).
+        columns: every model column in table order, including any left out of ``params``.
+        cache_dir: the infer stage's per-image cache (shared with pseudo-labelling).
+        hash_memo: avoids re-hashing unchanged frames (:class:`core.hashing.HashMemo`).
+        image_root: the folder ``gt``'s relative ``file_name``s are relative to.
+        describe: per column, what its model was trained on (table rows).
+        decisions: one sentence on what this run's decisions were made on.
+
+    Returns:
+        A :class:`ColumnsEvaluation`; its ``fallbacks`` add one line per column with unreadable
+        frames (scored as misses, never silently left out).
+    """
+    from tasks.infer import infer_results
+
+    preds: dict[str, Path] = {}
+    conditions: dict[str, dict[str, Any]] = {}
+    reports = []
+    for column, p in params.items():
+        results, rep = infer_results(gt, out / f"infer_{column}.json", p, cache_dir=cache_dir, hash_memo=hash_memo,
+                                     image_root=image_root)
+        preds[column] = atomic.write_json(out / f"predictions_{column}.json", results, indent=None)
+        conditions[column] = {**rep.params, "skipped": len(rep.skipped_images)}
+        reports.append(rep)
+    ev = evaluate_models(gt, preds, out, metrics, columns=columns, conditions=conditions, describe=describe,
+                         decisions=decisions)
+    skipped = [f"{c}: {n['skipped']} test frame(s) could not be read: scored as misses (see infer_{c}.json.report.json)"
+               for c, n in conditions.items() if n["skipped"]]
+    return ColumnsEvaluation(ev, preds, conditions, cache_hits=sum(r.cache_hits for r in reports),
+                             cache_misses=sum(r.cache_misses for r in reports),
+                             fallbacks=list(dict.fromkeys(f for r in reports for f in r.fallbacks)) + skipped)

@@ -45,6 +45,9 @@ PRED_MATCHED = (255, 200, 0)
 PRED_FP = (0, 0, 255)
 
 
+#: what the quality report says when the adapt split has no thermal labels to score against
+NO_THERMAL_LABELS = "no thermal labels on the adapt split: pseudo-label quality cannot be measured"
+
 @dataclass(frozen=True)
 class ReportInputs:
     """The COCO files to score. ``thermal_gt`` is required; ``pseudo`` needs ``rgb_gt``;
@@ -155,13 +158,24 @@ def draw_overlay(image: np.ndarray, m: ImageMatch) -> np.ndarray:
 
 def run_report(inp: ReportInputs, out: Path, params: ReportParams, *, index: Path | None = None) -> StageReport:
     """Score the given label files and write ``out/quality.{md,json}``, ``out/overlays/`` and
-    ``<out>.report.json``. ``index`` (optional) supplies day/night per image by ``pair_id``."""
+    ``<out>.report.json``. ``index`` (optional) supplies day/night per image by ``pair_id``.
+
+    Without any thermal label (real data usually has none) nothing can be scored: ``quality.md``
+    says so (:data:`NO_THERMAL_LABELS`), no ``quality.json`` is written and the report's outputs
+    hold only ``markdown``, so a pipeline runs on with an honest note instead of an empty table."""
     t0 = time.perf_counter()
     out = Path(out)
     inputs = {k: str(v) for k, v in asdict(inp).items() if v is not None and k != "extra"}
     inputs.update({name: str(path) for name, path in inp.extra})
     report = StageReport(stage=STAGE, inputs=dict(inputs), params=asdict(params))
     thermal_gt = coco.load_dataset(inp.thermal_gt)
+    if not thermal_gt["annotations"]:
+        md = atomic.write_text(out / "quality.md", f"# Pseudo-label quality\n\n{NO_THERMAL_LABELS}.\n")
+        report.outputs = {"markdown": str(md)}
+        report.counts["images"] = len(thermal_gt["images"])
+        report.seconds = round(time.perf_counter() - t0, 3)
+        report.save(report_path(out))
+        return report
     rgb_gt = coco.load_dataset(inp.rgb_gt) if inp.rgb_gt is not None else None
     daynight: dict[int, str] | None = None
     if index is not None:

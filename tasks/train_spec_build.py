@@ -8,12 +8,17 @@ names the files. Label files are COCO ``xywh`` pixels; their ``file_name``s are 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core import atomic
 from core.errors import InputError
 from detection.train_spec import TrainFields, TrainSpec, spec_from_dict
+
+if TYPE_CHECKING:
+    from tasks.train import TrainResult
 
 
 def training_labels(labels: Path, name: str, *, optional: bool, rgb_labels: Path | None,
@@ -57,7 +62,7 @@ def build_train_spec(fields: TrainFields, *, classes: Sequence[str], labels: Pat
         fields: the user's training section (no datasets, work dir, classes or initial weights).
         classes: the target class names (``data.classes``).
         labels: the COCO training labels.
-        val_labels: validation labels (the best checkpoint is chosen by them), or None.
+        val_labels: validation labels (the best checkpoint is chosen by them), or ``None``.
         image_root: the folder their relative ``file_name``s are relative to.
         work_dir: where training writes.
         init: initial weights (a checkpoint path), else the base model's.
@@ -74,3 +79,54 @@ def build_train_spec(fields: TrainFields, *, classes: Sequence[str], labels: Pat
         data["val"] = {"ann_file": str(val_labels), "img_root": str(image_root)}
     return spec_from_dict({**values, "classes": list(classes), **data, "work_dir": str(work_dir), "resume": resume,
                            **({"load_from": init} if init else {})}, where)
+
+
+@dataclass(frozen=True)
+class StepTraining:
+    """A pipeline training step's outcome: the run (with its slim checkpoint), or ``None`` and why
+    nothing was trained (an optional step whose labels are empty)."""
+
+    result: TrainResult | None
+    note: str = ""
+
+
+def run_training_step(fields: TrainFields, *, name: str, labels: Path, classes: Sequence[str], image_root: Path,
+                      out: Path, resume: bool = False, optional: bool = False, rgb_labels: Path | None = None,
+                      val_labels: Path | None = None, init: Callable[[], str | None] | None = None) -> StepTraining:
+    """Train a pipeline step's detector: its labels (:func:`training_labels`), its spec
+    (:func:`build_train_spec`, work dir ``out/train``), :func:`tasks.train.train`.
+
+    Args:
+        fields: the user's training section (:func:`build_train_spec`).
+        name: the step's name, for messages.
+        labels: the step's (pseudo-)labels, COCO ``xywh`` pixels.
+        classes: the target class names (``data.classes``).
+        image_root: the folder the labels' relative ``file_name``s are relative to.
+        out: the step's folder (training writes under ``out/train``).
+        resume: continue an interrupted attempt.
+        optional: empty labels mean "nothing to train" instead of an error (:func:`training_labels`).
+        rgb_labels: with mixed training, the RGB frames with their ground truth.
+        val_labels: validation labels (best checkpoint by them), or ``None``.
+        init: gives the initial weights' checkpoint path; called only when there is something to
+            train (an empty label set is the error to report, not a missing upstream model).
+
+    Returns:
+        :class:`StepTraining`; ``result.slim_checkpoint`` is set whenever ``result`` is.
+
+    Raises:
+        InputError: the labels are empty and the step is not optional.
+        RuntimeError: training ended without a checkpoint.
+    """
+    from tasks.train import train
+
+    train_labels, ignored = training_labels(labels, name, optional=optional, rgb_labels=rgb_labels, out=out)
+    if train_labels is None:
+        return StepTraining(None, f"'{name}' not trained: its labels ({labels.name}) are empty (e.g. no "
+                                  "thermal labels on the adapt split)")
+    spec = build_train_spec(fields, classes=classes, labels=train_labels, image_root=image_root,
+                            work_dir=out / "train", resume=resume, has_ignored=ignored, val_labels=val_labels,
+                            init=init() if init else None, where=f"params ({name})")
+    result = train(spec)
+    if result.slim_checkpoint is None:
+        raise RuntimeError(f"{name} training produced no checkpoint (see {result.run_dir})")
+    return StepTraining(result)

@@ -116,3 +116,18 @@ def test_msrs20_reach(msrs20, tmp_path):
     assert res["quality"]["stages"]["pseudo"]["table"]["all"]["all"]["recall"] == 1.0
     md = to_markdown(res)
     assert "| person | warped |" in md
+
+
+def test_without_thermal_labels_the_report_says_so_and_scores_nothing(syn, tmp_path):
+    from tasks.report import NO_THERMAL_LABELS
+
+    th = coco.load_dataset(syn / "thermal_gt.json")
+    coco.save_dataset(tmp_path / "empty_gt.json", {**th, "annotations": []})
+    out = tmp_path / "quality"
+    rep = run_report(ReportInputs(thermal_gt=tmp_path / "empty_gt.json", warped=syn / "warped.json"), out,
+                     ReportParams(n_overlays=2))
+    assert (out / "quality.md").read_text() == f"# Pseudo-label quality\n\n{NO_THERMAL_LABELS}.\n"
+    assert rep.outputs == {"markdown": str(out / "quality.md")}
+    assert rep.counts == {"images": 6}
+    assert not (out / "quality.json").exists() and not (out / "overlays").exists()
+    assert atomic.read_json(report_path(out))["outputs"] == {"markdown": str(out / "quality.md")}
