@@ -19,6 +19,12 @@ from flows.quiet import apply_prefect_defaults  # noqa: E402
 
 apply_prefect_defaults()   # the test session is an entry point too: the flows' quiet defaults, before prefect
 
+# Prefect configures logging when it is first imported, and its console handler on the root logger keeps
+# the stream sys.stderr was at that moment. Imported here, that is the session's capture stream; imported
+# first inside a test, it was that test's capsys stream, closed afterwards, and every later WARNING of ours
+# printed a "--- Logging error ---" traceback (tests that assert "Traceback" not in stderr then failed).
+import prefect  # noqa: E402,F401
+
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
