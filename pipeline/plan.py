@@ -179,7 +179,7 @@ def _evals(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref], 
     describe = _describe(params, list(columns))
     # a model is scored as it pseudo-labels (test size, TTA: the infer sections), so those key eval too;
     # only the sections params.yaml has (DVC refuses a stage whose params name a missing key)
-    sections = ("eval", *(s for s in ("infer", "thermal_source") if s in params.model_fields_set))
+    sections = ("eval", *(s for s in ("infer", "thermal_source") if set_values(getattr(params, s))))
     if params.data.has_val:     # what decides (sweeps, nightly promotion); the test split below is only reported
         steps.append(Step("val", "eval", sections, needs={"gt": Ref("index", "thermal_val"), **datasets, **models},
                           options={"columns": list(columns), "describe": describe, "split": "val"}))

@@ -19,13 +19,34 @@ from flows.quiet import apply_prefect_defaults  # noqa: E402
 
 apply_prefect_defaults()   # the test session is an entry point too: the flows' quiet defaults, before prefect
 
-# Prefect configures logging when it is first imported, and its console handler on the root logger keeps
-# the stream sys.stderr was at that moment. Imported here, that is the session's capture stream; imported
-# first inside a test, it was that test's capsys stream, closed afterwards, and every later WARNING of ours
-# printed a "--- Logging error ---" traceback (tests that assert "Traceback" not in stderr then failed).
-import prefect  # noqa: E402,F401
+import logging  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+def _stream_of(handler: logging.Handler) -> object | None:
+    """The stream a handler writes to (a rich console's file for Prefect's console handler)."""
+    console = getattr(handler, "console", None)
+    return getattr(console, "file", None) or getattr(handler, "stream", None)
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers_on_closed_streams():
+    """After each test, remove logging handlers whose stream is closed.
+
+    Why: Prefect (re)configures logging when a flow runs or a test harness starts, and its console
+    handler on the root logger keeps the stream ``sys.stderr`` was at that moment: inside a test, that
+    test's ``capsys`` stream, closed when the test ends. Every later WARNING of ours then printed a
+    "--- Logging error ---" traceback into the next tests' stderr (and tests that assert no traceback
+    failed, depending on test order). In a real process that stream is the terminal and never closes.
+    """
+    yield
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for lg in loggers:
+        for h in list(lg.handlers):
+            if getattr(_stream_of(h), "closed", False):
+                lg.removeHandler(h)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

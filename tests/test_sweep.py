@@ -215,10 +215,11 @@ def test_pruned_trial_is_recorded_as_pruned(tmp_path: Path) -> None:
     from pipeline.sweep import SweepPaths, open_study, run_sweep
     from pipeline.sweep_space import load_sweep
 
-    # a threshold above any mAP prunes at the first report (after epoch 1 of 4; an epoch of this tiny
-    # set can be shorter than the sweep's poll, so more validations may be read at once)
+    # a threshold above any mAP prunes at the first report (after epoch 1 of 20; an epoch of this tiny
+    # set can be shorter than the sweep's poll, so more validations may be read at once; with 4 epochs
+    # the student once finished before the poll stopped it, on a loaded machine)
     sweep = _setup(tmp_path, pruner={"type": "threshold", "lower": 1.01}, budget={"trials": 1},
-                   fixed={"student.train.epochs": 4})
+                   fixed={"student.train.epochs": 20})
     run_sweep(load_sweep(sweep), tmp_path / "study")
     (t,) = open_study(load_sweep(sweep), SweepPaths(tmp_path / "study"), None, create=False).get_trials()
     assert t.state == optuna.trial.TrialState.PRUNED and t.last_step == 1
