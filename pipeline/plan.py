@@ -177,9 +177,10 @@ def _evals(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref], 
             columns[b] = step
     models = {f"model:{c}": _model(m) for c, m in columns.items()}
     describe = _describe(params, list(columns))
-    # a model is scored as it pseudo-labels (test size, TTA: the infer sections), so those key eval too;
-    # only the sections params.yaml has (DVC refuses a stage whose params name a missing key)
-    sections = ("eval", *(s for s in ("infer", "thermal_source") if set_values(getattr(params, s))))
+    # a model is scored as it pseudo-labels (test size, TTA: the infer sections). Those sections are not
+    # in eval's key: a change of them re-labels and so retrains the students, which re-keys eval by the
+    # models' content (DVC also refuses a stage whose params name a key params.yaml lacks)
+    sections = ("eval",)
     if params.data.has_val:     # what decides (sweeps, nightly promotion); the test split below is only reported
         steps.append(Step("val", "eval", sections, needs={"gt": Ref("index", "thermal_val"), **datasets, **models},
                           options={"columns": list(columns), "describe": describe, "split": "val"}))
