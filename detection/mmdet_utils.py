@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import logging
+
 import os
 from pathlib import Path
 from typing import Any
@@ -53,5 +55,26 @@ def build_model(model_cfg: Any) -> Any:
     from mmdet.registry import MODELS
 
     model = MODELS.build(model_cfg)
+    _live_mmengine_logger()
     model.init_weights()
     return model
+
+
+def _live_mmengine_logger() -> None:
+    """Make sure mmengine's *current* logger can be written to before ``init_weights``.
+
+    Why: ``init_weights`` writes its report to the file handlers of mmengine's current logger.
+    After a training in this process (the Prefect door and sweeps run several steps in one
+    process) that is the finished Runner's logger, whose log file is closed (``stream`` None),
+    and ``init_weights`` failed with ``'NoneType' object has no attribute 'write'``. Then a new
+    console-only logger is made current; otherwise nothing changes.
+    """
+    import uuid
+
+    from mmengine.logging import MMLogger
+
+    if not MMLogger._instance_dict:
+        return
+    current = MMLogger.get_current_instance()
+    if any(isinstance(h, logging.FileHandler) and h.stream is None for h in current.handlers):
+        MMLogger.get_instance(f"rgb2thermal-build-{uuid.uuid4().hex[:8]}", log_level="WARNING")
