@@ -118,11 +118,6 @@ def format_summary(metrics: dict[str, Any], classes: list[str], refiner: str, me
     return "\n".join([f"Thermal test split, {metric} per class. Refinement: {refiner}.", "", *lines]) + "\n"
 
 
-def _mean(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return None if not vals else sum(vals) / len(vals)
-
-
 def conclusion_margins(metrics: dict[str, Any], grouped: dict[str, Any] | None, classes: list[str],
                        metric: str = "mAP_50") -> dict[str, dict[str, float | None]]:
     """``{other row: {"all": d, class: d, "night <class>": d}}``: ``adapted`` minus each reference row.
