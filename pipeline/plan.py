@@ -191,7 +191,7 @@ def _evals(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref], 
 def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:
     """What each evaluated model was trained on, in words (the rows of the adaptation table)."""
     rp = params.refine_params()
-    what = "RGB ground-truth labels" if params.rgb_source.boxes == "labels" else "RGB labels"
+    what = "RGB ground-truth labels" if params.rgb_source.boxes == "labels" else _rgb_predictions_words(params)
     only = f", {' and '.join(rp.classes)} only" if rp.classes else ""
     rgb = f"{what} warped, not refined" if rp.method == "none" else \
         f"{what} warped + refined ({'SAM2' if rp.uses_sam2() else 'classical'}{only})"
@@ -211,6 +211,17 @@ def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:
              "adapted": f"round {rounds}: {round_words(rounds)}" if rounds > 1 or thermal else round_words(1)}
     words.update({f"round{k}": f"round {k}: {round_words(k)}" for k in range(1, rounds)})
     return {c: words[c] for c in columns if c in words}
+
+
+def _rgb_predictions_words(params: PipelineParams) -> str:
+    """How the teacher's RGB predictions became labels, in the table's words: "RGB predictions ≥ t"
+    with ``t`` the pseudo thresholds (one number, or per class), so an unlabelled-RGB run never reads
+    like the labelled run's "RGB ground-truth labels"."""
+    p = params.pseudo_params()
+    per_class = {c: p.thresholds.get(c, p.score_threshold) for c in p.target_classes}
+    if len(set(per_class.values())) == 1:
+        return f"RGB predictions ≥ {p.score_threshold:g}"
+    return "RGB predictions ≥ " + " / ".join(f"{c} {t:g}" for c, t in per_class.items())
 
 
 def adapted_step(params: PipelineParams) -> str:

@@ -37,6 +37,11 @@ def test_the_plan_warps_the_rgb_labels_and_runs_no_rgb_inference(tmp_path: Path)
     default = {s.name: s for s in plan(params_from_dict(_params(tmp_path)))}
     assert {"infer", "pseudo"} <= set(default) and default["warp"].needs["labels"] == Ref("pseudo", "coco")
     assert "pseudo" in default["quality"].needs
+    # the rows say plainly that the RGB side was predicted, and at which threshold (never "RGB labels")
+    assert default["eval"].options["describe"]["adapted"] == "RGB predictions ≥ 0.02 warped + refined (classical)"
+    per_class = params_from_dict({**_params(tmp_path), "pseudo": {"thresholds": {"person": 0.35}}})
+    assert next(s for s in plan(per_class) if s.name == "eval").options["describe"]["adapted"].startswith(
+        "RGB predictions ≥ person 0.35 / car 0.5 warped")
 
     steps = {s.name: s for s in plan(params_from_dict(_labels_params(tmp_path)))}
     assert "infer" not in steps and "pseudo" not in steps
