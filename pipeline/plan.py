@@ -190,7 +190,7 @@ def _evals(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref], 
 
 def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:
     """What each evaluated model was trained on, in words (the rows of the adaptation table)."""
-    rp = params.refine_params()
+    rp = params.stage_params("refine")
     what = "RGB ground-truth labels" if params.rgb_source.boxes == "labels" else "RGB labels"
     only = f", {' and '.join(rp.classes)} only" if rp.classes else ""
     rgb = f"{what} warped, not refined" if rp.method == "none" else \
@@ -204,7 +204,7 @@ def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:
         if k == 1 and not thermal:
             return rgb + mixed
         return (f"{rgb} + {'teacher' if k == 1 else f'student {k - 1}'} on thermal, fused "
-                f"({params.fuse_params().method}){mixed}")
+                f"({params.stage_params('fuse').method}){mixed}")
 
     words = {"source_only": "the teacher on thermal, not adapted", "classic": f"{rgb} alone (the classic recipe)",
              "no_refinement": f"{what} warped, not refined", "oracle": "the adapt frames' thermal labels",
