@@ -37,9 +37,7 @@ _COMMON: dict[Common, _Supply] = {
 
 
 def _wire(ctx: PipelineContext, step: Step, wire: Wire) -> Any:
-    """The value of ``wire`` (:data:`core.stage_spec.Wire`) for ``step``."""
-    if wire == "classes":
-        return tuple(ctx.params.data.classes)
+    """The value of ``wire`` (:data:`core.stage_spec.Wire`, but ``classes``) for ``step``."""
     if wire == "image_root":
         return str(ctx.image_root)
     if wire in ("model_config", "model_checkpoint"):
@@ -74,7 +72,8 @@ def run_stage(ctx: PipelineContext, step: Step, out: Path, spec: StageSpec) -> S
     files = {role: ctx.input(step, role) for role in ((spec.inputs,) if isinstance(spec.inputs, str) else spec.inputs)}
     if step.options.get("require_labels"):
         _require_labels(files)
-    wired = {name: _wire(ctx, step, w) for name, w in {**spec.wired, **spec.filled}.items()}
+    wired = {name: _wire(ctx, step, w) for name, w in {**spec.wired, **spec.filled}.items()
+             if w != "classes"}         # the parameters' own: PipelineParams.stage_params fills them
     params = ctx.params.stage_params(spec.kind, step.options.get("params"), **wired)
     coco = out / spec.output
     rep = spec.run(files[spec.inputs] if isinstance(spec.inputs, str) else files, coco, params,
