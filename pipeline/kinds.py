@@ -45,7 +45,9 @@ def _wire(ctx: PipelineContext, step: Step, wire: Wire) -> Any:
         return config if wire == "model_config" else checkpoint
     if wire == "registry":
         return Path(step.external.get("registry") or ctx.input(step, "registry"))
-    return step.options["source"]                 # "source": the step's provenance tag (every infer entry sets it)
+    if wire == "source":                          # the step's provenance tag (every infer entry sets it)
+        return step.options["source"]
+    raise ValueError(f"step {step.name}: the pipeline supplies no value '{wire}' (see core.stage_spec.Wire)")
 
 
 def stage_spec(kind: str) -> StageSpec | None:

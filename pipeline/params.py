@@ -90,7 +90,6 @@ def _check_stage_sections(data: Mapping[str, Any]) -> None:
             _stage_params(spec, data[spec.section], None, _check_values(spec))
 
 
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
