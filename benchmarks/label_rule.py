@@ -48,8 +48,8 @@ def fused_f1(ws: Path, infer_step: str, rgb: str, thresholds: dict[str, float], 
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         run_pseudo(stages / infer_step / "infer.json", t / "pseudo.json",
-                   params.pseudo_params({**base, "thresholds": thresholds}))
-        run_fuse({"rgb": stages / rgb, "thermal": t / "pseudo.json"}, t / "fused.json", params.fuse_params(None))
+                   params.stage_params("pseudo", {**base, "thresholds": thresholds}))
+        run_fuse({"rgb": stages / rgb, "thermal": t / "pseudo.json"}, t / "fused.json", params.stage_params("fuse"))
         res, _ = evaluate(atomic.read_json(stages / "index" / "thermal_adapt.json"), atomic.read_json(t / "fused.json"),
                           classes=classes)
     cells = {c: res.table[c]["all"] for c in classes}

@@ -29,7 +29,7 @@ from typing import Any
 from core import atomic
 from core.errors import InputError
 from core.hashing import HashMemo, file_sha256, json_sha256
-from pipeline.runs import content_fingerprint
+from data.fingerprint import content_fingerprint
 
 CHAMPION_NAME = "champion.json"
 HISTORY_NAME = "champion_history.jsonl"
@@ -292,7 +292,7 @@ def decide(champion: Champion | None, challenger_metrics: dict[str, Any], metric
 def watched_fingerprints(params: Any, memo: HashMemo | None = None) -> dict[str, str]:
     """Fingerprint of every dataset the pipeline reads, by version (``PipelineParams``).
 
-    Folders: :func:`pipeline.runs.content_fingerprint` (their content, so a folder edited without a
+    Folders: :func:`data.fingerprint.content_fingerprint` (their content, so a folder edited without a
     new ``dvc add`` still counts as changed; ``memo`` makes unchanged files a stat each).
     Synthetic demo data is a pure function of its spec, so its fingerprint is the spec's hash.
     """

@@ -38,7 +38,8 @@ from core.errors import InputError
 from core.hashing import HashMemo, json_sha256
 from pipeline.lock import check_cache_writable, workspace_lock
 from pipeline.params import PipelineParams
-from pipeline.runs import RunRecord, StageRecord, content_fingerprint, git_revision, new_run_id, now, save_record
+from data.fingerprint import content_fingerprint
+from pipeline.runs import RunRecord, StageRecord, git_revision, new_run_id, now, save_record
 from pipeline.stages import run_kind
 from pipeline.step import PipelineContext, Step, StepOutput
 

@@ -5,8 +5,9 @@ must stop a run before it spends an hour on inference. So ``params.yaml`` is val
 front, and every stage section is mapped onto the stage's own parameter class
 (:class:`tasks.infer.InferParams`, :class:`tasks.pseudo.PseudoParams`, :class:`tasks.warp.WarpParams`,
 :class:`tasks.refine.RefineParams`, :class:`detection.train_spec.TrainSpec`; all pydantic models):
-those classes own their fields' validation, this module only decides which fields a user may
-set (the pipeline fills the rest: file paths, the teacher's config/checkpoint, class names) and
+those classes own their fields' validation; which fields the pipeline sets itself (file paths, the
+teacher's config/checkpoint, class names) is the stage's declaration (``wired`` in its
+:class:`core.stage_spec.StageSpec`, :data:`tasks.stage_specs.STAGE_SPECS`); this module
 turns every failure into ONE :class:`~core.errors.InputError` naming each key
 (``pseudo.score_threshold``), the bad value and what is allowed
 (:func:`core.errors.input_error_from_validation`, the same wording the stage CLIs use). Section
@@ -19,7 +20,8 @@ Relative paths in ``params.yaml`` are relative to the file's folder.
 
 Every section is a pydantic model: a stage section (``infer``, ``pseudo``, ``warp``, ``refine``,
 ``fuse``, and the ``thermal_source``/``self_training`` overrides) is the stage class's fields minus
-the pipeline-owned ones (:func:`_section_model`), a training section is
+the pipeline-owned ones (:func:`_section_model`); :meth:`PipelineParams.stage_params` builds any
+COCO stage's parameter object from its section; a training section is
 :class:`detection.train_spec.TrainFields`, ``data`` extends :class:`data.splits.SplitSettings`.
 Validation reads no file system; the files the parameters name are checked once at run start
 (:meth:`PipelineParams.check_files`). No path enters a stage key (:meth:`PipelineParams.section`).
@@ -29,7 +31,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_serializer, field_validator,
                       model_validator)
@@ -37,46 +39,37 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_mode
 from core.errors import InputError, input_error_from_validation
 from core.overrides import apply_overrides
 from core.stage_params import StageParams
+from core.stage_spec import StageSpec, Wire
 from core.yamlio import read_mapping
 from data.splits import SplitSettings
 from data.synthetic_dataset import SyntheticSettings
-from tasks.fuse import FuseParams
-from tasks.infer import InferParams
-from tasks.pseudo import PseudoParams
-from tasks.refine import RefineParams
 from detection.train_spec import TrainFields
-from tasks.warp import WarpParams
+from tasks import stage_specs
 
-#: Stage-parameter fields the pipeline sets itself (``warp.registry_dir`` is the user's, with a
-#: pipeline default: see ``PipelineParams.warp_params``).
-_INFER_PIPELINE_FIELDS = ("config", "checkpoint", "source")
-_REFINE_PIPELINE_FIELDS = ("image_root",)
-_PSEUDO_PIPELINE_FIELDS = ("target_classes",)
-
-
-def _section_model(stage: type[StageParams], owned: tuple[str, ...]) -> type[BaseModel]:
+def _section_model(spec: StageSpec) -> type[BaseModel]:
     """The ``params.yaml`` section of a stage: the stage class's fields minus the ones the pipeline
-    sets (``owned``), same types, constraints and defaults. Its values are also checked by the
+    sets (``spec.wired``), same types, constraints and defaults. Its values are also checked by the
     stage class itself, first (:func:`_check_stage_sections`: errors name ``section.key``)."""
-    fields: dict[str, Any] = {k: (f.annotation, f) for k, f in stage.model_fields.items() if k not in owned}
-    name = stage.__name__.removesuffix("Params") + "Section"
-    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=f"{stage.__doc__}\n\n"
-                        f"(the ``params.yaml`` section: without {list(owned)}, which the pipeline sets)", **fields)
+    owned = list(spec.wired)
+    fields: dict[str, Any] = {k: (f.annotation, f) for k, f in spec.params.model_fields.items() if k not in owned}
+    name = spec.params.__name__.removesuffix("Params") + "Section"
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=f"{spec.params.__doc__}\n\n"
+                        f"(the ``params.yaml`` section: without {owned}, which the pipeline sets)", **fields)
 
 
-InferSection = _section_model(InferParams, _INFER_PIPELINE_FIELDS)
-PseudoSection = _section_model(PseudoParams, _PSEUDO_PIPELINE_FIELDS)
-WarpSection = _section_model(WarpParams, ())
-RefineSection = _section_model(RefineParams, _REFINE_PIPELINE_FIELDS)
-FuseSection = _section_model(FuseParams, ())
-#: section name -> (stage class, pipeline-owned fields, placeholder values of those for validation)
-_STAGE_SECTIONS: dict[str, tuple[type[StageParams], tuple[str, ...], dict[str, Any]]] = {
-    "infer": (InferParams, _INFER_PIPELINE_FIELDS, {"config": "(set by the pipeline)", "checkpoint": None}),
-    "pseudo": (PseudoParams, _PSEUDO_PIPELINE_FIELDS, {}),
-    "warp": (WarpParams, (), {}),
-    "refine": (RefineParams, _REFINE_PIPELINE_FIELDS, {}),
-    "fuse": (FuseParams, (), {}),
-}
+InferSection = _section_model(stage_specs.STAGE_SPECS["infer"])
+PseudoSection = _section_model(stage_specs.STAGE_SPECS["pseudo"])
+WarpSection = _section_model(stage_specs.STAGE_SPECS["warp"])
+RefineSection = _section_model(stage_specs.STAGE_SPECS["refine"])
+FuseSection = _section_model(stage_specs.STAGE_SPECS["fuse"])
+#: Stand-ins for the wired values a parameter check has no run for (the teacher's config is named
+#: when a step runs): the stage class's defaults stand in for the others.
+_CHECK_VALUES: dict[Wire, Any] = {"model_config": "(set by the pipeline)"}
+
+
+def _check_values(spec: StageSpec) -> dict[str, Any]:
+    """The wired field values a parameter check (no run, no step) builds ``spec``'s parameters with."""
+    return {name: _CHECK_VALUES[wire] for name, wire in spec.wired.items() if wire in _CHECK_VALUES}
 
 
 def set_values(section: BaseModel | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -92,11 +85,9 @@ def set_values(section: BaseModel | Mapping[str, Any] | None) -> dict[str, Any]:
 def _check_stage_sections(data: Mapping[str, Any]) -> None:
     """Each stage section of raw parameters through its stage class, before the whole document is
     parsed: a bad value is ONE InputError naming ``section.key``, the value and what is allowed."""
-    for name, (stage, owned, fixed) in _STAGE_SECTIONS.items():
-        if isinstance(data.get(name), Mapping):
-            _stage_params(stage, name, data[name], None, owned, **fixed)
-
-_P = TypeVar("_P", bound=StageParams)
+    for spec in stage_specs.STAGE_SPECS.values():
+        if spec.section is not None and isinstance(data.get(spec.section), Mapping):
+            _stage_params(spec, data[spec.section], None, _check_values(spec))
 
 
 class _Strict(BaseModel):
@@ -273,32 +264,32 @@ class PipelineParams(_Strict):
     self_training: SelfTrainingSection = Field(default_factory=SelfTrainingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
 
-    # ---- stage parameter objects (validated by their own classes) -----------------------
-    # ``overrides``: a pipeline step instance may run a stage with its own values; they are
-    # merged over the section and validated exactly like it (errors still name ``section.key``).
-    def infer_params(self, config: str, checkpoint: str | None, source: str = "rgb_teacher",
-                     overrides: Mapping[str, Any] | None = None) -> InferParams:
-        return _stage_params(InferParams, "infer", set_values(self.infer), overrides, _INFER_PIPELINE_FIELDS,
-                             config=config, checkpoint=checkpoint, source=source)
+    def stage_params(self, kind: str, overrides: Mapping[str, Any] | BaseModel | None = None,
+                     **wired: Any) -> StageParams:
+        """The parameter object a step of COCO stage ``kind`` runs with, validated by the stage's class.
 
-    def pseudo_params(self, overrides: Mapping[str, Any] | None = None) -> PseudoParams:
-        return _stage_params(PseudoParams, "pseudo", set_values(self.pseudo), overrides, _PSEUDO_PIPELINE_FIELDS,
-                             target_classes=tuple(self.data.classes))
+        A step instance may run a stage with its own values (``overrides``, the step's ``params``
+        option: ``thermal_source.infer`` for the thermal source's inference); they are merged over
+        the section and validated exactly like it (errors still name ``section.key``).
 
-    def warp_params(self, default_registry: Path | None, overrides: Mapping[str, Any] | None = None) -> WarpParams:
-        """``warp.registry_dir`` is the user's to set; unset (or null) it is ``default_registry``."""
-        values = _merged(set_values(self.warp), overrides, "warp")
-        if values.get("registry_dir") is None:
-            values["registry_dir"] = default_registry
-        return _stage_params(WarpParams, "warp", values, None, ())
+        Args:
+            kind: a step kind of :data:`tasks.stage_specs.STAGE_SPECS`.
+            overrides: values merged over the kind's section (keys of that section), or None.
+            **wired: the values the pipeline supplies, by field name: every ``spec.wired`` field
+                (a missing one is the target classes for a ``classes`` wire, which these parameters
+                hold, else the class default), and ``spec.filled`` fields, used where the section
+                and ``overrides`` leave the field unset or null (``registry_dir``).
 
-    def refine_params(self, overrides: Mapping[str, Any] | None = None, image_root: Path | None = None) -> RefineParams:
-        """``image_root``: the folder the pipeline's image paths are relative to (its workspace)."""
-        return _stage_params(RefineParams, "refine", set_values(self.refine), overrides, _REFINE_PIPELINE_FIELDS,
-                             image_root=str(image_root) if image_root is not None else None)
+        Returns:
+            The stage's parameter object (e.g. :class:`tasks.infer.InferParams`).
 
-    def fuse_params(self, overrides: Mapping[str, Any] | None = None) -> FuseParams:
-        return _stage_params(FuseParams, "fuse", set_values(self.fuse), overrides, ())
+        Raises:
+            InputError: a bad value, or a user-set field the pipeline sets itself.
+        """
+        spec = stage_specs.STAGE_SPECS[kind]
+        section = set_values(getattr(self, spec.section)) if spec.section is not None else {}
+        classes = {name: tuple(self.data.classes) for name, wire in spec.wired.items() if wire == "classes"}
+        return _stage_params(spec, section, overrides, {**classes, **wired})
 
     def train_fields(self, role: Literal["teacher", "student"]) -> TrainFields:
         """The training section of ``role``; a student's ``base_model`` defaults to the teacher's
@@ -326,14 +317,14 @@ class PipelineParams(_Strict):
 
     def validate_stages(self) -> None:
         """Build every stage's parameter object once, so bad values fail before any work starts."""
-        self.infer_params("(set by the pipeline)", None)
-        self.pseudo_params()
-        self.warp_params(None)
-        self.refine_params()
-        self.fuse_params()
-        self.pseudo_params(self.thermal_source.pseudo)
-        self.pseudo_params(self.self_training.round_pseudo(self.thermal_source.pseudo))
-        self.infer_params("(set by the pipeline)", None, overrides=self.thermal_source.infer)
+        def check(kind: str, overrides: Mapping[str, Any] | BaseModel | None = None) -> None:
+            self.stage_params(kind, overrides, **_check_values(stage_specs.STAGE_SPECS[kind]))
+
+        for kind in stage_specs.STAGE_SPECS:
+            check(kind)
+        check("pseudo", self.thermal_source.pseudo)
+        check("pseudo", self.self_training.round_pseudo(self.thermal_source.pseudo))
+        check("infer", self.thermal_source.infer)
         from tasks.evaluate import METRICS
 
         bad = [m for m in self.eval.metrics if m not in METRICS]
@@ -382,21 +373,27 @@ def _merged(section: Mapping[str, Any], overrides: Mapping[str, Any] | BaseModel
     return {**section, **(overrides or {})}
 
 
-def _stage_params(model: type[_P], where: str, section: Mapping[str, Any], overrides: Mapping[str, Any] | None,
-                  owned: tuple[str, ...], **fixed: Any) -> _P:
-    """``model(**section, **overrides, **fixed)`` as one InputError naming ``where.key`` on failure.
+def _stage_params(spec: StageSpec, section: Mapping[str, Any], overrides: Mapping[str, Any] | BaseModel | None,
+                  wired: Mapping[str, Any]) -> StageParams:
+    """``spec.params(**section, **overrides, **wired)`` as one InputError naming ``where.key`` on failure.
 
-    ``owned`` keys are filled by the pipeline (``fixed``): a user setting one would be silently
-    overwritten, so it is refused, with the keys that may be set.
+    ``spec.wired`` keys are filled by the pipeline: a user setting one would be silently
+    overwritten, so it is refused, with the keys that may be set. ``spec.filled`` keys take the
+    pipeline's value only where the user's is unset or null.
     """
+    where = spec.section or spec.kind
+    unknown = sorted(set(wired) - set(spec.wired) - set(spec.filled))
+    if unknown:
+        raise TypeError(f"{spec.kind}: {unknown} are not fields the pipeline supplies (StageSpec.wired / filled)")
     values = _merged(section, overrides, where)
-    taken = sorted(set(values) & set(owned))
+    taken = sorted(set(values) & set(spec.wired))
     if taken:
-        allowed = [k for k in model.model_fields if k not in owned]
+        allowed = [k for k in spec.params.model_fields if k not in spec.wired]
         raise InputError(f"{[f'{where}.{k}' for k in taken]} are set by the pipeline itself", f"params {where}",
                          f"remove them; allowed keys in '{where}': {allowed}")
-    return model.validated({**values, **fixed}, f"params {where}", prefix=where, hidden=owned,
-                           fix=f"fix the listed keys of '{where}' (see params.yaml)")
+    values.update({k: v for k, v in wired.items() if k in spec.wired or values.get(k) is None})
+    return spec.params.validated(values, f"params {where}", prefix=where, hidden=tuple(spec.wired),
+                                 fix=f"fix the listed keys of '{where}' (see params.yaml)")
 
 
 def _pydantic_error(exc: ValidationError, where: str, model: type[BaseModel] | None = None) -> InputError:

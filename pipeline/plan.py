@@ -190,7 +190,7 @@ def _evals(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref], 
 
 def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:
     """What each evaluated model was trained on, in words (the rows of the adaptation table)."""
-    rp = params.refine_params()
+    rp = params.stage_params("refine")
     what = "RGB ground-truth labels" if params.rgb_source.boxes == "labels" else _rgb_predictions_words(params)
     only = f", {' and '.join(rp.classes)} only" if rp.classes else ""
     rgb = f"{what} warped, not refined" if rp.method == "none" else \
@@ -204,7 +204,7 @@ def _describe(params: PipelineParams, columns: list[str]) -> dict[str, str]:
         if k == 1 and not thermal:
             return rgb + mixed
         return (f"{rgb} + {'teacher' if k == 1 else f'student {k - 1}'} on thermal, fused "
-                f"({params.fuse_params().method}){mixed}")
+                f"({params.stage_params('fuse').method}){mixed}")
 
     words = {"source_only": "the teacher on thermal, not adapted", "classic": f"{rgb} alone (the classic recipe)",
              "no_refinement": f"{what} warped, not refined", "oracle": "the adapt frames' thermal labels",
@@ -217,7 +217,7 @@ def _rgb_predictions_words(params: PipelineParams) -> str:
     """How the teacher's RGB predictions became labels, in the table's words: "RGB predictions ≥ t"
     with ``t`` the pseudo thresholds (one number, or per class), so an unlabelled-RGB run never reads
     like the labelled run's "RGB ground-truth labels"."""
-    p = params.pseudo_params()
+    p = params.stage_params("pseudo")
     per_class = {c: p.thresholds.get(c, p.score_threshold) for c in p.target_classes}
     if len(set(per_class.values())) == 1:
         return f"RGB predictions ≥ {p.score_threshold:g}"

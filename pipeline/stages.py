@@ -1,12 +1,15 @@
-"""What each step *kind* does: thin glue from a :class:`pipeline.step.Step` to the stage
-functions in :mod:`tasks` (one implementation per stage; this module only wires files).
+"""What each step *kind* does: :func:`run_kind`, the executor's one call into the work.
 
+A COCO-in/COCO-out kind (``infer``, ``pseudo``, ``warp``, ``refine``, ``fuse``: every kind in
+:data:`tasks.stage_specs.STAGE_SPECS`) has no code of its own in ``pipeline/``:
+:func:`pipeline.kinds.run_stage` runs it from its task module's declaration. The other kinds are
+the pipeline's own (:data:`KINDS`), thin glue to the data layer (``data``, ``index``:
+:mod:`pipeline.kinds_data`) and to :mod:`tasks` (here: ``model``; ``train``:
+:mod:`tasks.train_spec_build`; ``quality``: :mod:`tasks.report`; ``eval``: :mod:`tasks.compare`).
 A kind reads its inputs through ``ctx.input(step, role)`` (the upstream outputs its plan entry
-names) and writes only under its own stage folder; the work is in the data layer (:mod:`data.splits`,
-:mod:`data.synthetic_dataset`) and in :mod:`tasks` (a training step's spec:
-:mod:`tasks.train_spec_build`). Models travel between steps as descriptors (:mod:`pipeline.models`).
-Image paths in every index and COCO file a step writes are relative to the workspace
-(``ctx.image_root``); dataset roots are reached through ``datasets/<version>`` links.
+names) and writes only under its own stage folder. Models travel between steps as descriptors
+(:mod:`pipeline.models`). Image paths in every index and COCO file a step writes are relative to
+the workspace (``ctx.image_root``); dataset roots are reached through ``datasets/<version>`` links.
 
 Boxes in every file are COCO ``xywh`` pixels (see :mod:`core.coco`); nothing is converted here.
 """
@@ -15,14 +18,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from core import atomic
-from core.errors import InputError
+from pipeline.kinds import run_stage, stage_spec
+from pipeline.kinds_data import data_step, index_step
 from pipeline.models import model_of, required_model, write_model
 from pipeline.params import set_values
 from pipeline.step import PipelineContext, Step, StepOutput
-from pipeline.runs import content_fingerprint, dataset_fingerprint
 
 log = logging.getLogger(__name__)
 Kind = Callable[[PipelineContext, Step, Path], StepOutput]
@@ -32,44 +34,9 @@ def run_kind(ctx: PipelineContext, step: Step, out: Path, *, resume: bool = Fals
     """Run ``step``'s kind into ``out``; ``resume`` continues an interrupted attempt (training)."""
     if step.kind == "train":
         return _train_step(ctx, step, out, resume=resume)
+    if (spec := stage_spec(step.kind)) is not None:
+        return run_stage(ctx, step, out, spec)
     return KINDS[step.kind](ctx, step, out)
-
-
-# ---------------------------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------------------------
-def _data(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
-    """Fingerprint each dataset root (generating it first for ``data.synthetic``). ``datasets.json``
-    names each root by its place in the workspace (``datasets/<version>``, the link made at run
-    start, or the generated folder), never by an outside path: its content keys every later step."""
-    d = ctx.params.data
-    files: dict[str, Path] = {}
-    if d.synthetic is not None:
-        from data.synthetic_dataset import generate_dataset
-
-        root, files["registry"] = generate_dataset(d.synthetic, out, d.classes)
-        roots = {d.synthetic.version: (root, root)}
-    else:       # (the folder itself: its content and its DVC pointer beside it; how the workspace reaches it)
-        roots = {r.version: (r.path, ctx.dataset_root(r.version)) for r in d.roots}
-    content = {v: content_fingerprint(p, ctx.memo) for v, (p, _) in roots.items()}
-    fps = {v: dataset_fingerprint(p, content=content[v]) for v, (p, _) in roots.items()}
-    files["datasets"] = atomic.write_json(out / "datasets.json", {
-        v: {"path": ctx.rel(roots[v][1], resolve=False), "fingerprint": fps[v], "content": content[v]}
-        for v in sorted(roots)})
-    return StepOutput(files=files, info={"datasets": fps})
-
-
-def _index(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
-    """Index the roots, paths relative to the workspace, and cut the splits (:mod:`data.splits`)."""
-    from core.coco import save_dataset
-    from data.relocate import build_relative_index
-    from data.splits import split_datasets
-
-    roots = {v: info["path"] for v, info in atomic.read_json(ctx.input(step, "datasets")).items()}
-    idx = build_relative_index(roots, ctx.workspace, out, ctx.params.data.classes)
-    cut = split_datasets(idx, ctx.params.data)
-    files = {"index": Path(str(idx.path)), **{k: save_dataset(out / f"{k}.json", ds) for k, ds in cut.datasets.items()}}
-    return StepOutput(files=files, info={"counts": cut.counts})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,57 +78,6 @@ def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) ->
 
 
 # ---------------------------------------------------------------------------------------------
-# label transfer
-# ---------------------------------------------------------------------------------------------
-def _from_report(rep: Any, files: dict[str, Path]) -> StepOutput:
-    from core.stage_report import report_path
-
-    files = {**files, "report": report_path(files["coco"])}
-    return StepOutput(files=files, cache_hits=rep.cache_hits, cache_misses=rep.cache_misses,
-                      info={"counts": rep.counts, "dropped": rep.dropped, "fallbacks": list(rep.fallbacks),
-                            "skipped_images": len(rep.skipped_images)})
-
-
-def _infer(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
-    from tasks.infer import run_infer
-
-    config, ck = required_model(ctx, ctx.input(step, "model"))
-    rep = run_infer(ctx.input(step, "images"), out / "infer.json",
-                    ctx.params.infer_params(config, ck, source=step.options.get("source", "rgb_teacher"),
-                                            overrides=step.options.get("params")),
-                    cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo, image_root=ctx.image_root)
-    return _from_report(rep, {"coco": out / "infer.json"})
-
-
-def _pseudo(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
-    from tasks.pseudo import run_pseudo
-
-    rep = run_pseudo(ctx.input(step, "predictions"), out / "pseudo.json", ctx.params.pseudo_params(step.options.get("params")))
-    return _from_report(rep, {"coco": out / "pseudo.json"})
-
-
-def _warp(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
-    from tasks.warp import run_warp
-
-    registry = step.external.get("registry") or ctx.input(step, "registry")
-    labels = ctx.input(step, "labels")
-    if step.options.get("require_labels") and not atomic.read_json(labels)["annotations"]:
-        raise InputError("rgb_source.boxes is 'labels' but the RGB adapt frames have no labels", str(labels),
-                         "give the RGB frames label files (labels_rgb/) or set rgb_source.boxes: predictions")
-    rep = run_warp(labels, out / "warped.json", ctx.params.warp_params(Path(registry)),
-                   index=ctx.input(step, "index"))
-    return _from_report(rep, {"coco": out / "warped.json"})
-
-
-def _refine(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
-    from tasks.refine import run_refine
-
-    rep = run_refine(ctx.input(step, "labels"), out / "refined.json", ctx.params.refine_params(image_root=ctx.image_root),
-                     index=ctx.input(step, "index"), cache_dir=ctx.cache_dir("refine"), hash_memo=ctx.memo)
-    return _from_report(rep, {"coco": out / "refined.json"})
-
-
-# ---------------------------------------------------------------------------------------------
 # reports
 # ---------------------------------------------------------------------------------------------
 def _quality(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
@@ -198,10 +114,9 @@ def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
         if model is None:                     # an optional model (the oracle without thermal labels)
             notes.append(f"column {column} left out: {atomic.read_json(ctx.input(step, f'model:{column}'))['absent']}")
             continue
-        params[column] = p.infer_params(*model, source="thermal_teacher" if column == "source_only" else
-                                        "thermal_student", overrides={**set_values(p.thermal_source.infer),
-                                                                      "batch_size": p.eval.batch_size,
-                                                                      "device": p.eval.device})
+        params[column] = p.stage_params(
+            "infer", {**set_values(p.thermal_source.infer), "batch_size": p.eval.batch_size, "device": p.eval.device},
+            config=model[0], checkpoint=model[1], source="thermal_teacher" if column == "source_only" else "thermal_student")
     res = evaluate_columns(gt, params, out, p.eval.metrics, columns=step.options["columns"],
                            cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo, image_root=ctx.image_root,
                            describe=step.options.get("describe"), decisions=(decisions := _decisions(ctx, step, gt)))
@@ -224,13 +139,6 @@ def _decisions(ctx: PipelineContext, step: Step, gt: Path) -> str:
                               val_how=how, rounds=ctx.params.self_training.rounds)
 
 
-def _fuse(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
-    from tasks.fuse import run_fuse
-
-    rep = run_fuse({"rgb": ctx.input(step, "rgb"), "thermal": ctx.input(step, "thermal")}, out / "fused.json",
-                   ctx.params.fuse_params(step.options.get("params")))
-    return _from_report(rep, {"coco": out / "fused.json"})
-
-
-KINDS: dict[str, Kind] = {"data": _data, "index": _index, "model": _model_step, "infer": _infer, "pseudo": _pseudo,
-                          "warp": _warp, "refine": _refine, "fuse": _fuse, "quality": _quality, "eval": _eval}
+#: The pipeline's own kinds (``train`` is :func:`_train_step`, which resumes); every other kind is a
+#: COCO stage of :data:`tasks.stage_specs.STAGE_SPECS`.
+KINDS: dict[str, Kind] = {"data": data_step, "index": index_step, "model": _model_step, "quality": _quality, "eval": _eval}

@@ -33,7 +33,8 @@ class Step:
     """One step of a plan: a value, so one kind can occur several times (``student@round2``).
 
     - ``name``: unique in the plan; its outputs go to ``stages/<name>/``.
-    - ``kind``: which implementation runs it (:data:`pipeline.stages.KINDS`).
+    - ``kind``: which implementation runs it (:func:`pipeline.stages.run_kind`: a COCO stage of
+      :data:`tasks.stage_specs.STAGE_SPECS`, or one of the pipeline's own :data:`pipeline.stages.KINDS`).
     - ``sections``: parameter sections of ``params.yaml`` in its key (and in ``dvc.yaml``).
     - ``needs``: role -> :class:`Ref`, the upstream outputs it reads (their content is keyed).
     - ``external``: role -> file or folder outside the workspace it reads (teacher checkpoint,

@@ -40,6 +40,7 @@ from core.coco import annotations, load_dataset, new_dataset, save_dataset
 from core.errors import InputError
 from core.stage_params import StageParams
 from core.stage_report import StageReport, report_path
+from core.stage_spec import StageSpec
 
 log = logging.getLogger(__name__)
 Threshold = float | dict[Literal["day", "night"], float]
@@ -226,3 +227,8 @@ def run_fuse(sources: Mapping[str, Path], out: Path, params: FuseParams) -> Stag
     log.info("fuse (%s): %d boxes from %s -> %d kept (%d agreed by 2+ sources)", params.method,
              report.counts["boxes_in"], sorted(sources), len(anns), both)
     return report
+
+
+#: How the pipeline runs this stage (:class:`core.stage_spec.StageSpec`): the sources are input roles.
+STAGE_SPEC = StageSpec(kind="fuse", run=run_fuse, params=FuseParams, output="fused.json", inputs=("rgb", "thermal"),
+                       section="fuse")

@@ -52,6 +52,7 @@ from core.image_cache import ImageCache
 from core.images import read_error, read_image, size_mismatch, to_bgr_u8
 from core.stage_params import PathStr, StageParams
 from core.stage_report import StageReport, report_path
+from core.stage_spec import StageSpec
 from tasks.tta import View, fuse_views, hflip, unflip_boxes
 
 log = logging.getLogger(__name__)
@@ -393,3 +394,10 @@ def infer_results(gt: Path, out: Path, params: InferParams, *, cache_dir: Path, 
     report = run_infer(gt, out, params if floor == params.min_score else params.replace(min_score=floor),
                        cache_dir=cache_dir, image_root=image_root, detector=detector, hash_memo=hash_memo)
     return coco_results(load_dataset(out), load_dataset(gt), str(out)), report
+
+
+#: How the pipeline runs this stage (:class:`core.stage_spec.StageSpec`): the model a step reads
+#: gives config and checkpoint, the step's ``source`` option the provenance tag.
+STAGE_SPEC = StageSpec(kind="infer", run=run_infer, params=InferParams, output="infer.json", inputs="images",
+                       uses=("cache_dir", "hash_memo", "image_root"), section="infer",
+                       wired={"config": "model_config", "checkpoint": "model_checkpoint", "source": "source"})

@@ -36,6 +36,7 @@ from core.coco import annotations, categories_from_names, load_dataset, new_data
 from core.errors import InputError
 from core.stage_params import StageParams
 from core.stage_report import StageReport, report_path
+from core.stage_spec import StageSpec
 from data.index import DEFAULT_CLASSES
 
 log = logging.getLogger(__name__)
@@ -289,3 +290,8 @@ def _nms_and_cap(m: _Mapped, groups: list[np.ndarray], params: PseudoParams, det
                    for j, a in zip(keep.tolist(), (m.src[i] for i in m.index[keep].tolist()))]
     keep = np.concatenate(kept_all) if kept_all else np.zeros(0, np.int64)
     return keep, extras, kept_per_class
+
+
+#: How the pipeline runs this stage (:class:`core.stage_spec.StageSpec`): target classes = ``data.classes``.
+STAGE_SPEC = StageSpec(kind="pseudo", run=run_pseudo, params=PseudoParams, output="pseudo.json",
+                       inputs="predictions", section="pseudo", wired={"target_classes": "classes"})

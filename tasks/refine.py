@@ -50,6 +50,7 @@ from core.image_cache import ImageCache
 from core.images import read_error, read_image, size_mismatch, to_gray_u8, to_rgb_u8
 from core.stage_params import PathStr, StageParams
 from core.stage_report import StageReport, report_path
+from core.stage_spec import StageSpec
 from tasks.refine_classical import ClassicalConfig
 from tasks.refine_policy import apply_policy
 from tasks.refine_sam2 import DEFAULT_CONFIG, Sam2Config
@@ -437,3 +438,9 @@ def _pass_through(ds: dict, out: Path, report: StageReport, t0: float) -> StageR
     report.seconds = round(time.perf_counter() - t0, 3)
     report.save(report_path(out))
     return report
+
+
+#: How the pipeline runs this stage (:class:`core.stage_spec.StageSpec`): image paths are relative to
+#: the workspace.
+STAGE_SPEC = StageSpec(kind="refine", run=run_refine, params=RefineParams, output="refined.json", inputs="labels",
+                       uses=("index", "cache_dir", "hash_memo"), section="refine", wired={"image_root": "image_root"})

@@ -32,6 +32,7 @@ from core.coco import annotations, load_dataset, new_dataset, save_dataset
 from core.errors import InputError
 from core.stage_params import StageParams
 from core.stage_report import StageReport, report_path
+from core.stage_spec import StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -288,3 +289,9 @@ def _warped_annotations(jobs: list[_Job], kept_of: dict[int, tuple[np.ndarray, n
         extras += [{**{k: v for k, v in a.items() if k not in _REBUILT}, "rgb_bbox": a["bbox"],
                     "warp": {**warp_info, "visible_fraction": v}} for a, v in zip(kept, np.round(vis, 4).tolist())]
     return annotations(1, image_ids, cats, np.concatenate(boxes) if boxes else np.zeros((0, 4)), extras)
+
+
+#: How the pipeline runs this stage (:class:`core.stage_spec.StageSpec`): ``registry_dir`` unset is the
+#: registry the step reads (the default registry, or the synthetic data's own).
+STAGE_SPEC = StageSpec(kind="warp", run=run_warp, params=WarpParams, output="warped.json", inputs="labels",
+                       uses=("index",), section="warp", filled={"registry_dir": "registry"})

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from core.hashing import HashMemo, file_sha256
-from pipeline.runs import content_fingerprint, dataset_fingerprint
+from data.fingerprint import content_fingerprint, dataset_fingerprint
 
 OLD = time.time() - 3600
 

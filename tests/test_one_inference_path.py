@@ -102,7 +102,7 @@ def test_eval_and_pseudo_labelling_of_one_model_give_the_same_boxes(tmp_path: Pa
                     for r in atomic.read_json(ev_dir / "predictions_source_only.json"))
     # eval keeps a lower score floor (COCO AP counts low scores): above the pseudo-labelling floor, exact
     # equality (boxes 1e-3 px and scores 1e-6, as cached)
-    floor = inf_ctx.params.infer_params(str(tiny_detector[0]), str(tiny_detector[1])).min_score
+    floor = inf_ctx.params.stage_params("infer", config=str(tiny_detector[0]), checkpoint=str(tiny_detector[1])).min_score
     assert floor == 0.05 and atomic.read_json(ev_dir / "infer_source_only.json.report.json")["params"]["min_score"] == 0.01
     assert len(pseudo) >= N and [r for r in scored if r[3] >= floor] == pseudo
     # the size the model was used at is the one scored at, and the table says so

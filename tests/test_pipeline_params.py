@@ -22,11 +22,11 @@ def _base() -> dict:
 def test_valid_params_map_onto_stage_classes() -> None:
     p = params_from_dict(apply_overrides(_base(), ["pseudo.score_threshold=0.7", "pseudo.thresholds={person: 0.4}",
                                                    "refine.classical_score_threshold=0.5"]))
-    pp = p.pseudo_params()
+    pp = p.stage_params("pseudo")
     assert pp.threshold("car") == 0.7 and pp.threshold("person") == 0.4
     assert pp.target_classes == ("person", "car")
-    assert p.refine_params().classical_score_threshold == 0.5
-    assert p.infer_params("cfg.py", None).min_score == 0.05
+    assert p.stage_params("refine").classical_score_threshold == 0.5
+    assert p.stage_params("infer", config="cfg.py", checkpoint=None).min_score == 0.05
     assert p.train_fields("student").base_model == "yolox_tiny_8xb8-300e_coco"   # defaults to the teacher's
 
 
@@ -100,19 +100,19 @@ def test_unknown_and_pipeline_owned_keys_list_allowed_keys() -> None:
 
 def test_step_overrides_are_merged_and_validated(tmp_path: Path) -> None:
     p = params_from_dict(apply_overrides(_base(), ["pseudo.score_threshold=0.6", "pseudo.nms_iou=0.4"]))
-    pp = p.pseudo_params({"score_threshold": 0.8})                    # positional: the executor's call
+    pp = p.stage_params("pseudo", {"score_threshold": 0.8})          # positional: the executor's call
     assert pp.score_threshold == 0.8 and pp.nms_iou == 0.4            # merged over the section
-    assert p.pseudo_params().score_threshold == 0.6                   # the section itself is unchanged
-    assert p.pseudo_params(None).score_threshold == 0.6
-    assert p.infer_params("cfg.py", None, overrides={"min_score": 0.2}).min_score == 0.2
-    assert p.warp_params(tmp_path, overrides={"min_size": 5}).min_size == 5
-    assert p.refine_params(overrides={"min_iou": 0.1}).min_iou == 0.1
-    bad = [(lambda: p.pseudo_params({"score_threshold": 1.7}), "pseudo.score_threshold", "1.7"),
-           (lambda: p.infer_params("cfg.py", None, overrides={"batch_size": 0}), "infer.batch_size", "0"),
-           (lambda: p.warp_params(None, overrides={"min_visible_fraction": -1}), "warp.min_visible_fraction", "-1"),
-           (lambda: p.refine_params(overrides={"method": "magic"}), "refine.method", "'magic'"),
-           (lambda: p.pseudo_params({"default_threshold": 0.5}), "pseudo.default_threshold", "unknown key"),
-           (lambda: p.infer_params("cfg.py", None, overrides={"checkpoint": "x"}), "infer.checkpoint", "pipeline")]
+    assert p.stage_params("pseudo").score_threshold == 0.6           # the section itself is unchanged
+    assert p.stage_params("pseudo", None).score_threshold == 0.6
+    assert p.stage_params("infer", {"min_score": 0.2}, config="cfg.py").min_score == 0.2
+    assert p.stage_params("warp", {"min_size": 5}, registry_dir=tmp_path).min_size == 5
+    assert p.stage_params("refine", {"min_iou": 0.1}).min_iou == 0.1
+    bad = [(lambda: p.stage_params("pseudo", {"score_threshold": 1.7}), "pseudo.score_threshold", "1.7"),
+           (lambda: p.stage_params("infer", {"batch_size": 0}, config="cfg.py"), "infer.batch_size", "0"),
+           (lambda: p.stage_params("warp", {"min_visible_fraction": -1}, registry_dir=None), "warp.min_visible_fraction", "-1"),
+           (lambda: p.stage_params("refine", {"method": "magic"}), "refine.method", "'magic'"),
+           (lambda: p.stage_params("pseudo", {"default_threshold": 0.5}), "pseudo.default_threshold", "unknown key"),
+           (lambda: p.stage_params("infer", {"checkpoint": "x"}, config="cfg.py"), "infer.checkpoint", "pipeline")]
     for call, key, word in bad:
         with pytest.raises(InputError) as ei:
             call()
@@ -121,12 +121,12 @@ def test_step_overrides_are_merged_and_validated(tmp_path: Path) -> None:
 
 def test_warp_registry_default_and_user_value(tmp_path: Path) -> None:
     p = params_from_dict(_base())
-    assert p.warp_params(tmp_path).registry_dir == tmp_path
-    assert p.warp_params(None).registry_dir is None
+    assert p.stage_params("warp", registry_dir=tmp_path).registry_dir == tmp_path
+    assert p.stage_params("warp", registry_dir=None).registry_dir is None
     mine = tmp_path / "mine"
     p = params_from_dict({**_base(), "warp": {"registry_dir": str(mine)}})
-    assert p.warp_params(tmp_path).registry_dir == mine
-    assert p.warp_params(tmp_path, overrides={"registry_dir": str(tmp_path / "o")}).registry_dir == tmp_path / "o"
+    assert p.stage_params("warp", registry_dir=tmp_path).registry_dir == mine
+    assert p.stage_params("warp", {"registry_dir": str(tmp_path / "o")}, registry_dir=tmp_path).registry_dir == tmp_path / "o"
 
 
 def test_exactly_one_data_source_and_teacher_mode(tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_overrides_and_yaml_file(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump(doc))
     p = load_params(f, ["pseudo.score_threshold=0.25", "student.init_from_teacher=false"])
     assert p.data.roots[0].path == (tmp_path / "data").resolve()     # relative to the YAML's folder
-    assert p.pseudo_params().score_threshold == 0.25 and p.student.init_from_teacher is False
+    assert p.stage_params("pseudo").score_threshold == 0.25 and p.student.init_from_teacher is False
     with pytest.raises(InputError, match="KEY=VALUE"):
         load_params(f, ["pseudo.score_threshold"])
     with pytest.raises(InputError, match="not found"):
@@ -167,8 +167,8 @@ def test_repository_params_yaml_is_valid() -> None:
 
 def test_thermal_source_infer_section_is_validated_up_front() -> None:
     ok = params_from_dict(apply_overrides(_base(), ["thermal_source.enabled=true", "thermal_source.infer.tta=[flip]"]))
-    assert ok.infer_params("cfg.py", None, overrides=ok.thermal_source.infer).tta == ["flip"]
-    assert ok.infer_params("cfg.py", None).tta == []                  # the RGB teacher's inference is unchanged
+    assert ok.stage_params("infer", ok.thermal_source.infer, config="cfg.py").tta == ["flip"]
+    assert ok.stage_params("infer", config="cfg.py").tta == []       # the RGB teacher's inference is unchanged
     for override, key in (("thermal_source.infer.tta=[rotate]", "infer.tta"),
                           ("thermal_source.infer.config=x.py", "infer.config")):
         with pytest.raises(InputError) as ei:
@@ -192,11 +192,11 @@ def test_shipped_real_data_recipe_is_valid_once_the_user_paths_are_given(tmp_pat
     (tmp_path / "c.py").write_text("# an mmdet config\n")
     p = load_params(REPO / "params" / "real.yaml", user)
     assert p.thermal_source.enabled and p.self_training.rounds >= 1 and "oracle" in p.eval.baselines
-    assert p.infer_params("c.py", None, overrides=p.thermal_source.infer).input_size == (640, 640)
+    assert p.stage_params("infer", p.thermal_source.infer, config="c.py").input_size == (640, 640)
     # the RGB frames' own labels are the RGB source: no RGB inference step in its plan
     from pipeline.plan import step_names
 
-    assert p.rgb_source.boxes == "labels" and p.refine_params().classes == ["person"]
+    assert p.rgb_source.boxes == "labels" and p.stage_params("refine").classes == ["person"]
     assert "infer" not in step_names(p) and "warp" in step_names(p)
 
 

@@ -761,7 +761,7 @@ def test_an_input_changed_during_a_step_leaves_the_step_unmarked_so_the_next_run
     import pipeline.executor as executor
     from data.synthetic import generate
     from pipeline.params import params_from_dict
-    from pipeline.runs import content_fingerprint
+    from data.fingerprint import content_fingerprint
 
     root = tmp_path / "data"
     generate(root, 3, seed=2, progress=False, **SMALL)

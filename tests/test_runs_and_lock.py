@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from data.fingerprint import dataset_fingerprint
 from pipeline import runs
 from core.errors import InputError
 from pipeline.lock import WorkspaceBusy, workspace_lock
@@ -77,9 +78,9 @@ def test_dataset_fingerprint_follows_content_and_dvc(tmp_path: Path) -> None:
     ds = tmp_path / "flir_v1"
     ds.mkdir()
     (ds / "a.png").write_bytes(b"1")
-    first = runs.dataset_fingerprint(ds)
-    assert first.startswith("sha256:") and runs.dataset_fingerprint(ds) == first
+    first = dataset_fingerprint(ds)
+    assert first.startswith("sha256:") and dataset_fingerprint(ds) == first
     (ds / "b.png").write_bytes(b"2")
-    assert runs.dataset_fingerprint(ds) != first
+    assert dataset_fingerprint(ds) != first
     (tmp_path / "flir_v1.dvc").write_text("outs:\n- md5: abc123.dir\n  path: flir_v1\n")
-    assert runs.dataset_fingerprint(ds) == "dvc:abc123.dir"
+    assert dataset_fingerprint(ds) == "dvc:abc123.dir"
