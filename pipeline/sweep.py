@@ -350,7 +350,8 @@ def dask_trial(job: TrialJob, worker: int) -> dict[str, Any]:
         log.info("sweep: the time budget is spent; task %d starts no trial", worker)
         return {"number": None, "state": "NOT_STARTED", "dask_worker": where}
     paths = SweepPaths(Path(job.root))
-    study = open_study(job.spec, paths, job.storage, worker=worker, max_epochs=job.max_epochs, create=False)
+    # opened as the driver opened it (create_study + load_if_exists): load_study would drop the sweep's pruner
+    study = open_study(job.spec, paths, job.storage, worker=worker, max_epochs=job.max_epochs)
     ran: list[Any] = []
 
     def objective(trial: Any) -> float:

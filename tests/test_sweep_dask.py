@@ -36,7 +36,9 @@ def test_two_dask_workers_complete_one_study_without_duplicates(tmp_path: Path, 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")     # inherited by the worker processes and their trial runs
     sweep = _setup(tmp_path, budget={"trials": 4})
     spec = load_sweep(sweep)
-    run_sweep(spec, tmp_path / "study", workers=2)
+    from rgb2thermal_cli.main import main
+
+    assert main(["sweep", "run", str(sweep), "--sweep-dir", str(tmp_path / "study"), "--workers", "2"]) == 0
     trials = open_study(spec, SweepPaths(tmp_path / "study"), None, create=False).get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3]              # exactly the budget: one trial per task
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
