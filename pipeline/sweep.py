@@ -333,8 +333,9 @@ def dask_trial(job: TrialJob, worker: int) -> dict[str, Any]:
 
     Why one trial per task: the storage hands out trial numbers and the enqueued base trial atomically,
     so N tasks make exactly N trials whichever workers run them, and a lost worker loses one trial,
-    not a whole worker's share. The trial itself is :func:`run_trial` (an ``rgb2thermal run`` process
-    on the worker's machine).
+    not a whole worker's share (Dask runs its task again elsewhere: a new trial, while the lost one
+    stays ``RUNNING`` in the storage). The trial itself is :func:`run_trial` (an ``rgb2thermal run``
+    process on the worker's machine).
 
     Args:
         job: the study and trial settings (:class:`TrialJob`).
