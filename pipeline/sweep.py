@@ -297,6 +297,8 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, params_path: str | Path | No
     if remaining == 0:
         log.info("sweep %s: the budget of %d trials is spent", spec.study, budget)
     elif dask_address or workers:
+        if storage is not None and "://" not in storage:         # a journal file: the same file from every worker
+            storage = str(Path(storage).resolve())
         job = TrialJob(spec, base, str(paths.root), storage, seed_ws, cache, epochs,
                        time.time() + spec.budget.seconds if spec.budget.seconds else None)
         _run_on_dask(job, remaining, first=1000 * worker + started, address=dask_address, workers=workers)
