@@ -43,3 +43,12 @@ def test_doctor_names_the_cpu_with_its_cores_and_memory(capsys) -> None:
     line = capsys.readouterr().out.splitlines()[0]
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     assert line.startswith(f"OK   device  cpu (no CUDA): {len(os.sched_getaffinity(0))} cores, {ram:.1f} GiB RAM; ")
+
+
+def test_readme_scale_table_is_the_estimate_scripts_output() -> None:
+    """The README's "Scale" hours come from ``benchmarks/scale_estimate.py`` (its inputs are stated there):
+    a changed input without the README updated (or a hand-edited README) fails here."""
+    from benchmarks.scale_estimate import table
+
+    readme = (REPO / "README.md").read_text()
+    assert table() in readme[readme.index("## Scale"):]
