@@ -35,19 +35,23 @@ ARTIFACTS = {"optimization_history": "sweep-history", "param_importances": "swee
 
 @task(name="sweep-trials", cache_policy=NO_CACHE, persist_result=False)
 def trials_task(sweep_file: str, sweep_dir: str, params_path: str | None, storage: str | None, worker: int,
-                cache_dir: str | None) -> list[dict[str, Any]]:
+                cache_dir: str | None, dask_address: str | None = None, workers: int | None = None) -> list[dict[str, Any]]:
     study = run_sweep(load_sweep(sweep_file), sweep_dir, params_path=params_path, storage=storage, worker=worker,
-                      cache_dir=cache_dir)
+                      cache_dir=cache_dir, dask_address=dask_address, workers=workers)
     return trial_rows(study)
 
 
 @flow(name=FLOW_NAME, persist_result=False)
 def sweep_flow(sweep_file: str, sweep_dir: str | None = None, params_path: str | None = None,
-               storage: str | None = None, worker: int = 0, cache_dir: str | None = None) -> dict[str, Any]:
-    """Run the sweep's trials; publish the table and plots. Returns ``{"best", "trials", "sweep_dir"}``."""
+               storage: str | None = None, worker: int = 0, cache_dir: str | None = None,
+               dask_address: str | None = None, workers: int | None = None) -> dict[str, Any]:
+    """Run the sweep's trials; publish the table and plots. Returns ``{"best", "trials", "sweep_dir"}``.
+
+    ``dask_address`` / ``workers``: each trial a Dask task on that scheduler / on a local cluster of
+    that many processes (as ``sweep run --dask-address`` / ``--workers``)."""
     spec = load_sweep(sweep_file)
     root = Path(sweep_dir) if sweep_dir else Path(sweep_file).resolve().parent / "sweeps" / spec.study
-    rows = trials_task(sweep_file, str(root), params_path, storage, worker, cache_dir)
+    rows = trials_task(sweep_file, str(root), params_path, storage, worker, cache_dir, dask_address, workers)
     paths = SweepPaths(root.resolve())
     create_markdown_artifact(key="sweep-trials", markdown=format_table(rows, spec.objective, sweep_classes(paths.root)),
                              description=f"study {spec.study}: trials (decided on val; test reported only)")
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=None, help="base parameters (default: the sweep file's `params`)")
     ap.add_argument("--storage", default=None, help="Optuna storage URL or journal file (default: in the sweep dir)")
     ap.add_argument("--worker", type=int, default=0, help="this worker's number (sampler seed offset)")
+    ap.add_argument("--dask-address", default=None, help="run each trial as a Dask task on this scheduler")
+    ap.add_argument("--workers", type=int, default=None, help="run the trials on a local Dask cluster of N processes")
     ap.add_argument("-v", "--verbose", action="count", default=0, help="third-party log output too")
     args = ap.parse_args(argv)
     quiet.configure(args.verbose)
@@ -78,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         out = sweep_flow(sweep_file=args.sweep_file, sweep_dir=args.sweep_dir, params_path=args.params,
-                         storage=args.storage, worker=args.worker)
+                         storage=args.storage, worker=args.worker, dask_address=args.dask_address,
+                         workers=args.workers)
     except InputError as exc:
         print(f"error: {exc}")
         return 2

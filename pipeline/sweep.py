@@ -4,7 +4,9 @@ Why each trial is a separate ``rgb2thermal run`` process in its own workspace:
 - it is exactly what a user would run by hand (same record, same reuse, same outputs), and
   ``best_params.yaml`` re-runs to the same numbers;
 - trials never fight for one workspace lock, so several workers (processes or machines sharing
-  one Optuna storage) run trials side by side;
+  one Optuna storage) run trials side by side: several ``sweep run`` processes, or one trial per
+  Dask task (``--workers N`` / ``--dask-address``: :func:`dask_trial`, exactly the budget's trials,
+  numbered by the storage);
 - a pruned trial is stopped by ending its process (SIGTERM, then SIGKILL), which leaves its
   workspace as any killed run leaves one: nothing half-written is ever read as done.
 
@@ -250,13 +252,36 @@ def _latest_complete(study: Any) -> Path | None:
 
 
 def run_sweep(spec: SweepSpec, root: str | Path, *, params_path: str | Path | None = None, storage: str | None = None,
-              worker: int = 0, from_workspace: str | Path | None = None, cache_dir: str | Path | None = None) -> Any:
-    """Validate, then run trials until the study's budget is spent (all workers' trials count);
-    writes ``best_params.yaml`` and the plots after every finished trial. Returns the study."""
+              worker: int = 0, from_workspace: str | Path | None = None, cache_dir: str | Path | None = None,
+              dask_address: str | None = None, workers: int | None = None) -> Any:
+    """Validate, then run trials until the study's budget is spent (all workers' trials count).
+
+    Without ``dask_address``/``workers`` this process runs the trials one after another (start more
+    ``sweep run`` processes on the same storage to run trials side by side). With them, every
+    remaining trial is one Dask task (:func:`dask_trial`) on a Dask cluster: an existing scheduler
+    (``dask_address``) or a ``LocalCluster`` of ``workers`` one-thread worker processes.
+
+    Args:
+        spec: the validated sweep declaration.
+        root: the sweep folder (trials, caches, default journal storage, outputs).
+        params_path: base parameters (default: ``spec.params``).
+        storage: Optuna storage URL or journal file (default ``<root>/study.journal``); Dask workers on
+            other machines must reach it (an RDB URL, or a journal file on a shared file system).
+        worker: this worker's number (sampler seed offset; Dask tasks use ``1000 * worker + k``).
+        from_workspace: seed every trial's workspace from this one (default: the latest complete trial).
+        cache_dir: per-image caches shared by the trials (default ``<root>/cache``).
+        dask_address: a running Dask scheduler (``tcp://host:8786``) to run the trials on.
+        workers: start a local Dask cluster of this many worker processes instead.
+
+    Returns:
+        The Optuna study (``best_params.yaml``, ``trials.json`` and the plots are written after every trial).
+    """
     import optuna
 
     base, _ = base_mapping(spec, params_path)
     params = check_sweep(spec, base, "sweep")
+    if (dask_address or workers) and spec.budget.trials is None:
+        raise InputError("a sweep over Dask needs a trial budget", "budget.trials", "set budget.trials (or --trials)")
     paths = SweepPaths(Path(root).resolve())
     epochs = int(trial_params(base, spec, {}).get("student", {}).get("train", {}).get("epochs", 30))
     study = open_study(spec, paths, storage, worker=worker, max_epochs=epochs)
@@ -265,21 +290,104 @@ def run_sweep(spec: SweepSpec, root: str | Path, *, params_path: str | Path | No
     if spec.enqueue_base and not study.trials and worker == 0:
         study.enqueue_trial(base_values(spec, trial_params(base, spec, {})), skip_if_exists=True)
     budget = spec.budget.trials
-    callbacks = [optuna.study.MaxTrialsCallback(budget, states=None)] if budget else []
-    callbacks.append(lambda s, t: write_outputs(s, spec, base, paths))
-    started = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
-    remaining = None if budget is None else max(0, budget - len(started))
-    if remaining == 0:
-        log.info("sweep %s: the budget of %d trials is spent", spec.study, budget)
-        write_outputs(study, spec, base, paths)
-        return study
+    started = len([t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING])
+    remaining = None if budget is None else max(0, budget - started)
     seed_ws = Path(from_workspace).resolve() if from_workspace else None
     cache = Path(cache_dir).resolve() if cache_dir else None
-    study.optimize(lambda t: run_trial(t, spec, base, paths, seed_ws, cache),
-                   n_trials=None if budget is None else remaining, timeout=spec.budget.seconds,
-                   callbacks=callbacks, catch=(RuntimeError,), gc_after_trial=True, show_progress_bar=False)
+    if remaining == 0:
+        log.info("sweep %s: the budget of %d trials is spent", spec.study, budget)
+    elif dask_address or workers:
+        if storage is not None and "://" not in storage:         # a journal file: the same file from every worker
+            storage = str(Path(storage).resolve())
+        job = TrialJob(spec, base, str(paths.root), storage, seed_ws, cache, epochs,
+                       time.time() + spec.budget.seconds if spec.budget.seconds else None)
+        _run_on_dask(job, remaining, first=1000 * worker + started, address=dask_address, workers=workers)
+    else:
+        callbacks = [optuna.study.MaxTrialsCallback(budget, states=None)] if budget else []
+        callbacks.append(lambda s, t: write_outputs(s, spec, base, paths))
+        study.optimize(lambda t: run_trial(t, spec, base, paths, seed_ws, cache),
+                       n_trials=remaining, timeout=spec.budget.seconds,
+                       callbacks=callbacks, catch=(RuntimeError,), gc_after_trial=True, show_progress_bar=False)
     write_outputs(study, spec, base, paths)
     return study
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What a Dask task needs to run one trial of the study (sent to the worker by value).
+
+    ``root``, ``storage``, ``from_workspace`` and ``cache`` must mean the same files on every worker's
+    machine (a shared file system, or an RDB storage URL); ``deadline`` is a wall-clock ``time.time()``
+    in seconds after which a task starts no trial (``budget.seconds``)."""
+
+    spec: SweepSpec
+    base: dict[str, Any]
+    root: str
+    storage: str | None
+    from_workspace: Path | None
+    cache: Path | None
+    max_epochs: int
+    deadline: float | None
+
+
+def dask_trial(job: TrialJob, worker: int) -> dict[str, Any]:
+    """One Dask task: ``study.optimize(n_trials=1)`` against the shared storage.
+
+    Why one trial per task: the storage hands out trial numbers and the enqueued base trial atomically,
+    so N tasks make exactly N trials whichever workers run them, and a lost worker loses one trial,
+    not a whole worker's share (Dask runs its task again elsewhere: a new trial, while the lost one
+    stays ``RUNNING`` in the storage). The trial itself is :func:`run_trial` (an ``rgb2thermal run``
+    process on the worker's machine).
+
+    Args:
+        job: the study and trial settings (:class:`TrialJob`).
+        worker: the sampler seed offset of this task (distinct per task: equal seeds propose equal values).
+
+    Returns:
+        ``{"number", "state", "dask_worker"}`` of the trial run; ``number`` None when the deadline had passed.
+    """
+    from distributed import get_worker
+
+    where = get_worker().address
+    if job.deadline is not None and time.time() >= job.deadline:
+        log.info("sweep: the time budget is spent; task %d starts no trial", worker)
+        return {"number": None, "state": "NOT_STARTED", "dask_worker": where}
+    paths = SweepPaths(Path(job.root))
+    # opened as the driver opened it (create_study + load_if_exists): load_study would drop the sweep's pruner
+    study = open_study(job.spec, paths, job.storage, worker=worker, max_epochs=job.max_epochs)
+    ran: list[Any] = []
+
+    def objective(trial: Any) -> float:
+        trial.set_user_attr("dask_worker", where)
+        return run_trial(trial, job.spec, job.base, paths, job.from_workspace, job.cache)
+
+    study.optimize(objective, n_trials=1, catch=(RuntimeError,), gc_after_trial=True, show_progress_bar=False,
+                   callbacks=[lambda s, t: ran.append(t), lambda s, t: write_outputs(s, job.spec, job.base, paths)])
+    return {"number": ran[0].number, "state": ran[0].state.name, "dask_worker": where}
+
+
+def _run_on_dask(job: TrialJob, n: int, *, first: int, address: str | None, workers: int | None) -> list[dict[str, Any]]:
+    """Submit ``n`` :func:`dask_trial` tasks (seed offsets ``first``..``first + n - 1``) and wait for them.
+
+    ``address``: an existing scheduler (the user started ``dask scheduler`` and ``dask worker ADDRESS
+    --nthreads 1`` per trial slot); else a ``LocalCluster`` of ``workers`` processes, one thread each
+    (a trial is a whole pipeline run: one per worker at a time)."""
+    from distributed import Client, LocalCluster
+
+    cluster = None if address else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                dashboard_address=None)
+    try:
+        with Client(address or cluster) as client:
+            log.info("sweep %s: %d trial(s) as Dask tasks on %s", job.spec.study, n, client.scheduler.address)
+            futures = [client.submit(dask_trial, job, first + k, pure=False, key=f"sweep-trial-{job.spec.study}-{first + k}")
+                       for k in range(n)]
+            results = client.gather(futures)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    for r in results:
+        log.info("sweep %s: trial %s %s on %s", job.spec.study, r["number"], r["state"], r["dask_worker"])
+    return results
 
 
 def base_values(spec: SweepSpec, mapping: dict[str, Any]) -> dict[str, Any]:

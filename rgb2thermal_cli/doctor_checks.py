@@ -45,11 +45,38 @@ def check_versions() -> str:
 
 
 def check_device() -> str:
+    """The device the stages' ``device: auto`` resolves to here, named with its memory.
+
+    On a CUDA machine every visible GPU (``cuda:0 NVIDIA H100 80GB HBM3, 79.2 GiB``) and whether
+    mmcv's ops have CUDA kernels: mmdet's YOLOX head calls mmcv's NMS, so without them inference and
+    training on the GPU fail (the check FAILs, naming the fix). Without CUDA: core count and RAM.
+    """
     import torch
 
-    if torch.cuda.is_available():
-        return f"CUDA: {torch.cuda.get_device_name(0)} (torch CUDA {torch.version.cuda})"
-    return f"CPU only ({torch.get_num_threads()} threads); torch built for CUDA {torch.version.cuda or 'none'}"
+    if not torch.cuda.is_available():
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        return (f"cpu (no CUDA): {len(os.sched_getaffinity(0))} cores, {ram:.1f} GiB RAM; "
+                f"torch {torch.__version__} built for CUDA {torch.version.cuda or 'none'}")
+    gpus = "; ".join(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.1f} GiB"
+                     for i, p in ((i, torch.cuda.get_device_properties(i)) for i in range(torch.cuda.device_count())))
+    try:
+        _mmcv_nms_on_cuda()
+    except Exception as exc:  # a CPU-only build raises from its C++ dispatcher; any failure means the same here
+        raise RuntimeError(f"{gpus}; mmcv's ops have NO CUDA kernels ({str(exc).splitlines()[0]}): detectors on "
+                           "cuda fail at NMS; re-run scripts/setup_env.sh on this machine (builds them with "
+                           "nvcc), or run with device: cpu") from None
+    return f"{gpus} (torch CUDA {torch.version.cuda}); mmcv CUDA ops compiled (nms on cuda:0 correct)"
+
+
+def _mmcv_nms_on_cuda() -> None:
+    """mmcv's NMS on a CUDA tensor; RuntimeError when its ops were built without CUDA or answer wrongly."""
+    import torch
+    from mmcv.ops import nms
+
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], dtype=torch.float32, device="cuda")
+    _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7], device="cuda"), iou_threshold=0.5)
+    if keep.tolist() != [0, 2] or keep.device.type != "cuda":
+        raise RuntimeError(f"wrong result on cuda: keep={keep.tolist()} on {keep.device}")
 
 
 def check_mmcv_ops() -> str:

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       description="Validate the sweep file (space keys, ranges, values the stages accept, a val "
                                   "split in the base parameters) and run trials. Re-running the same command "
                                   "continues the study; start more workers with the same --storage and --study "
-                                  "(and a distinct --worker) to run trials in parallel.")
+                                  "(and a distinct --worker) to run trials in parallel, or run each trial as a "
+                                  "Dask task (--workers N, --dask-address URL).")
     r.add_argument("sweep_file", type=Path, metavar="SWEEP_YAML", help="the sweep declaration (see pipeline/sweep_space.py)")
     r.add_argument("--params", type=Path, default=None, metavar="PARAMS_YAML",
                    help="base parameters (default: the sweep file's `params`)")
@@ -43,6 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                    help="per-image caches shared by the trials (default: DIR/cache; content-keyed, so the cache of "
                         "earlier runs can be shared)")
+    dask = r.add_mutually_exclusive_group()
+    dask.add_argument("--dask-address", default=None, metavar="URL",
+                      help="run each trial as a Dask task on this scheduler (tcp://host:8786; start `dask scheduler` "
+                           "and `dask worker URL --nthreads 1` per trial slot; the sweep folder and storage must be "
+                           "reachable from every worker: a shared file system or an RDB --storage)")
+    dask.add_argument("--workers", type=int, default=None, metavar="N",
+                      help="run the trials as Dask tasks on a local cluster of N worker processes (N trials at a time)")
     r.set_defaults(func=run)
     sh = ss.add_parser("show", help="the best trial and a table of all trials",
                        description="Print the best trial (val objective, test mAP_50 reported beside it, params) "
@@ -79,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     _quiet_optuna(args)
     spec, paths = _resolve(args)
     run_sweep(spec, paths.root, params_path=args.params, storage=args.storage, worker=args.worker,
-              from_workspace=args.from_workspace, cache_dir=args.cache_dir)
+              from_workspace=args.from_workspace, cache_dir=args.cache_dir, dask_address=args.dask_address,
+              workers=args.workers)
     return show(args)
 
 

@@ -48,6 +48,21 @@ def _drop_log_handlers_on_closed_streams():
             if getattr(_stream_of(h), "closed", False):
                 lg.removeHandler(h)
 
+def pytest_collection_modifyitems(config, items):
+    """Skip the ``gpu``-marked tests where no CUDA device is visible (CPU machines, CI, and any session
+    that left ``CUDA_VISIBLE_DEVICES`` to the empty default above)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    why = pytest.mark.skip(reason="no CUDA device visible (GPU tests run with one named: CUDA_VISIBLE_DEVICES=0 pytest -m gpu)")
+    for item in gpu:
+        item.add_marker(why)
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
