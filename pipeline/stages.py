@@ -232,5 +232,31 @@ def _fuse(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     return _from_report(rep, {"coco": out / "fused.json"})
 
 
+def _label_pick(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
+    """The thermal adapt frames a person should label first, exported as a task (:mod:`tasks.label_export`)."""
+    from tasks.label_export import run_label_pick
+
+    p = ctx.params
+    if step.options.get("fused"):
+        threshold = p.fuse_params().threshold
+    else:
+        pseudo = p.pseudo_params()
+        threshold = lambda cls, _daynight: pseudo.threshold(cls)  # noqa: E731
+    files = run_label_pick(ctx.input(step, "labels"), {r.removeprefix("source:"): ctx.input(step, r) for r in step.needs
+                                                       if r.startswith("source:")}, ctx.input(step, "pool"),
+                           ctx.input(step, "index"), out, p.pick_params(), threshold, ctx.image_root, p.data.classes)
+    return StepOutput(files=files, info={"counts": {"picked": len(atomic.read_json(files["picked"]))}})
+
+
+def _label_override(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
+    """Training labels with a person's boxes on the frames they labelled (:func:`tasks.label_import.run_override`)."""
+    from tasks.label_import import run_override
+
+    path, counts = run_override(ctx.input(step, "labels"), ctx.input(step, "human"), ctx.input(step, "index"),
+                                out / "labels.json")
+    return StepOutput(files={"coco": path}, info={"counts": counts})
+
+
 KINDS: dict[str, Kind] = {"data": _data, "index": _index, "model": _model_step, "infer": _infer, "pseudo": _pseudo,
-                          "warp": _warp, "refine": _refine, "fuse": _fuse, "quality": _quality, "eval": _eval}
+                          "warp": _warp, "refine": _refine, "fuse": _fuse, "quality": _quality, "eval": _eval,
+                          "label_pick": _label_pick, "label_override": _label_override}
