@@ -237,11 +237,11 @@ def _label_pick(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     from tasks.label_export import run_label_pick
 
     p = ctx.params
-    if step.options.get("fused"):
-        threshold = p.fuse_params().threshold
-    else:
-        pseudo = p.pseudo_params()
-        threshold = lambda cls, _daynight: pseudo.threshold(cls)  # noqa: E731
+    pseudo, fuse = p.pseudo_params(), p.fuse_params() if step.options.get("fused") else None
+
+    def threshold(cls: str, daynight: str | None) -> float:    # what kept a training label (fused, or RGB pseudo)
+        return fuse.threshold(cls, daynight) if fuse is not None else pseudo.threshold(cls)
+
     files = run_label_pick(ctx.input(step, "labels"), {r.removeprefix("source:"): ctx.input(step, r) for r in step.needs
                                                        if r.startswith("source:")}, ctx.input(step, "pool"),
                            ctx.input(step, "index"), out, p.pick_params(), threshold, ctx.image_root, p.data.classes)

@@ -42,10 +42,9 @@ LS_URL_PREFIX = "/data/local-files/?d=images/"
 Frame = tuple[dict, list[tuple[str, list[float], float]]]
 
 
-def _frames(picked: Sequence[Picked], labels: Mapping, classes: Sequence[str]) -> list[Frame]:
+def _frames(picked: Sequence[Picked], labels: Mapping, images: Mapping[int, dict], classes: Sequence[str]) -> list[Frame]:
     """Per picked frame: its COCO image (``file_name`` = the name in ``images/``) and ``(class, xyxy, score)`` boxes."""
     names = {c["id"]: c["name"] for c in labels["categories"]}
-    images = {im["id"]: im for im in labels["images"]}
     boxes: dict[int, list[tuple[str, list[float], float]]] = {}
     for a in labels["annotations"]:
         if names[a["category_id"]] not in classes:
@@ -58,7 +57,8 @@ def _frames(picked: Sequence[Picked], labels: Mapping, classes: Sequence[str]) -
     for p in picked:
         im = images.get(p.image_id)
         if im is None:
-            raise InputError(f"picked frame {p.image_id} is not in the labels", "label export", "pick from these labels")
+            raise InputError(f"picked frame {p.image_id} is not among the images", "label export",
+                             "pick from the frames passed as images")
         name = os.path.basename(str(im["file_name"]))
         if seen.setdefault(name, p.image_id) != p.image_id:
             raise InputError(f"two picked frames share the file name {name!r} (ids {seen[name]}, {p.image_id})",
@@ -124,7 +124,7 @@ def _ls_config(classes: Sequence[str]) -> str:
 
 
 def export_task(picked: Sequence[Picked], labels: Mapping, out_dir: Path, image_root: Path,
-                classes: Sequence[str]) -> dict[str, Path]:
+                classes: Sequence[str], images: Sequence[dict] | None = None) -> dict[str, Path]:
     """Write the labelling task of ``picked`` into ``out_dir`` (see the module docstring).
 
     Args:
@@ -133,12 +133,16 @@ def export_task(picked: Sequence[Picked], labels: Mapping, out_dir: Path, image_
         out_dir: the export folder (created; files written atomically).
         image_root: the folder the labels' image ``file_name`` s are relative to (the workspace).
         classes: the target classes (``data.classes``), in category-id order.
+        images: the COCO images of the thermal frames (``file_name``, ``width``, ``height``; default: the
+            labels' images): the pipeline passes the index's thermal adapt images, so a frame without
+            labels is still exported, and always as its thermal image.
 
     Returns:
         role -> written file: ``coco``, ``cvat``, ``label_studio``, ``label_studio_config``, ``picked``, ``images``.
     """
-    frames = _frames(picked, labels, classes)
-    src = {im["id"]: Path(image_root) / str(im["file_name"]) for im in labels["images"]}
+    by_id = {im["id"]: im for im in (labels["images"] if images is None else images)}
+    frames = _frames(picked, labels, by_id, classes)
+    src = {i: Path(image_root) / str(im["file_name"]) for i, im in by_id.items()}
     for im, _ in frames:
         atomic.write_bytes(out_dir / "images" / im["file_name"], src[im["id"]].read_bytes())
     files = {"coco": save_dataset(out_dir / "tasks.json", _coco(frames, classes), indent=2),
@@ -184,5 +188,5 @@ def run_label_pick(labels: Path, sources: Mapping[str, Path], pool: Path, index:
     frames = [im for im in load_dataset(pool)["images"] if im["id"] not in done]
     lab = load_dataset(labels)
     picked = pick_frames(lab, {k: load_dataset(v) for k, v in sources.items()}, frames, threshold, params)
-    files = export_task(picked, lab, out_dir, image_root, classes)
+    files = export_task(picked, lab, out_dir, image_root, classes, images=frames)
     return {k: v for k, v in files.items() if k != "images"}

@@ -297,3 +297,55 @@ def test_plan_has_pick_last_and_override_before_each_student() -> None:
     assert by["student"].needs["labels"].step == "override" and by["override"].needs["labels"].step == "fuse"
     assert by["student@round2"].needs["labels"].step == "override@round2"
     assert by["override@round2"].needs["labels"].step == "fuse@round2"
+
+
+def test_the_pick_step_runs_through_the_executor_into_its_stage_folder_and_the_record(tmp_path: Path) -> None:
+    """The ``label_pick`` kind through the plain door (the Prefect flow and DVC run the same steps): the
+    index step's thermal labels stand in for the fused labels, so no model runs."""
+    from pipeline.executor import run_pipeline
+    from pipeline.params import params_from_dict
+    from pipeline.plan import plan
+    from pipeline.step import Ref, Step
+
+    p = params_from_dict({"data": {"synthetic": {"n_pairs": 10, "seed": 2, "rgb_size": [160, 128],
+                                                 "thermal_size": [128, 96]}},
+                          "teacher": {"config": "yolox_tiny_8xb8-300e_coco"}, "label": {"pick_n": 3}})
+    steps = [s for s in plan(p) if s.name in ("data", "index")]
+    steps.append(Step("pick", "label_pick", ("label", "pseudo", "data"), needs={
+        "labels": Ref("index", "thermal_adapt"), "source:thermal": Ref("index", "thermal_adapt"),
+        "pool": Ref("index", "thermal_adapt_images"), "index": Ref("index", "index"),
+        "datasets": Ref("data", "datasets")}, options={"fused": False}))
+    rec = run_pipeline(p, tmp_path / "ws", steps=steps)
+    out = tmp_path / "ws" / "stages" / "pick"
+    picked = json.loads((out / "picked.json").read_text())
+    assert len(picked) == 3 and rec.status == "succeeded"
+    assert set(rec.stage("pick").outputs) == {"coco", "cvat", "label_studio", "label_studio_config", "picked"}
+    assert sorted(f.name for f in (out / "images").iterdir()) == sorted(x["file_name"] for x in picked)
+    assert [im["file_name"] for im in load_dataset(out / "tasks.json")["images"]] == [x["file_name"] for x in picked]
+    again = run_pipeline(p, tmp_path / "ws", steps=steps)           # unchanged: reused, same pick
+    assert again.stage("pick").reused and json.loads((out / "picked.json").read_text()) == picked
+
+
+def test_label_import_cli_versions_a_dvc_tracked_dataset_and_refuses_bad_input_with_exit_2(loop: dict, capsys) -> None:
+    """``rgb2thermal label import``: a DVC-tracked dataset folder is ``dvc add``-ed (its pointer changes);
+    a refused import exits 2 with the one-line message and no traceback."""
+    import subprocess
+    import sys
+
+    from rgb2thermal_cli.main import main
+
+    root, tmp = loop["root"], loop["tmp"]
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", root.name], cwd=tmp, check=True)
+    pointer = (tmp / "data.dvc").read_text()
+    assert main(["label", "import", str(loop["files"]["cvat"]), "--dataset", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"on {len(loop['picked'])} frames" in out and "dvc add" in out and "data.val_split: val" in out
+    assert (tmp / "data.dvc").read_text() != pointer                       # the new data version is tracked
+    bad = load_dataset(loop["files"]["coco"])
+    bad["images"][0]["file_name"] = "nowhere.png"
+    before = _tree_hash(root)
+    assert main(["label", "import", str(save_dataset(tmp / "bad.json", bad)), "--dataset", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "'nowhere.png' is not a thermal image of the dataset" in err and "Traceback" not in err
+    assert _tree_hash(root) == before
