@@ -64,7 +64,7 @@ def pick(args: argparse.Namespace) -> int:
     n = args.n if args.n is not None else (params.label.pick_n or 20)
     sets = [f"label.pick_n={n}", *([f"label.seed={args.seed}"] if args.seed is not None else [])]
     params = load_params(args.params, [*args.overrides, *sets])
-    run_pipeline(params, args.workspace, only="pick")
+    run_pipeline(params, args.workspace, flow="label", only="pick")
     out = args.workspace / "stages" / "pick"
     print(f"picked {n} frames -> {out}\n"
           f"  CVAT: create a task with {out / 'images'}, then Upload annotations -> COCO 1.0 -> {out / 'tasks.json'}\n"

@@ -59,6 +59,7 @@ class LabelledFrame:
     boxes: np.ndarray
     classes: list[str]
     where: str
+    problems: list[str] = field(default_factory=list)     # what the reader already refused (rotated boxes)
 
 
 @dataclass
@@ -94,10 +95,17 @@ def _read_cvat(path: Path) -> list[LabelledFrame]:
     out = []
     for k, im in enumerate(root.iter("image")):
         boxes = [[float(b.get(c, "nan")) for c in ("xtl", "ytl", "xbr", "ybr")] for b in im.iter("box")]
+        where = f"{path}: <image> {k}"
         out.append(LabelledFrame(os.path.basename(im.get("name", "")), (int(im.get("width", 0)), int(im.get("height", 0))),
                                  np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-                                 [str(b.get("label")) for b in im.iter("box")], f"{path}: <image> {k}"))
+                                 [str(b.get("label")) for b in im.iter("box")], where,
+                                 _rotated(where, [float(b.get("rotation", 0) or 0) for b in im.iter("box")])))
     return out
+
+
+def _rotated(where: str, angles: list[float]) -> list[str]:
+    """A rotated box is refused: the detectors and COCO boxes are axis-aligned."""
+    return [f"{where}: box {k} is rotated by {a} degrees (boxes must be axis-aligned)" for k, a in enumerate(angles) if a]
 
 
 def _ls_name(url: str) -> str:
@@ -121,7 +129,8 @@ def _read_label_studio(path: Path, tasks: list) -> list[LabelledFrame]:
                  for r in rects for v in [r["value"]]]
         out.append(LabelledFrame(_ls_name(str(t.get("data", {}).get("image", ""))), size,
                                  np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-                                 [str((r["value"].get("rectanglelabels") or ["?"])[0]) for r in rects], where))
+                                 [str((r["value"].get("rectanglelabels") or ["?"])[0]) for r in rects], where,
+                                 _rotated(where, [float(r["value"].get("rotation", 0) or 0) for r in rects])))
     return out
 
 
@@ -172,6 +181,8 @@ def _dataset_frames(root: Path) -> dict[str, list[_Target]]:
 def _frame_problems(f: LabelledFrame, targets: list[_Target] | None, classes: Sequence[str], test_split: str
                     ) -> tuple[list[str], np.ndarray | None]:
     """What is wrong with one imported frame, and its boxes clipped to the image when nothing is."""
+    if f.problems:
+        return list(f.problems), None
     if not targets:
         return [f"{f.where}: frame {f.name!r} is not a thermal image of the dataset"], None
     if len(targets) > 1:
@@ -326,17 +337,18 @@ def override_labels(labels: Mapping, human: Mapping, human_ids: set[int] | froze
         human_ids: image ids of the frames a person labelled.
 
     Returns:
-        The new COCO data set (annotation ids renumbered; kept annotations otherwise unchanged).
+        The new COCO data set: the kept annotations unchanged (ids too), the human ones after them with
+        new ids, score 1 and ``source: human``.
     """
     names = {c["id"]: c["name"] for c in human["categories"]}
     cat = {c["name"]: c["id"] for c in labels["categories"]}
     ids = {im["id"] for im in labels["images"]} & set(human_ids)
     kept = [a for a in labels["annotations"] if a["image_id"] not in ids]
     new = [a for a in human["annotations"] if a["image_id"] in ids]
-    anns = [{**a, "id": k} for k, a in enumerate(kept, start=1)]
-    anns += coco_annotations(len(anns) + 1, [a["image_id"] for a in new], [cat[names[a["category_id"]]] for a in new],
-                             xywh_to_xyxy([a["bbox"] for a in new]).reshape(-1, 4),
-                             [{"score": 1.0} for _ in new], source=HUMAN)
+    first = max((a["id"] for a in labels["annotations"]), default=0) + 1
+    anns = kept + coco_annotations(first, [a["image_id"] for a in new], [cat[names[a["category_id"]]] for a in new],
+                                   xywh_to_xyxy([a["bbox"] for a in new]).reshape(-1, 4),
+                                   [{"score": 1.0} for _ in new], source=HUMAN)
     return {**labels, "annotations": anns}
 
 

@@ -221,12 +221,16 @@ def test_cvat_xml_and_label_studio_exports_import_to_the_same_labels(loop: dict)
     ("class", "unknown class 'bicycle'"),
     ("frame", "is not a thermal image of the dataset"),
     ("test", "is in the test split"),
+    ("rotated", "is rotated by 30.0 degrees"),
 ])
 def test_a_bad_import_is_refused_with_what_where_fix_and_changes_nothing(loop: dict, defect: str, what: str) -> None:
     from tasks.label_import import import_labels
 
     root, tmp = loop["root"], loop["tmp"]
     ds = load_dataset(loop["files"]["coco"])
+    if defect == "rotated":             # a CVAT export with a rotated box
+        xml = loop["files"]["cvat"].read_text().replace('<box ', '<box rotation="30.0" ', 1)
+        (tmp / "bad.xml").write_text(xml)
     if defect == "outside":
         ds["annotations"][0]["bbox"] = [120.0, 10.0, 20.0, 10.0]
     elif defect == "class":
@@ -237,7 +241,7 @@ def test_a_bad_import_is_refused_with_what_where_fix_and_changes_nothing(loop: d
     else:
         test = next(p for p in loop["idx"].pairs if p.split == "test")
         ds["images"][0]["file_name"] = Path(test.thermal_path).name
-    bad = save_dataset(tmp / "bad.json", ds)
+    bad = tmp / "bad.xml" if defect == "rotated" else save_dataset(tmp / "bad.json", ds)
     before = _tree_hash(root)
     with pytest.raises(InputError) as err:
         import_labels(bad, root, CLASSES)
@@ -275,8 +279,7 @@ def test_human_training_labels_override_pseudo_labels_on_their_frames_only(loop:
     assert per_image(new, others, keys) == per_image(fused, others, keys)          # nowhere else: exact
     assert per_image(new, picked, ("category_id", "bbox")) == per_image(human, picked, ("category_id", "bbox"))
     assert per_image(new, picked, ("category_id", "bbox")) != per_image(fused, picked, ("category_id", "bbox"))
-    assert override_labels(fused, human, frozenset()) ["annotations"] == [{**a, "id": k} for k, a in
-                                                                           enumerate(fused["annotations"], 1)]
+    assert override_labels(fused, human, frozenset()) == fused
 
 
 def test_plan_has_pick_last_and_override_before_each_student() -> None:
@@ -286,6 +289,9 @@ def test_plan_has_pick_last_and_override_before_each_student() -> None:
     base = {"data": {"synthetic": {"n_pairs": 8}}, "teacher": {"config": "yolox_tiny_8xb8-300e_coco"},
             "thermal_source": {"enabled": True}, "self_training": {"rounds": 2}}
     assert "pick" not in [s.name for s in plan(params_from_dict(base))]
+    rgb_only = {s.name: s for s in plan(params_from_dict({**base, "thermal_source": {"enabled": False},
+                                                          "self_training": {"rounds": 1}, "label": {"pick_n": 3}}))}
+    assert rgb_only["pick"].needs["labels"].step == "refine" and rgb_only["pick"].options == {"fused": False}
     steps = plan(params_from_dict({**base, "label": {"pick_n": 5, "override": True}}))
     names = [s.name for s in steps]
     by = {s.name: s for s in steps}
@@ -311,6 +317,8 @@ def test_the_pick_step_runs_through_the_executor_into_its_stage_folder_and_the_r
                                                  "thermal_size": [128, 96]}},
                           "teacher": {"config": "yolox_tiny_8xb8-300e_coco"}, "label": {"pick_n": 3}})
     steps = [s for s in plan(p) if s.name in ("data", "index")]
+    steps.append(Step("override", "label_override", (), needs={
+        "labels": Ref("index", "thermal_adapt"), "human": Ref("index", "thermal_adapt"), "index": Ref("index", "index")}))
     steps.append(Step("pick", "label_pick", ("label", "pseudo", "data"), needs={
         "labels": Ref("index", "thermal_adapt"), "source:thermal": Ref("index", "thermal_adapt"),
         "pool": Ref("index", "thermal_adapt_images"), "index": Ref("index", "index"),
@@ -322,6 +330,10 @@ def test_the_pick_step_runs_through_the_executor_into_its_stage_folder_and_the_r
     assert set(rec.stage("pick").outputs) == {"coco", "cvat", "label_studio", "label_studio_config", "picked"}
     assert sorted(f.name for f in (out / "images").iterdir()) == sorted(x["file_name"] for x in picked)
     assert [im["file_name"] for im in load_dataset(out / "tasks.json")["images"]] == [x["file_name"] for x in picked]
+    # no frame labelled by a person: the override step passes the labels through, box for box
+    ws = tmp_path / "ws" / "stages"
+    assert load_dataset(ws / "override" / "labels.json")["annotations"] == \
+        load_dataset(ws / "index" / "thermal_adapt.json")["annotations"]
     again = run_pipeline(p, tmp_path / "ws", steps=steps)           # unchanged: reused, same pick
     assert again.stage("pick").reused and json.loads((out / "picked.json").read_text()) == picked
 
