@@ -312,6 +312,9 @@ def import_labels(path: str | os.PathLike[str], root: str | os.PathLike[str], cl
         InputError: any problem of any frame (nothing is written then).
     """
     root = Path(root)
+    if not as_training and split == test_split:
+        raise InputError(f"cannot import into the test split '{test_split}' (it is only reported on)", f"--split {split}",
+                         "import into the val split (default) or another split name")
     checked = check_frames(read_labelled_frames(path), root, classes, test_split)
     ids = [t.original_id for _, t, _ in checked]
     csv_text = _split_csv_text(root, ids, None if as_training else split)

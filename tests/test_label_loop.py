@@ -361,3 +361,21 @@ def test_label_import_cli_versions_a_dvc_tracked_dataset_and_refuses_bad_input_w
     err = capsys.readouterr().err
     assert "'nowhere.png' is not a thermal image of the dataset" in err and "Traceback" not in err
     assert _tree_hash(root) == before
+
+
+def test_a_second_import_replaces_its_frames_entries_and_keeps_the_others(loop: dict) -> None:
+    from tasks.label_import import import_labels
+
+    root, tmp = loop["root"], loop["tmp"]
+    import_labels(loop["files"]["coco"], root, CLASSES)
+    ds = load_dataset(loop["files"]["coco"])
+    first = ds["images"][0]
+    ds["images"] = [first]
+    ds["annotations"] = [{**a, "bbox": [1.0, 2.0, 3.0, 4.0]} for a in ds["annotations"] if a["image_id"] == first["id"]][:1]
+    import_labels(save_dataset(tmp / "again.json", ds), root, CLASSES)
+    human = _task_boxes(root / "labels_thermal" / "human_labels.json")
+    exported = _task_boxes(loop["files"]["coco"])
+    stem = Path(first["file_name"]).stem
+    assert human == {**exported, stem: [[ds["annotations"][0]["category_id"], 1.0, 2.0, 3.0, 4.0]]}
+    with pytest.raises(InputError, match="cannot import into the test split"):
+        import_labels(loop["files"]["coco"], root, CLASSES, split="test")
