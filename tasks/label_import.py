@@ -81,9 +81,12 @@ def _read_coco(path: Path) -> list[LabelledFrame]:
     per: dict[int, list[dict]] = {im["id"]: [] for im in ds["images"]}
     for a in ds["annotations"]:
         per[a["image_id"]].append(a)
+    # CVAT's COCO 1.0 export keeps a rotated box's angle in the annotation's attributes
     return [LabelledFrame(os.path.basename(str(im["file_name"])), (int(im["width"]), int(im["height"])),
                           xywh_to_xyxy([a["bbox"] for a in per[im["id"]]]).reshape(-1, 4),
-                          [names[a["category_id"]] for a in per[im["id"]]], f"{path}: images[{k}]")
+                          [names[a["category_id"]] for a in per[im["id"]]], f"{path}: images[{k}]",
+                          _rotated(f"{path}: images[{k}]", [float((a.get("attributes") or {}).get("rotation") or 0)
+                                                            for a in per[im["id"]]]))
             for k, im in enumerate(ds["images"])]
 
 
