@@ -14,8 +14,9 @@ turns every failure into ONE :class:`~core.errors.InputError` naming each key
 keys are the stage fields' names, with no aliases.
 
 Sections mirror the stages: ``data``, ``teacher``, ``infer``, ``pseudo``, ``warp``, ``refine``,
-``student``, ``eval``. Overrides use dotted keys (``--set refine.classical_score_threshold=0.5``);
-values are parsed as YAML scalars (``0.5`` is a float, ``true`` a bool, ``[1, 2]`` a list).
+``student``, ``eval``, ``label`` (the labelling loop). Overrides use dotted keys
+(``--set refine.classical_score_threshold=0.5``); values are parsed as YAML scalars (``0.5`` is a float,
+``true`` a bool, ``[1, 2]`` a list).
 Relative paths in ``params.yaml`` are relative to the file's folder.
 
 Every section is a pydantic model: a stage section (``infer``, ``pseudo``, ``warp``, ``refine``,
@@ -43,6 +44,7 @@ from core.stage_spec import StageSpec, Wire
 from core.yamlio import read_mapping
 from data.splits import SplitSettings
 from data.synthetic_dataset import SyntheticSettings
+from tasks.label_pick import PickFields, PickParams
 from detection.train_spec import TrainFields
 from tasks import stage_specs
 
@@ -247,6 +249,20 @@ class SelfTrainingSection(_Strict):
         return {**set_values(thermal), **set_values(self.pseudo)}
 
 
+class LabelSection(PickFields):
+    """The labelling loop (``rgb2thermal label pick`` / ``label import``, README "The labelling loop").
+
+    - ``pick_n``: with ``pick_n > 0`` the plan ends with a ``pick`` step that chooses that many thermal
+      adapt frames to label (the most uncertain ones; :mod:`tasks.label_pick`: ``seed``, ``band``,
+      ``weights``, ``balance_daynight``) and exports them as a CVAT / Label Studio task.
+    - ``override``: each student trains on its labels with the boxes of the frames a person labelled
+      (``label import --as-training``) in place of their pseudo-labels (an ``override`` step per round).
+    """
+
+    pick_n: int = Field(default=0, ge=0)
+    override: bool = False
+
+
 class PipelineParams(_Strict):
     """The whole ``params.yaml``, every section typed. A stage's parameter object is its section's
     values (those the user set) + the pipeline's own values, built by the stage class."""
@@ -263,6 +279,7 @@ class PipelineParams(_Strict):
     fuse: FuseSection = Field(default_factory=FuseSection)
     self_training: SelfTrainingSection = Field(default_factory=SelfTrainingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    label: LabelSection = Field(default_factory=LabelSection)
 
     def stage_params(self, kind: str, overrides: Mapping[str, Any] | BaseModel | None = None,
                      **wired: Any) -> StageParams:
@@ -290,6 +307,11 @@ class PipelineParams(_Strict):
         section = set_values(getattr(self, spec.section)) if spec.section is not None else {}
         classes = {name: tuple(self.data.classes) for name, wire in spec.wired.items() if wire == "classes"}
         return _stage_params(spec, section, overrides, {**classes, **wired})
+
+    def pick_params(self) -> PickParams:
+        """The ``pick`` step's parameters (``label`` section; ``n`` = ``label.pick_n``)."""
+        lab = self.label.model_dump(exclude={"pick_n", "override"})
+        return PickParams.validated({**lab, "n": max(1, self.label.pick_n)}, "params label", prefix="label")
 
     def train_fields(self, role: Literal["teacher", "student"]) -> TrainFields:
         """The training section of ``role``; a student's ``base_model`` defaults to the teacher's

@@ -18,6 +18,10 @@ With a thermal source and self-training (``thermal_source.enabled``, ``self_trai
         -> fuse (RGB + thermal) -> student -> infer@round2 (student on thermal) -> pseudo@round2
         -> fuse@round2 -> student@round2 -> [baseline, classic, oracle] -> quality -> eval
 
+With ``label.override`` each student's labels pass an ``override`` step (a person's boxes in place of the
+pseudo-labels on the frames they labelled); with ``label.pick_n > 0`` a last ``pick`` step exports the
+most uncertain thermal adapt frames as a labelling task (README "The labelling loop").
+
 With a val split (``data.val_split`` or ``data.val_fraction``) every trained step is validated on
 the val frames' thermal labels (best checkpoint) and a ``val`` step (kind ``eval``) scores every
 model on them before ``eval`` scores them on test: decisions read ``val``, ``eval`` is reported.
@@ -117,6 +121,10 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
         labels = Ref("refine", "coco")
         if k > 1 or params.thermal_source.enabled:
             labels = _thermal_round(params, steps, datasets, k, students[-1] if k > 1 else "teacher", label_sets)
+        if params.label.override:       # a person's boxes in place of the pseudo-labels on their frames
+            steps.append(Step(f"override{'' if k == 1 else f'@round{k}'}", "label_override", (), needs={
+                "labels": labels, "human": Ref("index", "thermal_adapt"), "index": Ref("index", "index")}))
+            labels = Ref(steps[-1].name, "coco")
         init = _model(students[-1]) if (k > 1 and params.self_training.init == "previous") else teacher
         students.append("student" if k == 1 else f"student@round{k}")
         steps.append(_train(students[-1], labels, datasets, init, mix_rgb=params.student.mix_rgb, val=val))
@@ -127,6 +135,21 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
         "refined": Ref("refine", "coco"), "index": Ref("index", "index"),
         "thermal_gt": Ref("index", "thermal_adapt"), **label_sets}))
     _evals(params, steps, datasets, students)
+    if params.label.pick_n > 0:
+        steps.append(_pick(params, steps))
+
+
+def _pick(params: PipelineParams, steps: list[Step]) -> Step:
+    """The ``pick`` step (``label.pick_n > 0``, last in the plan): the thermal adapt frames a person should
+    label first, from the last round's training labels and every label source, exported as a labelling task."""
+    names = [s.name for s in steps]
+    fuses = [n for n in names if n == "fuse" or n.startswith("fuse@")]
+    sources = {"source:rgb": Ref("refine", "coco")}
+    sources.update({f"source:{n.removeprefix('pseudo@')}": Ref(n, "coco") for n in names if n.startswith("pseudo@")})
+    return Step("pick", "label_pick", ("label", "fuse" if fuses else "pseudo", "data"),
+                needs={"labels": Ref(fuses[-1] if fuses else "refine", "coco"), **sources,
+                       "pool": Ref("index", "thermal_adapt_images"), "index": Ref("index", "index"),
+                       "datasets": Ref("data", "datasets")}, options={"fused": bool(fuses)})
 
 
 def _thermal_round(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref], k: int, source: str,

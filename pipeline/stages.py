@@ -22,6 +22,7 @@ from pathlib import Path
 from core import atomic
 from pipeline.kinds import run_stage, stage_spec
 from pipeline.kinds_data import data_step, index_step
+from pipeline.kinds_label import label_override_step, label_pick_step
 from pipeline.models import model_of, required_model, write_model
 from pipeline.params import set_values
 from pipeline.step import PipelineContext, Step, StepOutput
@@ -141,4 +142,5 @@ def _decisions(ctx: PipelineContext, step: Step, gt: Path) -> str:
 
 #: The pipeline's own kinds (``train`` is :func:`_train_step`, which resumes); every other kind is a
 #: COCO stage of :data:`tasks.stage_specs.STAGE_SPECS`.
-KINDS: dict[str, Kind] = {"data": data_step, "index": index_step, "model": _model_step, "quality": _quality, "eval": _eval}
+KINDS: dict[str, Kind] = {"data": data_step, "index": index_step, "model": _model_step, "quality": _quality, "eval": _eval,
+                          "label_pick": label_pick_step, "label_override": label_override_step}

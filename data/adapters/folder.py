@@ -32,6 +32,12 @@ from data.index import DEFAULT_CLASSES, IMAGE_EXTENSIONS, PairedIndex
 from data.index_build import BuildOptions, Candidate, RawLabels, build_index as _build
 from core.errors import InputError
 
+#: The COCO file of thermal labels a person corrected (``rgb2thermal label import``): read after every
+#: other label file of its folder, so a person's boxes win over any other label of the same frame.
+HUMAN_LABELS_FILE = "human_labels.json"
+#: ``split.csv`` column saying who labelled a frame (``human``: ``label import``); kept in ``Pair.extra``.
+LABEL_SOURCE_COLUMN = "label_source"
+
 
 def _images(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
@@ -153,7 +159,7 @@ def _modality_labels(folder: Path, images: Mapping[str, Path], names: Mapping[in
     """Labels of one modality keyed by stem (``None`` when the folder is absent)."""
     if not folder.is_dir():
         return None
-    jsons = sorted(folder.glob("*.json"))
+    jsons = sorted(folder.glob("*.json"), key=lambda p: (p.name == HUMAN_LABELS_FILE, p.name))  # human labels last
     txts = sorted(p for p in folder.glob("*.txt") if p.name != "classes.txt")
     out: dict[str, RawLabels] = {}
     if jsons:
@@ -251,9 +257,9 @@ def candidates(root: str | Path, *, pairs_file: str | Path | None = None) -> tup
             rp = Path(item["rgb"]) if Path(item["rgb"]).is_absolute() else root / item["rgb"]
             tp = Path(item["thermal"]) if Path(item["thermal"]).is_absolute() else root / item["thermal"]
             oid = str(item.get("id") or rp.stem)
-            sp, dn, _ = split.get(oid, (item.get("split", ""), item.get("daynight"), {}))
-            extra = {k2: item[k1] for k1, k2 in (("rgb_time", "rgb_timestamp"), ("thermal_time", "thermal_timestamp"))
-                     if k1 in item}
+            sp, dn, more = split.get(oid, (item.get("split", ""), item.get("daynight"), {}))
+            extra = {**more, **{k2: item[k1] for k1, k2 in (("rgb_time", "rgb_timestamp"),
+                                                             ("thermal_time", "thermal_timestamp")) if k1 in item}}
             out.append(Candidate(oid, rp, tp, sp, dn,
                                  (labels["rgb"] or {}).get(rp.stem) if labels["rgb"] is not None else None,
                                  (labels["thermal"] or {}).get(tp.stem) if labels["thermal"] is not None else None, extra))
