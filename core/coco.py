@@ -10,16 +10,21 @@ Extra keys on images/annotations are preserved (rgb2thermal uses them for proven
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Iterable, Sequence
+import pickle
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core import atomic
+from core import atomic, json_stream
 from core.boxes import xywh_to_xyxy, xyxy_to_xywh
 from core.errors import InputError
 
@@ -91,13 +96,18 @@ def _image_ids(images: list[dict], path: Any) -> set[int]:
     """The ids of ``images``, each image having id, file_name, width and height, no id twice."""
     image_ids: set[int] = set()
     for i, im in enumerate(images):
-        for k in ("id", "file_name", "width", "height"):
-            if k not in im:
-                raise _fail(path, f"images[{i}]", f"missing '{k}'", "every image needs id, file_name, width, height")
-        if im["id"] in image_ids:
-            raise _fail(path, f"images[{i}]", f"duplicate image id {im['id']}", "give every image a unique id")
-        image_ids.add(im["id"])
+        _check_image(im, i, path, image_ids)
     return image_ids
+
+
+def _check_image(im: dict, i: int, path: Any, image_ids: set) -> None:
+    """``images[i]`` has id, file_name, width and height and an id not in ``image_ids`` (then added)."""
+    for k in ("id", "file_name", "width", "height"):
+        if k not in im:
+            raise _fail(path, f"images[{i}]", f"missing '{k}'", "every image needs id, file_name, width, height")
+    if im["id"] in image_ids:
+        raise _fail(path, f"images[{i}]", f"duplicate image id {im['id']}", "give every image a unique id")
+    image_ids.add(im["id"])
 
 
 def _category_ids(categories: list[dict], path: Any) -> set[int]:
@@ -117,21 +127,36 @@ def _check_annotations(anns: list[dict], path: Any, image_ids: set[int], cat_ids
     box, and a valid ``score`` where it has one."""
     ann_ids: set[int] = set()
     for i, a in enumerate(anns):
-        where = f"annotations[{i}]"
-        for k in ("id", "image_id", "category_id", "bbox"):
-            if k not in a:
-                raise _fail(path, where, f"missing '{k}'", "annotations need id, image_id, category_id, bbox")
-        if a["id"] in ann_ids:
-            raise _fail(path, where, f"duplicate annotation id {a['id']}", "renumber annotations")
-        ann_ids.add(a["id"])
-        if a["image_id"] not in image_ids:
-            raise _fail(path, where, f"image_id {a['image_id']} is not in images", "drop the annotation or add its image")
-        if a["category_id"] not in cat_ids:
-            raise _fail(path, where, f"category_id {a['category_id']} is not in categories {sorted(cat_ids)}",
-                        "map the class to one of the dataset's categories")
-        _check_bbox(a["bbox"], path, where)
-        if "score" in a:          # stage outputs (infer, pseudo, fuse) carry detection scores: same rule as results
-            _check_score(a["score"], path, where)
+        _check_annotation(a, i, path, ann_ids, image_ids, cat_ids)
+
+
+def _check_annotation(a: dict, i: int, path: Any, ann_ids: set, image_ids: Collection | None,
+                      cat_ids: Collection | None) -> None:
+    """``annotations[i]``: required keys, an id not in ``ann_ids`` (then added), its image and category
+    in ``image_ids``/``cat_ids`` (not checked when None: a streamed reader checks them at the end),
+    a valid box and score."""
+    where = f"annotations[{i}]"
+    for k in ("id", "image_id", "category_id", "bbox"):
+        if k not in a:
+            raise _fail(path, where, f"missing '{k}'", "annotations need id, image_id, category_id, bbox")
+    if a["id"] in ann_ids:
+        raise _fail(path, where, f"duplicate annotation id {a['id']}", "renumber annotations")
+    ann_ids.add(a["id"])
+    if image_ids is not None and cat_ids is not None:
+        _check_refs(a["image_id"], a["category_id"], where, path, image_ids, cat_ids)
+    _check_bbox(a["bbox"], path, where)
+    if "score" in a:          # stage outputs (infer, pseudo, fuse) carry detection scores: same rule as results
+        _check_score(a["score"], path, where)
+
+
+def _check_refs(image_id: Any, category_id: Any, where: str, path: Any, image_ids: Collection,
+                cat_ids: Collection) -> None:
+    """An annotation names an image of ``image_ids`` and a category of ``cat_ids``."""
+    if image_id not in image_ids:
+        raise _fail(path, where, f"image_id {image_id} is not in images", "drop the annotation or add its image")
+    if category_id not in cat_ids:
+        raise _fail(path, where, f"category_id {category_id} is not in categories {sorted(cat_ids)}",
+                    "map the class to one of the dataset's categories")
 
 
 def load_dataset(path: str | os.PathLike[str]) -> dict:
@@ -282,12 +307,206 @@ def refuse_escaping_file_names(ds: dict[str, Any], root: str | os.PathLike[str],
     dataset adapters already checked). Judged on the text (``..`` collapsed, symlinks not followed).
     """
     for i, im in enumerate(ds.get("images", [])):
-        name = str(im.get("file_name", ""))
-        if os.path.isabs(os.path.expanduser(name)):
+        refuse_escaping_file_name(i, im, root, source)
+
+
+def refuse_escaping_file_name(i: int, image: dict[str, Any], root: str | os.PathLike[str],
+                              source: str | os.PathLike[str]) -> None:
+    """:func:`refuse_escaping_file_names` for one image, ``images[i]`` (for a streamed reader)."""
+    name = str(image.get("file_name", ""))
+    if os.path.isabs(os.path.expanduser(name)):
+        return
+    norm = os.path.normpath(name)
+    if norm == ".." or norm.startswith(".." + os.sep):
+        raise InputError(f"file_name {name!r} climbs out of the image folder {root}",
+                         f"{source}: images[{i}] (id {image.get('id')})",
+                         "write file_name relative to the image folder (no '..' leaving it), or pass the "
+                         "folder that holds the images as --image-root")
+
+
+class CocoWriter:
+    """Write a COCO dataset file one image and one annotation at a time, in constant memory.
+
+    Why: a stage that assembles a 10k-frame dataset in memory before writing it holds every output
+    box as a dict plus the whole JSON text (the refine stage: +15 KB per frame). The file is the
+    same bytes as ``save_dataset(path, {**new_dataset(images, annotations, categories, info),
+    **extra})`` (compact, ``indent=None``), and each element is validated as :func:`save_dataset`
+    validates it. Images are written as they come; annotations go to a side file in the same
+    temporary folder and are appended after the images on close, so an annotation's image must be
+    added before it. Use as a context manager: the file appears atomically
+    (:func:`core.atomic.atomic_path`) only when the block ends without an exception.
+
+    Args:
+        path: the output file.
+        info: its ``info`` object.
+        categories: its categories (validated: ids and names).
+        extra: further top-level keys written after ``categories``, in this order.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], info: dict, categories: list[dict],
+                 extra: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.info, self.categories, self.extra = info, categories, dict(extra or {})
+        self._cat_ids = _category_ids(categories, self.path)
+        self._image_ids: set = set()
+        self._ann_ids: set = set()
+        self.n_images = self.n_annotations = 0
+
+    def __enter__(self) -> CocoWriter:
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic.atomic_path(self.path))
+        self._main = self._stack.enter_context(open(tmp, "wb"))
+        self._anns = self._stack.enter_context(open(tmp.with_name(tmp.name + ".annotations"), "w+b"))
+        self._main.write(b'{"info":' + atomic.dumps_json(self.info) + b',"images":[')
+        return self
+
+    def add_image(self, image: dict) -> None:
+        """Append one image entry (it needs id, file_name, width, height, and an id not used before)."""
+        _check_image(image, self.n_images, self.path, self._image_ids)
+        self._main.write((b"," if self.n_images else b"") + atomic.dumps_json(image))
+        self.n_images += 1
+
+    def add_annotation(self, ann: dict) -> None:
+        """Append one annotation (COCO ``xywh`` bbox; its image already added, its category known)."""
+        _check_annotation(ann, self.n_annotations, self.path, self._ann_ids, self._image_ids, self._cat_ids)
+        self._anns.write((b"," if self.n_annotations else b"") + atomic.dumps_json(ann))
+        self.n_annotations += 1
+
+    def _finish(self) -> None:
+        self._main.write(b'],"annotations":[')
+        self._anns.seek(0)
+        shutil.copyfileobj(self._anns, self._main, 1 << 20)
+        self._main.write(b'],"categories":' + atomic.dumps_json(self.categories))
+        for k, v in self.extra.items():
+            self._main.write(b"," + atomic.dumps_json(str(k)) + b":" + atomic.dumps_json(v))
+        self._main.write(b"}\n")
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is None:
+            try:
+                self._finish()
+            except BaseException:
+                if not self._stack.__exit__(*sys.exc_info()):
+                    raise
+                return False
+        return bool(self._stack.__exit__(exc_type, exc, tb))
+
+
+@dataclass
+class SpooledDataset:
+    """A COCO dataset read element by element and validated as :func:`load_dataset` validates it,
+    with its images and annotations spooled (pickled) to an anonymous temporary file.
+
+    Why: holding a 10k-frame dataset as Python dicts costs ~10 KB per frame; held in memory here
+    are only the other top-level values (``top``: info, categories, ... in file order) and per
+    element its place in the spool (numpy), an annotation's image index and category id. Elements
+    read back (:meth:`image`, :meth:`annotation`) are equal to what :func:`load_dataset` gives.
+    Close it (``with`` or :meth:`close`) to free the spool. Made by :func:`spool_dataset`.
+    """
+
+    path: Path
+    top: dict[str, Any]
+    spool: Any                    # binary file object (tempfile.TemporaryFile)
+    image_span: np.ndarray        # (n_images, 2) int64: offset, length in the spool
+    ann_span: np.ndarray          # (n_annotations, 2) int64
+    ann_image: np.ndarray         # (n_annotations,) int64: index of the annotation's image in ``images``
+    ann_category: np.ndarray      # (n_annotations,): the annotation's category_id
+
+    def _read(self, span: np.ndarray) -> dict:
+        self.spool.seek(int(span[0]))
+        return pickle.loads(self.spool.read(int(span[1])))    # our own file, written by _spool
+
+    def image(self, i: int) -> dict:
+        """``images[i]`` as in the file."""
+        return self._read(self.image_span[i])
+
+    def annotation(self, j: int) -> dict:
+        """``annotations[j]`` as in the file."""
+        return self._read(self.ann_span[j])
+
+    def annotations_by_image(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(order, starts)``: image ``i``'s annotation indices are ``order[starts[i]:starts[i + 1]]``,
+        in file order."""
+        order = np.argsort(self.ann_image, kind="stable")
+        starts = np.searchsorted(self.ann_image[order], np.arange(len(self.image_span) + 1))
+        return order, starts
+
+    def close(self) -> None:
+        self.spool.close()
+
+    def __enter__(self) -> SpooledDataset:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def spool_dataset(path: str | os.PathLike[str], *, spool_dir: str | os.PathLike[str] | None = None,
+                  image_check: Callable[[int, dict], None] | None = None) -> SpooledDataset:
+    """Read and validate the COCO dataset file ``path`` without holding its images and annotations
+    (see :class:`SpooledDataset`); ``image_check(i, image)`` is called on every image as it is read
+    (e.g. :func:`refuse_escaping_file_name`). The spool is an unlinked file in ``spool_dir``
+    (default: the system's temporary folder): nothing is left behind, even after a crash.
+
+    Raises:
+        CocoFormatError: missing file, invalid JSON, or a dataset :func:`load_dataset` would refuse.
+    """
+    spool = tempfile.TemporaryFile(dir=spool_dir)
+    try:
+        return _spool(Path(path), spool, image_check)
+    except FileNotFoundError:
+        spool.close()
+        raise CocoFormatError("file not found", str(path), "check the path") from None
+    except json_stream.NotAnObject:
+        spool.close()
+        raise _fail(path, "top level", "expected a COCO dataset object, got a list (a results file?)",
+                    "pass the ground-truth dataset here and the results list as predictions") from None
+    except ValueError as exc:          # json.JSONDecodeError, UnicodeDecodeError
+        spool.close()
+        if isinstance(exc, CocoFormatError):
+            raise
+        raise CocoFormatError(f"not valid JSON ({exc})", str(path), "re-export the file") from None
+    except BaseException:
+        spool.close()
+        raise
+
+
+def _spool(path: Path, spool: Any, image_check: Callable[[int, dict], None] | None) -> SpooledDataset:
+    """The reading loop of :func:`spool_dataset` (spans, per-element checks), then the reference checks."""
+    top: dict[str, Any] = {}
+    spans: dict[str, list[int]] = {"images": [], "annotations": []}
+    image_ids: list = []
+    seen_images: set = set()
+    ann_ids: set = set()
+    refs: tuple[list, list] = ([], [])       # image_id, category_id per annotation
+    for key, i, v in json_stream.iter_object(path, ("images", "annotations")):
+        if i is None:
+            if v is json_stream.ARRAY and key in top:
+                raise _fail(path, "top level", f"'{key}' appears twice", "write each key once")
+            top[key] = v
             continue
-        norm = os.path.normpath(name)
-        if norm == ".." or norm.startswith(".." + os.sep):
-            raise InputError(f"file_name {name!r} climbs out of the image folder {root}",
-                             f"{source}: images[{i}] (id {im.get('id')})",
-                             "write file_name relative to the image folder (no '..' leaving it), or pass the "
-                             "folder that holds the images as --image-root")
+        if key == "images":
+            _check_image(v, i, path, seen_images)
+            image_ids.append(v["id"])
+            if image_check is not None:
+                image_check(i, v)
+        else:
+            _check_annotation(v, i, path, ann_ids, None, None)
+            refs[0].append(v["image_id"])
+            refs[1].append(v["category_id"])
+        data = pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)      # exact (NaN, key order), fast to load
+        spans[key] += [spool.tell(), len(data)]
+        spool.write(data)
+    for key in ("images", "annotations", "categories"):
+        if key in ("images", "annotations") and top.get(key) is json_stream.ARRAY:
+            del top[key]
+        elif not isinstance(top.get(key), list):
+            raise _fail(path, "top level", f"missing list '{key}'", "a COCO dataset needs images, annotations and categories")
+    del seen_images, ann_ids
+    cat_ids = _category_ids(top["categories"], path)
+    index = {image_id: k for k, image_id in enumerate(image_ids)}
+    for j, (image_id, cat) in enumerate(zip(*refs)):
+        _check_refs(image_id, cat, f"annotations[{j}]", path, index, cat_ids)
+    ann_image = np.fromiter((index[image_id] for image_id in refs[0]), np.int64, len(refs[0]))
+    return SpooledDataset(path, top, spool, np.asarray(spans["images"], np.int64).reshape(-1, 2),
+                          np.asarray(spans["annotations"], np.int64).reshape(-1, 2), ann_image, np.asarray(refs[1]))
