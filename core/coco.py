@@ -17,6 +17,7 @@ import pickle
 import shutil
 import sys
 import tempfile
+from array import array
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,11 +101,14 @@ def _image_ids(images: list[dict], path: Any) -> set[int]:
     return image_ids
 
 
-def _check_image(im: dict, i: int, path: Any, image_ids: set) -> None:
-    """``images[i]`` has id, file_name, width and height and an id not in ``image_ids`` (then added)."""
+def _check_image(im: dict, i: int, path: Any, image_ids: set | None) -> None:
+    """``images[i]`` has id, file_name, width and height and an id not in ``image_ids`` (then added;
+    None: the caller checks ids, see :class:`_Ids`)."""
     for k in ("id", "file_name", "width", "height"):
         if k not in im:
             raise _fail(path, f"images[{i}]", f"missing '{k}'", "every image needs id, file_name, width, height")
+    if image_ids is None:
+        return
     if im["id"] in image_ids:
         raise _fail(path, f"images[{i}]", f"duplicate image id {im['id']}", "give every image a unique id")
     image_ids.add(im["id"])
@@ -130,18 +134,19 @@ def _check_annotations(anns: list[dict], path: Any, image_ids: set[int], cat_ids
         _check_annotation(a, i, path, ann_ids, image_ids, cat_ids)
 
 
-def _check_annotation(a: dict, i: int, path: Any, ann_ids: set, image_ids: Collection | None,
+def _check_annotation(a: dict, i: int, path: Any, ann_ids: set | None, image_ids: Collection | None,
                       cat_ids: Collection | None) -> None:
     """``annotations[i]``: required keys, an id not in ``ann_ids`` (then added), its image and category
-    in ``image_ids``/``cat_ids`` (not checked when None: a streamed reader checks them at the end),
-    a valid box and score."""
+    in ``image_ids``/``cat_ids``, a valid box and score. Ids and references are not checked when
+    None: streamed readers and writers check them at the end (:func:`_check_id_logs`)."""
     where = f"annotations[{i}]"
     for k in ("id", "image_id", "category_id", "bbox"):
         if k not in a:
             raise _fail(path, where, f"missing '{k}'", "annotations need id, image_id, category_id, bbox")
-    if a["id"] in ann_ids:
-        raise _fail(path, where, f"duplicate annotation id {a['id']}", "renumber annotations")
-    ann_ids.add(a["id"])
+    if ann_ids is not None:
+        if a["id"] in ann_ids:
+            raise _fail(path, where, f"duplicate annotation id {a['id']}", "renumber annotations")
+        ann_ids.add(a["id"])
     if image_ids is not None and cat_ids is not None:
         _check_refs(a["image_id"], a["category_id"], where, path, image_ids, cat_ids)
     _check_bbox(a["bbox"], path, where)
@@ -324,17 +329,96 @@ def refuse_escaping_file_name(i: int, image: dict[str, Any], root: str | os.Path
                          "folder that holds the images as --image-root")
 
 
+class _Ids:
+    """Ids (or an annotation's image/category references) in file order, 8 bytes each while they
+    are ints (as COCO's are), else Python objects.
+
+    Why not a set: a 10k-frame file's ids in sets cost ~0.3 KB per frame, which alone breaks a
+    flat-memory stage; duplicates and references are checked once at the end instead."""
+
+    def __init__(self) -> None:
+        self._ints: array | None = array("q")
+        self._objs: list = []
+
+    def append(self, v: Any) -> None:
+        if self._ints is not None:
+            if type(v) is int and -(1 << 63) <= v < (1 << 63):
+                self._ints.append(v)
+                return
+            self._objs, self._ints = list(self._ints), None
+        self._objs.append(v)
+
+    def __len__(self) -> int:
+        return len(self._ints) if self._ints is not None else len(self._objs)
+
+    def values(self) -> np.ndarray:
+        """int64 when every id is an int, else an object array."""
+        if self._ints is not None:
+            return np.frombuffer(self._ints, np.int64) if len(self._ints) else np.zeros(0, np.int64)
+        out = np.empty(len(self._objs), dtype=object)
+        out[:] = self._objs
+        return out
+
+    def first_repeat(self) -> int | None:
+        """The position of the first id equal to an earlier one, or None."""
+        v = self.values()
+        if v.dtype != object:
+            order = np.argsort(v, kind="stable")
+            later = order[1:][v[order][1:] == v[order][:-1]]
+            return int(later.min()) if len(later) else None
+        seen: set = set()
+        for i, x in enumerate(v):
+            if x in seen:
+                return i
+            seen.add(x)
+        return None
+
+    def positions_in(self, ids: _Ids) -> np.ndarray:
+        """For each value, its position in ``ids`` (the first one), or -1 when absent."""
+        v, pool = self.values(), ids.values()
+        if v.dtype != object and pool.dtype != object:
+            if not len(pool):
+                return np.full(len(v), -1, np.int64)
+            order = np.argsort(pool, kind="stable")
+            pos = np.minimum(np.searchsorted(pool, v, sorter=order), len(pool) - 1)
+            found = order[pos]
+            return np.where(pool[found] == v, found, -1).astype(np.int64)
+        first: dict = {}
+        for i, x in enumerate(pool.tolist()):
+            first.setdefault(x, i)
+        return np.fromiter((first.get(x, -1) for x in v.tolist()), np.int64, len(v))
+
+
+def _check_id_logs(path: Any, images: _Ids, anns: _Ids, refs: tuple[_Ids, _Ids], cat_ids: set) -> np.ndarray:
+    """The id checks :func:`validate_dataset` makes per element, made at the end of a stream: no
+    image or annotation id twice, every annotation's image and category known (the first offender
+    is named). Returns each annotation's image position in ``images``."""
+    if (i := images.first_repeat()) is not None:
+        raise _fail(path, f"images[{i}]", f"duplicate image id {images.values()[i]}", "give every image a unique id")
+    if (j := anns.first_repeat()) is not None:
+        raise _fail(path, f"annotations[{j}]", f"duplicate annotation id {anns.values()[j]}", "renumber annotations")
+    where = refs[0].positions_in(images)
+    cats = refs[1].values()
+    bad = np.flatnonzero(where < 0)
+    bad_cat = [k for k, c in enumerate(cats.tolist()) if c not in cat_ids] if len(cats) else []
+    first = min([*bad[:1].tolist(), *bad_cat[:1]], default=None)
+    if first is not None:
+        _check_refs(refs[0].values()[first], cats[first], f"annotations[{first}]", path,
+                    () if where[first] < 0 else (refs[0].values()[first],), cat_ids)
+    return where
+
+
 class CocoWriter:
     """Write a COCO dataset file one image and one annotation at a time, in constant memory.
 
     Why: a stage that assembles a 10k-frame dataset in memory before writing it holds every output
     box as a dict plus the whole JSON text (the refine stage: +15 KB per frame). The file is the
     same bytes as ``save_dataset(path, {**new_dataset(images, annotations, categories, info),
-    **extra})`` (compact, ``indent=None``), and each element is validated as :func:`save_dataset`
-    validates it. Images are written as they come; annotations go to a side file in the same
-    temporary folder and are appended after the images on close, so an annotation's image must be
-    added before it. Use as a context manager: the file appears atomically
-    (:func:`core.atomic.atomic_path`) only when the block ends without an exception.
+    **extra})`` (compact, ``indent=None``), validated as :func:`save_dataset` validates: each
+    element as it is added, ids and references (:class:`_Ids`, 8 bytes per id) when the block ends.
+    Images are written as they come; annotations go to a side file in the same temporary folder
+    and are appended after the images on close. Use as a context manager: the file appears
+    atomically (:func:`core.atomic.atomic_path`) only when the block ends without an exception.
 
     Args:
         path: the output file.
@@ -348,8 +432,7 @@ class CocoWriter:
         self.path = Path(path)
         self.info, self.categories, self.extra = info, categories, dict(extra or {})
         self._cat_ids = _category_ids(categories, self.path)
-        self._image_ids: set = set()
-        self._ann_ids: set = set()
+        self._image_ids, self._ann_ids, self._refs = _Ids(), _Ids(), (_Ids(), _Ids())
         self.n_images = self.n_annotations = 0
 
     def __enter__(self) -> CocoWriter:
@@ -362,20 +445,25 @@ class CocoWriter:
 
     def add_image(self, image: dict) -> None:
         """Append one image entry (it needs id, file_name, width, height, and an id not used before)."""
-        _check_image(image, self.n_images, self.path, self._image_ids)
+        _check_image(image, self.n_images, self.path, None)
+        self._image_ids.append(image["id"])
         self._main.write((b"," if self.n_images else b"") + atomic.dumps_json(image))
         self.n_images += 1
 
     def add_annotation(self, ann: dict) -> None:
-        """Append one annotation (COCO ``xywh`` bbox; its image already added, its category known)."""
-        _check_annotation(ann, self.n_annotations, self.path, self._ann_ids, self._image_ids, self._cat_ids)
+        """Append one annotation (COCO ``xywh`` bbox; its image and category checked at the end)."""
+        _check_annotation(ann, self.n_annotations, self.path, None, None, None)
+        self._ann_ids.append(ann["id"])
+        self._refs[0].append(ann["image_id"])
+        self._refs[1].append(ann["category_id"])
         self._anns.write((b"," if self.n_annotations else b"") + atomic.dumps_json(ann))
         self.n_annotations += 1
 
     def _finish(self) -> None:
+        _check_id_logs(self.path, self._image_ids, self._ann_ids, self._refs, self._cat_ids)
         self._main.write(b'],"annotations":[')
         self._anns.seek(0)
-        shutil.copyfileobj(self._anns, self._main, 1 << 20)
+        shutil.copyfileobj(self._anns, self._main, 1 << 16)     # small buffer: memory stays flat
         self._main.write(b'],"categories":' + atomic.dumps_json(self.categories))
         for k, v in self.extra.items():
             self._main.write(b"," + atomic.dumps_json(str(k)) + b":" + atomic.dumps_json(v))
@@ -472,13 +560,10 @@ def spool_dataset(path: str | os.PathLike[str], *, spool_dir: str | os.PathLike[
 
 
 def _spool(path: Path, spool: Any, image_check: Callable[[int, dict], None] | None) -> SpooledDataset:
-    """The reading loop of :func:`spool_dataset` (spans, per-element checks), then the reference checks."""
+    """The reading loop of :func:`spool_dataset` (per-element checks, spool spans), then the id checks."""
     top: dict[str, Any] = {}
-    spans: dict[str, list[int]] = {"images": [], "annotations": []}
-    image_ids: list = []
-    seen_images: set = set()
-    ann_ids: set = set()
-    refs: tuple[list, list] = ([], [])       # image_id, category_id per annotation
+    spans = {"images": array("q"), "annotations": array("q")}       # offset, length per element
+    image_ids, ann_ids, refs = _Ids(), _Ids(), (_Ids(), _Ids())
     for key, i, v in json_stream.iter_object(path, ("images", "annotations")):
         if i is None:
             if v is json_stream.ARRAY and key in top:
@@ -486,27 +571,24 @@ def _spool(path: Path, spool: Any, image_check: Callable[[int, dict], None] | No
             top[key] = v
             continue
         if key == "images":
-            _check_image(v, i, path, seen_images)
+            _check_image(v, i, path, None)
             image_ids.append(v["id"])
             if image_check is not None:
                 image_check(i, v)
         else:
-            _check_annotation(v, i, path, ann_ids, None, None)
+            _check_annotation(v, i, path, None, None, None)
+            ann_ids.append(v["id"])
             refs[0].append(v["image_id"])
             refs[1].append(v["category_id"])
         data = pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)      # exact (NaN, key order), fast to load
-        spans[key] += [spool.tell(), len(data)]
+        spans[key].extend((spool.tell(), len(data)))
         spool.write(data)
     for key in ("images", "annotations", "categories"):
         if key in ("images", "annotations") and top.get(key) is json_stream.ARRAY:
             del top[key]
         elif not isinstance(top.get(key), list):
             raise _fail(path, "top level", f"missing list '{key}'", "a COCO dataset needs images, annotations and categories")
-    del seen_images, ann_ids
-    cat_ids = _category_ids(top["categories"], path)
-    index = {image_id: k for k, image_id in enumerate(image_ids)}
-    for j, (image_id, cat) in enumerate(zip(*refs)):
-        _check_refs(image_id, cat, f"annotations[{j}]", path, index, cat_ids)
-    ann_image = np.fromiter((index[image_id] for image_id in refs[0]), np.int64, len(refs[0]))
-    return SpooledDataset(path, top, spool, np.asarray(spans["images"], np.int64).reshape(-1, 2),
-                          np.asarray(spans["annotations"], np.int64).reshape(-1, 2), ann_image, np.asarray(refs[1]))
+    ann_image = _check_id_logs(path, image_ids, ann_ids, refs, _category_ids(top["categories"], path))
+    return SpooledDataset(path, top, spool, np.frombuffer(spans["images"], np.int64).reshape(-1, 2).copy(),
+                          np.frombuffer(spans["annotations"], np.int64).reshape(-1, 2).copy(), ann_image,
+                          refs[1].values().copy())

@@ -16,7 +16,7 @@ import os
 from collections.abc import Collection, Iterator
 from typing import Any, TextIO
 
-_CHUNK = 1 << 20            # characters read per refill
+_CHUNK = 1 << 16            # characters read per refill (64 Ki: the buffer holds at most ~2 chunks)
 _WS = " \t\n\r"
 
 #: The value :func:`iter_object` yields for an array key before its elements (so an empty array is seen).
