@@ -38,6 +38,7 @@ input order, so the output does not depend on the prefetch.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -301,21 +302,21 @@ def infer_frames(images: list[dict], root: Path, params: InferParams, detector: 
         return _lookup(resolve_image_path(im["file_name"], root), (im["width"], im["height"]), cache, key_parts,
                        hash_memo, pipeline)
 
-    got_all = _prefetched(look, images, 2 * params.batch_size)
-    for im, got in tqdm(zip(images, got_all), total=len(images), desc="infer", unit="img", disable=None):
-        if isinstance(got, _Miss) and got.key in done and done[got.key] in results:
-            got = results[done[got.key]]           # stored by an earlier batch: read back, as sequentially
-        if isinstance(got, _Skip):
-            report.skip_image(got.path, got.reason)
-        elif isinstance(got, _Result):
-            report.cache_hits += 1
-            results[im["id"]] = got
-        else:
-            report.cache_misses += 1
-            done[got.key] = im["id"]
-            pending.append((im["id"], got))
-            if len(pending) >= params.batch_size:
-                _flush(detector, pending, params, cache, results)
+    with contextlib.closing(_prefetched(look, images, 2 * params.batch_size)) as got_all:   # an error stops the thread
+        for im, got in tqdm(zip(images, got_all), total=len(images), desc="infer", unit="img", disable=None):
+            if isinstance(got, _Miss) and got.key in done and done[got.key] in results:
+                got = results[done[got.key]]           # stored by an earlier batch: read back, as sequentially
+            if isinstance(got, _Skip):
+                report.skip_image(got.path, got.reason)
+            elif isinstance(got, _Result):
+                report.cache_hits += 1
+                results[im["id"]] = got
+            else:
+                report.cache_misses += 1
+                done[got.key] = im["id"]
+                pending.append((im["id"], got))
+                if len(pending) >= params.batch_size:
+                    _flush(detector, pending, params, cache, results)
     _flush(detector, pending, params, cache, results)
     _refuse_missing_root(images, results, root)
     for s in report.skipped_images:

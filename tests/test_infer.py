@@ -290,3 +290,36 @@ def test_repeated_frames_are_hits_once_inferred_as_one_frame_at_a_time(tmp_path:
     for d in _dets(tmp_path / "o.json"):
         by_id.setdefault(d[0], []).append(d[1:])
     assert by_id[3] == by_id[1] and by_id[6] == by_id[2] and by_id[5] == by_id[4] and by_id[1] != by_id[2]
+
+
+def test_prefetch_keeps_order_runs_a_bounded_distance_ahead_and_stops_on_error() -> None:
+    import contextlib
+    import threading
+
+    from tasks.infer import _prefetched
+
+    started: list[int] = []
+    consumed: list[int] = []
+    lock = threading.Lock()
+
+    def work(x: int) -> int:
+        with lock:
+            started.append(x)
+            assert len(started) - len(consumed) <= 4, "more than ahead + 1 items in flight"
+        return x * x
+
+    for got in _prefetched(work, range(20), ahead=3):
+        with lock:
+            consumed.append(got)
+    assert consumed == [x * x for x in range(20)] and sorted(started) == list(range(20))
+
+    def fail_at_5(x: int) -> int:
+        if x == 5:
+            raise ValueError("frame 5")
+        return x
+
+    seen = []
+    with pytest.raises(ValueError, match="frame 5"), contextlib.closing(_prefetched(fail_at_5, range(100), 2)) as it:
+        for got in it:
+            seen.append(got)
+    assert seen == [0, 1, 2, 3, 4]
