@@ -30,8 +30,9 @@ Boxes: detections are ``xyxy`` float pixels in the ORIGINAL image (as decoded fr
 the COCO output is ``xywh`` (via ``core.coco.annotation``).
 
 Streaming: each file is read once (hashed and decoded from the same bytes), decoded and put
-through the test pipeline (built once per run) by one prefetch thread at most two batches ahead
-of the forward pass, so at most ``3 * batch_size`` decoded images are held at once; per-image
+through the test pipeline (built once per run), by one prefetch thread at most two batches ahead
+of the forward pass when a core is free for it (a GPU model, or more cores than torch threads;
+:func:`prefetch_threads`), so at most ``3 * batch_size`` decoded images are held at once; per-image
 results are kept as small arrays until the COCO file is written, so memory does not grow with the
 number of images beyond the annotations themselves. Results, cache writes and the report follow
 input order, so the output does not depend on the prefetch.
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -253,13 +255,15 @@ def _flush(detector: Any, pending: list[tuple[int, _Miss]], params: InferParams,
     pending.clear()
 
 
-def _prefetched(fn: Callable[[Any], Any], items: Iterable[Any], ahead: int) -> Iterator[Any]:
-    """``fn(item)`` for each item, in order, computed up to ``ahead`` items in advance by ONE
-    background thread (``concurrent.futures``; reading, hashing, PNG decoding and OpenCV resizing
-    release the GIL, so they overlap the forward pass). Bounded, unlike ``Executor.map``, which
-    would submit (and hold the pixels of) every frame at once. One thread: on 2 cores a second one
-    takes CPU from the forward pass (measured in ``benchmarks/infer_real.py``)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer-prefetch") as pool:
+def _prefetched(fn: Callable[[Any], Any], items: Iterable[Any], ahead: int, threads: int) -> Iterator[Any]:
+    """``fn(item)`` for each item, in order: with ``threads=1`` computed up to ``ahead`` items in
+    advance by one background thread (``concurrent.futures``; reading, hashing, PNG decoding and
+    OpenCV resizing release the GIL, so they overlap the forward pass), with ``threads=0`` inline.
+    Bounded, unlike ``Executor.map``, which would submit (and hold the pixels of) every frame at once."""
+    if threads == 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infer-prefetch") as pool:
         queued: deque[Future] = deque()
         try:
             for item in items:
@@ -273,6 +277,21 @@ def _prefetched(fn: Callable[[Any], Any], items: Iterable[Any], ahead: int) -> I
                 f.cancel()
 
 
+def prefetch_threads(device: str) -> int:
+    """1 when a core is free to decode frames while the model runs, else 0 (decode inline).
+
+    Free: the model runs on a GPU, or this process may use more CPU cores than torch's intra-op
+    threads. Why not always: on 2 cores with torch on both, a third busy thread stalls torch's
+    OpenMP workers at their barriers; measured on msrs-bench frames with the real YOLOX-nano
+    (``benchmarks/infer_real.py``), the stage took 11.3 s with the thread against 9.5 s without.
+    """
+    import torch
+
+    if str(device).startswith("cuda"):
+        return 1
+    return 1 if len(os.sched_getaffinity(0)) > torch.get_num_threads() else 0
+
+
 def infer_frames(images: list[dict], root: Path, params: InferParams, detector: Any, cache: ImageCache,
                  report: StageReport, hash_memo: HashMemo | None = None) -> dict[int, _Result]:
     """Detections of every usable frame of ``images`` (COCO image entries), by image id.
@@ -281,9 +300,10 @@ def infer_frames(images: list[dict], root: Path, params: InferParams, detector: 
     (key: image bytes + ``detector.fingerprint`` + ``params.cache_params()``), else decoded by
     :mod:`core.images`, put through the test pipeline (built once) and batched
     (``params.batch_size`` frames per forward pass). That per-frame CPU work runs in a prefetch
-    thread up to two batches ahead of the forward pass; results, the report and the cache are
-    written in input order, so the output is the same as one frame at a time (a frame whose
-    content an earlier frame of this run already inferred is a cache hit, as it was sequentially).
+    thread up to two batches ahead of the forward pass when a core is free for it
+    (:func:`prefetch_threads`), else inline; results, the report and the cache are written in
+    input order, so the output is the same either way (a frame whose content an earlier frame of
+    this run already inferred is a cache hit, as it was sequentially).
     Frames that cannot be used are skipped and recorded in ``report`` (counted in its cache
     hits/misses otherwise). Raises InputError when not one of the files exists (a wrong image
     root, not bad frames).
@@ -302,7 +322,9 @@ def infer_frames(images: list[dict], root: Path, params: InferParams, detector: 
         return _lookup(resolve_image_path(im["file_name"], root), (im["width"], im["height"]), cache, key_parts,
                        hash_memo, pipeline)
 
-    with contextlib.closing(_prefetched(look, images, 2 * params.batch_size)) as got_all:   # an error stops the thread
+    threads = prefetch_threads(detector.device)
+    log.debug("infer: %s", "decoding in a prefetch thread" if threads else "decoding inline (no free core)")
+    with contextlib.closing(_prefetched(look, images, 2 * params.batch_size, threads)) as got_all:
         for im, got in tqdm(zip(images, got_all), total=len(images), desc="infer", unit="img", disable=None):
             if isinstance(got, _Miss) and got.key in done and done[got.key] in results:
                 got = results[done[got.key]]           # stored by an earlier batch: read back, as sequentially

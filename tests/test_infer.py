@@ -293,6 +293,7 @@ def test_repeated_frames_are_hits_once_inferred_as_one_frame_at_a_time(tmp_path:
 
 
 def test_prefetch_keeps_order_runs_a_bounded_distance_ahead_and_stops_on_error() -> None:
+    """The prefetch thread (used when a core is free for it; inline otherwise: ``threads=0``)."""
     import contextlib
     import threading
 
@@ -308,10 +309,11 @@ def test_prefetch_keeps_order_runs_a_bounded_distance_ahead_and_stops_on_error()
             assert len(started) - len(consumed) <= 4, "more than ahead + 1 items in flight"
         return x * x
 
-    for got in _prefetched(work, range(20), ahead=3):
+    for got in _prefetched(work, range(20), ahead=3, threads=1):
         with lock:
             consumed.append(got)
     assert consumed == [x * x for x in range(20)] and sorted(started) == list(range(20))
+    assert list(_prefetched(lambda x: -x, range(5), ahead=3, threads=0)) == [0, -1, -2, -3, -4]
 
     def fail_at_5(x: int) -> int:
         if x == 5:
@@ -319,7 +321,7 @@ def test_prefetch_keeps_order_runs_a_bounded_distance_ahead_and_stops_on_error()
         return x
 
     seen = []
-    with pytest.raises(ValueError, match="frame 5"), contextlib.closing(_prefetched(fail_at_5, range(100), 2)) as it:
+    with pytest.raises(ValueError, match="frame 5"), contextlib.closing(_prefetched(fail_at_5, range(100), 2, 1)) as it:
         for got in it:
             seen.append(got)
     assert seen == [0, 1, 2, 3, 4]
