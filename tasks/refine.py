@@ -294,6 +294,9 @@ def _refine_all(run: _Run, ds: coco.SpooledDataset, passed: np.ndarray, writer: 
     todo = 0
     for i in tqdm(range(len(ds.image_span)), desc=f"refine ({run.refiner.method})", unit="img", disable=None):
         anns = [ds.annotation(j) for j in order[starts[i]:starts[i + 1]] if not passed[j]]
+        if not anns and not window:
+            writer.add_image(ds.image(i))          # nothing to refine and nothing before it waiting
+            continue
         window.append((ds.image(i), anns))
         todo += bool(anns)
         if todo >= run.refiner.batch:
