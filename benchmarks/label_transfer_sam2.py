@@ -133,8 +133,10 @@ print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_mb": hwm / 1024,
 """
 
 
-def bench_rss(sizes: list[int]) -> list[dict]:
-    """Peak RSS of a fresh process running the refine stage on the first N frames of one generated set."""
+def bench_rss(sizes: list[int], baseline_tree: Path | None = None) -> list[dict]:
+    """Peak RSS of a fresh process running the refine stage on the first N frames of one generated set;
+    with ``baseline_tree`` (another checkout, e.g. the code before a change) its stage too, on the same
+    files, and whether both wrote the same bytes."""
     from data.synthetic import generate
 
     rows = []
@@ -152,9 +154,16 @@ def bench_rss(sizes: list[int]) -> list[dict]:
                                    [a for a in full["annotations"] if a["image_id"] in ids], full["categories"])
             inp = work / f"in_{n}.json"
             coco.save_dataset(inp, sub)
-            out = subprocess.run([sys.executable, "-c", _CHILD, str(inp), str(work / f"out_{n}.json"),
-                                  str(work / f"cache_{n}")], capture_output=True, text=True, cwd=REPO, check=True)
-            rows.append({"n": n, "generate_s": gen_s, **json.loads(out.stdout.strip().splitlines()[-1])})
+            trees = [("this", REPO)] + ([("baseline", Path(baseline_tree))] if baseline_tree else [])
+            outs = {}
+            for tag, tree in trees:
+                outs[tag] = work / f"out_{tag}_{n}.json"
+                out = subprocess.run([sys.executable, "-c", _CHILD, str(inp), str(outs[tag]), str(work / f"cache_{tag}_{n}")],
+                                     capture_output=True, text=True, cwd=tree, check=True,
+                                     env={**os.environ, "PYTHONPATH": str(tree), "TQDM_DISABLE": "1"})
+                rows.append({"n": n, "tree": tag, "generate_s": gen_s, **json.loads(out.stdout.strip().splitlines()[-1])})
+            if baseline_tree:
+                rows[-1]["same_bytes"] = rows[-2]["same_bytes"] = outs["this"].read_bytes() == outs["baseline"].read_bytes()
     return rows
 
 
@@ -183,24 +192,34 @@ def to_markdown(sam: dict | None, rss: list[dict] | None) -> str:
                   f"against per-box prompts that reuse one embedding the gain is only "
                   f"{sam['speedup_vs_shared']:.2f}x, because the image encoder dominates on CPU.", ""]
     if rss:
-        lines += ["### Peak RSS of the refine stage (classical refiner, fresh process per size)", "",
-                  "| frames | boxes | seconds | peak RSS MB (VmHWM) |", "|---:|---:|---:|---:|"]
-        for r in rss:
-            lines.append(f"| {r['images']} | {r['boxes']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
-        if len(rss) >= 2:
-            ratio = rss[-1]["peak_rss_mb"] / rss[0]["peak_rss_mb"]
-            grow = rss[-1]["peak_rss_mb"] - rss[0]["peak_rss_mb"]
-            per_frame_kb = grow * 1024 / max(1, rss[-1]["images"] - rss[0]["images"])
-            lines += ["", f"Peak RSS {rss[-1]['images']} vs {rss[0]['images']} frames: {ratio:.3f}x "
-                      f"(goal within ±10%: {abs(ratio - 1) <= 0.10}); growth {grow:.0f} MB = {per_frame_kb:.1f} KB "
-                      "per added frame. Images are decoded one at a time; what grows is the COCO data the stage "
-                      "holds by design (input file parsed, output boxes with their provenance, the JSON text when "
-                      f"writing). This process loads no model ({rss[0]['peak_rss_mb']:.0f} MB at 1k frames); in a "
-                      "pipeline process holding torch and a model the base is far larger and the ratio smaller "
-                      "(not measured here). SAM2 adds a constant model + one image's activations; it was not run "
-                      "on 10k frames (hours on a CPU)."]
-        lines.append("")
+        lines += _rss_markdown(rss)
     return "\n".join(lines)
+
+
+def _rss_markdown(rows: list[dict]) -> list[str]:
+    lines = ["### Peak RSS of the refine stage (classical refiner, fresh process per size)", "",
+             "| code | frames | boxes | seconds | peak RSS MB (VmHWM) | output bytes = baseline's |",
+             "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r.get('tree', 'this')} | {r['images']} | {r['boxes']} | {r['seconds']:.1f} | "
+                     f"{r['peak_rss_mb']:.1f} | {r.get('same_bytes', '')} |")
+    for tree in dict.fromkeys(r.get("tree", "this") for r in rows):
+        rss = [r for r in rows if r.get("tree", "this") == tree]
+        if len(rss) < 2:
+            continue
+        ratio = rss[-1]["peak_rss_mb"] / rss[0]["peak_rss_mb"]
+        grow = rss[-1]["peak_rss_mb"] - rss[0]["peak_rss_mb"]
+        per_frame_kb = grow * 1024 / max(1, rss[-1]["images"] - rss[0]["images"])
+        lines += ["", f"**{tree}**: peak RSS {rss[-1]['images']} vs {rss[0]['images']} frames: {ratio:.3f}x "
+                  f"(goal within ±10%: {abs(ratio - 1) <= 0.10}); growth {grow:.1f} MB = {per_frame_kb:.2f} KB "
+                  "per added frame."]
+    lines += ["", "The stage reads its input element by element and spools it to an unlinked temporary file "
+              "(`core.coco.spool_dataset`; held: 8-byte ids and offsets per element), decodes one batch of "
+              "images at a time and writes the output as it goes (`core.coco.CocoWriter`, byte-identical to "
+              "`save_dataset`); before that it held the parsed input, every output box and the JSON text "
+              "(the `baseline` rows, when measured). This process loads no model; SAM2 adds a constant "
+              "model + one image's activations (not run on 10k frames: hours on a CPU).", ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-sizes", type=int, nargs="*", default=[1000, 10000],
                     help="frame counts for the peak-RSS runs (default 1000 10000; none = skip)")
     ap.add_argument("--skip-sam2", action="store_true", help="only run the RSS part")
+    ap.add_argument("--baseline-tree", type=Path, default=None,
+                    help="another checkout (e.g. the code before a change) whose refine stage to measure too")
     ap.add_argument("--out", type=Path, default=RESULT, help="Markdown section to write")
     args = ap.parse_args(argv)
     previous = atomic.read_json(args.out.with_suffix(".json")) if args.out.with_suffix(".json").is_file() else {}
@@ -221,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sam = bench_sam2(args.images, (args.size[0], args.size[1]))
         sam["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rss = bench_rss(sorted(args.rss_sizes)) if args.rss_sizes else None
+    rss = bench_rss(sorted(args.rss_sizes), args.baseline_tree) if args.rss_sizes else None
     md = to_markdown(sam, rss)
     atomic.write_text(args.out, md)
     atomic.write_json(args.out.with_suffix(".json"), {"sam2": sam, "rss": rss})

@@ -288,34 +288,43 @@ def _as_bgr3(img: np.ndarray, i: int) -> np.ndarray:
                      "convert to 8-bit gray or BGR")
 
 
-def predict_batch(detector: Detector, images: Sequence[np.ndarray],
-                  input_size: tuple[int, int] | None = None) -> list[Detections]:
-    """Detect objects in ``images`` (BGR uint8, gray replicated) with ONE batched forward pass.
+def build_test_pipeline(detector: Detector, input_size: tuple[int, int] | None = None) -> Any:
+    """The config's test pipeline (:func:`test_pipeline_cfg`) as an mmcv ``Compose``, built once.
 
-    Images go through the config's test pipeline and the model's data preprocessor (so
-    resize/pad/normalisation are exactly those the model was trained with), then
-    ``model.test_step``. Returned boxes are ``xyxy`` pixels in each original image.
-    ``input_size`` ``(w, h)``: run at this test size instead of the config's (see
-    :func:`test_pipeline_cfg`).
+    Why a function of its own: building it costs more than running it on a small image, and a
+    loop over thousands of frames (``tasks.infer``) builds it once and runs it in a prefetch thread
+    while the model runs the previous batch. It holds no per-image state, so one instance may be
+    called from several threads.
     """
-    import torch
     from mmcv.transforms import Compose
 
     from detection.mmdet_utils import register_mmdet
 
-    if len(images) == 0:
-        return []
     register_mmdet()
-    pipeline = Compose(test_pipeline_cfg(detector.cfg, input_size))
-    inputs, samples, sizes = [], [], []
-    for i, img in enumerate(images):
-        bgr = _as_bgr3(img, i)
-        sizes.append((bgr.shape[1], bgr.shape[0]))
-        packed = pipeline(dict(img=bgr, img_id=i))
-        inputs.append(packed["inputs"])
-        samples.append(packed["data_samples"])
+    return Compose(test_pipeline_cfg(detector.cfg, input_size))
+
+
+def preprocess(pipeline: Any, img: np.ndarray, i: int = 0) -> tuple[dict, tuple[int, int]]:
+    """One image through a :func:`build_test_pipeline` pipeline (resize, pad, pack: CPU work that
+    releases the GIL in OpenCV): ``(packed {inputs, data_samples}, (width, height) of the original)``.
+
+    ``img``: BGR uint8 or gray (replicated); ``i`` is its index in error messages.
+    """
+    bgr = _as_bgr3(img, i)
+    return pipeline(dict(img=bgr, img_id=i)), (bgr.shape[1], bgr.shape[0])
+
+
+def predict_packed(detector: Detector, packed: Sequence[dict], sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+    """ONE batched forward pass over images already through :func:`preprocess`: the model's data
+    preprocessor (stack, pad, normalise) then ``model.test_step``. Boxes are ``xyxy`` pixels in each
+    original image (``sizes``: its ``(width, height)``), clipped to it."""
+    import torch
+
+    if len(packed) == 0:
+        return []
     with torch.no_grad():
-        results = detector.model.test_step(dict(inputs=inputs, data_samples=samples))
+        results = detector.model.test_step(dict(inputs=[p["inputs"] for p in packed],
+                                                data_samples=[p["data_samples"] for p in packed]))
     out = []
     for res, (w, h) in zip(results, sizes):
         inst = res.pred_instances
@@ -324,6 +333,24 @@ def predict_batch(detector: Detector, images: Sequence[np.ndarray],
                               scores=inst.scores.detach().cpu().numpy().astype(np.float64),
                               labels=inst.labels.detach().cpu().numpy().astype(np.int64)))
     return out
+
+
+def predict_batch(detector: Detector, images: Sequence[np.ndarray],
+                  input_size: tuple[int, int] | None = None) -> list[Detections]:
+    """Detect objects in ``images`` (BGR uint8, gray replicated) with ONE batched forward pass.
+
+    Images go through the config's test pipeline and the model's data preprocessor (so
+    resize/pad/normalisation are exactly those the model was trained with), then
+    ``model.test_step``. Returned boxes are ``xyxy`` pixels in each original image.
+    ``input_size`` ``(w, h)``: run at this test size instead of the config's (see
+    :func:`test_pipeline_cfg`). The same as :func:`build_test_pipeline` + :func:`preprocess` per
+    image + :func:`predict_packed`, which a loop over many frames uses to build the pipeline once.
+    """
+    if len(images) == 0:
+        return []
+    pipeline = build_test_pipeline(detector, input_size)
+    prepared = [preprocess(pipeline, img, i) for i, img in enumerate(images)]
+    return predict_packed(detector, [p for p, _ in prepared], [s for _, s in prepared])
 
 
 def label_map_by_name(classes: Sequence[str], categories: Sequence[Mapping[str, Any]]) -> dict[int, int]:

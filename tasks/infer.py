@@ -15,10 +15,10 @@ Pseudo-labelling (``infer`` steps), evaluation (the pipeline's ``val``/``eval`` 
 :func:`infer_results`), the nightly champion's re-scoring, ``rgb2thermal predict`` and a
 training's test predictions all call it, so they share the cache, the decoder, TTA and the test
 size, and a model is scored with the parameters it is used with. Module layout: :func:`_lookup`
-(hash + cache look-up + decode of one frame), :func:`_flush` (one batch through the detector and
-its views), :func:`infer_frames` (the loop), :func:`_infer_coco` (COCO assembly),
-:func:`run_infer` (the stage), :func:`coco_results` / :func:`infer_results` (COCO results for a
-ground truth, what ``COCOeval`` scores).
+(hash + cache look-up + decode + test pipeline of one frame, in the prefetch thread),
+:func:`_flush` (one batch through the detector and its views), :func:`infer_frames` (the loop),
+:func:`_infer_coco` (COCO assembly), :func:`run_infer` (the stage), :func:`coco_results` /
+:func:`infer_results` (COCO results for a ground truth, what ``COCOeval`` scores).
 
 Nothing here assumes RGB: the same stage runs a teacher directly on thermal frames, tagged
 ``source="thermal_teacher"``. Images are decoded by :mod:`core.images` (``to_bgr_u8``: gray is
@@ -29,14 +29,23 @@ The cache is :class:`core.image_cache.ImageCache` (``<cache_dir>/<key[:2]>/<key>
 Boxes: detections are ``xyxy`` float pixels in the ORIGINAL image (as decoded from the file);
 the COCO output is ``xywh`` (via ``core.coco.annotation``).
 
-Streaming: images are read, hashed and decoded one at a time, and only ``batch_size`` decoded
-images are held at once; per-image results are kept as small arrays until the COCO file is
-written, so memory does not grow with the number of images beyond the annotations themselves.
+Streaming: each file is read once (hashed and decoded from the same bytes), decoded and put
+through the test pipeline (built once per run), by one prefetch thread at most two batches ahead
+of the forward pass when a core is free for it (a GPU model, or more cores than torch threads;
+:func:`prefetch_threads`), so at most ``3 * batch_size`` decoded images are held at once; per-image
+results are kept as small arrays until the COCO file is written, so memory does not grow with the
+number of images beyond the annotations themselves. Results, cache writes and the report follow
+input order, so the output does not depend on the prefetch.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -175,59 +184,113 @@ def resolve_image_path(file_name: str, root: Path) -> Path:
     return p if p.is_absolute() else root / p
 
 
+@dataclass
+class _Miss:
+    """A frame to infer: its BGR uint8 pixels (kept for TTA views), cache key, and the plain view
+    already through the detector's test pipeline (``packed``, for ``original`` = ``(width, height)``)."""
+
+    img: np.ndarray
+    key: str
+    packed: dict
+    original: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _Skip:
+    """A frame the run goes on without (missing, unreadable, or not the size its COCO entry says)."""
+
+    path: Path
+    reason: str
+
+
 def _lookup(path: Path, expected: tuple[int, int], cache: ImageCache, key_parts: dict[str, Any],
-            report: StageReport, hash_memo: HashMemo | None) -> _Result | tuple[np.ndarray, str] | None:
-    """One frame: its cached result, or its decoded BGR uint8 pixels and cache key (a miss), or
-    None when it cannot be used (missing, unreadable, or not the size its COCO entry says:
-    recorded in ``report.skipped_images``, the run goes on without it)."""
+            hash_memo: HashMemo | None, pipeline: Any) -> _Result | _Miss | _Skip:
+    """One frame: its cached result, or (a miss) its decoded pixels, key and pipeline output, or why
+    it is skipped. Runs in the prefetch thread, so it records nothing: :func:`infer_frames` updates
+    the report in input order. Each file is read once: hashed and decoded from the same bytes."""
+    from detection.detector import preprocess
+
     try:
         sha, data = sha256_read_once(path, hash_memo)
     except OSError as exc:
-        report.skip_image(path, read_error(exc))
-        return None
+        return _Skip(path, read_error(exc))
     key = cache.key(image=sha, **key_parts)
     entry = cache.get(key, _entry_ok)
     if entry is not None:
-        if wrong := size_mismatch(entry["size"], expected):
-            report.skip_image(path, wrong)
-            return None
-        report.cache_hits += 1
-        return _Result.from_entry(entry)
+        wrong = size_mismatch(entry["size"], expected)
+        return _Skip(path, wrong) if wrong else _Result.from_entry(entry)
     decoded, err = read_image(path, data)
     del data
     if decoded is None:
-        report.skip_image(path, err)
-        return None
+        return _Skip(path, err)
     if wrong := size_mismatch((decoded.shape[1], decoded.shape[0]), expected):
-        report.skip_image(path, wrong)
-        return None
-    report.cache_misses += 1
-    return to_bgr_u8(decoded), key
+        return _Skip(path, wrong)
+    img = to_bgr_u8(decoded)
+    packed, original = preprocess(pipeline, img)
+    return _Miss(img, key, packed, original)
 
 
-def _flush(detector: Any, pending: list[tuple[int, np.ndarray, str]], params: InferParams, cache: ImageCache,
+def _flush(detector: Any, pending: list[tuple[int, _Miss]], params: InferParams, cache: ImageCache,
            results: dict[int, _Result]) -> None:
     """Run the detector on the pending frames (one batch per view), fuse the views, keep what
     ``params`` keeps, cache each frame's entry and store its result; empties ``pending``."""
-    from detection.detector import predict_batch
+    from detection.detector import predict_batch, predict_packed
 
     if not pending:
         return
-    imgs = [img for _, img, _ in pending]
-    views = [[(d.boxes, d.scores, d.labels)] for d in predict_batch(detector, imgs, params.input_size)]
+    imgs = [m.img for _, m in pending]
+    views = [[(d.boxes, d.scores, d.labels)] for d in
+             predict_packed(detector, [m.packed for _, m in pending], [m.original for _, m in pending])]
     if "flip" in params.tta:
         for v, img, f in zip(views, imgs, predict_batch(detector, [hflip(i) for i in imgs], params.input_size)):
             v.append((unflip_boxes(f.boxes, img.shape[1]), f.scores, f.labels))
     for size in sorted({tuple(s) for s in params.tta_sizes}):
         for v, d in zip(views, predict_batch(detector, imgs, size)):
             v.append((d.boxes, d.scores, d.labels))
-    for (image_id, img, key), v in zip(pending, views):
-        boxes, scores, labels = v[0] if len(v) == 1 else fuse_views(v, img.shape[1], img.shape[0])
+    for (image_id, m), v in zip(pending, views):
+        boxes, scores, labels = v[0] if len(v) == 1 else fuse_views(v, m.img.shape[1], m.img.shape[0])
         b, s, lab = _filter(boxes, scores, labels, params)
-        entry = _entry(b, s, lab, (img.shape[1], img.shape[0]))
-        cache.put(key, entry)
+        entry = _entry(b, s, lab, (m.img.shape[1], m.img.shape[0]))
+        cache.put(key=m.key, entry=entry)
         results[image_id] = _Result.from_entry(entry)
     pending.clear()
+
+
+def _prefetched(fn: Callable[[Any], Any], items: Iterable[Any], ahead: int, threads: int) -> Iterator[Any]:
+    """``fn(item)`` for each item, in order: with ``threads=1`` computed up to ``ahead`` items in
+    advance by one background thread (``concurrent.futures``; reading, hashing, PNG decoding and
+    OpenCV resizing release the GIL, so they overlap the forward pass), with ``threads=0`` inline.
+    Bounded, unlike ``Executor.map``, which would submit (and hold the pixels of) every frame at once."""
+    if threads == 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infer-prefetch") as pool:
+        queued: deque[Future] = deque()
+        try:
+            for item in items:
+                queued.append(pool.submit(fn, item))
+                if len(queued) > ahead:
+                    yield queued.popleft().result()
+            while queued:
+                yield queued.popleft().result()
+        finally:
+            for f in queued:
+                f.cancel()
+
+
+def prefetch_threads(device: str) -> int:
+    """1 when a core is free to decode frames while the model runs, else 0 (decode inline).
+
+    Free: the model runs on a GPU, or this process may use more CPU cores than torch's intra-op
+    threads. Why not always: on 2 cores with torch on both, a third busy thread stalls torch's
+    OpenMP workers at their barriers; measured on msrs-bench frames with the real YOLOX-nano
+    (``benchmarks/infer_real.py``), the stage took 11.3 s with the thread against 9.5 s without.
+    """
+    import torch
+
+    if str(device).startswith("cuda"):
+        return 1
+    return 1 if len(os.sched_getaffinity(0)) > torch.get_num_threads() else 0
 
 
 def infer_frames(images: list[dict], root: Path, params: InferParams, detector: Any, cache: ImageCache,
@@ -236,32 +299,60 @@ def infer_frames(images: list[dict], root: Path, params: InferParams, detector: 
 
     The one loop that runs a detector over frames: each frame is hashed, looked up in ``cache``
     (key: image bytes + ``detector.fingerprint`` + ``params.cache_params()``), else decoded by
-    :mod:`core.images` and batched (``params.batch_size`` frames held at once). Frames that cannot
-    be used are skipped and recorded in ``report`` (counted in its cache hits/misses otherwise).
-    Raises InputError when not one of the files exists (a wrong image root, not bad frames).
+    :mod:`core.images`, put through the test pipeline (built once) and batched
+    (``params.batch_size`` frames per forward pass). That per-frame CPU work runs in a prefetch
+    thread up to two batches ahead of the forward pass when a core is free for it
+    (:func:`prefetch_threads`), else inline; results, the report and the cache are written in
+    input order, so the output is the same either way (a frame whose content an earlier frame of
+    this run already inferred is a cache hit, as it was sequentially).
+    Frames that cannot be used are skipped and recorded in ``report`` (counted in its cache
+    hits/misses otherwise). Raises InputError when not one of the files exists (a wrong image
+    root, not bad frames).
     """
     from tqdm import tqdm
 
+    from detection.detector import build_test_pipeline
+
     key_parts = {"model": detector.fingerprint, "params": params.cache_params()}
+    pipeline = build_test_pipeline(detector, params.input_size)
     results: dict[int, _Result] = {}
-    pending: list[tuple[int, np.ndarray, str]] = []
-    for im in tqdm(images, desc="infer", unit="img", disable=None):
-        path = resolve_image_path(im["file_name"], root)
-        got = _lookup(path, (im["width"], im["height"]), cache, key_parts, report, hash_memo)
-        if isinstance(got, _Result):
-            results[im["id"]] = got
-        elif got is not None:
-            pending.append((im["id"], *got))
-            if len(pending) >= params.batch_size:
-                _flush(detector, pending, params, cache, results)
+    done: dict[str, int] = {}       # cache key -> the image id whose flush stored it, this run
+    pending: list[tuple[int, _Miss]] = []
+
+    def look(im: dict) -> _Result | _Miss | _Skip:
+        return _lookup(resolve_image_path(im["file_name"], root), (im["width"], im["height"]), cache, key_parts,
+                       hash_memo, pipeline)
+
+    threads = prefetch_threads(detector.device)
+    log.debug("infer: %s", "decoding in a prefetch thread" if threads else "decoding inline (no free core)")
+    with contextlib.closing(_prefetched(look, images, 2 * params.batch_size, threads)) as got_all:
+        for im, got in tqdm(zip(images, got_all), total=len(images), desc="infer", unit="img", disable=None):
+            if isinstance(got, _Miss) and got.key in done and done[got.key] in results:
+                got = results[done[got.key]]           # stored by an earlier batch: read back, as sequentially
+            if isinstance(got, _Skip):
+                report.skip_image(got.path, got.reason)
+            elif isinstance(got, _Result):
+                report.cache_hits += 1
+                results[im["id"]] = got
+            else:
+                report.cache_misses += 1
+                done[got.key] = im["id"]
+                pending.append((im["id"], got))
+                if len(pending) >= params.batch_size:
+                    _flush(detector, pending, params, cache, results)
     _flush(detector, pending, params, cache, results)
+    _refuse_missing_root(images, results, root)
+    for s in report.skipped_images:
+        log.warning("skipped %s: %s", s["image"], s["reason"])
+    return results
+
+
+def _refuse_missing_root(images: list[dict], results: dict[int, _Result], root: Path) -> None:
+    """InputError when not one of the files exists: a wrong image root, not bad frames."""
     if images and not results and not any(resolve_image_path(im["file_name"], root).exists() for im in images):
         first = resolve_image_path(images[0]["file_name"], root)
         raise InputError(f"none of the {len(images)} images exist (first: {first})", str(root),
                          "relative file_names are resolved against --image-root (default: the COCO file's folder)")
-    for s in report.skipped_images:
-        log.warning("skipped %s: %s", s["image"], s["reason"])
-    return results
 
 
 def _infer_coco(images: list[dict], results: dict[int, _Result], detector: Any, params: InferParams) -> dict:

@@ -25,8 +25,9 @@ the refiner's *raw* output (new boxes + scores), before the policy, so changing
 pipeline's cache root, or beside the output for ``rgb2thermal stage refine``; never a folder
 relative to wherever the process was started); images are decoded by :mod:`core.images` (SAM2 gets
 ``to_rgb_u8``, the classical refiner ``to_gray_u8``: 16-bit frames are stretched between their
-0.5/99.5 percentiles). Memory: images are decoded one batch at a
-time; only the COCO annotations are held for the whole dataset.
+0.5/99.5 percentiles). Memory is flat in the number of images: the input COCO file is read
+element by element and spooled to an unlinked temporary file, images are decoded one batch at a
+time, and the output is written as it is made (``core.coco.spool_dataset`` / ``CocoWriter``).
 
 Boxes are ``xyxy`` float pixels internally, COCO ``xywh`` in files (see ``core.boxes``).
 """
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -216,11 +216,6 @@ def _raw_put(cache: ImageCache, key: str, new: np.ndarray, scores: np.ndarray, s
     cache.put(key, {"boxes": rows, "scores": [float(s) for s in scores], "size": list(size)})
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
 @dataclass
 class _Run:
     """What every image of one refine run shares: where its file is, the refiner, its cache, the report."""
@@ -245,42 +240,86 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
     and the run continues. ``hash_memo`` (optional): image hashes remembered by stat, so an
     unchanged image whose result is cached is neither read nor decoded (the cache entry holds
     the image size, checked against the COCO file).
-    """
-    from tqdm import tqdm
 
+    Memory is flat in the number of images: the input is read element by element and spooled to
+    an unlinked temporary file beside ``out`` (:func:`core.coco.spool_dataset`), images are read
+    back one batch at a time, and the output is written as it is made (:class:`core.coco.CocoWriter`,
+    the same bytes as writing the whole dataset at once).
+    """
     t0 = time.perf_counter()
     inp, out = Path(inp), Path(out)
-    ds = coco.load_dataset(inp)
-    coco.refuse_escaping_file_names(ds, params.image_root or inp.parent, inp)
+    root = params.image_root or inp.parent
     report = StageReport(stage=STAGE, inputs={"coco": str(inp)}, outputs={"coco": str(out)},
                          params=params.to_dict())
     if index is not None:
         report.inputs["index"] = str(index)
-    cache = ImageCache(Path(cache_dir), CACHE_SCHEMA)
-
     if params.method == "none":
+        ds = coco.load_dataset(inp)
+        coco.refuse_escaping_file_names(ds, root, inp)
         return _pass_through(ds, out, report, t0)
-    run = _Run(inp, params, _start_refiner(params, sam2_refiner, report), cache, _index_thermal_paths(index),
-               hash_memo, report)
-    n_boxes_in = len(ds["annotations"])
-    anns_by_image, passed = _boxes_to_refine(ds, params.classes, inp)
-    ds["annotations"] = []  # each input box is released once its image is done (memory: 10k-frame runs)
-    n = {"images": len(ds["images"]), "images_refined": 0, "boxes_in": n_boxes_in,
-         "replace": 0, "keep": len(passed), "drop": 0, "not_refined": len(passed)}
-    out_images = [im for im in ds["images"] if not anns_by_image[im["id"]]]
-    out_anns: list[dict] = []
-    todo = [im for im in ds["images"] if anns_by_image[im["id"]]]
-    for batch in tqdm(list(_batches(todo, run.refiner.batch)), desc=f"refine ({run.refiner.method})", unit="batch",
-                      disable=None):
-        results = _raw_results(run, batch, anns_by_image)
-        for im in batch:
-            if im["id"] in results:
-                out_images.append(im)
-                n["images_refined"] += 1
-                out_anns += _decide(run, im, anns_by_image[im["id"]], *results[im["id"]], n)
-                anns_by_image[im["id"]] = []
-    out_anns.extend(passed.values())
-    return _write_refined(ds, out, run, out_images, out_anns, n, t0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with coco.spool_dataset(inp, spool_dir=out.parent,
+                            image_check=lambda i, im: coco.refuse_escaping_file_name(i, im, root, inp)) as ds:
+        unrefined = _unrefined_categories(ds.top["categories"], params.classes, inp)
+        run = _Run(inp, params, _start_refiner(params, sam2_refiner, report), ImageCache(Path(cache_dir), CACHE_SCHEMA),
+                   _index_thermal_paths(index), hash_memo, report)
+        passed = np.isin(ds.ann_category, unrefined) if unrefined else np.zeros(len(ds.ann_category), bool)
+        n = {"images": len(ds.image_span), "images_refined": 0, "boxes_in": len(ds.ann_span),
+             "replace": 0, "keep": int(passed.sum()), "drop": 0, "not_refined": int(passed.sum())}
+        info = dict(ds.top.get("info") or {})
+        info["refine"] = {"method": run.refiner.method, "model": run.refiner.description,
+                          "fallback": bool(report.fallbacks)}
+        extra = {k: v for k, v in ds.top.items() if k not in ("info", "categories")}
+        with coco.CocoWriter(out, info, ds.top["categories"], extra) as writer:
+            _refine_all(run, ds, passed, writer, n)
+            for j in np.flatnonzero(passed):
+                a = ds.annotation(j)
+                writer.add_annotation({**a, "refine": {"method": "none", "decision": "keep", "reason": "class_not_refined",
+                                                       "prompt_bbox": list(a["bbox"])}})
+    n["boxes_out"] = writer.n_annotations
+    n["images_skipped"] = len(report.skipped_images)
+    report.counts = {k: int(v) for k, v in n.items()}
+    report.seconds = round(time.perf_counter() - t0, 3)
+    report.save(report_path(out))
+    return report
+
+
+def _refine_all(run: _Run, ds: coco.SpooledDataset, passed: np.ndarray, writer: coco.CocoWriter,
+                n: dict[str, int]) -> None:
+    """Every image in input order, its boxes to refine gathered from the spool; refined a batch of
+    ``run.refiner.batch`` images with boxes at a time (:func:`_flush`)."""
+    from tqdm import tqdm
+
+    order, starts = ds.annotations_by_image()
+    window: list[tuple[dict, list[dict]]] = []
+    todo = 0
+    for i in tqdm(range(len(ds.image_span)), desc=f"refine ({run.refiner.method})", unit="img", disable=None):
+        anns = [ds.annotation(j) for j in order[starts[i]:starts[i + 1]] if not passed[j]]
+        if not anns and not window:
+            writer.add_image(ds.image(i))          # nothing to refine and nothing before it waiting
+            continue
+        window.append((ds.image(i), anns))
+        todo += bool(anns)
+        if todo >= run.refiner.batch:
+            _flush(run, window, writer, n)
+            todo = 0
+    _flush(run, window, writer, n)
+
+
+def _flush(run: _Run, window: list[tuple[dict, list[dict]]], writer: coco.CocoWriter, n: dict[str, int]) -> None:
+    """Refine the images of ``window`` that have boxes (one refiner call), write every image of it
+    in input order (a skipped one is left out, with its boxes) and its output boxes; empties ``window``."""
+    todo = [im for im, anns in window if anns]
+    results = _raw_results(run, todo, {im["id"]: anns for im, anns in window if anns}) if todo else {}
+    for im, anns in window:
+        if anns and im["id"] not in results:
+            continue
+        writer.add_image(im)
+        if anns:
+            n["images_refined"] += 1
+            for a in _decide(run, im, anns, *results[im["id"]], n):
+                writer.add_annotation(a)
+    window.clear()
 
 
 def _start_refiner(params: RefineParams, sam2_refiner: Any, report: StageReport) -> _Refiner:
@@ -296,16 +335,6 @@ def _start_refiner(params: RefineParams, sam2_refiner: Any, report: StageReport)
     if refiner.method == "sam2" and params.sam2_random_weights and params.sam2_checkpoint is None:
         report.fallbacks.append("SAM2 ran with RANDOM weights (requested for testing): refined boxes are meaningless")
     return refiner
-
-
-def _boxes_to_refine(ds: dict, classes: list[str] | None, inp: Path) -> tuple[dict[int, list[dict]], dict[int, dict]]:
-    """(image id -> its boxes to refine, annotation id -> output box of a class left unrefined)."""
-    anns_by_image: dict[int, list[dict]] = {im["id"]: [] for im in ds["images"]}
-    passed = _not_refined(ds, classes, inp)
-    for a in ds["annotations"]:
-        if a["id"] not in passed:
-            anns_by_image[a["image_id"]].append(a)
-    return anns_by_image, passed
 
 
 def _skip(report: StageReport, path: Path, reason: str, dropped_as: str, n_boxes: int) -> None:
@@ -390,39 +419,15 @@ def _decide(run: _Run, im: dict, anns: list[dict], new: np.ndarray, scores: np.n
     return out
 
 
-def _write_refined(ds: dict, out: Path, run: _Run, out_images: list[dict], out_anns: list[dict],
-                   n: dict[str, int], t0: float) -> StageReport:
-    """Write the refined COCO file (images in input order, the input's other keys kept) and the report."""
-    report, refiner = run.report, run.refiner
-    order = {im["id"]: i for i, im in enumerate(ds["images"])}
-    out_images.sort(key=lambda im: order[im["id"]])
-    info = dict(ds.get("info") or {})
-    info["refine"] = {"method": refiner.method, "model": refiner.description,
-                      "fallback": bool(report.fallbacks)}
-    result = coco.new_dataset(out_images, out_anns, ds["categories"], info)
-    for k, v in ds.items():
-        if k not in result:
-            result[k] = v
-    coco.save_dataset(out, result)
-    n["boxes_out"] = len(out_anns)
-    n["images_skipped"] = len(report.skipped_images)
-    report.counts = {k: int(v) for k, v in n.items()}
-    report.seconds = round(time.perf_counter() - t0, 3)
-    report.save(report_path(out))
-    return report
-
-
-def _not_refined(ds: dict, classes: list[str] | None, inp: Path) -> dict[int, dict]:
-    """The boxes ``classes`` leaves out (annotation id -> output box, marked as not refined)."""
+def _unrefined_categories(categories: list[dict], classes: list[str] | None, inp: Path) -> list:
+    """The ids of the categories ``classes`` leaves out (their boxes pass through, marked as not refined)."""
     if classes is None:
-        return {}
-    names = {c["id"]: c["name"] for c in ds["categories"]}
+        return []
+    names = {c["id"]: c["name"] for c in categories}
     if unknown := sorted(set(classes) - set(names.values())):
         raise InputError(f"refine.classes names {unknown}, not categories of the labels ({sorted(names.values())})",
                          str(inp), "list target class names in refine.classes, or leave it unset to refine all")
-    return {a["id"]: {**a, "refine": {"method": "none", "decision": "keep", "reason": "class_not_refined",
-                                      "prompt_bbox": list(a["bbox"])}}
-            for a in ds["annotations"] if names[a["category_id"]] not in classes}
+    return [cid for cid, name in names.items() if name not in classes]
 
 
 def _pass_through(ds: dict, out: Path, report: StageReport, t0: float) -> StageReport:

@@ -266,3 +266,62 @@ def test_hash_memo_skips_reading_unchanged_images_and_notices_edits(tmp_path: Pa
     os.utime(img0, (old + 60, old + 60))
     edited = infer("c.json")
     assert (edited.cache_misses, edited.cache_hits) == (1, 3)
+
+
+def test_repeated_frames_are_hits_once_inferred_as_one_frame_at_a_time(tmp_path: Path, synth: Path, tiny_detector,
+                                                                        loaded) -> None:
+    """The prefetch thread looks frames up ahead of the forward pass; the loop still counts a frame
+    whose content an earlier batch of the same run inferred as a cache hit (as a sequential loop
+    reading the cache entry just written would), and one whose twin is still pending as a miss."""
+    from core.coco import new_dataset, save_dataset
+
+    size = {im["file_name"]: (im["width"], im["height"]) for im in load_dataset(synth / "labels_rgb" / "coco.json")["images"]}
+    names = ["syn_000000.png", "syn_000001.png", "syn_000000.png", "syn_000002.png", "syn_000002.png",
+             "syn_000001.png", "syn_000003.png"]
+    images = [{"id": i + 1, "file_name": str(synth / "rgb" / n), "width": size[n][0], "height": size[n][1]}
+              for i, n in enumerate(names)]
+    coco = save_dataset(tmp_path / "rep.json", new_dataset(images, [], [{"id": 1, "name": "person"}]))
+    # batch 2: ids 1, 2 inferred; 3 (= 1) a hit; 4 pending; 5 (= 4) arrives while its twin is pending: a miss,
+    # inferred with it; 6 (= 2) a hit; 7 inferred alone at the end
+    rep = run_infer(coco, tmp_path / "o.json", _params(tiny_detector).replace(batch_size=2), cache_dir=tmp_path / "c",
+                    detector=loaded)
+    assert (rep.cache_misses, rep.cache_hits) == (5, 2)
+    by_id: dict[int, list] = {}
+    for d in _dets(tmp_path / "o.json"):
+        by_id.setdefault(d[0], []).append(d[1:])
+    assert by_id[3] == by_id[1] and by_id[6] == by_id[2] and by_id[5] == by_id[4] and by_id[1] != by_id[2]
+
+
+def test_prefetch_keeps_order_runs_a_bounded_distance_ahead_and_stops_on_error() -> None:
+    """The prefetch thread (used when a core is free for it; inline otherwise: ``threads=0``)."""
+    import contextlib
+    import threading
+
+    from tasks.infer import _prefetched
+
+    started: list[int] = []
+    consumed: list[int] = []
+    lock = threading.Lock()
+
+    def work(x: int) -> int:
+        with lock:
+            started.append(x)
+            assert len(started) - len(consumed) <= 4, "more than ahead + 1 items in flight"
+        return x * x
+
+    for got in _prefetched(work, range(20), ahead=3, threads=1):
+        with lock:
+            consumed.append(got)
+    assert consumed == [x * x for x in range(20)] and sorted(started) == list(range(20))
+    assert list(_prefetched(lambda x: -x, range(5), ahead=3, threads=0)) == [0, -1, -2, -3, -4]
+
+    def fail_at_5(x: int) -> int:
+        if x == 5:
+            raise ValueError("frame 5")
+        return x
+
+    seen = []
+    with pytest.raises(ValueError, match="frame 5"), contextlib.closing(_prefetched(fail_at_5, range(100), 2, 1)) as it:
+        for got in it:
+            seen.append(got)
+    assert seen == [0, 1, 2, 3, 4]
