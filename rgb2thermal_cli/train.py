@@ -54,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--early-stop-patience", type=int, metavar="N",
                    help="stop after N validations without a better coco/bbox_mAP_50")
     p.add_argument("--num-workers", type=int, help="data loading worker processes")
+    p.add_argument("--gpus", type=int, help="training processes per node under torchrun (GPUs; on CPU, processes)")
+    p.add_argument("--nnodes", type=int, help="machines training together (this one is node 0; see README)")
+    p.add_argument("--master-addr", help="with --nnodes > 1: this machine's address the other nodes reach")
+    p.add_argument("--master-port", type=int, help="with --nnodes > 1: the rendezvous port (default 29500)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from work_dir's last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
@@ -87,7 +91,8 @@ def _overrides(args: argparse.Namespace) -> dict:
                "input_size": tuple(args.input_size) if args.input_size else None, "epochs": args.epochs,
                "batch_size": args.batch_size, "lr": args.lr, "load_from": args.load_from, "head_init": args.head_init,
                "device": args.device, "seed": args.seed, "early_stop_patience": args.early_stop_patience,
-               "num_workers": args.num_workers, "resume": args.resume,
+               "num_workers": args.num_workers, "resume": args.resume, "gpus": args.gpus, "nnodes": args.nnodes,
+               "master_addr": args.master_addr, "master_port": args.master_port,
                "progress": False if args.no_progress else None}
     for role in ("train", "val", "test"):
         ann, img = getattr(args, f"{role}_ann"), getattr(args, f"{role}_images")
