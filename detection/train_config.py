@@ -196,7 +196,7 @@ def build_config(spec: TrainSpec) -> Any:
     iters_per_epoch = math.ceil(math.ceil(train_stats.n_images / spec.world_size) / spec.batch_size)
     val_loader = _loader(spec, _dataset(val_spec, spec.classes, test_pipe, True), False)
     evaluator = dict(type="CocoMetric", ann_file=str(val_spec.ann_file), metric="bbox", format_only=False,
-                     backend_args=None)
+                     backend_args=None, **({"collect_device": "gpu"} if spec.world_size > 1 else {}))
     cfg = dict(
         default_scope="mmdet",
         custom_imports=dict(imports=["tasks.train_hooks", *(["detection.transforms"] if spec.erase_ignored else [])],
@@ -223,9 +223,8 @@ def build_config(spec: TrainSpec) -> Any:
         randomness=dict(seed=spec.seed, deterministic=_deterministic(spec.deterministic, device)),
         load_from=None,
         resume=False,
-        rgb2thermal=dict(classes=list(spec.classes), lr=lr,
-                         lr_rule="given" if spec.lr else "0.01 x batch_size x processes / 64",
-                         processes=spec.world_size, nnodes=spec.nnodes, backend=dist_backend(device),
+        rgb2thermal=dict(classes=list(spec.classes), lr=lr, lr_rule="given" if spec.lr else "0.01 x batch / 64",
+                         **_processes(spec, device),
                          iters_per_epoch=iters_per_epoch, train_images=train_stats.n_images,
                          train_boxes=train_stats.n_boxes, validation=("val" if spec.val else "train (no val set)"),
                          device=device, amp=amp),
@@ -310,21 +309,33 @@ def dist_backend(device: str) -> str:
 
 
 def _distributed(spec: TrainSpec, device: str) -> dict:
-    """The config keys of how many processes train: mmengine's ``launcher`` (``pytorch`` under torchrun,
-    else ``none``), its ``env_cfg`` (backend by device) and, with several processes, the DDP wrapper.
+    """The config keys of how many processes train. One process: mmengine's defaults (no launcher,
+    the config as it always was). Several (under torchrun): ``launcher='pytorch'``, the backend by
+    device, mmengine's DDP wrapper and validation results gathered through the process group.
 
     The wrapper is mmengine's default (``MMDistributedDataParallel``, ``broadcast_buffers=False``), but
     on CPU without ``device_ids`` (mmengine passes ``[LOCAL_RANK]``, which DDP refuses for a CPU
-    module). No ``sync_bn``: BatchNorm statistics stay per process, and with ``freeze_bn`` frozen."""
-    out: dict[str, Any] = dict(
-        launcher="pytorch" if spec.world_size > 1 else "none",
-        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-                     dist_cfg=dict(backend=dist_backend(device))))
-    if spec.world_size > 1:
-        out["model_wrapper_cfg"] = dict(type="MMDistributedDataParallel", broadcast_buffers=False,
-                                        find_unused_parameters=False,
-                                        **({} if device.startswith("cuda") else {"device_ids": None}))
-    return out
+    module). No ``sync_bn``: BatchNorm statistics stay per process, and with ``freeze_bn`` frozen.
+    The evaluator's ``collect_device='gpu'`` is mmengine's name for gathering through the process
+    group (``all_gather_object``; gloo on CPU too); its default ``'cpu'`` passes the results through
+    a temporary folder created under the *current* folder (``.dist_test``), which nodes do not share."""
+    env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                   dist_cfg=dict(backend="nccl"))
+    if spec.world_size == 1:
+        return dict(env_cfg=env_cfg)
+    env_cfg["dist_cfg"] = dict(backend=dist_backend(device))
+    return dict(launcher="pytorch", env_cfg=env_cfg,
+                model_wrapper_cfg=dict(type="MMDistributedDataParallel", broadcast_buffers=False,
+                                       find_unused_parameters=False,
+                                       **({} if device.startswith("cuda") else {"device_ids": None})))
+
+
+def _processes(spec: TrainSpec, device: str) -> dict:
+    """The record of a several-process training (``rgb2thermal`` block); nothing for one process."""
+    if spec.world_size == 1:
+        return {}
+    return dict(processes=spec.world_size, nnodes=spec.nnodes, backend=dist_backend(device),
+                batch="batch_size per process; the lr rule's batch is batch_size x processes")
 
 
 def _loader(spec: TrainSpec, ds: dict, shuffle: bool) -> dict:

@@ -81,7 +81,7 @@ class TrainSpec(BaseModel):
     input_size: tuple[int, int] = (416, 416)
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=8, ge=1, description="images per step of each training process (gpus x nnodes)")
-    lr: float | None = Field(default=None, gt=0, description="default: linear scaling rule (SGD 0.01 x batch/64)")
+    lr: float | None = Field(default=None, gt=0, description="default: linear scaling rule (SGD 0.01 x total batch/64)")
     optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)

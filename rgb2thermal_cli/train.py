@@ -21,6 +21,7 @@ Example spec (YAML; relative paths are relative to the spec file):
   load_from: coco_yolox_tiny.pth             # COCO rows carried into the 2-class head
   losses: {loss_cls: {type: FocalLoss, gamma: 2.0, alpha: 0.25}, loss_bbox: {type: CIoULoss}}
   early_stop_patience: 5
+  gpus: 2                                    # processes under torchrun (DDP); batch_size is per process
 
 Writes work_dir/config.py (the fully resolved mmdet config), best and last checkpoints,
 best_slim.pth (inference weights, safe to load), train_result.json. Flags override the spec.

@@ -66,7 +66,8 @@ def test_two_processes_resolve_to_ddp_on_gloo_with_the_total_batch(synthetic, tm
 
     one = build_config(_spec(synthetic, tmp_path, gpus=1))
     two = build_config(_spec(synthetic, tmp_path, gpus=2))
-    assert one.launcher == "none" and "model_wrapper_cfg" not in one
+    assert "launcher" not in one and "model_wrapper_cfg" not in one and "collect_device" not in one.val_evaluator
+    assert two.val_evaluator.collect_device == "gpu"     # through the process group, not a folder under cwd
     assert two.launcher == "pytorch" and two.env_cfg.dist_cfg.backend == "gloo"
     assert two.model_wrapper_cfg.to_dict() == {"type": "MMDistributedDataParallel", "broadcast_buffers": False,
                                                "find_unused_parameters": False, "device_ids": None}
