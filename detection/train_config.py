@@ -315,7 +315,10 @@ def _distributed(spec: TrainSpec, device: str) -> dict:
 
     The wrapper is mmengine's default (``MMDistributedDataParallel``, ``broadcast_buffers=False``), but
     on CPU without ``device_ids`` (mmengine passes ``[LOCAL_RANK]``, which DDP refuses for a CPU
-    module). No ``sync_bn``: BatchNorm statistics stay per process, and with ``freeze_bn`` frozen.
+    module), and with ``find_unused_parameters`` when ``frozen_stages`` freezes backbone stages: mmdet
+    turns their ``requires_grad`` off in ``model.train()``, after mmengine has wrapped the model, so DDP
+    would wait for their gradients forever ("Expected to have finished reduction in the prior
+    iteration"). No ``sync_bn``: BatchNorm statistics stay per process, and with ``freeze_bn`` frozen.
     The evaluator's ``collect_device='gpu'`` is mmengine's name for gathering through the process
     group (``all_gather_object``; gloo on CPU too); its default ``'cpu'`` passes the results through
     a temporary folder created under the *current* folder (``.dist_test``), which nodes do not share."""
@@ -326,7 +329,7 @@ def _distributed(spec: TrainSpec, device: str) -> dict:
     env_cfg["dist_cfg"] = dict(backend=dist_backend(device))
     return dict(launcher="pytorch", env_cfg=env_cfg,
                 model_wrapper_cfg=dict(type="MMDistributedDataParallel", broadcast_buffers=False,
-                                       find_unused_parameters=False,
+                                       find_unused_parameters=spec.frozen_stages >= 0,
                                        **({} if device.startswith("cuda") else {"device_ids": None})))
 
 

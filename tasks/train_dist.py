@@ -109,6 +109,7 @@ def launch(spec: TrainSpec, config_path: Path, work_dir: Path, *, device: str, l
     """
     from tasks.train import RankRun
 
+    _check_gpus(spec, device)
     for stale in (work_dir / RANK0_RUN, work_dir / WORKER_ERROR):
         stale.unlink(missing_ok=True)
     cmd = torchrun_command(spec, config_path, log_level=log_level)
@@ -125,6 +126,17 @@ def launch(spec: TrainSpec, config_path: Path, work_dir: Path, *, device: str, l
     if not (work_dir / RANK0_RUN).is_file():
         raise RuntimeError(f"torchrun exited 0 but rank 0 recorded nothing ({work_dir / RANK0_RUN})")
     return RankRun.from_json(atomic.read_json(work_dir / RANK0_RUN))
+
+
+def _check_gpus(spec: TrainSpec, device: str) -> None:
+    """On CUDA every process needs a GPU of its own (nccl refuses two ranks on one device)."""
+    if device.startswith("cuda"):
+        import torch
+
+        have = torch.cuda.device_count()
+        if have < spec.gpus:
+            raise InputError(f"gpus={spec.gpus} processes on CUDA need {spec.gpus} GPUs; this machine has {have}",
+                             "gpus", f"set gpus to at most {have}")
 
 
 def _raise_rank_failure(work_dir: Path, rc: int) -> None:

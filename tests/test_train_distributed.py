@@ -69,8 +69,11 @@ def test_two_processes_resolve_to_ddp_on_gloo_with_the_total_batch(synthetic, tm
     assert "launcher" not in one and "model_wrapper_cfg" not in one and "collect_device" not in one.val_evaluator
     assert two.val_evaluator.collect_device == "gpu"     # through the process group, not a folder under cwd
     assert two.launcher == "pytorch" and two.env_cfg.dist_cfg.backend == "gloo"
+    # frozen_stages=0: the stem's parameters get no gradient (mmdet freezes them after DDP wrapped the model)
     assert two.model_wrapper_cfg.to_dict() == {"type": "MMDistributedDataParallel", "broadcast_buffers": False,
-                                               "find_unused_parameters": False, "device_ids": None}
+                                               "find_unused_parameters": True, "device_ids": None}
+    unfrozen = build_config(_spec(synthetic, tmp_path, gpus=2, frozen_stages=-1))
+    assert unfrozen.model_wrapper_cfg.find_unused_parameters is False
     assert "sync_bn" not in two
     # 6 images: one process, batches of 2 -> 3 iterations; two processes of 3 images each -> 2
     assert one.rgb2thermal.iters_per_epoch == 3 and two.rgb2thermal.iters_per_epoch == 2
