@@ -163,7 +163,7 @@ def test_two_gloo_processes_train_a_model_the_one_process_path_loads(synthetic, 
     saved = json.loads((result.run_dir / "train_result.json").read_text())
     assert (saved["processes"], saved["backend"]) == (2, "gloo")
     assert result.timings["iterations"] == 2          # rank 0's: 3 of the 6 images, batches of 2
-    assert "launcher='pytorch'" in result.config_path.read_text()
+    assert "\nlauncher = 'pytorch'\n" in result.config_path.read_text()
     for ck in (result.slim_checkpoint, result.last_checkpoint):
         state = torch.load(ck, map_location="cpu", weights_only=ck == result.slim_checkpoint)["state_dict"]
         assert state and not [k for k in state if k.startswith("module.")], ck
