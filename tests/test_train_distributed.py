@@ -219,3 +219,26 @@ def test_sigkilled_torchrun_training_resumes_from_its_last_epoch(synthetic, tmp_
     assert resumed.timings["iterations"] == (4 - k) * math.ceil(3 / 2)
     assert [h["epoch"] for h in resumed.metrics["history"]] == [1, 2, 3, 4]
     assert resumed.slim_checkpoint is not None and resumed.slim_checkpoint.is_file()
+
+
+@pytest.mark.slow
+@needs_nano
+def test_the_pipeline_trains_a_two_process_student_and_evaluates_it(tmp_path, one_thread_per_rank):
+    """``student.train.gpus: 2`` through the pipeline: the student step trains under torchrun, its
+    marker says so (the baseline, trained with the student's section, too), and ``eval`` scores it."""
+    from core import atomic
+    from pipeline.executor import run_pipeline
+    from pipeline.params import params_from_dict
+    from tests.test_pipeline import _folder, _params
+
+    _folder(tmp_path, 8)
+    raw = _params(tmp_path)
+    raw["student"]["train"]["gpus"] = 2
+    rec = run_pipeline(params_from_dict(raw), tmp_path / "ws")
+    assert rec.status == "succeeded"
+    info = atomic.read_json(tmp_path / "ws" / "stages" / "student" / "stage.json")["info"]["train"]
+    assert (info["processes"], info["backend"]) == (2, "gloo")
+    baseline = atomic.read_json(tmp_path / "ws" / "stages" / "baseline" / "stage.json")["info"]["train"]
+    assert (baseline["processes"], baseline["backend"]) == (2, "gloo")
+    assert "adapted" in rec.metrics["eval"] and rec.metrics["eval"]["adapted"]["all"]["mAP_50"] >= 0.0
+    assert atomic.read_json(tmp_path / "ws" / "stages" / "eval" / "predictions_adapted.json")
