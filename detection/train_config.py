@@ -180,19 +180,23 @@ def build_config(spec: TrainSpec) -> Any:
     """
     from mmengine.config import Config
 
+    from detection.detector import resolve_device
+
     base = _base_config(spec)
     train_stats = check_dataset(spec.train, spec.classes, "train")
     val_spec = spec.val or spec.train
     if spec.val is not None:
         check_dataset(spec.val, spec.classes, "val")
     model = _model(spec, base)
-    optim_wrapper, device, amp = _optim_wrapper(spec)
+    device = resolve_device(spec.device)
+    optim_wrapper, amp = optim_wrapper_config(spec, device)
     lr = spec.effective_lr
     train_pipe, test_pipe = _pipelines(spec)
-    iters_per_epoch = math.ceil(train_stats.n_images / spec.batch_size)
+    # mmengine's DefaultSampler gives each process ceil(n / world) images (padding by repetition)
+    iters_per_epoch = math.ceil(math.ceil(train_stats.n_images / spec.world_size) / spec.batch_size)
     val_loader = _loader(spec, _dataset(val_spec, spec.classes, test_pipe, True), False)
     evaluator = dict(type="CocoMetric", ann_file=str(val_spec.ann_file), metric="bbox", format_only=False,
-                     backend_args=None)
+                     backend_args=None, **({"collect_device": "gpu"} if spec.world_size > 1 else {}))
     cfg = dict(
         default_scope="mmdet",
         custom_imports=dict(imports=["tasks.train_hooks", *(["detection.transforms"] if spec.erase_ignored else [])],
@@ -212,8 +216,7 @@ def build_config(spec: TrainSpec) -> Any:
         param_scheduler=_schedulers(spec, iters_per_epoch),
         default_hooks=_default_hooks(iters_per_epoch),
         custom_hooks=_custom_hooks(spec),
-        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-                     dist_cfg=dict(backend="nccl")),
+        **_distributed(spec, device),
         visualizer=dict(type="DetLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")]),
         log_processor=dict(type="LogProcessor", window_size=max(1, min(50, iters_per_epoch)), by_epoch=True),
         log_level="INFO",
@@ -221,6 +224,7 @@ def build_config(spec: TrainSpec) -> Any:
         load_from=None,
         resume=False,
         rgb2thermal=dict(classes=list(spec.classes), lr=lr, lr_rule="given" if spec.lr else "0.01 x batch / 64",
+                         **_processes(spec, device),
                          iters_per_epoch=iters_per_epoch, train_images=train_stats.n_images,
                          train_boxes=train_stats.n_boxes, validation=("val" if spec.val else "train (no val set)"),
                          device=device, amp=amp),
@@ -266,12 +270,24 @@ def _model(spec: TrainSpec, base: Any) -> dict:
     return model
 
 
-def _optim_wrapper(spec: TrainSpec) -> tuple[dict, str, bool]:
-    """(optim_wrapper config, resolved device, amp). AMP defaults to on for CUDA; asked for on a CPU
-    it is an InputError. No weight decay on norms and biases; optional gradient clipping."""
-    from detection.detector import resolve_device
+def optim_wrapper_config(spec: TrainSpec, device: str) -> tuple[dict, bool]:
+    """mmengine's ``optim_wrapper`` for ``spec`` on ``device``, and whether it is mixed precision.
 
-    device = resolve_device(spec.device)
+    AMP (mmengine's ``AmpOptimWrapper``, fp16 autocast + loss scaling, which mmdet's YOLOX supports)
+    is on by default on CUDA and off on CPU, where it would be slower than fp32; ``spec.amp`` forces
+    it either way, and asked for on a CPU it is an ``InputError``. No weight decay on norms and
+    biases; optional gradient clipping (L2 norm).
+
+    Args:
+        spec: the training spec (optimizer, lr, momentum, weight decay, grad_clip, amp).
+        device: the resolved training device (``cpu``, ``cuda``, ``cuda:N``).
+
+    Returns:
+        ``(optim_wrapper config dict, amp)``.
+
+    Raises:
+        InputError: ``spec.amp`` is True and ``device`` is not CUDA.
+    """
     amp = spec.amp if spec.amp is not None else device.startswith("cuda")
     if amp and not device.startswith("cuda"):
         raise InputError("amp=True needs CUDA", "amp", "drop amp or train on a GPU")
@@ -284,7 +300,45 @@ def _optim_wrapper(spec: TrainSpec) -> tuple[dict, str, bool]:
                          paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))
     if spec.grad_clip:
         optim_wrapper["clip_grad"] = dict(max_norm=spec.grad_clip, norm_type=2)
-    return optim_wrapper, device, amp
+    return optim_wrapper, amp
+
+
+def dist_backend(device: str) -> str:
+    """torch.distributed backend of a training on ``device``: ``nccl`` on CUDA, ``gloo`` on CPU."""
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def _distributed(spec: TrainSpec, device: str) -> dict:
+    """The config keys of how many processes train. One process: mmengine's defaults (no launcher,
+    the config as it always was). Several (under torchrun): ``launcher='pytorch'``, the backend by
+    device, mmengine's DDP wrapper and validation results gathered through the process group.
+
+    The wrapper is mmengine's default (``MMDistributedDataParallel``, ``broadcast_buffers=False``), but
+    on CPU without ``device_ids`` (mmengine passes ``[LOCAL_RANK]``, which DDP refuses for a CPU
+    module), and with ``find_unused_parameters`` when ``frozen_stages`` freezes backbone stages: mmdet
+    turns their ``requires_grad`` off in ``model.train()``, after mmengine has wrapped the model, so DDP
+    would wait for their gradients forever ("Expected to have finished reduction in the prior
+    iteration"). No ``sync_bn``: BatchNorm statistics stay per process, and with ``freeze_bn`` frozen.
+    The evaluator's ``collect_device='gpu'`` is mmengine's name for gathering through the process
+    group (``all_gather_object``; gloo on CPU too); its default ``'cpu'`` passes the results through
+    a temporary folder created under the *current* folder (``.dist_test``), which nodes do not share."""
+    env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                   dist_cfg=dict(backend="nccl"))
+    if spec.world_size == 1:
+        return dict(env_cfg=env_cfg)
+    env_cfg["dist_cfg"] = dict(backend=dist_backend(device))
+    return dict(launcher="pytorch", env_cfg=env_cfg,
+                model_wrapper_cfg=dict(type="MMDistributedDataParallel", broadcast_buffers=False,
+                                       find_unused_parameters=spec.frozen_stages >= 0,
+                                       **({} if device.startswith("cuda") else {"device_ids": None})))
+
+
+def _processes(spec: TrainSpec, device: str) -> dict:
+    """The record of a several-process training (``rgb2thermal`` block); nothing for one process."""
+    if spec.world_size == 1:
+        return {}
+    return dict(processes=spec.world_size, nnodes=spec.nnodes, backend=dist_backend(device),
+                batch="batch_size per process; the lr rule's batch is batch_size x processes")
 
 
 def _loader(spec: TrainSpec, ds: dict, shuffle: bool) -> dict:

@@ -80,8 +80,8 @@ class TrainSpec(BaseModel):
     work_dir: Path
     input_size: tuple[int, int] = (416, 416)
     epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(default=8, ge=1)
-    lr: float | None = Field(default=None, gt=0, description="default: linear scaling rule (SGD 0.01 x batch/64)")
+    batch_size: int = Field(default=8, ge=1, description="images per step of each training process (gpus x nnodes)")
+    lr: float | None = Field(default=None, gt=0, description="default: linear scaling rule (SGD 0.01 x total batch/64)")
     optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
@@ -107,7 +107,19 @@ class TrainSpec(BaseModel):
         "CPU only (dropped with a warning on CUDA): mmengine randomness.deterministic, i.e. "
         "torch.use_deterministic_algorithms, so a seed gives the same weights run after run; the demo sets it"))
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool | None = Field(default=None, description="mixed precision; default on for CUDA, off on CPU")
+    amp: bool | None = Field(default=None, description="mixed precision (mmengine AmpOptimWrapper); default on "
+                                                       "for CUDA, off on CPU")
+    gpus: int = Field(default=1, ge=1, le=64, description=(
+        "training processes per node (torchrun --nproc_per_node): one per GPU on CUDA; on CPU, CPU processes "
+        "(gloo backend). Above 1 (or nnodes above 1) training runs under torchrun with mmengine's "
+        "launcher='pytorch' (DDP); batch_size is per process, the linear lr rule uses the total batch"))
+    nnodes: int = Field(default=1, ge=1, le=1024, description=(
+        "machines training together (torchrun --nnodes); this one is node 0, the others run the torchrun "
+        "command it logs (workspace and datasets on a filesystem mounted at the same path on every node)"))
+    master_addr: str | None = Field(default=None, min_length=1, description=(
+        "with nnodes > 1: the address of this machine (node 0) the other nodes reach (torchrun --master_addr)"))
+    master_port: int | None = Field(default=None, ge=1, le=65535, description=(
+        "with nnodes > 1: the rendezvous port on node 0 (default 29500); on one node a free port is picked"))
     early_stop_patience: int | None = Field(default=None, ge=1, description="stop after this many validations "
                                                                              "without a better coco/bbox_mAP_50")
     early_stop_min_delta: float = Field(default=0.001, ge=0, description=(
@@ -155,12 +167,48 @@ class TrainSpec(BaseModel):
             unknown = sorted(set(self.class_map) - set(self.classes))
             if unknown:
                 raise ValueError(f"class_map names {unknown}, which are not target classes {self.classes}")
+        if self.nnodes > 1 and self.master_addr is None:
+            raise ValueError(f"nnodes={self.nnodes} needs master_addr: the address of this machine (node 0) "
+                             "that the other nodes reach")
         return self
 
     @property
+    def world_size(self) -> int:
+        """Training processes in all: ``gpus x nnodes`` (1: the in-process path, no torchrun)."""
+        return self.gpus * self.nnodes
+
+    @property
     def effective_lr(self) -> float:
-        """The lr actually used: ``lr`` or the linear scaling rule ``base x batch_size / 64``."""
-        return self.lr if self.lr is not None else BASE_LR_AT_64[self.optimizer] * self.batch_size / 64
+        """The lr actually used: ``lr`` or the linear scaling rule ``base x total batch / 64``, the total
+        batch being ``batch_size x world_size`` (each process trains on ``batch_size`` images per step)."""
+        if self.lr is not None:
+            return self.lr
+        return BASE_LR_AT_64[self.optimizer] * self.batch_size * self.world_size / 64
+
+
+#: where the training processes meet (not what they train): never part of a key or a spec identity
+RENDEZVOUS_FIELDS = ("master_addr", "master_port")
+#: process-count fields: part of a key only when not 1, so single-process workspaces keep their keys
+PROCESS_FIELDS = ("gpus", "nnodes")
+
+
+def training_identity(values: dict[str, Any]) -> dict[str, Any]:
+    """A dumped TrainSpec/TrainFields without what does not change the trained model's identity.
+
+    Why: a step key (``pipeline.params.PipelineParams.section``) and a checkpoint's ``spec_sha256``
+    must change when the model would, and only then. The rendezvous address and port
+    (:data:`RENDEZVOUS_FIELDS`) are where the processes meet; the process counts
+    (:data:`PROCESS_FIELDS`) change the model (per-process batches, the lr rule) but are left out at
+    their default 1, so workspaces trained before these fields existed keep their keys.
+
+    Args:
+        values: a ``model_dump`` of a TrainSpec or TrainFields (not modified).
+
+    Returns:
+        A copy without those keys.
+    """
+    return {k: v for k, v in values.items()
+            if k not in RENDEZVOUS_FIELDS and not (k in PROCESS_FIELDS and v == 1)}
 
 
 #: TrainSpec fields a pipeline sets itself (datasets, output folder, classes, initial weights).

@@ -45,7 +45,7 @@ from core.yamlio import read_mapping
 from data.splits import SplitSettings
 from data.synthetic_dataset import SyntheticSettings
 from tasks.label_pick import PickFields, PickParams
-from detection.train_spec import TrainFields
+from detection.train_spec import TrainFields, training_identity
 from tasks import stage_specs
 
 def _section_model(spec: StageSpec) -> type[BaseModel]:
@@ -374,7 +374,9 @@ PATH_FIELDS = (("teacher", "checkpoint"), ("warp", "registry_dir"), ("refine", "
 
 def _without_paths(dump: dict[str, Any]) -> dict[str, Any]:
     """``dump`` (``model_dump(mode="json")``) without the values that are paths: dataset roots keep
-    their version name, a teacher config keeps its name when it is a bundled mmdet name (no ``.py``)."""
+    their version name, a teacher config keeps its name when it is a bundled mmdet name (no ``.py``);
+    the training sections without their rendezvous address/port and process counts left at 1
+    (:func:`detection.train_spec.training_identity`)."""
     data = dump["data"]
     out = {**dump, "data": {**data, "roots": [{"version": r["version"]} for r in data["roots"]]}}
     for sec, key in PATH_FIELDS:
@@ -383,6 +385,9 @@ def _without_paths(dump: dict[str, Any]) -> dict[str, Any]:
     cfg = out["teacher"].get("config")
     if isinstance(cfg, str) and (cfg.endswith(".py") or "/" in cfg or os.sep in cfg):
         out["teacher"] = {**out["teacher"], "config": "(a file: keyed by its content)"}
+    for role in ("teacher", "student"):         # rendezvous address/port, process counts at 1: not in keys
+        if isinstance(out[role].get("train"), dict):
+            out[role] = {**out[role], "train": training_identity(out[role]["train"])}
     return out
 
 

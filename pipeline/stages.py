@@ -75,6 +75,7 @@ def _train_step(ctx: PipelineContext, step: Step, out: Path, *, resume: bool) ->
                              "train_result": Path(result.run_dir) / "train_result.json"},
                       info={"models": {step.name: fp}, "fallbacks": list(result.warnings),
                             "train": {"epochs_run": result.epochs_run, "timings": result.timings,
+                                      "processes": result.processes, "backend": result.backend,
                                       "resumed_from_epoch_checkpoint": "resumed_from" in result.weights}})
 
 

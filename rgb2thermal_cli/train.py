@@ -21,6 +21,7 @@ Example spec (YAML; relative paths are relative to the spec file):
   load_from: coco_yolox_tiny.pth             # COCO rows carried into the 2-class head
   losses: {loss_cls: {type: FocalLoss, gamma: 2.0, alpha: 0.25}, loss_bbox: {type: CIoULoss}}
   early_stop_patience: 5
+  gpus: 2                                    # processes under torchrun (DDP); batch_size is per process
 
 Writes work_dir/config.py (the fully resolved mmdet config), best and last checkpoints,
 best_slim.pth (inference weights, safe to load), train_result.json. Flags override the spec.
@@ -54,6 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--early-stop-patience", type=int, metavar="N",
                    help="stop after N validations without a better coco/bbox_mAP_50")
     p.add_argument("--num-workers", type=int, help="data loading worker processes")
+    p.add_argument("--gpus", type=int, help="training processes per node under torchrun (GPUs; on CPU, processes)")
+    p.add_argument("--nnodes", type=int, help="machines training together (this one is node 0; see README)")
+    p.add_argument("--master-addr", help="with --nnodes > 1: this machine's address the other nodes reach")
+    p.add_argument("--master-port", type=int, help="with --nnodes > 1: the rendezvous port (default 29500)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from work_dir's last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
@@ -87,7 +92,8 @@ def _overrides(args: argparse.Namespace) -> dict:
                "input_size": tuple(args.input_size) if args.input_size else None, "epochs": args.epochs,
                "batch_size": args.batch_size, "lr": args.lr, "load_from": args.load_from, "head_init": args.head_init,
                "device": args.device, "seed": args.seed, "early_stop_patience": args.early_stop_patience,
-               "num_workers": args.num_workers, "resume": args.resume,
+               "num_workers": args.num_workers, "resume": args.resume, "gpus": args.gpus, "nnodes": args.nnodes,
+               "master_addr": args.master_addr, "master_port": args.master_port,
                "progress": False if args.no_progress else None}
     for role in ("train", "val", "test"):
         ann, img = getattr(args, f"{role}_ann"), getattr(args, f"{role}_images")

@@ -11,8 +11,10 @@ Why guarded: a run that hits a NaN keeps "training" on garbage for hours; an emp
 - ``ProgressHook`` shows a tqdm bar with ETA; mmengine's logger still prints losses;
 - ``best_slim.pth`` (state dict + class names) loads under torch's strict ``weights_only``.
 
-The Runner is built in-process (``Runner.from_cfg``); the resolved config is written to
-``work_dir/config.py`` and the result to ``work_dir/train_result.json``. The hooks are
+The Runner is built in-process (``Runner.from_cfg``), or, with ``gpus``/``nnodes`` above 1, in
+each process of a torchrun training (:mod:`tasks.train_dist`: DDP through mmengine's
+``launcher='pytorch'``); the resolved config is written to ``work_dir/config.py`` and the result
+(``processes`` and ``backend`` included) to ``work_dir/train_result.json``. The hooks are
 in :mod:`tasks.train_hooks`, registered in mmengine's hook registry so ``config.py`` names them
 and stays runnable with mmdet's own tools (``custom_imports: tasks.train_hooks``).
 """
@@ -29,7 +31,7 @@ from typing import Any
 
 from core import atomic, hashing
 from core.errors import InputError
-from detection.train_spec import TrainSpec
+from detection.train_spec import TrainSpec, training_identity
 from tasks.train_hooks import ProgressHook
 
 log = logging.getLogger(__name__)
@@ -54,10 +56,31 @@ class TrainResult:
     stopped_early: bool
     test_predictions: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    processes: int = 1               # training processes (torchrun world size; 1: in this process)
+    backend: str | None = None       # torch.distributed backend of several processes (gloo on CPU, nccl on CUDA)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+@dataclass
+class RankRun:
+    """What the training loop itself reports (in this process, or rank 0 of a torchrun training via
+    ``rank0_run.json``): epochs reached, per-iteration seconds, validation history."""
+
+    epochs_run: int
+    iter_seconds: list[float]
+    val_history: list[dict[str, Any]]
+    processes: int = 1
+    backend: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RankRun:
+        return cls(**d)
 
 
 def prepare_init_weights(spec: TrainSpec, cfg: Any) -> dict[str, Any]:
@@ -195,6 +218,9 @@ class _Prepared:
 def train(spec: TrainSpec) -> TrainResult:
     """Train per ``spec`` and return what was produced (see module docstring).
 
+    With ``spec.world_size`` (``gpus x nnodes``) above 1 the training loop runs under torchrun
+    (:func:`tasks.train_dist.launch`, DDP); preparation and the record are the same as in-process.
+
     Raises ``InputError`` for unusable input (empty/unlabelled datasets, bad losses,
     unknown class mappings) before any training, and ``NonFiniteLossError`` at the first
     NaN/inf loss.
@@ -208,10 +234,17 @@ def train(spec: TrainSpec) -> TrainResult:
     work_dir.mkdir(parents=True, exist_ok=True)
     prep = _prepare_run(spec, work_dir)
     t_build = time.perf_counter()
-    runner, progress = _run(prep.runner_cfg, work_dir)
+    if spec.world_size > 1:
+        from tasks.train_dist import launch
+
+        ran = launch(spec, prep.config_path, work_dir, device=prep.runner_cfg.rgb2thermal.device,
+                     log_level=prep.runner_cfg.log_level)
+    else:
+        runner, progress = _run(prep.runner_cfg, work_dir)
+        ran = RankRun(int(runner.epoch), progress.iter_seconds, progress.val_history)
     t_train = time.perf_counter()
-    result = _record(spec, work_dir, prep, int(runner.epoch), progress)
-    iters = progress.iter_seconds
+    result = _record(spec, work_dir, prep, ran)
+    iters = ran.iter_seconds
     result.timings = {"total_s": round(time.perf_counter() - t_start, 3), "build_s": round(t_build - t_start, 3),
                       "train_loop_s": round(t_train - t_build, 3), "iterations": len(iters),
                       "train_iter_median_s": round(statistics.median(iters[1:] or iters), 4) if iters else None,
@@ -278,7 +311,7 @@ def _run(runner_cfg: Any, work_dir: Path) -> tuple[Any, ProgressHook]:
     return runner, progress
 
 
-def _record(spec: TrainSpec, work_dir: Path, prep: _Prepared, epochs_run: int, progress: ProgressHook) -> TrainResult:
+def _record(spec: TrainSpec, work_dir: Path, prep: _Prepared, ran: RankRun) -> TrainResult:
     """Pick the best (else the last) checkpoint, write its slim copy, and gather the result
     (``timings`` are filled in by the caller)."""
     from detection.train_config import BEST_METRIC
@@ -286,7 +319,8 @@ def _record(spec: TrainSpec, work_dir: Path, prep: _Prepared, epochs_run: int, p
     warnings = list(prep.warnings)
     best = _find_best(work_dir)
     last = _find_last(work_dir)
-    history = progress.val_history
+    history = ran.val_history
+    epochs_run = ran.epochs_run
     best_entry = max(history, key=lambda h: h.get(BEST_METRIC, -1.0), default=None)
     slim = None
     chosen = best or last
@@ -303,13 +337,13 @@ def _record(spec: TrainSpec, work_dir: Path, prep: _Prepared, epochs_run: int, p
                        metrics={"best_metric": BEST_METRIC, "best": best_entry,
                                 "last": history[-1] if history else None, "history": history},
                        timings={}, weights=prep.weights, epochs_run=epochs_run, stopped_early=epochs_run < spec.epochs,
-                       warnings=warnings)
+                       warnings=warnings, processes=ran.processes, backend=ran.backend)
 
 
 def _spec_identity(spec: TrainSpec) -> str:
     """Hash of what the training was: its settings and the *content* of its label files, not the
     paths of its work dir or datasets (a checkpoint must not change because a workspace moved)."""
-    d = spec.model_dump(mode="json")
+    d = training_identity(spec.model_dump(mode="json"))   # not the rendezvous, nor process counts of 1
     for role in ("train", "val", "test"):
         ds = getattr(spec, role)
         d[role] = None if ds is None else hashing.file_sha256(ds.ann_file)

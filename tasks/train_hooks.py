@@ -253,12 +253,13 @@ class ProgressHook(Hook):
         self._t0 = 0.0
 
     def before_train(self, runner: Any) -> None:
+        from mmengine.dist import is_main_process
         from tqdm import tqdm
 
         if getattr(runner, "_resume", False) and runner.epoch > 0:
             _rebase_checkpoint_paths(runner)
             self._catch_up_validation(runner)
-        if self.show_bar:
+        if self.show_bar and is_main_process():         # one bar for a torchrun training: rank 0's
             self.bar = tqdm(total=runner.max_iters, initial=runner.iter, desc="train", unit="it", dynamic_ncols=True)
 
     def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
@@ -275,8 +276,12 @@ class ProgressHook(Hook):
     def after_val_epoch(self, runner: Any, metrics: dict | None = None) -> None:
         self.val_history.append({"epoch": runner.epoch, **{k: float(v) for k, v in (metrics or {}).items()
                                                           if isinstance(v, (int, float))}})
-        # what a sweep watching this run reads to prune it (pipeline.sweep); atomic, so never torn
-        atomic.write_json(f"{runner.work_dir}/{VAL_HISTORY}", self.val_history)
+        # what a sweep watching this run reads to prune it (pipeline.sweep); atomic, so never torn.
+        # Every rank holds the same (broadcast) metrics; rank 0 writes them, as it writes the checkpoints.
+        from mmengine.dist import is_main_process
+
+        if is_main_process():
+            atomic.write_json(f"{runner.work_dir}/{VAL_HISTORY}", self.val_history)
 
     def _catch_up_validation(self, runner: Any) -> None:
         """Resumed at epoch ``runner.epoch``: take back the history of the epochs before, and run the
