@@ -13,7 +13,8 @@ turns every failure into ONE :class:`~core.errors.InputError` naming each key
 keys are the stage fields' names, with no aliases.
 
 Sections mirror the stages: ``data``, ``teacher``, ``infer``, ``pseudo``, ``warp``, ``refine``,
-``student``, ``eval``. Overrides use dotted keys (``--set refine.classical_score_threshold=0.5``);
+``student``, ``eval``; ``compute`` (:class:`tasks.compute.ComputeParams`) says where the per-image
+stages run and is in no step key. Overrides use dotted keys (``--set refine.classical_score_threshold=0.5``);
 values are parsed as YAML scalars (``0.5`` is a float, ``true`` a bool, ``[1, 2]`` a list).
 Relative paths in ``params.yaml`` are relative to the file's folder.
 
@@ -40,6 +41,7 @@ from core.stage_params import StageParams
 from core.yamlio import read_mapping
 from data.splits import SplitSettings
 from data.synthetic_dataset import SyntheticSettings
+from tasks.compute import ComputeParams
 from tasks.fuse import FuseParams
 from tasks.infer import InferParams
 from tasks.pseudo import PseudoParams
@@ -272,6 +274,9 @@ class PipelineParams(_Strict):
     fuse: FuseSection = Field(default_factory=FuseSection)
     self_training: SelfTrainingSection = Field(default_factory=SelfTrainingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    #: where the per-image stages run (local Dask workers, the user's scheduler, or here): in NO step
+    #: key and no DVC ``params`` list, since it changes where frames are computed, never the outputs
+    compute: ComputeParams = Field(default_factory=ComputeParams)
 
     # ---- stage parameter objects (validated by their own classes) -----------------------
     # ``overrides``: a pipeline step instance may run a stage with its own values; they are

@@ -129,7 +129,7 @@ def _infer(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     rep = run_infer(ctx.input(step, "images"), out / "infer.json",
                     ctx.params.infer_params(config, ck, source=step.options.get("source", "rgb_teacher"),
                                             overrides=step.options.get("params")),
-                    cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo, image_root=ctx.image_root)
+                    cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo, image_root=ctx.image_root, compute=ctx.compute)
     return _from_report(rep, {"coco": out / "infer.json"})
 
 
@@ -157,7 +157,8 @@ def _refine(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     from tasks.refine import run_refine
 
     rep = run_refine(ctx.input(step, "labels"), out / "refined.json", ctx.params.refine_params(image_root=ctx.image_root),
-                     index=ctx.input(step, "index"), cache_dir=ctx.cache_dir("refine"), hash_memo=ctx.memo)
+                     index=ctx.input(step, "index"), cache_dir=ctx.cache_dir("refine"), hash_memo=ctx.memo,
+                     compute=ctx.compute)
     return _from_report(rep, {"coco": out / "refined.json"})
 
 
@@ -204,7 +205,8 @@ def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
                                                                       "device": p.eval.device})
     res = evaluate_columns(gt, params, out, p.eval.metrics, columns=step.options["columns"],
                            cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo, image_root=ctx.image_root,
-                           describe=step.options.get("describe"), decisions=(decisions := _decisions(ctx, step, gt)))
+                           describe=step.options.get("describe"), decisions=(decisions := _decisions(ctx, step, gt)),
+                           compute=ctx.compute)
     ev = res.evaluation
     return StepOutput(files={**ev.files, **{f"predictions_{k}": v for k, v in res.predictions.items()}},
                       cache_hits=res.cache_hits, cache_misses=res.cache_misses,

@@ -36,6 +36,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +51,7 @@ from core.image_cache import ImageCache
 from core.images import read_error, read_image, size_mismatch, to_gray_u8, to_rgb_u8
 from core.stage_params import PathStr, StageParams
 from core.stage_report import StageReport, report_path
+from tasks.compute import Compute
 from tasks.refine_classical import ClassicalConfig
 from tasks.refine_policy import apply_policy
 from tasks.refine_sam2 import DEFAULT_CONFIG, Sam2Config
@@ -234,7 +236,8 @@ class _Run:
 
 
 def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None = None,
-               cache_dir: Path, sam2_refiner: Any = None, hash_memo: HashMemo | None = None) -> StageReport:
+               cache_dir: Path, sam2_refiner: Any = None, hash_memo: HashMemo | None = None,
+               compute: Compute = None) -> StageReport:
     """Refine the boxes of the thermal COCO file ``inp``; write ``out`` and ``<out>.report.json``.
 
     ``index`` (optional): a paired index; image files are then found by ``pair_id``.
@@ -243,7 +246,9 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
     Images that cannot be read are skipped (with their boxes), listed in ``skipped_images``,
     and the run continues. ``hash_memo`` (optional): image hashes remembered by stat, so an
     unchanged image whose result is cached is neither read nor decoded (the cache entry holds
-    the image size, checked against the COCO file).
+    the image size, checked against the COCO file). ``compute`` (optional): shard the images over
+    Dask (:class:`tasks.compute.ComputeParams` or a running :class:`tasks.shard.Shards`): chunks
+    fill the cache on the workers, then this pass is all cache hits (same output bytes).
     """
     from tqdm import tqdm
 
@@ -269,6 +274,8 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
     out_images = [im for im in ds["images"] if not anns_by_image[im["id"]]]
     out_anns: list[dict] = []
     todo = [im for im in ds["images"] if anns_by_image[im["id"]]]
+    if compute is not None and compute.sharded:
+        _shard_images(run, todo, anns_by_image, sam2_refiner is not None, compute, Path(cache_dir))
     for batch in tqdm(list(_batches(todo, run.refiner.batch)), desc=f"refine ({run.refiner.method})", unit="batch",
                       disable=None):
         results = _raw_results(run, batch, anns_by_image)
@@ -280,6 +287,53 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
                 anns_by_image[im["id"]] = []
     out_anns.extend(passed.values())
     return _write_refined(ds, out, run, out_images, out_anns, n, t0)
+
+
+def _refine_chunk(chunk: tuple[list[tuple[dict, list[dict]]], dict[str, Path] | None], inp: Path,
+                  params: RefineParams, cache_dir: Path, fingerprint: str) -> dict[str, Any]:
+    """On a Dask worker: the refiner's raw output for one chunk's images into the cache; counts only.
+
+    ``chunk``: ((COCO image, its boxes to refine) per image, the index's thermal paths of these
+    images by ``pair_id`` or None without an index). The refiner is built once per worker process
+    (:func:`tasks.shard.worker_model`) and must have the stage's ``fingerprint``.
+    """
+    from tasks.shard import chunk_result, worker_model
+
+    t0 = time.perf_counter()
+    items, pairs = chunk
+    refiner, loads = worker_model(f"refine:{fingerprint}:{params.device}", partial(_Refiner, params))
+    if refiner.fingerprint != fingerprint:
+        raise InputError("the refiner a Dask worker built is not the stage's (another fingerprint: its files "
+                         "changed meanwhile, or it has random weights, which differ per process)",
+                         str(params.sam2_checkpoint), "run the stage again")
+    run = _Run(inp, params, refiner, ImageCache(cache_dir, CACHE_SCHEMA), pairs, None, StageReport(stage=STAGE))
+    anns = {im["id"]: boxes for im, boxes in items}
+    for batch in _batches([im for im, _ in items], refiner.batch):
+        _raw_results(run, batch, anns)
+    return chunk_result(run.report, t0, loads)
+
+
+def _shard_images(run: _Run, todo: list[dict], anns_by_image: dict[int, list[dict]], given: bool,
+                  compute: Compute, cache_dir: Path) -> None:
+    """Fill the refine cache for ``todo`` by chunks on Dask workers (:mod:`tasks.shard`); the sharding
+    goes into the report's ``compute``. Not sharded (logged and recorded as a fallback): a refiner
+    handed in already loaded (workers would rebuild it) and ``use_cache: false`` (nothing to fill)."""
+    from tasks.compute import shard_session
+    from tasks.shard import chunked
+
+    if given or not run.params.use_cache:
+        msg = ("compute: " + ("the SAM2 refiner was passed in already loaded" if given else "refine.use_cache is off")
+               + ", so the images were refined in this process")
+        log.warning(msg)
+        run.report.fallbacks.append(msg)
+        return
+    with shard_session(compute) as shards:
+        chunks = [[(im, anns_by_image[im["id"]]) for im in c]
+                  for c in chunked(todo, shards.params.chunk_size, run.refiner.batch)]
+        pairs = [None if run.pairs is None else {im["pair_id"]: run.pairs[im["pair_id"]] for im, _ in c
+                                                  if im.get("pair_id") in run.pairs} for c in chunks]
+        run.report.compute = shards.run("refine", _refine_chunk, list(zip(chunks, pairs)), run.inp,
+                                        run.params, cache_dir, run.refiner.fingerprint)
 
 
 def _start_refiner(params: RefineParams, sam2_refiner: Any, report: StageReport) -> _Refiner:
