@@ -238,3 +238,19 @@ def test_compute_parameters_are_checked() -> None:
     # chunks start where one process starts a batch (batch 4): 10 frames in chunks of 8, not 5
     assert [len(c) for c in chunked(list(range(10)), 5, 4)] == [8, 2]
     assert [len(c) for c in chunked(list(range(10)), 5, 1)] == [5, 5]
+
+
+def test_a_pipeline_run_holds_one_cluster_started_on_first_use(tmp_path: Path) -> None:
+    from pipeline.executor import pipeline_run
+    from pipeline.params import load_params
+    from tasks.compute import compute_overrides
+    from tasks.shard import Shards
+
+    base = {"data": {"synthetic": {"n_pairs": 8}}, "teacher": {"config": "yolox_tiny_8xb8-300e_coco"}}
+    p = load_params(data=dict(base), overrides=compute_overrides(2, None))
+    with pipeline_run(p, tmp_path / "ws") as ctx:
+        shards = ctx.compute
+        assert isinstance(shards, Shards) and shards.params == p.compute
+        assert shards._client is None                  # nothing sharded yet: no cluster started
+    with pipeline_run(load_params(data=dict(base)), tmp_path / "ws") as ctx:
+        assert ctx.compute is None                     # compute.workers 0: every step in this process
