@@ -41,6 +41,7 @@ from typing import Any
 from distributed import Client, LocalCluster, as_completed, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from core.errors import InputError
 from core.stage_report import StageReport
 from tasks.compute import ComputeParams
 
@@ -115,6 +116,16 @@ def chunked(items: Sequence[Any], chunk_size: int, batch_size: int) -> list[list
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
+def _connect(address: str) -> Client:
+    """A client of the user's scheduler; an unreachable one is an InputError naming the address."""
+    try:
+        return Client(address, timeout="30s")
+    except OSError as exc:                      # distributed raises OSError on a connect timeout/refusal
+        raise InputError(f"cannot reach the Dask scheduler at {address} ({exc})", "compute.scheduler",
+                         "start it (`dask scheduler`, dask-jobqueue, ...) or fix the address "
+                         "(--dask-address / compute.scheduler)") from None
+
+
 class Shards:
     """One Dask client for the sharded stages of a run, started on first use; :meth:`close` ends it.
 
@@ -138,7 +149,7 @@ class Shards:
             if self._client is None:
                 p = self.params
                 if p.scheduler is not None:
-                    self._client = Client(p.scheduler, timeout="30s")
+                    self._client = _connect(p.scheduler)
                 else:
                     self._cluster = LocalCluster(n_workers=p.workers, threads_per_worker=p.threads_per_worker,
                                                  processes=True, dashboard_address=None)

@@ -99,16 +99,22 @@ def test_sharded_infer_and_refine_write_the_bytes_of_one_process(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_sharded_eval_on_its_own_local_cluster_scores_the_same(tmp_path: Path, frames: Path, tiny_detector,
-                                                               one_torch_thread) -> None:
+def test_sharded_eval_on_a_users_scheduler_scores_the_same(tmp_path: Path, frames: Path, tiny_detector,
+                                                           one_torch_thread) -> None:
+    """``compute.scheduler``: the stage connects to a cluster it did not start, and leaves it running."""
+    from distributed import Client, LocalCluster
+
     from tasks.compare import evaluate_columns
     from tasks.compute import ComputeParams
 
     params = {"source_only": _infer_params(tiny_detector)}
     kw = {"columns": ["source_only"], "metrics": ["mAP", "mAP_50"]}
     one = evaluate_columns(frames, params, tmp_path / "one", cache_dir=tmp_path / "c_one", **kw)
-    two = evaluate_columns(frames, params, tmp_path / "two", cache_dir=tmp_path / "c_two",
-                           compute=ComputeParams(workers=2, chunk_size=8), **kw)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as users:
+        two = evaluate_columns(frames, params, tmp_path / "two", cache_dir=tmp_path / "c_two",
+                               compute=ComputeParams(scheduler=users.scheduler_address, chunk_size=8), **kw)
+        with Client(users) as client:
+            assert len(client.scheduler_info()["workers"]) == 2       # still running: the user's to stop
     assert two.evaluation.metrics == one.evaluation.metrics
     assert two.predictions["source_only"].read_bytes() == one.predictions["source_only"].read_bytes()
     assert (one.cache_misses, two.cache_misses, two.cache_hits) == (N, 0, N)
