@@ -129,7 +129,8 @@ def _infer(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
     rep = run_infer(ctx.input(step, "images"), out / "infer.json",
                     ctx.params.infer_params(config, ck, source=step.options.get("source", "rgb_teacher"),
                                             overrides=step.options.get("params")),
-                    cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo, image_root=ctx.image_root, compute=ctx.compute)
+                    cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo, image_root=ctx.image_root,
+                    compute=ctx.compute)
     return _from_report(rep, {"coco": out / "infer.json"})
 
 

@@ -333,13 +333,16 @@ def _infer_chunk(images: list[dict], root: Path, params: InferParams, cache_dir:
 def _shard_frames(images: list[dict], root: Path, params: InferParams, cache_dir: Path, detector: Any, given: bool,
                   compute: Compute, report: StageReport) -> None:
     """Fill the cache for ``images`` by chunks on Dask workers (see :mod:`tasks.shard`); the sharding goes
-    into ``report.compute``. A detector handed in by the caller is not sharded: the workers would have to
-    rebuild it from ``params`` (with full trust in the checkpoint), so that fallback is logged and recorded."""
+    into ``report.compute``. Not sharded (a fallback, logged and recorded): a detector handed in by the
+    caller (the workers would have to rebuild it from ``params``, with full trust in the checkpoint) and
+    one with random weights (each process would draw other weights)."""
+    from detection.detector import RANDOM_INIT
     from tasks.compute import shard_session
     from tasks.shard import chunked
 
-    if given:
-        msg = "compute: the detector was passed in already loaded, so its frames were inferred in this process"
+    if given or str(detector.fingerprint).startswith(RANDOM_INIT):
+        msg = (f"compute: the detector {'was passed in already loaded' if given else 'has random weights'}, "
+               "so its frames were inferred in this process")
         log.warning(msg)
         report.fallbacks.append(msg)
         return
