@@ -6,8 +6,8 @@ fingerprint + parameters). So a sharded stage only has to *fill that cache* on t
 splits its frames into chunks, each chunk's Dask task runs the stage's own per-frame loop on a
 worker (``tasks.infer._infer_chunk``, ``tasks.refine._refine_chunk``) and returns small counts,
 never detections. The stage then runs its ordinary one-process pass, which is all cache hits and
-writes its COCO output exactly as without Dask: byte-identical by construction
-(``tests/test_sharding.py``). Consequences:
+writes its COCO output exactly as without Dask (``tests/test_sharding.py``: byte-identical files).
+Consequences:
 
 - two workers never see a half entry (atomic writes), and a re-run reuses every finished frame;
 - a worker lost mid-stage costs only the frames of its chunk not yet cached: the scheduler
@@ -23,9 +23,14 @@ the last few models by fingerprint. ``Shards`` is one client, on a :class:`distr
 of worker processes (``compute.workers``) or on the user's scheduler (``compute.scheduler``),
 started on first use, so a pipeline run whose sharded steps are all reused starts nothing.
 
-Chunks are cut at multiples of the stage's batch size: a cold sharded run then forms the same
-detector batches as one process (batched padding can move a score in its 6th decimal, see
-``tasks.infer.InferParams``).
+Chunks are cut at multiples of the stage's batch size, so a cold sharded run forms the same
+detector batches as one process and writes the same bytes. The one exception is a batch *size*
+effect the detector already has in one process (``tasks.infer.InferParams.batch_size``: a score may
+move in its 6th decimal when a frame is inferred in a smaller batch): after an unreadable frame, or
+in a chunk that was partly cached, the sharded run's batches are grouped per chunk and one process's
+over the whole set, so such scores can differ in the last digit, as they do between a cold and a
+partly cached one-process run. Any two sharded runs (1 or N workers) form the same chunks and
+batches. The classical refiner has no batches (identical always).
 """
 from __future__ import annotations
 

@@ -78,16 +78,22 @@ def test_sharded_infer_and_refine_write_the_bytes_of_one_process(tmp_path: Path,
     from tasks.refine import RefineParams, run_refine
 
     params = _infer_params(tiny_detector)
-    one = run_infer(with_bad_frame, tmp_path / "one.json", params, cache_dir=tmp_path / "c_one")
-    two = run_infer(with_bad_frame, tmp_path / "two.json", params, cache_dir=tmp_path / "c_two", compute=shards)
+    one = run_infer(frames, tmp_path / "one.json", params, cache_dir=tmp_path / "c_one")
+    two = run_infer(frames, tmp_path / "two.json", params, cache_dir=tmp_path / "c_two", compute=shards)
     assert (tmp_path / "two.json").read_bytes() == (tmp_path / "one.json").read_bytes()
-    assert (one.cache_misses, one.cache_hits) == (N - 1, 0)
-    assert (two.cache_misses, two.cache_hits) == (0, N - 1)        # the chunks filled the cache
-    assert two.skipped_images == one.skipped_images and len(one.skipped_images) == 1
+    assert (one.cache_misses, one.cache_hits) == (N, 0)
+    assert (two.cache_misses, two.cache_hits) == (0, N)        # the chunks filled the cache
     c = two.compute
-    assert (c["chunks"], c["chunk_frames"], c["frames_computed"], c["frames_skipped"]) == (6, [4] * 6, N - 1, 1)
+    assert (c["chunks"], c["chunk_frames"], c["frames_computed"], c["chunk_cached"]) == (6, [4] * 6, N, [0] * 6)
     assert c["workers"] == 2 and len(c["model_loads"]) == 2 and set(c["model_loads"].values()) == {1}  # once per worker
     assert c["scheduler"].startswith("tcp://") and len(c["chunk_seconds"]) == 6
+
+    # an unreadable frame: skipped and reported as in one process (the stage's own pass re-finds it)
+    bad_one = run_infer(with_bad_frame, tmp_path / "b1.json", params, cache_dir=tmp_path / "c_b1")
+    bad_two = run_infer(with_bad_frame, tmp_path / "b2.json", params, cache_dir=tmp_path / "c_b2", compute=shards)
+    assert bad_two.skipped_images == bad_one.skipped_images and len(bad_one.skipped_images) == 1
+    assert (bad_two.compute["frames_skipped"], bad_two.compute["frames_computed"], bad_two.cache_hits) == (1, N - 1, N - 1)
+    assert load_dataset(tmp_path / "b2.json")["images"] == load_dataset(tmp_path / "b1.json")["images"]
 
     rp = RefineParams(method="classical")
     r_one = run_refine(frames, tmp_path / "r_one.json", rp, cache_dir=tmp_path / "r_c_one")
