@@ -71,7 +71,6 @@ def _infer_params(det: tuple[Path, Path]):
     return InferParams(config=str(det[0]), checkpoint=str(det[1]), device="cpu", batch_size=2, min_score=0.01)
 
 
-@pytest.mark.slow
 def test_sharded_infer_and_refine_write_the_bytes_of_one_process(tmp_path: Path, with_bad_frame: Path, frames: Path,
                                                                  tiny_detector, shards, one_torch_thread) -> None:
     from tasks.infer import run_infer
@@ -104,7 +103,6 @@ def test_sharded_infer_and_refine_write_the_bytes_of_one_process(tmp_path: Path,
     assert r_two.compute["frames_computed"] == r_one.cache_misses
 
 
-@pytest.mark.slow
 def test_sharded_eval_on_a_users_scheduler_scores_the_same(tmp_path: Path, frames: Path, tiny_detector,
                                                            one_torch_thread) -> None:
     """``compute.scheduler``: the stage connects to a cluster it did not start, and leaves it running."""
@@ -182,7 +180,6 @@ class _Killer(threading.Thread):
         return False
 
 
-@pytest.mark.slow
 def test_a_worker_killed_mid_chunk_costs_only_its_unfinished_frames(tmp_path: Path, frames: Path, tiny_detector,
                                                                     one_torch_thread) -> None:
     from detection.detector import load_detector
