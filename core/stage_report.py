@@ -38,6 +38,8 @@ class StageReport:
     - ``fallbacks``: one human-readable line per fallback taken (also logged at WARNING).
     - ``models``: role -> human-readable description of the model/weights used.
     - ``skipped_images``: ``{"image": path, "reason": ...}`` per image that could not be used.
+    - ``compute``: how the frames were sharded over Dask (workers, chunks, per-chunk seconds,
+      scheduler address: ``tasks.shard.Shards.run``); empty when the stage ran in one process.
     """
 
     stage: str
@@ -52,6 +54,7 @@ class StageReport:
     fallbacks: list[str] = field(default_factory=list)
     models: dict[str, str] = field(default_factory=dict)
     skipped_images: list[dict[str, Any]] = field(default_factory=list)
+    compute: dict[str, Any] = field(default_factory=dict)
 
     def add_dropped(self, reason: str, n: int = 1) -> None:
         """Count ``n`` boxes dropped for ``reason`` (a short snake_case word)."""

@@ -18,6 +18,12 @@ Prefect adds:
 - artifacts: each evaluation table (``adapt-metrics``, with the per-class day/night and gap-closed
   table), the per-round plot (``adapt-rounds-plot``) and the pseudo-label quality report.
 
+Dask: with ``workers``/``dask_address`` (``compute`` in ``params.yaml``) the per-image steps shard
+their frames over a Dask cluster through :mod:`tasks.shard`, the one mechanism of every door. The
+steps themselves stay tasks of this flow process (Prefect's thread runner), not tasks of a
+``prefect_dask.DaskTaskRunner``: they share one run context (record, lock, hash memo, outputs),
+which would be copied, not shared, on Dask workers.
+
 Prefect's own result caching is off (``NO_CACHE``): reuse is decided by the stage keys, which
 hash file *contents*. Telemetry is off unless the user turned it on (see :mod:`flows.quiet`).
 
@@ -45,6 +51,7 @@ from pipeline.executor import execute_step, pipeline_run
 from pipeline.step import PipelineContext, Step
 from pipeline.params import load_params
 from pipeline.plan import plan
+from tasks.compute import compute_overrides
 
 METRICS_ARTIFACT = "adapt-metrics"
 QUALITY_ARTIFACT = "pseudo-label-quality"
@@ -97,12 +104,16 @@ def run_plan(ctx: PipelineContext, steps: list[Step]) -> None:
 @flow(name="rgb2thermal-adapt", persist_result=False)
 def adapt_flow(params_path: str | None = "params.yaml", workspace: str = "workspace",
                overrides: list[str] | None = None, params: dict[str, Any] | None = None,
-               lock_wait_seconds: float = 0.0, hold_lock: bool = True) -> dict[str, Any]:
+               lock_wait_seconds: float = 0.0, hold_lock: bool = True, workers: int | None = None,
+               dask_address: str | None = None) -> dict[str, Any]:
     """Run the pipeline; ``params`` (a mapping) replaces reading ``params_path``. Returns the run record.
 
     ``hold_lock=False``: the caller already holds the workspace lock (the nightly flow, which
-    keeps it from the challenger run through promotion)."""
-    p = load_params(None if params is not None else params_path, overrides, data=params)
+    keeps it from the challenger run through promotion). ``workers`` / ``dask_address``: shard the
+    per-image steps over a local Dask cluster of that many processes / the user's scheduler
+    (``compute.workers`` / ``compute.scheduler``; see :mod:`tasks.shard`)."""
+    p = load_params(None if params is not None else params_path,
+                    [*(overrides or []), *compute_overrides(workers, dask_address)], data=params)
     steps = plan(p)
     with pipeline_run(p, workspace, flow="prefect-adapt", lock_wait_seconds=lock_wait_seconds,
                       hold_lock=hold_lock) as ctx:
@@ -127,12 +138,16 @@ def adapt_flow(params_path: str | None = "params.yaml", workspace: str = "worksp
 
 def main(argv: list[str] | None = None) -> int:
     ap = quiet.flow_parser("python -m flows.adapt", __doc__.split("\n\n")[0], "stage outputs, caches and run records")
+    ap.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="shard infer/refine/eval over a local Dask cluster of N worker processes")
+    ap.add_argument("--dask-address", default=None, metavar="ADDR",
+                    help="shard them over your own Dask cluster (tcp://host:8786)")
     args = ap.parse_args(argv)
     quiet.configure(args.verbose)
 
     def body() -> int:
         record = adapt_flow(params_path=args.params, workspace=args.workspace, overrides=args.overrides,
-                            lock_wait_seconds=args.wait or 0.0)
+                            lock_wait_seconds=args.wait or 0.0, workers=args.workers, dask_address=args.dask_address)
         print(f"run {record['run_id']}: {record['status']}")
         return 0 if record["status"] == "succeeded" else 1
 

@@ -42,6 +42,7 @@ from data.fingerprint import content_fingerprint
 from pipeline.runs import RunRecord, StageRecord, git_revision, new_run_id, now, save_record
 from pipeline.stages import run_kind
 from pipeline.step import PipelineContext, Step, StepOutput
+from tasks.compute import open_shards
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def pipeline_run(params: PipelineParams, workspace: str | Path, flow: str = "ada
     lock = workspace_lock(ws, record.run_id, wait_seconds=lock_wait_seconds) if hold_lock else contextlib.nullcontext()
     with lock:
         ctx = PipelineContext(params=params, workspace=ws, record=record, memo=workspace_hash_memo(ws),
-                              cache_root=shared_cache)
+                              cache_root=shared_cache, compute=open_shards(params.compute))
         save_record(ws, record)
         try:
             ctx.mount_datasets()
@@ -226,6 +227,8 @@ def pipeline_run(params: PipelineParams, workspace: str | Path, flow: str = "ada
             record.error = f"step {ctx.current or '(none)'}: {exc.__class__.__name__}: {exc}"
             raise
         finally:
+            if ctx.compute is not None:
+                ctx.compute.close()
             ctx.memo.save()
             record.finished = now()
             save_record(ws, record)

@@ -14,7 +14,8 @@ turns every failure into ONE :class:`~core.errors.InputError` naming each key
 keys are the stage fields' names, with no aliases.
 
 Sections mirror the stages: ``data``, ``teacher``, ``infer``, ``pseudo``, ``warp``, ``refine``,
-``student``, ``eval``, ``label`` (the labelling loop). Overrides use dotted keys
+``student``, ``eval``, ``label`` (the labelling loop); ``compute`` (:class:`tasks.compute.ComputeParams`) says where
+the per-image stages run and is in no step key. Overrides use dotted keys
 (``--set refine.classical_score_threshold=0.5``); values are parsed as YAML scalars (``0.5`` is a float,
 ``true`` a bool, ``[1, 2]`` a list).
 Relative paths in ``params.yaml`` are relative to the file's folder.
@@ -47,6 +48,7 @@ from data.synthetic_dataset import SyntheticSettings
 from tasks.label_pick import PickFields, PickParams
 from detection.train_spec import TrainFields, training_identity
 from tasks import stage_specs
+from tasks.compute import ComputeParams
 
 def _section_model(spec: StageSpec) -> type[BaseModel]:
     """The ``params.yaml`` section of a stage: the stage class's fields minus the ones the pipeline
@@ -280,6 +282,9 @@ class PipelineParams(_Strict):
     self_training: SelfTrainingSection = Field(default_factory=SelfTrainingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     label: LabelSection = Field(default_factory=LabelSection)
+    #: where the per-image stages run (local Dask workers, the user's scheduler, or here): in NO step
+    #: key and no DVC ``params`` list, since it changes where frames are computed, never the outputs
+    compute: ComputeParams = Field(default_factory=ComputeParams)
 
     def stage_params(self, kind: str, overrides: Mapping[str, Any] | BaseModel | None = None,
                      **wired: Any) -> StageParams:

@@ -121,7 +121,8 @@ def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
             config=model[0], checkpoint=model[1], source="thermal_teacher" if column == "source_only" else "thermal_student")
     res = evaluate_columns(gt, params, out, p.eval.metrics, columns=step.options["columns"],
                            cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo, image_root=ctx.image_root,
-                           describe=step.options.get("describe"), decisions=(decisions := _decisions(ctx, step, gt)))
+                           describe=step.options.get("describe"), decisions=(decisions := _decisions(ctx, step, gt)),
+                           compute=ctx.compute)
     ev = res.evaluation
     return StepOutput(files={**ev.files, **{f"predictions_{k}": v for k, v in res.predictions.items()}},
                       cache_hits=res.cache_hits, cache_misses=res.cache_misses,

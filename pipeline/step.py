@@ -83,6 +83,9 @@ class PipelineContext:
     memo: HashMemo = field(default_factory=HashMemo)   # file hashes by stat (see core.hashing)
     cache_root: Path | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)   # guards the record (concurrent flow steps)
+    #: the Dask cluster the per-image steps shard on (``tasks.shard.Shards``, started on first use and
+    #: closed by ``pipeline_run``), or None: they run in this process (``params.compute``)
+    compute: Any = None
 
     def stage_dir(self, name: str) -> Path:
         return self.workspace / "stages" / name

@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: $RGB2THERMAL_CACHE_DIR, else WORKSPACE/cache)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another run holding the workspace to finish (default: fail at once)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="shard infer, refine and eval over a local Dask cluster of N worker processes "
+                        "(= --set compute.workers=N; outputs identical to one process)")
+    p.add_argument("--dask-address", default=None, metavar="ADDR",
+                   help="shard them over your own Dask cluster instead, e.g. tcp://host:8786 "
+                        "(= --set compute.scheduler=ADDR; see README 'Running on a Dask cluster')")
     p.add_argument("--check", action="store_true", help="only validate the parameters and exit")
     p.set_defaults(func=run)
 
@@ -69,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.executor import run_pipeline
     from pipeline.params import load_params
     from pipeline.runs import format_show
+    from tasks.compute import compute_overrides
 
-    params = load_params(args.params, args.overrides)
+    params = load_params(args.params, [*args.overrides, *compute_overrides(args.workers, args.dask_address)])
     if args.check:
         params.check_files()
         print(f"{args.params}: parameters OK")

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel
 
 from core.stage_report import StageReport
+from tasks.compute import ComputeParams
 from tasks.infer import InferParams
 from tasks.pseudo import PseudoParams
 from tasks.warp import WarpParams
@@ -66,6 +67,26 @@ def add_io_arguments(p: argparse.ArgumentParser, *, inp_help: str, out_help: str
     if cache:
         p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                        help=f"per-image cache folder (content-addressed; default {cache_default})")
+
+
+def add_compute_arguments(p: argparse.ArgumentParser) -> None:
+    """``--workers N`` / ``--dask-address ADDR`` / ``--chunk-size K``: where the frames are computed
+    (:class:`tasks.compute.ComputeParams`; the output is the same bytes either way)."""
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="shard the frames over a local Dask cluster of N worker processes (each loads the model "
+                        "once); default: in this process")
+    p.add_argument("--dask-address", default=None, metavar="ADDR",
+                   help="shard the frames over your own Dask cluster, e.g. tcp://host:8786 (`dask scheduler` + "
+                        "`dask worker`, dask-jobqueue, Kubernetes); its workers must see the same paths")
+    p.add_argument("--chunk-size", type=int, default=None, metavar="K",
+                   help=f"frames per Dask task (default {_d(ComputeParams, 'chunk_size')})")
+
+
+def compute_from_args(args: argparse.Namespace, where: str) -> ComputeParams:
+    """The :class:`tasks.compute.ComputeParams` of :func:`add_compute_arguments`'s options."""
+    values = {k: v for k, v in (("workers", args.workers), ("scheduler", args.dask_address),
+                                ("chunk_size", args.chunk_size)) if v is not None}
+    return ComputeParams.validated(values, where, fix="see --workers/--dask-address/--chunk-size in --help")
 
 
 def print_report(report: StageReport) -> None:
@@ -140,6 +161,7 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
                         "(the detector run directly on thermal frames)")
     p.add_argument("--image-root", type=Path, default=None,
                    help="folder that relative 'file_name's are resolved against (default: the COCO file's folder)")
+    add_compute_arguments(p)
 
 
 def _infer_run(args: argparse.Namespace) -> int:
@@ -150,7 +172,8 @@ def _infer_run(args: argparse.Namespace) -> int:
          "min_score": args.min_score, "max_per_image": args.max_per_image, "source": args.source},
         **params_where("infer"))
     cache = args.cache_dir if args.cache_dir is not None else args.out.parent / ".cache" / "infer"
-    print_report(run_infer(args.inp, args.out, params, cache_dir=cache, image_root=args.image_root))
+    print_report(run_infer(args.inp, args.out, params, cache_dir=cache, image_root=args.image_root,
+                           compute=compute_from_args(args, "rgb2thermal stage infer")))
     return 0
 
 

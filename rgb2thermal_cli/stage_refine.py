@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rgb2thermal_cli.stage import StageCommand, _d, add_io_arguments, params_where, print_report
+from rgb2thermal_cli.stage import (StageCommand, _d, add_compute_arguments, add_io_arguments, compute_from_args,
+                                   params_where, print_report)
 from tasks.refine import RefineParams
 
 
@@ -54,6 +55,7 @@ def _refine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the per-image cache")
     p.add_argument("--image-root", type=Path, default=None,
                    help="folder that relative 'file_name's are resolved against (default: the COCO file's folder)")
+    add_compute_arguments(p)
 
 
 def refine_cache_default(out: Path) -> Path:
@@ -76,7 +78,8 @@ def _refine_run(args: argparse.Namespace) -> int:
               **thresholds}
     params = RefineParams.validated(values, **params_where("refine"))
     cache_dir = args.cache_dir if args.cache_dir is not None else refine_cache_default(args.out)
-    print_report(run_refine(args.inp, args.out, params, index=args.index, cache_dir=cache_dir))
+    print_report(run_refine(args.inp, args.out, params, index=args.index, cache_dir=cache_dir,
+                            compute=compute_from_args(args, "rgb2thermal stage refine")))
     return 0
 
 

@@ -31,6 +31,7 @@ from tasks.evaluate import _fmt as _fmt_digits
 
 if TYPE_CHECKING:
     from core.hashing import HashMemo
+    from tasks.compute import Compute
     from tasks.infer import InferParams
 
 ALL = "all"
@@ -288,7 +289,7 @@ class ColumnsEvaluation:
 def evaluate_columns(gt: Path, params: Mapping[str, InferParams], out: Path, metrics: Sequence[str], *,
                      columns: Sequence[str], cache_dir: Path, hash_memo: HashMemo | None = None,
                      image_root: Path | None = None, describe: Mapping[str, str] | None = None,
-                     decisions: str = "") -> ColumnsEvaluation:
+                     decisions: str = "", compute: Compute = None) -> ColumnsEvaluation:
     """Run every model through the infer stage on ``gt``'s frames and score them side by side.
 
     One inference path: each model runs as it pseudo-labels (:func:`tasks.infer.infer_results`, same
@@ -307,22 +308,26 @@ def evaluate_columns(gt: Path, params: Mapping[str, InferParams], out: Path, met
         image_root: the folder ``gt``'s relative ``file_name``s are relative to.
         describe: per column, what its model was trained on (table rows).
         decisions: one sentence on what this run's decisions were made on.
+        compute: where the columns' frames are inferred (:class:`tasks.compute.ComputeParams` or a
+            running :class:`tasks.shard.Shards`); one Dask cluster serves every column.
 
     Returns:
         A :class:`ColumnsEvaluation`; its ``fallbacks`` add one line per column with unreadable
         frames (scored as misses, never silently left out).
     """
+    from tasks.compute import shard_session
     from tasks.infer import infer_results
 
     preds: dict[str, Path] = {}
     conditions: dict[str, dict[str, Any]] = {}
     reports = []
-    for column, p in params.items():
-        results, rep = infer_results(gt, out / f"infer_{column}.json", p, cache_dir=cache_dir, hash_memo=hash_memo,
-                                     image_root=image_root)
-        preds[column] = atomic.write_json(out / f"predictions_{column}.json", results, indent=None)
-        conditions[column] = {**rep.params, "skipped": len(rep.skipped_images)}
-        reports.append(rep)
+    with shard_session(compute) as shards:
+        for column, p in params.items():
+            results, rep = infer_results(gt, out / f"infer_{column}.json", p, cache_dir=cache_dir, hash_memo=hash_memo,
+                                         image_root=image_root, compute=shards)
+            preds[column] = atomic.write_json(out / f"predictions_{column}.json", results, indent=None)
+            conditions[column] = {**rep.params, "skipped": len(rep.skipped_images)}
+            reports.append(rep)
     ev = evaluate_models(gt, preds, out, metrics, columns=columns, conditions=conditions, describe=describe,
                          decisions=decisions)
     skipped = [f"{c}: {n['skipped']} test frame(s) could not be read: scored as misses (see infer_{c}.json.report.json)"

@@ -29,6 +29,10 @@ The cache is :class:`core.image_cache.ImageCache` (``<cache_dir>/<key[:2]>/<key>
 Boxes: detections are ``xyxy`` float pixels in the ORIGINAL image (as decoded from the file);
 the COCO output is ``xywh`` (via ``core.coco.annotation``).
 
+Sharding (``compute``, :mod:`tasks.shard`): over Dask, chunks of frames run :func:`infer_frames` on
+the workers (:func:`_infer_chunk`, the detector loaded once per worker) to fill the cache, then the
+stage's own pass is all cache hits and writes the same bytes as a one-process run.
+
 Streaming: each file is read once (hashed and decoded from the same bytes), decoded and put
 through the test pipeline (built once per run), by one prefetch thread at most two batches ahead
 of the forward pass when a core is free for it (a GPU model, or more cores than torch threads;
@@ -47,6 +51,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -62,6 +67,7 @@ from core.images import read_error, read_image, size_mismatch, to_bgr_u8
 from core.stage_params import PathStr, StageParams
 from core.stage_report import StageReport, report_path
 from core.stage_spec import StageSpec
+from tasks.compute import Compute
 from tasks.tta import View, fuse_views, hflip, unflip_boxes
 
 log = logging.getLogger(__name__)
@@ -391,8 +397,54 @@ def _start_report(inp: Path, params: InferParams, index: Path | None, cache_dir:
     return report
 
 
+def _infer_chunk(images: list[dict], root: Path, params: InferParams, cache_dir: Path, fingerprint: str
+                 ) -> dict[str, Any]:
+    """On a Dask worker: fill the cache with one chunk's frames (:func:`infer_frames`); counts only.
+
+    The worker's detector is loaded once per worker process (:func:`tasks.shard.worker_model`) and
+    must be the one the stage fingerprinted (``fingerprint``): a checkpoint changed under the same
+    path would otherwise fill the cache under another model's key, which the stage would not find.
+    """
+    from detection.detector import load_detector
+    from tasks.shard import chunk_result, worker_model
+
+    t0 = time.perf_counter()
+    detector, loads = worker_model(f"infer:{fingerprint}:{params.device}",
+                                   partial(load_detector, params.config, params.checkpoint, params.device))
+    if detector.fingerprint != fingerprint:
+        raise InputError("the detector a Dask worker built is not the stage's (another fingerprint: its files "
+                         "changed meanwhile, or it has random weights, which differ per process)",
+                         f"{params.config} + {params.checkpoint}", "run the stage again")
+    report = StageReport(stage="infer")
+    with contextlib.suppress(InputError):   # none of this chunk's files exist: the stage's own pass says so
+        infer_frames(images, root, params, detector, ImageCache(cache_dir, CACHE_SCHEMA), report)
+    return chunk_result(report, t0, loads)
+
+
+def _shard_frames(images: list[dict], root: Path, params: InferParams, cache_dir: Path, detector: Any, given: bool,
+                  compute: Compute, report: StageReport) -> None:
+    """Fill the cache for ``images`` by chunks on Dask workers (see :mod:`tasks.shard`); the sharding goes
+    into ``report.compute``. Not sharded (a fallback, logged and recorded): a detector handed in by the
+    caller (the workers would have to rebuild it from ``params``, with full trust in the checkpoint) and
+    one with random weights (each process would draw other weights)."""
+    from detection.detector import RANDOM_INIT
+    from tasks.compute import shard_session
+    from tasks.shard import chunked
+
+    if given or str(detector.fingerprint).startswith(RANDOM_INIT):
+        msg = (f"compute: the detector {'was passed in already loaded' if given else 'has random weights'}, "
+               "so its frames were inferred in this process")
+        log.warning(msg)
+        report.fallbacks.append(msg)
+        return
+    with shard_session(compute) as shards:
+        chunks = chunked(images, shards.params.chunk_size, params.batch_size)
+        report.compute = shards.run("infer", _infer_chunk, chunks, root, params, cache_dir, detector.fingerprint)
+
+
 def run_infer(inp: Path, out: Path, params: InferParams, *, cache_dir: Path, index: Path | None = None,
-              image_root: Path | None = None, detector: Any = None, hash_memo: HashMemo | None = None) -> StageReport:
+              image_root: Path | None = None, detector: Any = None, hash_memo: HashMemo | None = None,
+              compute: Compute = None) -> StageReport:
     """Run the detector over the images of COCO file ``inp``; write COCO detections to ``out``.
 
     The only code that runs a detector over a data set: pseudo-labelling, the pipeline's ``val``
@@ -415,10 +467,14 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, cache_dir: Path, ind
             the champion loads its archive with ``trusted=False``). Its fingerprint keys the cache.
         hash_memo: image hashes remembered by stat (:class:`core.hashing.HashMemo`), so an unchanged
             cached frame is not even read.
+        compute: where the frames are inferred (:class:`tasks.compute.ComputeParams`, or a running
+            :class:`tasks.shard.Shards`): sharded over Dask, chunks of frames fill the cache on the
+            workers first, then this pass is all cache hits (same output bytes). None: here.
 
     Returns:
         The stage report (also written to ``<out>.report.json``): cache hits/misses, skipped frames,
-        ``params.test_size`` = the ``[w, h]`` test input in pixels the detector ran at.
+        ``params.test_size`` = the ``[w, h]`` test input in pixels the detector ran at, ``compute`` =
+        the sharding (workers, chunks, per-chunk seconds, scheduler) when it was sharded.
     """
     from detection.detector import load_detector
 
@@ -427,9 +483,12 @@ def run_infer(inp: Path, out: Path, params: InferParams, *, cache_dir: Path, ind
     root = Path(image_root) if image_root is not None else inp.parent
     ds = load_dataset(inp)
     refuse_escaping_file_names(ds, root, inp)      # before the detector loads: nothing read outside root
+    given = detector is not None
     if detector is None:
         detector = load_detector(params.config, params.checkpoint, params.device)
     report = _start_report(inp, params, index, cache_dir, detector)
+    if compute is not None and compute.sharded:
+        _shard_frames(ds["images"], root, params, cache_dir, detector, given, compute, report)
     results = infer_frames(ds["images"], root, params, detector, ImageCache(cache_dir, CACHE_SCHEMA), report, hash_memo)
     coco = _infer_coco(ds["images"], results, detector, params)
     save_dataset(out, coco, indent=None)
@@ -466,7 +525,8 @@ def coco_results(infer_coco: dict, gt: dict, where: str = "infer output") -> lis
 
 
 def infer_results(gt: Path, out: Path, params: InferParams, *, cache_dir: Path, image_root: Path | None = None,
-                  detector: Any = None, hash_memo: HashMemo | None = None) -> tuple[list[dict], StageReport]:
+                  detector: Any = None, hash_memo: HashMemo | None = None,
+                  compute: Compute = None) -> tuple[list[dict], StageReport]:
     """:func:`run_infer` over the frames of ground-truth file ``gt`` (its COCO output at ``out``),
     and the COCO results for ``gt``'s categories (:func:`coco_results`), for ``tasks.evaluate``.
 
@@ -479,16 +539,18 @@ def infer_results(gt: Path, out: Path, params: InferParams, *, cache_dir: Path, 
 
     A frame that cannot be read is skipped and recorded in the report, as in every infer run: it
     has no detections, so its ground-truth boxes count as misses (the score can only be lower,
-    never silently better); callers put ``report.skipped_images`` in their own record.
+    never silently better); callers put ``report.skipped_images`` in their own record. ``compute``:
+    where the frames are inferred (see :func:`run_infer`).
     """
     floor = min(params.min_score, EVAL_MIN_SCORE)
     report = run_infer(gt, out, params if floor == params.min_score else params.replace(min_score=floor),
-                       cache_dir=cache_dir, image_root=image_root, detector=detector, hash_memo=hash_memo)
+                       cache_dir=cache_dir, image_root=image_root, detector=detector, hash_memo=hash_memo,
+                       compute=compute)
     return coco_results(load_dataset(out), load_dataset(gt), str(out)), report
 
 
 #: How the pipeline runs this stage (:class:`core.stage_spec.StageSpec`): the model a step reads
 #: gives config and checkpoint, the step's ``source`` option the provenance tag.
 STAGE_SPEC = StageSpec(kind="infer", run=run_infer, params=InferParams, output="infer.json", inputs="images",
-                       uses=("cache_dir", "hash_memo", "image_root"), section="infer",
+                       uses=("cache_dir", "hash_memo", "image_root", "compute"), section="infer",
                        wired={"config": "model_config", "checkpoint": "model_checkpoint", "source": "source"})

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +52,7 @@ from core.images import read_error, read_image, size_mismatch, to_gray_u8, to_rg
 from core.stage_params import PathStr, StageParams
 from core.stage_report import StageReport, report_path
 from core.stage_spec import StageSpec
+from tasks.compute import Compute
 from tasks.refine_classical import ClassicalConfig
 from tasks.refine_policy import apply_policy
 from tasks.refine_sam2 import DEFAULT_CONFIG, Sam2Config
@@ -230,7 +232,8 @@ class _Run:
 
 
 def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None = None,
-               cache_dir: Path, sam2_refiner: Any = None, hash_memo: HashMemo | None = None) -> StageReport:
+               cache_dir: Path, sam2_refiner: Any = None, hash_memo: HashMemo | None = None,
+               compute: Compute = None) -> StageReport:
     """Refine the boxes of the thermal COCO file ``inp``; write ``out`` and ``<out>.report.json``.
 
     ``index`` (optional): a paired index; image files are then found by ``pair_id``.
@@ -239,7 +242,10 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
     Images that cannot be read are skipped (with their boxes), listed in ``skipped_images``,
     and the run continues. ``hash_memo`` (optional): image hashes remembered by stat, so an
     unchanged image whose result is cached is neither read nor decoded (the cache entry holds
-    the image size, checked against the COCO file).
+    the image size, checked against the COCO file). ``compute`` (optional): shard the images over
+    Dask (:class:`tasks.compute.ComputeParams` or a running :class:`tasks.shard.Shards`): chunks
+    fill the cache on the workers, then this pass is all cache hits (same output bytes; the
+    images to refine and their boxes are then gathered in memory to be sent to the workers).
 
     Memory is flat in the number of images: the input is read element by element and spooled to
     an unlinked temporary file beside ``out`` (:func:`core.coco.spool_dataset`), images are read
@@ -270,6 +276,8 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
         info["refine"] = {"method": run.refiner.method, "model": run.refiner.description,
                           "fallback": bool(report.fallbacks)}
         extra = {k: v for k, v in ds.top.items() if k not in ("info", "categories")}
+        if compute is not None and compute.sharded:
+            _shard_images(run, _items_to_refine(ds, passed), sam2_refiner is not None, compute, Path(cache_dir))
         with coco.CocoWriter(out, info, ds.top["categories"], extra) as writer:
             _refine_all(run, ds, passed, writer, n)
             for j in np.flatnonzero(passed):
@@ -282,6 +290,18 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
     report.seconds = round(time.perf_counter() - t0, 3)
     report.save(report_path(out))
     return report
+
+
+def _items_to_refine(ds: coco.SpooledDataset, passed: np.ndarray) -> list[tuple[dict, list[dict]]]:
+    """(COCO image, its boxes to refine) for every image that has any, in input order (what the
+    Dask chunks carry)."""
+    order, starts = ds.annotations_by_image()
+    items = []
+    for i in range(len(ds.image_span)):
+        anns = [ds.annotation(j) for j in order[starts[i]:starts[i + 1]] if not passed[j]]
+        if anns:
+            items.append((ds.image(i), anns))
+    return items
 
 
 def _refine_all(run: _Run, ds: coco.SpooledDataset, passed: np.ndarray, writer: coco.CocoWriter,
@@ -320,6 +340,54 @@ def _flush(run: _Run, window: list[tuple[dict, list[dict]]], writer: coco.CocoWr
             for a in _decide(run, im, anns, *results[im["id"]], n):
                 writer.add_annotation(a)
     window.clear()
+
+
+def _refine_chunk(chunk: tuple[list[tuple[dict, list[dict]]], dict[str, Path] | None], inp: Path,
+                  params: RefineParams, cache_dir: Path, fingerprint: str) -> dict[str, Any]:
+    """On a Dask worker: the refiner's raw output for one chunk's images into the cache; counts only.
+
+    ``chunk``: ((COCO image, its boxes to refine) per image, the index's thermal paths of these
+    images by ``pair_id`` or None without an index). The refiner is built once per worker process
+    (:func:`tasks.shard.worker_model`) and must have the stage's ``fingerprint``.
+    """
+    from tasks.shard import chunk_result, worker_model
+
+    t0 = time.perf_counter()
+    items, pairs = chunk
+    refiner, loads = worker_model(f"refine:{fingerprint}:{params.device}", partial(_Refiner, params))
+    if refiner.fingerprint != fingerprint:
+        raise InputError("the refiner a Dask worker built is not the stage's (another fingerprint: its files "
+                         "changed meanwhile, or it has random weights, which differ per process)",
+                         str(params.sam2_checkpoint), "run the stage again")
+    run = _Run(inp, params, refiner, ImageCache(cache_dir, CACHE_SCHEMA), pairs, None, StageReport(stage=STAGE))
+    anns = {im["id"]: boxes for im, boxes in items}
+    images = [im for im, _ in items]
+    for k in range(0, len(images), refiner.batch):
+        _raw_results(run, images[k:k + refiner.batch], anns)
+    return chunk_result(run.report, t0, loads)
+
+
+def _shard_images(run: _Run, items: list[tuple[dict, list[dict]]], given: bool, compute: Compute,
+                  cache_dir: Path) -> None:
+    """Fill the refine cache for ``items`` ((image, its boxes to refine) pairs) by chunks on Dask
+    workers (:mod:`tasks.shard`); the sharding
+    goes into the report's ``compute``. Not sharded (logged and recorded as a fallback): a refiner
+    handed in already loaded (workers would rebuild it) and ``use_cache: false`` (nothing to fill)."""
+    from tasks.compute import shard_session
+    from tasks.shard import chunked
+
+    if given or not run.params.use_cache:
+        msg = ("compute: " + ("the SAM2 refiner was passed in already loaded" if given else "refine.use_cache is off")
+               + ", so the images were refined in this process")
+        log.warning(msg)
+        run.report.fallbacks.append(msg)
+        return
+    with shard_session(compute) as shards:
+        chunks = chunked(items, shards.params.chunk_size, run.refiner.batch)
+        pairs = [None if run.pairs is None else {im["pair_id"]: run.pairs[im["pair_id"]] for im, _ in c
+                                                  if im.get("pair_id") in run.pairs} for c in chunks]
+        run.report.compute = shards.run("refine", _refine_chunk, list(zip(chunks, pairs)), run.inp,
+                                        run.params, cache_dir, run.refiner.fingerprint)
 
 
 def _start_refiner(params: RefineParams, sam2_refiner: Any, report: StageReport) -> _Refiner:
@@ -448,4 +516,4 @@ def _pass_through(ds: dict, out: Path, report: StageReport, t0: float) -> StageR
 #: How the pipeline runs this stage (:class:`core.stage_spec.StageSpec`): image paths are relative to
 #: the workspace.
 STAGE_SPEC = StageSpec(kind="refine", run=run_refine, params=RefineParams, output="refined.json", inputs="labels",
-                       uses=("index", "cache_dir", "hash_memo"), section="refine", wired={"image_root": "image_root"})
+                       uses=("index", "cache_dir", "hash_memo", "compute"), section="refine", wired={"image_root": "image_root"})
