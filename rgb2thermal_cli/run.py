@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rgb2thermal_cli.stage import add_compute_arguments
+
 ORDER = 50
 
 
@@ -41,12 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: $RGB2THERMAL_CACHE_DIR, else WORKSPACE/cache)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another run holding the workspace to finish (default: fail at once)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="shard infer, refine and eval over a local Dask cluster of N worker processes "
-                        "(= --set compute.workers=N; outputs identical to one process)")
-    p.add_argument("--dask-address", default=None, metavar="ADDR",
-                   help="shard them over your own Dask cluster instead, e.g. tcp://host:8786 "
-                        "(= --set compute.scheduler=ADDR; see README 'Running on a Dask cluster')")
+    add_compute_arguments(p)
     p.add_argument("--check", action="store_true", help="only validate the parameters and exit")
     p.set_defaults(func=run)
 
@@ -77,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.runs import format_show
     from tasks.compute import compute_overrides
 
-    params = load_params(args.params, [*args.overrides, *compute_overrides(args.workers, args.dask_address)])
+    params = load_params(args.params, [*args.overrides, *compute_overrides(args.workers, args.dask_address, args.chunk_size)])
     if args.check:
         params.check_files()
         print(f"{args.params}: parameters OK")

@@ -72,18 +72,20 @@ class ComputeParams(StageParams):
 Compute = Any
 
 
-def compute_overrides(workers: int | None, address: str | None) -> list[str]:
-    """``--set``-style overrides for the CLI options ``--workers N`` / ``--dask-address ADDR``.
+def compute_overrides(workers: int | None, address: str | None, chunk_size: int | None = None) -> list[str]:
+    """``--set``-style overrides for the CLI options ``--workers N`` / ``--dask-address ADDR`` / ``--chunk-size K``.
 
     Args:
         workers: local Dask worker processes, or None when the option was not given.
         address: a Dask scheduler address (``tcp://host:8786``), or None.
+        chunk_size: frames per Dask task, or None.
 
     Returns:
         Dotted ``compute.*`` overrides for :func:`core.overrides.apply_overrides` (empty when neither is given).
     """
     out = [f"compute.workers={int(workers)}"] if workers is not None else []
-    return out + ([f"compute.scheduler={address}"] if address is not None else [])
+    out += [f"compute.scheduler={address}"] if address is not None else []
+    return out + ([f"compute.chunk_size={int(chunk_size)}"] if chunk_size is not None else [])
 
 
 def open_shards(compute: ComputeParams | None) -> Shards | None:

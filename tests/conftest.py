@@ -114,3 +114,25 @@ def quick_prefect():
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory) -> tuple[Path, Path]:
+    """A small real YOLOX (random weights, calibrated to emit a few boxes) with a 128 px test
+    pipeline: ``(config, checkpoint)`` (``benchmarks.label_transfer_infer.make_tiny_detector``)."""
+    from benchmarks.label_transfer_infer import make_tiny_detector
+
+    return make_tiny_detector(tmp_path_factory.mktemp("det"), scale=128)
+
+
+def thermal_gt(root: Path, n: int, seed: int, name: str) -> Path:
+    """``n`` generated pairs under ``root`` and their thermal ground truth at ``root/name`` with absolute
+    ``file_name``s, as the pipeline's index writes it."""
+    from core.coco import load_dataset, save_dataset
+    from data.synthetic import generate
+
+    generate(root, n, seed=seed, progress=False)
+    gt = load_dataset(root / "labels_thermal" / "coco.json")
+    for im in gt["images"]:
+        im["file_name"] = str(root / "thermal" / Path(im["file_name"]).name)
+    return save_dataset(root / name, gt)

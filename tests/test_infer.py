@@ -14,17 +14,12 @@ import cv2
 import pytest
 from pydantic import ValidationError
 
-from benchmarks.label_transfer_infer import DET_CLASSES, make_tiny_detector
+from benchmarks.label_transfer_infer import DET_CLASSES
 from core.coco import load_dataset
 from core.errors import InputError
 from tasks.infer import InferParams, run_infer
 from tasks.pseudo import PseudoParams, run_pseudo
 from core.stage_report import StageReport, report_path
-
-
-@pytest.fixture(scope="module")
-def tiny_detector(tmp_path_factory) -> tuple[Path, Path]:
-    return make_tiny_detector(tmp_path_factory.mktemp("det"), scale=128)
 
 
 @pytest.fixture(scope="module")

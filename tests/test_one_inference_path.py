@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.label_transfer_infer import make_tiny_detector
+from conftest import thermal_gt
 from core import atomic
 from core.coco import load_dataset, save_dataset
 
@@ -26,21 +26,10 @@ N = 4          # thermal frames of the generated data set
 
 
 @pytest.fixture(scope="module")
-def tiny_detector(tmp_path_factory) -> tuple[Path, Path]:
-    return make_tiny_detector(tmp_path_factory.mktemp("det"), scale=128)
-
-
-@pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> Path:
     """A thermal ground truth with absolute ``file_name``s, as the pipeline's index writes it."""
-    from data.synthetic import generate
-
     root = tmp_path_factory.mktemp("synth")
-    generate(root, N, seed=3, progress=False)
-    gt = load_dataset(root / "labels_thermal" / "coco.json")
-    for im in gt["images"]:
-        im["file_name"] = str(root / "thermal" / Path(im["file_name"]).name)
-    save_dataset(root / "thermal_test.json", gt)
+    thermal_gt(root, N, 3, "thermal_test.json")
     return root
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.label_transfer_infer import make_tiny_detector
+from conftest import thermal_gt
 from core.atomic import read_json
 from core.coco import load_dataset, save_dataset
 
@@ -25,22 +25,9 @@ CHUNK = 4
 
 
 @pytest.fixture(scope="module")
-def tiny_detector(tmp_path_factory) -> tuple[Path, Path]:
-    return make_tiny_detector(tmp_path_factory.mktemp("det"), scale=128)
-
-
-@pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> Path:
     """``N`` generated thermal frames with their labels; ``file_name``s absolute."""
-    from data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, N, seed=5, progress=False)
-    gt = load_dataset(root / "labels_thermal" / "coco.json")
-    for im in gt["images"]:
-        im["file_name"] = str(root / "thermal" / Path(im["file_name"]).name)
-    save_dataset(root / "gt.json", gt)
-    return root / "gt.json"
+    return thermal_gt(tmp_path_factory.mktemp("synth"), N, 5, "gt.json")
 
 
 @pytest.fixture()
