@@ -51,7 +51,7 @@ RESULT = REPO / "benchmarks" / "results" / "infer_real.md"
 _CHILD = r"""
 import json, sys, time
 t_start = time.perf_counter()
-method, coco, out, cache, threads, batch, config, checkpoint = sys.argv[1:9]
+method, coco, out, cache, threads, batch, config, checkpoint, workers = sys.argv[1:10]
 import torch
 torch.set_num_threads(int(threads))
 from pathlib import Path
@@ -88,6 +88,16 @@ elif method in ("stage", "baseline", "profile"):
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(18)
         res["profile"] = s.getvalue()
+    res["counts"] = rep.counts
+elif method == "sharded":      # the stage with compute.workers: each Dask worker loads the model once
+    from tasks.compute import ComputeParams
+    from tasks.infer import InferParams, run_infer
+    params = InferParams(config=config, checkpoint=checkpoint, device="cpu", batch_size=int(batch))
+    res["load_s"] = 0.0           # (in the workers, inside loop_s with the cluster start)
+    t = time.perf_counter()
+    rep = run_infer(Path(coco), Path(out), params, cache_dir=Path(cache),
+                    compute=ComputeParams(workers=int(workers), threads_per_worker=1))
+    res["loop_s"] = time.perf_counter() - t
     res["counts"] = rep.counts
 else:  # bare
     from core.atomic import read_json
@@ -133,7 +143,8 @@ def run_child(method: str, coco: Path, work: Path, tag: str, args: argparse.Name
     """One method in a fresh process; returns its JSON line plus the parent-measured wall time."""
     out, cache = work / f"out_{tag}.json", work / f"cache_{tag}"
     cmd = [sys.executable, "-c", _CHILD, method, str(coco), str(out), str(cache), str(args.threads),
-           str(args.batch_size), str(MODEL / "yolox_nano_coco.py"), str(MODEL / "yolox_nano_coco.pth")]
+           str(args.batch_size), str(MODEL / "yolox_nano_coco.py"), str(MODEL / "yolox_nano_coco.pth"),
+           str(args.workers or 0)]
     env = {**os.environ, "PYTHONPATH": str(tree), "TQDM_DISABLE": "1"}
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, env=env)
@@ -152,7 +163,7 @@ def measure(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="r2t-infer-real-") as tmp:
         work = Path(tmp)
         coco, n = frames_coco(work, args.modality, args.limit)
-        methods = ["naive", "stage"] + (["baseline"] if args.baseline_tree else [])
+        methods = ["naive", "stage"] + (["baseline"] if args.baseline_tree else []) + (["sharded"] if args.workers else [])
         for r in range(args.reps):
             order = methods if r % 2 == 0 else methods[::-1]
             for m in order:
@@ -165,6 +176,7 @@ def measure(args: argparse.Namespace) -> dict:
             runs.append({**run_child("bare", coco, work, "bare", args, REPO), "rep": 0})
         profile = run_child("profile", coco, work, "profile", args, REPO) if args.profile else None
     return {"frames": n, "modality": args.modality, "threads": args.threads, "batch_size": args.batch_size,
+            "workers": args.workers,
             "runs": runs, "profile": profile, "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average_end": os.getloadavg()[0]}
 
@@ -186,7 +198,7 @@ def to_markdown(res: dict) -> str:
              f"{len([r for r in runs if r['method'] == 'naive'])}; measured {res['measured_at']}.", "",
              "| method | whole process s (median) | loop s (median, model loaded) | per frame ms (loop) | runs (wall s) |",
              "|---|---:|---:|---:|---|"]
-    for m in ("naive", "stage", "baseline"):
+    for m in ("naive", "stage", "baseline", "sharded"):
         if _med(runs, m, "wall_s") is None:
             continue
         w, lp = _med(runs, m, "wall_s"), _med(runs, m, "loop_s")
@@ -201,6 +213,13 @@ def to_markdown(res: dict) -> str:
                   f"{f1:.1f} s ({f1 / n * 1000:.0f} ms/frame) = {f1 / naive_l:.0%} of the naive loop. The best any "
                   f"loop can do at batch {res['batch_size']} is naive / bare = {naive_l / fb:.2f}x (loop only); the "
                   f"stage is at {stage_l / fb:.2f}x its bare forward time."]
+    sharded_w, sharded_l = _med(runs, "sharded", "wall_s"), _med(runs, "sharded", "loop_s")
+    if sharded_w is not None:
+        same = len({r.get("output_sha256") for r in runs if r["method"] in ("stage", "sharded")}) == 1
+        lines += ["", f"The stage with `compute.workers: {res['workers']}` (Dask worker processes of 1 torch thread each; "
+                  f"cluster start and the workers' model loads inside its loop time) vs the naive loop: "
+                  f"**{naive_w / sharded_w:.2f}x** whole process, **{naive_l / sharded_l:.2f}x** loop only "
+                  f"(goal >= 2x: {naive_w / sharded_w >= 2}); output byte-identical to the one-process stage's: {same}."]
     shas = {r["method"]: r.get("output_sha256") for r in runs if r["method"] in ("stage", "baseline")}
     if "baseline" in shas:
         same = len({r.get("output_sha256") for r in runs if r["method"] in ("stage", "baseline")}) == 1
@@ -224,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bare", action="store_true", help="also time the bare forward pass")
     ap.add_argument("--profile", action="store_true", help="also profile the stage's loop (cProfile)")
     ap.add_argument("--baseline-tree", default=None, help="another checkout whose stage to time and compare")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="also time the stage sharded over a local Dask cluster of N one-thread workers")
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args(argv)
     res = measure(args)
