@@ -31,6 +31,11 @@ in a chunk that was partly cached, the sharded run's batches are grouped per chu
 over the whole set, so such scores can differ in the last digit, as they do between a cold and a
 partly cached one-process run. Any two sharded runs (1 or N workers) form the same chunks and
 batches. The classical refiner has no batches (identical always).
+
+The same holds for the torch thread count: workers run ``threads_per_worker`` threads (default 1)
+and a detector's floating-point sums depend on it, so the bytes equal a one-process run at that
+thread count (32 real frames: a 1-thread process and two sharded workers wrote the same file; a
+2-thread process differed in the 6th decimal of some scores).
 """
 from __future__ import annotations
 
