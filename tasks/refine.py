@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -229,6 +229,7 @@ class _Run:
     pairs: dict[str, Path] | None
     hash_memo: HashMemo | None
     report: StageReport
+    skipped: dict[int, str] = field(default_factory=dict)   # image id -> why its boxes were dropped
 
 
 def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None = None,
@@ -280,16 +281,29 @@ def run_refine(inp: Path, out: Path, params: RefineParams, *, index: Path | None
             _shard_images(run, _items_to_refine(ds, passed), sam2_refiner is not None, compute, Path(cache_dir))
         with coco.CocoWriter(out, info, ds.top["categories"], extra) as writer:
             _refine_all(run, ds, passed, writer, n)
-            for j in np.flatnonzero(passed):
-                a = ds.annotation(j)
-                writer.add_annotation({**a, "refine": {"method": "none", "decision": "keep", "reason": "class_not_refined",
-                                                       "prompt_bbox": list(a["bbox"])}})
+            _write_passed(run, ds, passed, writer, n)
     n["boxes_out"] = writer.n_annotations
     n["images_skipped"] = len(report.skipped_images)
     report.counts = {k: int(v) for k, v in n.items()}
     report.seconds = round(time.perf_counter() - t0, 3)
     report.save(report_path(out))
     return report
+
+
+def _write_passed(run: _Run, ds: coco.SpooledDataset, passed: np.ndarray, writer: coco.CocoWriter,
+                  n: dict[str, int]) -> None:
+    """The boxes of classes not refined, unchanged (their ``refine`` record says why). Those of an
+    image the run skipped go with it, counted under the image's reason (``run.skipped``), so no
+    output box points at an image the output does not have."""
+    for j in np.flatnonzero(passed):
+        a = ds.annotation(j)
+        if (why := run.skipped.get(a["image_id"])) is not None:
+            run.report.add_dropped(why, 1)
+            n["keep"] -= 1
+            n["not_refined"] -= 1
+            continue
+        writer.add_annotation({**a, "refine": {"method": "none", "decision": "keep", "reason": "class_not_refined",
+                                               "prompt_bbox": list(a["bbox"])}})
 
 
 def _items_to_refine(ds: coco.SpooledDataset, passed: np.ndarray) -> list[tuple[dict, list[dict]]]:
@@ -405,10 +419,12 @@ def _start_refiner(params: RefineParams, sam2_refiner: Any, report: StageReport)
     return refiner
 
 
-def _skip(report: StageReport, path: Path, reason: str, dropped_as: str, n_boxes: int) -> None:
-    """An image the run goes on without: listed in the report with its ``n_boxes`` boxes dropped, and logged."""
-    report.skip_image(path, reason)
-    report.add_dropped(dropped_as, n_boxes)
+def _skip(run: _Run, image_id: int, path: Path, reason: str, dropped_as: str, n_boxes: int) -> None:
+    """An image the run goes on without: listed in the report with its ``n_boxes`` boxes dropped, and
+    logged; ``run.skipped`` remembers it, so its boxes of classes not refined are dropped too."""
+    run.report.skip_image(path, reason)
+    run.report.add_dropped(dropped_as, n_boxes)
+    run.skipped[image_id] = dropped_as
     log.warning("refine: skipping %s (%s)", path, reason)
 
 
@@ -422,7 +438,7 @@ def _lookup(run: _Run, im: dict, anns: list[dict]
     try:
         sha, data = sha256_read_once(path, run.hash_memo)
     except OSError as exc:
-        _skip(run.report, path, read_error(exc), "unreadable_image", len(anns))
+        _skip(run, im["id"], path, read_error(exc), "unreadable_image", len(anns))
         return None, None
     key = raw_key(run.cache, sha, run.refiner.fingerprint, prompts)
     hit = raw_get(run.cache, key, len(prompts)) if run.params.use_cache else None
@@ -432,10 +448,10 @@ def _lookup(run: _Run, im: dict, anns: list[dict]
     img, err = read_image(path, data)
     del data
     if img is None:
-        _skip(run.report, path, err, "unreadable_image", len(anns))
+        _skip(run, im["id"], path, err, "unreadable_image", len(anns))
         return None, None
     if reason := size_mismatch((img.shape[1], img.shape[0]), size):
-        _skip(run.report, path, reason, "image_size_mismatch", len(anns))
+        _skip(run, im["id"], path, reason, "image_size_mismatch", len(anns))
         return None, None
     run.report.cache_misses += 1
     return None, (img, prompts, key)

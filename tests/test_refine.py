@@ -263,3 +263,34 @@ def test_hash_memo_cache_hits_read_no_image_and_keep_results(syn, tmp_path):
     bad = run_refine(tmp_path / "wrong.json", tmp_path / "c.json", RefineParams(min_iou=0.3), cache_dir=cache,
                      hash_memo=memo)
     assert bad.counts["images_skipped"] == 1 and "COCO file says" in bad.skipped_images[0]["reason"]
+
+
+def test_unreadable_image_with_classes_drops_its_unrefined_boxes_too(syn, tmp_path):
+    """With ``refine.classes`` (``params/real.yaml`` refines people only), an unreadable frame is
+    skipped with ALL its boxes: the passed-through boxes of other classes must not point at an image
+    the output no longer has (that used to fail the output's validation)."""
+    gt = coco.load_dataset(syn / "labels_thermal" / "coco.json")
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    by_image: dict[int, set[str]] = {}
+    for a in gt["annotations"]:
+        by_image.setdefault(a["image_id"], set()).add(names[a["category_id"]])
+    bad_id = next(i for i, cls in sorted(by_image.items()) if len(cls) > 1)     # a frame with two classes
+    first = sorted(by_image[bad_id])[0]
+    imgs = tmp_path / "thermal"
+    imgs.mkdir()
+    for im in gt["images"]:
+        data = (syn / "thermal" / im["file_name"]).read_bytes()
+        (imgs / im["file_name"]).write_bytes(b"\x89PNG not an image" if im["id"] == bad_id else data)
+    inp = coco.save_dataset(tmp_path / "in.json", gt)
+    rep = run_refine(inp, tmp_path / "out.json", RefineParams(method="classical", classes=[first], image_root=str(imgs)),
+                     cache_dir=tmp_path / "cache")
+    out = coco.load_dataset(tmp_path / "out.json")
+    on_bad = [a for a in gt["annotations"] if a["image_id"] == bad_id]
+    mine = sum(names[a["category_id"]] == first for a in on_bad)
+    assert bad_id not in {im["id"] for im in out["images"]}
+    assert bad_id not in {a["image_id"] for a in out["annotations"]}
+    assert len(out["annotations"]) == len(gt["annotations"]) - len(on_bad)
+    assert 0 < mine < len(on_bad)
+    assert rep.dropped == {"unreadable_image": len(on_bad)}
+    assert rep.counts["not_refined"] == sum(names[a["category_id"]] != first for a in out["annotations"])
+    assert rep.counts["boxes_out"] == len(out["annotations"])
