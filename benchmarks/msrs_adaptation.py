@@ -58,9 +58,13 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
     "no_refine": ("round 1 with the RGB boxes as warped (refine.method: none) instead of the classical refiner",
                   ["refine.method=none", "self_training.rounds=1", "eval.baselines=[source_only]"]),
 }
+#: The unlabelled-RGB path's round-1 settings: chosen by fused label F1 on the adapt frames
+#: (``benchmarks/rgb_levers.py``; the student thresholds by ``benchmarks/label_rule.py`` on student 1).
+UNLABELLED = ["thermal_source.infer.input_size=[640, 640]", "rgb_source.boxes=predictions", "refine.classes=[person]",
+              "pseudo.thresholds={person: 0.5, car: 0.4}", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.4}"]
 #: Candidate recipes: the recipe with these settings, over several seeds, reported beside the previous
 #: recipe's row of the same seeds (the third item names it: a seed-results row such as ``round1``, or
-#: ``cand:NAME``, the runs of an earlier candidate on the same seeds).
+#: ``cand:NAME``, the runs of an earlier candidate on the same seeds; empty: none).
 #: Chosen by pseudo-label F1 on the adapt frames' thermal labels (never test).
 CANDIDATES: dict[str, tuple[str, list[str], str]] = {
     "thermal640": ("round 1, thermal source at a 640 px test size, thermal person labels from 0.15 (car 0.5): "
@@ -86,11 +90,18 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                 ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
                  "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=1", "student.mix_rgb=true"],
                 "cand:rgblabels3:round1"),
+    "rgbpred": ("no RGB labels (`rgb_source.boxes: predictions`): the teacher's RGB predictions, people ≥ 0.5 and cars "
+                "≥ 0.4, people alone refined, thermal source at 640 px (person ≥ 0.15, car ≥ 0.4), students' thresholds "
+                "by the label rule on student 1: shipped in `params/real_unlabelled.yaml`",
+                [*UNLABELLED, "self_training.pseudo={thresholds: {person: 0.35, car: 0.45}}", "self_training.rounds=3",
+                 "eval.baselines=[source_only, oracle]"],
+                ""),     # scored at 640 px (eval since 2026-12-06): no earlier row is comparable
 }
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),
               ("fuse@round2/fused.json", "fused, round 2"), ("pseudo@round3/pseudo.json", "student 2 on thermal"),
-              ("fuse@round3/fused.json", "fused, round 3")]
+              ("fuse@round3/fused.json", "fused, round 3"), ("pseudo@round4/pseudo.json", "student 3 on thermal"),
+              ("fuse@round4/fused.json", "fused, round 4")]
 
 
 def overrides(seed: int, full: bool) -> list[str]:
@@ -148,6 +159,33 @@ def _prf(m: dict[str, Any]) -> str:
     return f"{p:.2f} / {r:.2f}, {2 * p * r / (p + r) if p + r else 0.0:.3f}"
 
 
+def _oracle(run: dict[str, Any], cat: str, mean_oracle: dict[str, float]) -> float | None:
+    """The oracle a row's gap is closed against: the run's own oracle when it trained one (same scoring),
+    else the mean oracle of the first table."""
+    g = run["grouped"]
+    return g["oracle"]["all"][cat]["mAP_50"] if "oracle" in g else mean_oracle.get(cat)
+
+
+def _of_oracle(name: str, runs: list[dict[str, Any]], earlier: list[str]) -> list[str]:
+    """Per round, mAP_50 as a share of the same run's oracle (all frames), mean ± sd over the seeds:
+    the issue's goal is stated this way."""
+    runs = [r for r in runs if "oracle" in r["grouped"]]
+    if not runs:
+        return []
+    out = ["", f"`{name}` as a share of the oracle trained in the same run (mAP_50, all frames; "
+           f"seeds {', '.join(str(r['seed']) for r in runs)}): "]
+    parts = []
+    for k in [*earlier, "adapted"]:
+        cells = []
+        for c in ("person", "car"):
+            vals = [100 * r["grouped"][k]["all"][c]["mAP_50"] / r["grouped"]["oracle"]["all"][c]["mAP_50"] for r in runs
+                    if k in r["grouped"] and r["grouped"]["oracle"]["all"][c]["mAP_50"]]
+            cells.append(f"{c} {statistics.mean(vals):.0f}" + (f" ± {statistics.stdev(vals):.0f} %" if len(vals) > 1 else " %"))
+        parts.append(f"{'round ' + k[5:] if k != 'adapted' else 'last round'}: " + ", ".join(cells))
+    out[-1] += "; ".join(parts) + "."
+    return out
+
+
 def candidates_markdown(results: list[dict[str, Any]], cands: list[dict[str, Any]]) -> list[str]:
     """Candidate recipes (mean ± sd over their seeds) beside the previous recipe's row of the same seeds."""
     from tasks.compare import gap_closed
@@ -171,7 +209,10 @@ def candidates_markdown(results: list[dict[str, Any]], cands: list[dict[str, Any
         earlier = sorted({k for r in runs for k in r["grouped"] if k.startswith("round")}, key=lambda k: int(k[5:]))
         rows = [(f"{title}: round {k[5:]}", runs, k) for k in earlier if all(k in r["grouped"] for r in runs)]
         rows.append((f"{title}{f': round {len(earlier) + 1}' if earlier else ''}", runs, "adapted"))
-        if ref.startswith("cand:"):     # another candidate on the same seeds: ``cand:NAME`` or ``cand:NAME:roundK``
+        if not ref:                     # scored unlike every earlier row: its own source-only and oracle rows
+            rows += [(f"{k.replace('_', '-')} (trained in the same runs)", [r for r in runs if k in r["grouped"]], k)
+                     for k in ("source_only", "oracle")]
+        elif ref.startswith("cand:"):   # another candidate on the same seeds: ``cand:NAME`` or ``cand:NAME:roundK``
             other, _, round_key = ref[5:].partition(":")
             key = round_key or "adapted"
             before = [c for c in cands if c["candidate"] == other and c["seed"] in seeds and key in c["grouped"]]
@@ -188,11 +229,12 @@ def candidates_markdown(results: list[dict[str, Any]], cands: list[dict[str, Any
             for c in cats:
                 vals = [100 * v for r in rs if (v := gap_closed(r["grouped"][key]["all"][c]["mAP_50"],
                                                                 r["grouped"]["source_only"]["all"][c]["mAP_50"],
-                                                                oracle.get(c))) is not None]
+                                                                _oracle(r, c, oracle))) is not None]
                 gaps.append("—" if not vals else f"{statistics.mean(vals):.0f} ± {statistics.stdev(vals):.0f} %"
                             if len(vals) > 1 else f"{vals[0]:.0f} %")
             lines.append(f"| {label} | {', '.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " | "
                          + " | ".join(gaps) + " |")
+        lines += _of_oracle(name, runs, earlier) if not ref else []
         lab = runs[0]["labels"]
         lines.append("")
         lines.append(f"Its pseudo-labels (adapt frames, seed {runs[0]['seed']}; P / R, F1): " + "; ".join(

@@ -1,0 +1,228 @@
+"""The labelling loop measured: test mAP_50 after N thermal frames are labelled, the product's pick vs a random pick.
+
+Why: ``rgb2thermal label pick`` claims to choose the frames worth a person's time. The claim is only
+worth something against the obvious alternative, N frames picked at random, on the same seeds. The
+person is SIMULATED by the dataset's own thermal labels of the picked frames (msrs-bench
+``labels_thermal``): what a careful annotator would draw, with no labelling noise.
+
+For each seed k and method (``pick``: the product's pick on a finished run of seed k; ``random``: N
+adapt frames drawn uniformly with ``random.Random(k)``), the loop is run as a user runs it:
+
+1. the picked frames' thermal labels are written as a COCO file (what CVAT exports);
+2. ``rgb2thermal label import FILE --dataset COPY --as-training`` brings them into a copy of msrs-bench
+   (hard links: the import replaces files atomically, so the shared data is never written);
+3. ``rgb2thermal run`` trains on that copy with ``label.override: true`` (the human boxes replace the
+   pseudo-labels on their frames), same recipe and seed as the N = 0 run, and is scored on the test
+   split (whose labels no step reads).
+
+The recipe is a candidate of :mod:`benchmarks.msrs_adaptation` (``--candidate``, default ``rgbpred``:
+no RGB labels) cut to ``--rounds`` rounds (default 1: one training per run on 2 CPU cores); N = 0 is
+that candidate's row of the same round and seeds. Results go to
+``benchmarks/results/label_loop/<candidate>_<method>_n<N>_seed<k>.json`` and the table to
+``benchmarks/results/label_loop.md``.
+
+Run: ``python -m benchmarks.label_loop [--seeds 0 1 2] [--n 20] [--methods pick random]``
+(``--merge-only`` rebuilds the table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from core import atomic
+
+from benchmarks.msrs_adaptation import CANDIDATES, DATA, OUT_DIR as CAND_DIR, PARAMS, REPO, measure, overrides
+
+OUT_DIR = REPO / "benchmarks" / "results" / "label_loop"
+RESULT = REPO / "benchmarks" / "results" / "label_loop.md"
+CLI = [sys.executable, "-m", "rgb2thermal_cli.main"]
+
+
+def recipe(candidate: str, seed: int, rounds: int) -> list[str]:
+    """The ``--set`` values of the candidate's run of ``seed``, cut to ``rounds`` rounds."""
+    sets = [s for s in overrides(seed, False) + CANDIDATES[candidate][1]
+            if not s.startswith(("self_training.rounds=", "eval.baselines="))]
+    return [*sets, f"self_training.rounds={rounds}", "eval.baselines=[source_only]"]    # the oracle: in the N = 0 run
+
+
+def _sets(values: list[str]) -> list[str]:
+    return [a for s in values for a in ("--set", s)]
+
+
+def picked_frames(method: str, n: int, seed: int, base_ws: Path, sets: list[str]) -> list[str]:
+    """File names of the N thermal adapt frames to label: the product's pick on the finished run
+    ``base_ws`` (same parameters), or a uniform random draw seeded by ``seed``."""
+    if method == "pick":
+        if (done := base_ws.parent / "loop_data" / f"{base_ws.name}_pick_n{n}_seed{seed}.json").is_file():
+            return atomic.read_json(done)       # picked before (``--pick-only``, while the workspace was free)
+        # the whole plan with its ``pick`` step (``label pick`` wants every earlier step current, and this
+        # workspace's eval ran with more rounds): every step up to the students is reused
+        subprocess.run([*CLI, "run", "--params", str(PARAMS), "--workspace", str(base_ws), "--cache-dir",
+                        str(base_ws.parent / "cache"), *_sets([*sets, f"label.pick_n={n}", f"label.seed={seed}"])],
+                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        names = [p["file_name"] for p in atomic.read_json(base_ws / "stages" / "pick" / "picked.json")]
+        atomic.write_json(done, names)
+        return names
+    names = sorted(os.path.basename(im["file_name"])
+                   for im in atomic.read_json(base_ws / "stages" / "index" / "thermal_adapt.json")["images"])
+    return random.Random(seed).sample(names, n)
+
+
+def simulated_person(names: list[str], base_ws: Path, out: Path) -> Path:
+    """A COCO file of ``names`` with the dataset's own thermal labels: the simulated annotator's export."""
+    gt = atomic.read_json(base_ws / "stages" / "index" / "thermal_adapt.json")
+    keep = {im["id"]: {**im, "file_name": os.path.basename(im["file_name"])} for im in gt["images"]
+            if os.path.basename(im["file_name"]) in set(names)}
+    assert len(keep) == len(names), f"frames not among the adapt frames: {sorted(set(names) - {im['file_name'] for im in keep.values()})}"
+    anns = [a for a in gt["annotations"] if a["image_id"] in keep and not a.get("iscrowd")]
+    return atomic.write_json(out, {"images": list(keep.values()), "annotations": anns, "categories": gt["categories"]})
+
+
+def run_one(candidate: str, method: str, n: int, seed: int, rounds: int, root: Path) -> dict[str, Any]:
+    """One loop: pick, simulated labelling, import into a copy of the data, retrain, score on test."""
+    sets = recipe(candidate, seed, rounds)
+    base_ws = root / f"cand_{candidate}_seed{seed}"
+    tag = f"{candidate}_{method}_n{n}_seed{seed}"
+    t0 = time.perf_counter()
+    names = picked_frames(method, n, seed, base_ws, sets)
+    data = root / "loop_data" / tag
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.copytree(DATA, data, copy_function=os.link)
+    human = simulated_person(names, base_ws, root / "loop_data" / f"{tag}.json")
+    subprocess.run([*CLI, "label", "import", str(human), "--dataset", str(data), "--as-training", "--no-dvc"],
+                   check=True, cwd=REPO)
+    ws = root / f"loop_{tag}"
+    sets = [s for s in sets if not s.startswith("data.roots=")] + [f"data.roots=[{{path: {data}, version: msrs}}]",
+                                                                   "label.override=true"]
+    subprocess.run([*CLI, "run", "--params", str(PARAMS), "--workspace", str(ws), "--cache-dir", str(root / "cache"),
+                    *_sets(sets)], check=True, cwd=REPO)
+    return {"candidate": candidate, "method": method, "n": n, "seed": seed, "rounds": rounds, "frames": sorted(names),
+            "seconds": round(time.perf_counter() - t0, 1), **measure(ws / "stages"), **training_labels(ws, human)}
+
+
+def training_labels(ws: Path, human: Path) -> dict[str, Any]:
+    """Why a pick helps or not: the round-1 training labels after the override, scored like every label set
+    (F1 per class on the adapt frames' thermal labels), and the boxes per class on the labelled frames."""
+    from tasks.quality import evaluate as label_quality
+
+    gt = atomic.read_json(ws / "stages" / "index" / "thermal_adapt.json")
+    res, _ = label_quality(gt, atomic.read_json(ws / "stages" / "override" / "labels.json"), classes=["person", "car"])
+    f1 = {c: 2 * m["tp"] / (m["gt"] + m["pred"]) if m["gt"] + m["pred"] else 0.0
+          for c in ("person", "car") for m in [res.table[c]["all"]]}
+    labelled = atomic.read_json(human)
+    names = {c["id"]: c["name"] for c in labelled["categories"]}
+    boxes = {c: sum(names[a["category_id"]] == c for a in labelled["annotations"]) for c in ("person", "car")}
+    return {"train_label_f1": f1, "labelled_boxes": boxes}
+
+
+def _ms(values: list[float]) -> str:
+    return "—" if not values else f"{values[0]:.3f}" if len(values) == 1 else \
+        f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _zero_and_oracle(cand: str, seeds: list[int], key: str) -> tuple[list[dict], list[dict]]:
+    """The candidate's own runs of ``seeds``: its round ``key`` (N = 0) and its oracle, per seed."""
+    zero, oracle = [], []
+    for s in seeds:
+        p = CAND_DIR / f"cand_{cand}_seed{s}.json"
+        g = json.loads(p.read_text())["grouped"] if p.is_file() else {}
+        if key in g or "adapted" in g:
+            zero.append(g.get(key) or g["adapted"])
+        if "oracle" in g:
+            oracle.append(g["oracle"])
+    return zero, oracle
+
+
+def _share(gs: list[dict], oracle: list[dict], cat: str) -> str:
+    """mAP_50 (all frames) as a share of the same seed's oracle, mean ± sd over the seeds."""
+    if len(gs) != len(oracle) or not gs:
+        return "—"
+    vals = [100 * g["all"][cat]["mAP_50"] / o["all"][cat]["mAP_50"] for g, o in zip(gs, oracle, strict=True)]
+    return f"{vals[0]:.0f} %" if len(vals) == 1 else f"{statistics.mean(vals):.0f} ± {statistics.stdev(vals):.0f} %"
+
+
+def report(runs: list[dict[str, Any]]) -> str:
+    """One block per candidate and round count: N = 0 (the candidate's own runs), each method's N, the oracle."""
+    cats, groups = ["person", "car"], ["day", "night", "all"]
+    lines = ["| labelled frames | method | seeds | " + " | ".join(f"{c} {g}" for c in cats for g in groups)
+             + " | person % of oracle | car % of oracle |", "|---:|---|---|" + "---:|" * 8]
+    for cand, rounds in sorted({(r["candidate"], r["rounds"]) for r in runs}):
+        mine = [r for r in runs if r["candidate"] == cand and r["rounds"] == rounds]
+        seeds = sorted({r["seed"] for r in mine})
+        zero, oracle = _zero_and_oracle(cand, seeds, f"round{rounds}")
+        rows = [(0, "—", seeds if zero else [], zero)]
+        for n, method in sorted({(r["n"], r["method"]) for r in mine}):
+            rs = sorted((r for r in mine if r["n"] == n and r["method"] == method), key=lambda r: r["seed"])
+            rows.append((n, method, [r["seed"] for r in rs], [r["grouped"]["adapted"] for r in rs]))
+        rows.append(("all 170", "oracle (thermal labels)", seeds if len(oracle) == len(seeds) else [], oracle))
+        lines.append(f"| *{cand}, round {rounds}* | | | " + " | " * 7 + " |")
+        for n, method, ss, gs in rows:
+            same = len(ss) == len(seeds)
+            lines.append(f"| {n} | {method} | {', '.join(map(str, ss))} | "
+                         + " | ".join(_ms([g[grp][c]["mAP_50"] for g in gs]) for c in cats for grp in groups) + " | "
+                         + " | ".join(_share(gs, oracle, c) if same else "—" for c in cats) + " |")
+    return "\n".join(lines + _label_lines(runs)) + "\n"
+
+
+def _label_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Per method: the training labels' F1 after the override and the boxes on the labelled frames (seed means)."""
+    out = ["", "Round-1 training labels after the override (F1 on the adapt frames' thermal labels, person / car; "
+           "N = 0: the fused labels) and the boxes a person drew on the labelled frames (person / car), per seed:", ""]
+    for (cand, n, method) in sorted({(r["candidate"], r["n"], r["method"]) for r in runs if "train_label_f1" in r}):
+        rs = sorted((r for r in runs if (r["candidate"], r["n"], r["method"]) == (cand, n, method) and "train_label_f1" in r),
+                    key=lambda r: r["seed"])
+        out.append(f"- {cand}, {method} {n}: " + "; ".join(
+            f"seed {r['seed']}: F1 {r['train_label_f1']['person']:.3f} / {r['train_label_f1']['car']:.3f}, boxes "
+            f"{r['labelled_boxes']['person']} / {r['labelled_boxes']['car']}" for r in rs))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.label_loop", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--n", type=int, nargs="+", default=[20])
+    ap.add_argument("--methods", nargs="+", choices=["pick", "random"], default=["pick", "random"])
+    ap.add_argument("--candidate", choices=sorted(CANDIDATES), default="rgbpred")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--root", type=Path, default=Path("/tmp/rgb2thermal-msrs-adaptation"),
+                    help="the candidate's workspaces (benchmarks.msrs_adaptation --root) and the shared cache")
+    ap.add_argument("--merge-only", action="store_true")
+    ap.add_argument("--remeasure", action="store_true", help="re-score the finished loop workspaces' training labels")
+    ap.add_argument("--pick-only", action="store_true",
+                    help="only run the product's pick on the seeds' finished runs (kept for the later loop runs)")
+    args = ap.parse_args(argv)
+    if args.pick_only:
+        for seed in args.seeds:
+            for n in args.n:
+                base = args.root / f"cand_{args.candidate}_seed{seed}"
+                print(seed, n, picked_frames("pick", n, seed, base, recipe(args.candidate, seed, args.rounds)))
+        return 0
+    if args.remeasure:          # add the training-label scores to runs measured before they existed
+        for p in sorted(OUT_DIR.glob("*.json")):
+            r = json.loads(p.read_text())
+            tag = p.stem
+            extra = training_labels(args.root / f"loop_{tag}", args.root / "loop_data" / f"{tag}.json")
+            atomic.write_json(p, {**r, **extra})
+    elif not args.merge_only:
+        for seed in args.seeds:
+            for n in args.n:
+                for method in args.methods:
+                    res = run_one(args.candidate, method, n, seed, args.rounds, args.root)
+                    atomic.write_json(OUT_DIR / f"{args.candidate}_{method}_n{n}_seed{seed}.json", res)
+                    print(f"{method} n={n} seed {seed}: {res['seconds'] / 60:.1f} min", flush=True)
+    runs = [json.loads(p.read_text()) for p in sorted(OUT_DIR.glob("*.json"))]
+    print(atomic.write_text(RESULT, report(runs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
