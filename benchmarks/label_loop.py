@@ -40,11 +40,12 @@ from typing import Any
 
 from core import atomic
 
-from benchmarks.msrs_adaptation import CANDIDATES, DATA, OUT_DIR as CAND_DIR, PARAMS, REPO, measure, overrides
+from benchmarks.label_rule import label_scores
+from benchmarks.msrs_adaptation import CANDIDATES, CLI, DATA, OUT_DIR as CAND_DIR, PARAMS, REPO, measure, overrides
+from benchmarks.msrs_adaptation import set_args as _sets
 
 OUT_DIR = REPO / "benchmarks" / "results" / "label_loop"
 RESULT = REPO / "benchmarks" / "results" / "label_loop.md"
-CLI = [sys.executable, "-m", "rgb2thermal_cli.main"]
 
 
 def recipe(candidate: str, seed: int, rounds: int) -> list[str]:
@@ -52,10 +53,6 @@ def recipe(candidate: str, seed: int, rounds: int) -> list[str]:
     sets = [s for s in overrides(seed, False) + CANDIDATES[candidate][1]
             if not s.startswith(("self_training.rounds=", "eval.baselines="))]
     return [*sets, f"self_training.rounds={rounds}", "eval.baselines=[source_only]"]    # the oracle: in the N = 0 run
-
-
-def _sets(values: list[str]) -> list[str]:
-    return [a for s in values for a in ("--set", s)]
 
 
 def picked_frames(method: str, n: int, seed: int, base_ws: Path, sets: list[str]) -> list[str]:
@@ -112,12 +109,9 @@ def run_one(candidate: str, method: str, n: int, seed: int, rounds: int, root: P
 def training_labels(ws: Path, human: Path) -> dict[str, Any]:
     """Why a pick helps or not: the round-1 training labels after the override, scored like every label set
     (F1 per class on the adapt frames' thermal labels), and the boxes per class on the labelled frames."""
-    from tasks.quality import evaluate as label_quality
-
-    gt = atomic.read_json(ws / "stages" / "index" / "thermal_adapt.json")
-    res, _ = label_quality(gt, atomic.read_json(ws / "stages" / "override" / "labels.json"), classes=["person", "car"])
-    f1 = {c: 2 * m["tp"] / (m["gt"] + m["pred"]) if m["gt"] + m["pred"] else 0.0
-          for c in ("person", "car") for m in [res.table[c]["all"]]}
+    scores = label_scores(atomic.read_json(ws / "stages" / "index" / "thermal_adapt.json"),
+                          atomic.read_json(ws / "stages" / "override" / "labels.json"), ["person", "car"])
+    f1 = {c: m["F1"] for c, m in scores.items()}
     labelled = atomic.read_json(human)
     names = {c["id"]: c["name"] for c in labelled["categories"]}
     boxes = {c: sum(names[a["category_id"]] == c for a in labelled["annotations"]) for c in ("person", "car")}

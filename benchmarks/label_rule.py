@@ -38,7 +38,6 @@ def fused_f1(ws: Path, infer_step: str, rgb: str, thresholds: dict[str, float], 
     from tasks.fuse import run_fuse
     from tasks.pseudo import run_pseudo
     from pipeline.params import set_values
-    from tasks.quality import evaluate
 
     stages = ws / "stages"
     classes = list(params.data.classes)
@@ -50,10 +49,23 @@ def fused_f1(ws: Path, infer_step: str, rgb: str, thresholds: dict[str, float], 
         run_pseudo(stages / infer_step / "infer.json", t / "pseudo.json",
                    params.stage_params("pseudo", {**base, "thresholds": thresholds}))
         run_fuse({"rgb": stages / rgb, "thermal": t / "pseudo.json"}, t / "fused.json", params.stage_params("fuse"))
-        res, _ = evaluate(atomic.read_json(stages / "index" / "thermal_adapt.json"), atomic.read_json(t / "fused.json"),
-                          classes=classes)
-    cells = {c: res.table[c]["all"] for c in classes}
-    return {c: 2 * m["tp"] / (m["gt"] + m["pred"]) if m["gt"] + m["pred"] else 0.0 for c, m in cells.items()}
+        scores = label_scores(atomic.read_json(stages / "index" / "thermal_adapt.json"), atomic.read_json(t / "fused.json"),
+                              classes)
+    return {c: m["F1"] for c, m in scores.items()}
+
+
+def label_scores(gt: dict, labels: dict, classes: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall and F1 per class of a label set against thermal labels (one-to-one matches at
+    IoU >= 0.5, all frames; :func:`tasks.quality.evaluate`): the numbers the label rule compares."""
+    from tasks.quality import evaluate
+
+    res, _ = evaluate(gt, labels, classes=classes)
+    out = {}
+    for c in classes:
+        m = res.table[c]["all"]
+        out[c] = {"P": m["precision"] or 0.0, "R": m["recall"] or 0.0,
+                  "F1": 2 * m["tp"] / (m["gt"] + m["pred"]) if m["gt"] + m["pred"] else 0.0}
+    return out
 
 
 def choose(scores: dict[float, dict[str, float]], classes: list[str]) -> dict[str, float]:

@@ -112,13 +112,19 @@ def overrides(seed: int, full: bool) -> list[str]:
     return sets
 
 
+CLI = [sys.executable, "-m", "rgb2thermal_cli.main"]
+
+
+def set_args(values: list[str]) -> list[str]:
+    """``--set`` arguments of the CLI for ``KEY=VALUE`` strings."""
+    return [a for s in values for a in ("--set", s)]
+
+
 def run_seed(seed: int, full: bool, root: Path, lever: str | None = None, candidate: str | None = None) -> dict[str, Any]:
     ws = root / (f"lever_{lever}" if lever else f"cand_{candidate}_seed{seed}" if candidate else f"seed{seed}")
-    cmd = [sys.executable, "-m", "rgb2thermal_cli.main", "run", "--params", str(PARAMS), "--workspace", str(ws),
-           "--cache-dir", str(root / "cache")]
     extra = LEVERS[lever][1] if lever else CANDIDATES[candidate][1] if candidate else []
-    for s in overrides(seed, full) + extra:
-        cmd += ["--set", s]
+    cmd = [*CLI, "run", "--params", str(PARAMS), "--workspace", str(ws), "--cache-dir", str(root / "cache"),
+           *set_args(overrides(seed, full) + extra)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO)
     seconds = time.perf_counter() - t0

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from core import atomic
 
-from benchmarks.msrs_adaptation import DATA, PARAMS, REPO, TEACHER
+from benchmarks.label_rule import label_scores
+from benchmarks.msrs_adaptation import CLI, PARAMS, REPO, overrides, set_args
 
 BASE = ["rgb_source.boxes=predictions", "self_training.rounds=1", "eval.baselines=[source_only]"]
 #: name -> (what it is, --set values on top of BASE)
@@ -45,24 +45,12 @@ CLASSES = ["person", "car"]
 
 def run_setting(name: str, root: Path) -> dict[str, dict[str, float]]:
     """Round 1's fused labels of one setting, scored per class on the adapt frames."""
-    from tasks.quality import evaluate as label_quality
-
     ws = root / name
-    cmd = [sys.executable, "-m", "rgb2thermal_cli.main", "run", "--params", str(PARAMS), "--workspace", str(ws),
-           "--cache-dir", str(root / "cache"), "--until", "fuse",
-           "--set", f"teacher.config={TEACHER / 'yolox_nano_coco.py'}",
-           "--set", f"teacher.checkpoint={TEACHER / 'yolox_nano_coco.pth'}",
-           "--set", f"data.roots=[{{path: {DATA}, version: msrs}}]"]
-    for s in BASE + SETTINGS[name][1]:
-        cmd += ["--set", s]
-    subprocess.run(cmd, check=True, cwd=REPO)
-    gt = atomic.read_json(ws / "stages" / "index" / "thermal_adapt.json")
-    res, _ = label_quality(gt, atomic.read_json(ws / "stages" / "fuse" / "fused.json"), classes=CLASSES)
-    out = {}
-    for c in CLASSES:
-        p, r = res.table[c]["all"]["precision"] or 0.0, res.table[c]["all"]["recall"] or 0.0
-        out[c] = {"P": p, "R": r, "F1": 2 * p * r / (p + r) if p + r else 0.0}
-    return out
+    sets = overrides(0, False) + BASE + SETTINGS[name][1]      # no student trains: the seed does not matter
+    subprocess.run([*CLI, "run", "--params", str(PARAMS), "--workspace", str(ws), "--cache-dir", str(root / "cache"),
+                    "--until", "fuse", *set_args(sets)], check=True, cwd=REPO)
+    return label_scores(atomic.read_json(ws / "stages" / "index" / "thermal_adapt.json"),
+                        atomic.read_json(ws / "stages" / "fuse" / "fused.json"), CLASSES)
 
 
 def main() -> None:
