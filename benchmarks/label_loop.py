@@ -21,6 +21,12 @@ that candidate's row of the same round and seeds. Results go to
 ``benchmarks/results/label_loop/<candidate>_<method>_n<N>_seed<k>.json`` and the table to
 ``benchmarks/results/label_loop.md``.
 
+Rows ``pick-shares`` are the product's pick before it counted boxes (its criteria were shares of a
+frame's boxes; measured 2026-12-06 morning, results kept under that name).
+
+``--labels-only`` trains nothing: it scores the round-1 training labels after N frames are labelled,
+pick vs random, for several N (:func:`label_curve`, ``benchmarks/results/label_loop_labels.md``).
+
 Run: ``python -m benchmarks.label_loop [--seeds 0 1 2] [--n 20] [--methods pick random]``
 (``--merge-only`` rebuilds the table).
 """
@@ -118,9 +124,50 @@ def training_labels(ws: Path, human: Path) -> dict[str, Any]:
     return {"train_label_f1": f1, "labelled_boxes": boxes}
 
 
-def _ms(values: list[float]) -> str:
-    return "—" if not values else f"{values[0]:.3f}" if len(values) == 1 else \
-        f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+def label_curve(candidate: str, seeds: list[int], ns: list[int], root: Path) -> str:
+    """The training labels after N frames are labelled, without training: for each seed and N, the round-1
+    fused labels of the candidate's run with the dataset's thermal labels put on the picked frames
+    (:func:`tasks.label_import.override_labels`, what the ``override`` step does), scored like every label
+    set (F1 per class on all adapt frames). The product's pick is :func:`tasks.label_pick.pick_frames`
+    on the files the ``pick`` step reads; the random pick as in :func:`picked_frames`."""
+    from pipeline.params import load_params
+    from tasks.label_import import override_labels
+    from tasks.label_pick import pick_frames
+
+    rows: dict[tuple[int, str], list[tuple[float, float, int, int]]] = {}
+    for seed in seeds:
+        st = root / f"cand_{candidate}_seed{seed}" / "stages"
+        params = load_params(PARAMS, recipe(candidate, seed, 1))
+        fuse, gt = params.stage_params("fuse"), atomic.read_json(st / "index" / "thermal_adapt.json")
+        lab = atomic.read_json(st / "fuse" / "fused.json")
+        sources = {"rgb": atomic.read_json(st / "refine" / "refined.json"),
+                   "thermal": atomic.read_json(st / "pseudo@thermal" / "pseudo.json")}
+        pool = atomic.read_json(st / "index" / "thermal_adapt_images.json")["images"]
+        by_name = {os.path.basename(im["file_name"]): im["id"] for im in pool}
+        base = label_scores(gt, lab, ["person", "car"])
+        for n in ns:
+            pick = pick_frames(lab, sources, pool, fuse.threshold, params.pick_params().replace(n=n, seed=seed))
+            chosen = {"pick": {p.image_id for p in pick},
+                      "random": {by_name[f] for f in random.Random(seed).sample(sorted(by_name), n)}}
+            for method, ids in chosen.items():
+                sc = label_scores(gt, override_labels(lab, gt, ids), ["person", "car"])
+                boxes = [sum(a["image_id"] in ids and a["category_id"] == c and not a.get("iscrowd")
+                             for a in gt["annotations"]) for c in (1, 2)]
+                rows.setdefault((n, method), []).append((sc["person"]["F1"] - base["person"]["F1"],
+                                                         sc["car"]["F1"] - base["car"]["F1"], *boxes))
+    lines = [f"Round-1 fused labels of `{candidate}` (person F1 {base['person']['F1']:.3f}, car {base['car']['F1']:.3f} "
+             "with no frame labelled): F1 gain when N frames carry their thermal labels, mean ± sd over seeds "
+             f"{', '.join(map(str, seeds))}; boxes on the labelled frames (person / car, seed means).", "",
+             "| N | method | person F1 gain | car F1 gain | boxes labelled |", "|---:|---|---:|---:|---:|"]
+    for (n, method), v in sorted(rows.items()):
+        lines.append(f"| {n} | {method} | {_ms([x[0] for x in v], '+.3f')} | {_ms([x[1] for x in v], '+.3f')} | "
+                     f"{statistics.mean(x[2] for x in v):.0f} / {statistics.mean(x[3] for x in v):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ms(values: list[float], fmt: str = ".3f") -> str:
+    return "—" if not values else f"{values[0]:{fmt}}" if len(values) == 1 else \
+        f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):.3f}"
 
 
 def _zero_and_oracle(cand: str, seeds: list[int], key: str) -> tuple[list[dict], list[dict]]:
@@ -190,10 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=Path("/tmp/rgb2thermal-msrs-adaptation"),
                     help="the candidate's workspaces (benchmarks.msrs_adaptation --root) and the shared cache")
     ap.add_argument("--merge-only", action="store_true")
+    ap.add_argument("--labels-only", action="store_true",
+                    help="no training: the training labels' F1 after N frames are labelled, pick vs random "
+                         "(results/label_loop_labels.md)")
     ap.add_argument("--remeasure", action="store_true", help="re-score the finished loop workspaces' training labels")
     ap.add_argument("--pick-only", action="store_true",
                     help="only run the product's pick on the seeds' finished runs (kept for the later loop runs)")
     args = ap.parse_args(argv)
+    if args.labels_only:
+        print(atomic.write_text(RESULT.with_name("label_loop_labels.md"),
+                                label_curve(args.candidate, args.seeds, args.n, args.root)))
+        return 0
     if args.pick_only:
         for seed in args.seeds:
             for n in args.n:

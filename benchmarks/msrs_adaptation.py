@@ -92,10 +92,16 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                 "cand:rgblabels3:round1"),
     "rgbpred": ("no RGB labels (`rgb_source.boxes: predictions`): the teacher's RGB predictions, people ≥ 0.5 and cars "
                 "≥ 0.4, people alone refined, thermal source at 640 px (person ≥ 0.15, car ≥ 0.4), students' thresholds "
-                "by the label rule on student 1: shipped in `params/real_unlabelled.yaml`",
+                "by the label rule on student 1: shipped in `params/real_unlabelled.yaml` until 2026-12-06 afternoon",
                 [*UNLABELLED, "self_training.pseudo={thresholds: {person: 0.35, car: 0.45}}", "self_training.rounds=3",
                  "eval.baselines=[source_only, oracle]"],
                 ""),     # scored at 640 px (eval since 2026-12-06): no earlier row is comparable
+    "rgbpredtta": ("rgbpred with the students labelling at two test sizes (640 + 960 px fused, "
+                   "`self_training.infer.tta_sizes`) at the thresholds of the label rule on student 1 labelling so "
+                   "(person ≥ 0.2, car ≥ 0.35); round 1 unchanged: **shipped** in `params/real_unlabelled.yaml`",
+                   [*UNLABELLED, "self_training.pseudo={thresholds: {person: 0.2, car: 0.35}}",
+                    "self_training.infer={tta_sizes: [[960, 960]]}", "self_training.rounds=3",
+                    "eval.baselines=[source_only, oracle]"], "cand:rgbpred"),
 }
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),

@@ -235,13 +235,20 @@ class SelfTrainingSection(_Strict):
     merged over ``thermal_source.pseudo`` (a key given here replaces that key, e.g. the whole
     ``thresholds`` mapping). Why: a student's scores are not calibrated like the teacher's
     (msrs-bench adapt frames: the fused person labels' F1 is best at 0.15 for the COCO teacher and
-    at 0.3 for student 1; ``benchmarks/RESULTS.md``)."""
+    at 0.3 for student 1; ``benchmarks/RESULTS.md``). ``infer``: how a student infers when it labels
+    the thermal adapt frames (keys of ``infer``, e.g. ``tta_sizes: [[960, 960]]``), merged over
+    ``thermal_source.infer``. Why apart from the teacher's: a second, larger test size finds the small
+    people a student misses at 640 px but costs the COCO teacher F1 (msrs-bench adapt frames: student 1's
+    fused person F1 0.708 -> 0.735, the teacher's 0.627 -> 0.620). The eval scores every model with
+    ``infer`` + ``thermal_source.infer`` alone, so that the columns stay comparable (a labelling-time
+    setting, like refinement; test-time augmentation at deployment is the user's own choice)."""
 
     rounds: int = Field(default=1, ge=1, le=10)
     init: Literal["teacher", "previous"] = "teacher"
     pseudo: PseudoSection = Field(default_factory=PseudoSection)
+    infer: InferSection = Field(default_factory=InferSection)
 
-    @field_serializer("pseudo")
+    @field_serializer("pseudo", "infer")
     def _only_set(self, v: BaseModel) -> dict[str, Any]:
         return set_values(v)        # overrides: a dumped document must set the same keys, no more
 
@@ -249,6 +256,11 @@ class SelfTrainingSection(_Strict):
         """The pseudo-label overrides of a student's round (``thermal``: ``thermal_source.pseudo``):
         the keys set in either, this section's winning, as plain JSON values."""
         return {**set_values(thermal), **set_values(self.pseudo)}
+
+    def round_infer(self, thermal: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+        """The inference overrides of a student labelling the thermal adapt frames (rounds >= 2;
+        ``thermal``: ``thermal_source.infer``): the keys set in either, this section's winning."""
+        return {**set_values(thermal), **set_values(self.infer)}
 
 
 class LabelSection(PickFields):
@@ -352,6 +364,7 @@ class PipelineParams(_Strict):
         check("pseudo", self.thermal_source.pseudo)
         check("pseudo", self.self_training.round_pseudo(self.thermal_source.pseudo))
         check("infer", self.thermal_source.infer)
+        check("infer", self.self_training.round_infer(self.thermal_source.infer))
         from tasks.evaluate import METRICS
 
         bad = [m for m in self.eval.metrics if m not in METRICS]

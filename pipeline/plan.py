@@ -35,6 +35,7 @@ from pathlib import Path
 from data.synthetic import SCHEMA as SYNTHETIC_SCHEMA
 from pipeline.step import Ref, Step
 from pipeline.params import PipelineParams, set_values
+from tasks.label_pick import SCORING
 
 
 def _model(step: str) -> Ref:
@@ -149,7 +150,7 @@ def _pick(params: PipelineParams, steps: list[Step]) -> Step:
     return Step("pick", "label_pick", ("label", "fuse" if fuses else "pseudo", "data"),
                 needs={"labels": Ref(fuses[-1] if fuses else "refine", "coco"), **sources,
                        "pool": Ref("index", "thermal_adapt_images"), "index": Ref("index", "index"),
-                       "datasets": Ref("data", "datasets")}, options={"fused": bool(fuses)})
+                       "datasets": Ref("data", "datasets")}, options={"fused": bool(fuses), "scoring": SCORING})
 
 
 def _thermal_round(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref], k: int, source: str,
@@ -158,18 +159,20 @@ def _thermal_round(params: PipelineParams, steps: list[Step], datasets: dict[str
     pseudo-labels are fused with the refined RGB labels; appends the steps, records the label sets the
     quality report scores in ``label_sets`` and returns the fused labels."""
     tag = "thermal" if k == 1 else f"round{k}"
-    thermal_pseudo = set_values(params.thermal_source.pseudo)
-    steps.append(Step(f"infer@{tag}", "infer", ("infer", "thermal_source"), retries=1,
+    thermal_pseudo, st = set_values(params.thermal_source.pseudo), params.self_training
+    # a student's labels also read self_training.infer / .pseudo (its own test sizes, thresholds), when
+    # set: its keys and DVC's params say so; only those fields, so that more rounds do not re-key this one
+    own_infer = ("self_training.infer",) if k > 1 and st.infer.model_fields_set else ()
+    steps.append(Step(f"infer@{tag}", "infer", ("infer", "thermal_source", *own_infer), retries=1,
                       needs={"images": Ref("index", "thermal_adapt_images"), "model": _model(source), **datasets},
                       options={"source": "thermal_teacher" if k == 1 else "thermal_student",
-                               "params": set_values(params.thermal_source.infer)}))
-    # a student's labels also read self_training.pseudo (its own thresholds), when set: its key and
-    # DVC's params say so; only that field, so that more rounds do not re-key this one
-    own = ("self_training.pseudo",) if k > 1 and params.self_training.pseudo.model_fields_set else ()
+                               "params": set_values(params.thermal_source.infer) if k == 1 else
+                               st.round_infer(params.thermal_source.infer)}))
+    own = ("self_training.pseudo",) if k > 1 and st.pseudo.model_fields_set else ()
     steps.append(Step(f"pseudo@{tag}", "pseudo", ("pseudo", "thermal_source", *own, "data"),
                       needs={"predictions": Ref(f"infer@{tag}", "coco")},
                       options={"params": thermal_pseudo if k == 1 else
-                               params.self_training.round_pseudo(thermal_pseudo)}))
+                               st.round_pseudo(thermal_pseudo)}))
     fuse = "fuse" if k == 1 else f"fuse@{tag}"
     steps.append(Step(fuse, "fuse", ("fuse",), retries=1,
                       needs={"rgb": Ref("refine", "coco"), "thermal": Ref(f"pseudo@{tag}", "coco")}))

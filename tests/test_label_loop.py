@@ -86,6 +86,22 @@ def test_pick_scores_near_threshold_and_rare_classes() -> None:
     assert got[3]["rare_class"] == 1.0 and got[1]["rare_class"] == 0.5             # car 1 box, person 2
 
 
+def test_pick_counts_boxes_so_a_frame_with_more_doubtful_boxes_goes_first() -> None:
+    """Frame 1: one car the thermal source lacks (every box in doubt: 0.5 disagreeing boxes). Frame 2: four
+    people, two of them missed by the thermal source (a third of its boxes in doubt: 1.0 disagreeing boxes).
+    As a share of the frame's boxes frame 1 would lead; a person labelling frame 2 corrects twice as much."""
+    images = [_im(1), _im(2)]
+    people = [(1, [10.0 * k, 0, 8, 8], 0.9) for k in range(4)]
+    rgb = _ds(images, {1: [(2, [0.0, 0, 20, 10], 0.9)], 2: people})
+    thermal = _ds(images, {2: people[:2]})
+    params = PickParams(n=1, balance_daynight=False, weights={"disagreement": 1.0, "near_threshold": 0.0, "rare_class": 0.0})
+    (first,) = pick_frames(rgb, {"rgb": rgb, "thermal": thermal}, images, _flat, params)
+    assert first.image_id == 2 and first.reasons["disagreement"] == pytest.approx(1.0, abs=1e-6)
+    both = {p.image_id: p.reasons["disagreement"] for p in pick_frames(rgb, {"rgb": rgb, "thermal": thermal}, images,
+                                                                          _flat, params.replace(n=2))}
+    assert both == {2: pytest.approx(1.0, abs=1e-6), 1: 0.5}
+
+
 # ---------------------------------------------------------------------------------------------
 # a real folder dataset (generated), its index, a fused label set, the export
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +307,9 @@ def test_plan_has_pick_last_and_override_before_each_student() -> None:
     assert "pick" not in [s.name for s in plan(params_from_dict(base))]
     rgb_only = {s.name: s for s in plan(params_from_dict({**base, "thermal_source": {"enabled": False},
                                                           "self_training": {"rounds": 1}, "label": {"pick_n": 3}}))}
-    assert rgb_only["pick"].needs["labels"].step == "refine" and rgb_only["pick"].options == {"fused": False}
+    # the scoring is in the step's options, so in its key: a workspace picked under the old scoring picks again
+    assert rgb_only["pick"].needs["labels"].step == "refine"
+    assert rgb_only["pick"].options == {"fused": False, "scoring": "boxes"}
     steps = plan(params_from_dict({**base, "label": {"pick_n": 5, "override": True}}))
     names = [s.name for s in steps]
     by = {s.name: s for s in steps}

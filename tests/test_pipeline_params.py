@@ -202,18 +202,20 @@ def test_shipped_real_data_recipe_is_valid_once_the_user_paths_are_given(tmp_pat
 
 def test_shipped_unlabelled_recipe_is_the_one_measured() -> None:
     """params/real_unlabelled.yaml is params/real.yaml with the settings benchmarks/msrs_adaptation.py
-    measured as its ``rgbpred`` candidate (all but the eval baselines): a change to either file without
+    measured as its ``rgbpredtta`` candidate (all but the eval baselines): a change to either file without
     the other would ship numbers nobody measured."""
     from benchmarks.msrs_adaptation import CANDIDATES
     from pipeline.plan import step_names
 
-    sets = [s for s in CANDIDATES["rgbpred"][1] if not s.startswith("eval.")]
+    sets = [s for s in CANDIDATES["rgbpredtta"][1] if not s.startswith("eval.")]
     measured = load_params(REPO / "params" / "real.yaml", sets)
     shipped = load_params(REPO / "params" / "real_unlabelled.yaml")
     assert shipped.model_dump(mode="json") == measured.model_dump(mode="json")
     assert shipped.rgb_source.boxes == "predictions" and "infer" in step_names(shipped)
     assert shipped.stage_params("pseudo").thresholds == {"person": 0.5, "car": 0.4}
-    assert shipped.self_training.round_pseudo(shipped.thermal_source.pseudo)["thresholds"] == {"person": 0.35, "car": 0.45}
+    assert shipped.self_training.round_pseudo(shipped.thermal_source.pseudo)["thresholds"] == {"person": 0.2, "car": 0.35}
+    assert shipped.self_training.round_infer(shipped.thermal_source.infer) == {"input_size": [640, 640],
+                                                                              "tta_sizes": [[960, 960]]}
 
 
 def test_no_path_enters_a_key_section(tmp_path: Path) -> None:

@@ -168,3 +168,32 @@ def test_the_students_rounds_take_their_own_pseudo_label_parameters(tmp_path: Pa
     d["self_training"]["pseudo"] = {"thresholds": {"person": 1.5}}
     with pytest.raises(InputError, match="threshold"):
         params_from_dict(d).validate_stages()
+
+
+def test_the_students_label_with_their_own_inference_parameters(tmp_path: Path) -> None:
+    """``self_training.infer`` applies when a student labels the thermal frames (rounds >= 2) only: the
+    teacher's round keeps ``thermal_source.infer``, the eval scores every model without it, and a bad
+    value fails before any work."""
+    from core.errors import InputError
+    from pipeline.params import params_from_dict
+    from pipeline.plan import plan
+
+    (tmp_path / "data").mkdir()
+    d = _rounds_params(tmp_path)
+    d["thermal_source"]["infer"] = {"input_size": [640, 640]}
+    d["self_training"] = {"rounds": 3, "infer": {"tta_sizes": [[960, 960]]}}
+    steps = {s.name: s for s in plan(params_from_dict(d))}
+    assert steps["infer@thermal"].options["params"] == {"input_size": [640, 640]}
+    for k in (2, 3):
+        assert steps[f"infer@round{k}"].options["params"] == {"input_size": [640, 640], "tta_sizes": [[960, 960]]}
+    assert "self_training.infer" in steps["infer@round2"].sections
+    assert not any(s.startswith("self_training") for s in steps["infer@thermal"].sections)
+    # the student's pseudo step does not read it (its predictions file carries the change), nor does eval
+    assert "self_training.infer" not in steps["pseudo@round2"].sections
+    assert not any(s.startswith("self_training") for s in steps["eval"].sections)
+    unset = {s.name: s for s in plan(params_from_dict({**d, "self_training": {"rounds": 3}}))}
+    assert unset["infer@round2"].options == {**steps["infer@thermal"].options, "source": "thermal_student"}
+    assert unset["infer@round2"].sections == ("infer", "thermal_source")
+    d["self_training"]["infer"] = {"tta_sizes": [[10, 10]]}
+    with pytest.raises(InputError, match="tta_sizes"):
+        params_from_dict(d).validate_stages()
