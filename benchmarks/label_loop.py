@@ -149,10 +149,11 @@ def label_curve(candidate: str, seeds: list[int], ns: list[int], root: Path) -> 
             pick = pick_frames(lab, sources, pool, fuse.threshold, params.pick_params().replace(n=n, seed=seed))
             chosen = {"pick": {p.image_id for p in pick},
                       "random": {by_name[f] for f in random.Random(seed).sample(sorted(by_name), n)}}
+            names = {c["id"]: c["name"] for c in gt["categories"]}
             for method, ids in chosen.items():
                 sc = label_scores(gt, override_labels(lab, gt, ids), ["person", "car"])
-                boxes = [sum(a["image_id"] in ids and a["category_id"] == c and not a.get("iscrowd")
-                             for a in gt["annotations"]) for c in (1, 2)]
+                boxes = [sum(a["image_id"] in ids and names[a["category_id"]] == c and not a.get("iscrowd")
+                             for a in gt["annotations"]) for c in ("person", "car")]
                 rows.setdefault((n, method), []).append((sc["person"]["F1"] - base["person"]["F1"],
                                                          sc["car"]["F1"] - base["car"]["F1"], *boxes))
     lines = [f"Round-1 fused labels of `{candidate}` (person F1 {base['person']['F1']:.3f}, car {base['car']['F1']:.3f} "

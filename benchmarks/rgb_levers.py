@@ -24,20 +24,22 @@ from benchmarks.label_rule import label_scores
 from benchmarks.msrs_adaptation import CLI, PARAMS, REPO, overrides, set_args
 
 BASE = ["rgb_source.boxes=predictions", "self_training.rounds=1", "eval.baselines=[source_only]"]
+#: RGB and thermal cars from 0.4 (``car04``), the base of the later settings
+CAR04 = ["pseudo.thresholds={person: 0.5, car: 0.4}", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.4}"]
 #: name -> (what it is, --set values on top of BASE)
 SETTINGS: dict[str, tuple[str, list[str]]] = {
     "as_shipped": ("params/real.yaml with RGB predictions ≥ 0.5 (people refined; thermal person 0.15 / car 0.7)", []),
     "refine_all": ("both classes refined", ["refine.classes=null"]),
     "car04": ("RGB cars ≥ 0.4, thermal cars ≥ 0.4 (the rule on the predictions path, 2026-12-02)",
-              ["pseudo.thresholds={person: 0.5, car: 0.4}", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.4}"]),
+              [*CAR04]),
     "car04_all": ("car04 + both classes refined",
-                  ["pseudo.thresholds={person: 0.5, car: 0.4}", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.4}",
+                  [*CAR04,
                    "refine.classes=null"]),
     "rgb640": ("car04 + the RGB teacher at the frames' width (640 px)",
-               ["pseudo.thresholds={person: 0.5, car: 0.4}", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.4}",
+               [*CAR04,
                 "infer.input_size=[640, 640]"]),
     "rgbflip": ("car04 + RGB flip TTA",
-                ["pseudo.thresholds={person: 0.5, car: 0.4}", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.4}",
+                [*CAR04,
                  "infer.tta=[flip]", "thermal_source.infer.tta=[]"]),
 }
 CLASSES = ["person", "car"]

@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         ws = a.root / f"cand_{a.candidate}_seed{seed}"
         params = load_params(PARAMS, overrides(seed, False) + CANDIDATES[a.candidate][1])
         probe = a.root / f"scales_{a.candidate}_seed{seed}"
+        (probe / "stages").mkdir(parents=True, exist_ok=True)
         for d in ("index", "refine"):        # what fused_f1 reads besides the labeller's detections
-            (probe / "stages").mkdir(parents=True, exist_ok=True)
             if not (probe / "stages" / d).exists():
                 (probe / "stages" / d).symlink_to(ws / "stages" / d)
         for model in a.models:
