@@ -21,6 +21,11 @@ that candidate's row of the same round and seeds. Results go to
 ``benchmarks/results/label_loop/<candidate>_<method>_n<N>_seed<k>.json`` and the table to
 ``benchmarks/results/label_loop.md``.
 
+``--after CANDIDATE`` continues the finished loops of an earlier, shorter run (``--rounds`` 1 of a candidate
+with the same round 1) to ``--rounds`` rounds of ``--candidate``: the person labelled the frames picked after
+round 1, and the later students train with those frames overridden in every round. The run starts from a copy
+of that loop's workspace and uses its data copy, so its student 1 is reused (same labels, same key).
+
 Rows ``pick-shares`` are the product's pick before it counted boxes (its criteria were shares of a
 frame's boxes; measured 2026-12-06 morning, results kept under that name).
 
@@ -90,25 +95,37 @@ def simulated_person(names: list[str], base_ws: Path, out: Path) -> Path:
     return atomic.write_json(out, {"images": list(keep.values()), "annotations": anns, "categories": gt["categories"]})
 
 
-def run_one(candidate: str, method: str, n: int, seed: int, rounds: int, root: Path) -> dict[str, Any]:
-    """One loop: pick, simulated labelling, import into a copy of the data, retrain, score on test."""
+def run_one(candidate: str, method: str, n: int, seed: int, rounds: int, root: Path,
+            after: str | None = None) -> dict[str, Any]:
+    """One loop: pick, simulated labelling, import into a copy of the data, retrain, score on test.
+
+    ``after``: the tag of an earlier, shorter loop (``<candidate>_<method>_n<N>_seed<k>``) whose labelled
+    frames this run keeps: the person labelled after that loop's rounds, and this run goes on to ``rounds``
+    rounds with ``candidate``'s settings. It starts from a copy of that loop's workspace and uses its data
+    copy, so the students it shares (same labels, same keys) are reused rather than trained again."""
     sets = recipe(candidate, seed, rounds)
-    base_ws = root / f"cand_{candidate}_seed{seed}"
-    tag = f"{candidate}_{method}_n{n}_seed{seed}"
-    t0 = time.perf_counter()
-    names = picked_frames(method, n, seed, base_ws, sets)
-    data = root / "loop_data" / tag
-    shutil.rmtree(data, ignore_errors=True)
-    shutil.copytree(DATA, data, copy_function=os.link)
-    human = simulated_person(names, base_ws, root / "loop_data" / f"{tag}.json")
-    subprocess.run([*CLI, "label", "import", str(human), "--dataset", str(data), "--as-training", "--no-dvc"],
-                   check=True, cwd=REPO)
-    ws = root / f"loop_{tag}"
+    tag = f"{candidate}_{method}_n{n}_seed{seed}" + (f"_after-{after.split('_')[0]}" if after else "")
+    ws, t0 = root / f"loop_{tag}", time.perf_counter()
+    if after:
+        earlier = atomic.read_json(OUT_DIR / f"{after}.json")
+        names, data, human = earlier["frames"], root / "loop_data" / after, root / "loop_data" / f"{after}.json"
+        if not ws.exists():
+            shutil.copytree(root / f"loop_{after}", ws, symlinks=True)     # datasets/: links to the data
+    else:
+        base_ws = root / f"cand_{candidate}_seed{seed}"
+        names = picked_frames(method, n, seed, base_ws, sets)
+        data = root / "loop_data" / tag
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.copytree(DATA, data, copy_function=os.link)
+        human = simulated_person(names, base_ws, root / "loop_data" / f"{tag}.json")
+        subprocess.run([*CLI, "label", "import", str(human), "--dataset", str(data), "--as-training", "--no-dvc"],
+                       check=True, cwd=REPO)
     sets = [s for s in sets if not s.startswith("data.roots=")] + [f"data.roots=[{{path: {data}, version: msrs}}]",
                                                                    "label.override=true"]
     subprocess.run([*CLI, "run", "--params", str(PARAMS), "--workspace", str(ws), "--cache-dir", str(root / "cache"),
                     *_sets(sets)], check=True, cwd=REPO)
     return {"candidate": candidate, "method": method, "n": n, "seed": seed, "rounds": rounds, "frames": sorted(names),
+            "labelled_after": earlier["rounds"] if after else rounds,
             "seconds": round(time.perf_counter() - t0, 1), **measure(ws / "stages"), **training_labels(ws, human)}
 
 
@@ -202,8 +219,8 @@ def report(runs: list[dict[str, Any]]) -> str:
         seeds = sorted({r["seed"] for r in mine})
         zero, oracle = _zero_and_oracle(cand, seeds, f"round{rounds}")
         rows = [(0, "—", seeds if zero else [], zero)]
-        for n, method in sorted({(r["n"], r["method"]) for r in mine}):
-            rs = sorted((r for r in mine if r["n"] == n and r["method"] == method), key=lambda r: r["seed"])
+        for n, method in sorted({(r["n"], _method(r)) for r in mine}):
+            rs = sorted((r for r in mine if r["n"] == n and _method(r) == method), key=lambda r: r["seed"])
             rows.append((n, method, [r["seed"] for r in rs], [r["grouped"]["adapted"] for r in rs]))
         rows.append(("all 170", "oracle (thermal labels)", seeds if len(oracle) == len(seeds) else [], oracle))
         lines.append(f"| *{cand}, round {rounds}* | | | " + " | " * 7 + " |")
@@ -213,6 +230,12 @@ def report(runs: list[dict[str, Any]]) -> str:
                          + " | ".join(_ms([g[grp][c]["mAP_50"] for g in gs]) for c in cats for grp in groups) + " | "
                          + " | ".join(_share(gs, oracle, c) if same else "—" for c in cats) + " |")
     return "\n".join(lines + _label_lines(runs)) + "\n"
+
+
+def _method(run: dict[str, Any]) -> str:
+    """The method as the table names it: with the round after which the person labelled, when earlier."""
+    after = run.get("labelled_after", run["rounds"])
+    return run["method"] if after == run["rounds"] else f"{run['method']}, labelled after round {after}"
 
 
 def _label_lines(runs: list[dict[str, Any]]) -> list[str]:
@@ -238,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=Path("/tmp/rgb2thermal-msrs-adaptation"),
                     help="the candidate's workspaces (benchmarks.msrs_adaptation --root) and the shared cache")
     ap.add_argument("--merge-only", action="store_true")
+    ap.add_argument("--after", metavar="CANDIDATE",
+                    help="keep the frames labelled in CANDIDATE's finished loop of the same method, N and seed (the "
+                         "person labelled after its rounds) and go on to --rounds rounds from its workspace")
     ap.add_argument("--labels-only", action="store_true",
                     help="no training: the training labels' F1 after N frames are labelled, pick vs random "
                          "(results/label_loop_labels.md)")
@@ -259,14 +285,18 @@ def main(argv: list[str] | None = None) -> int:
         for p in sorted(OUT_DIR.glob("*.json")):
             r = json.loads(p.read_text())
             tag = p.stem
-            extra = training_labels(args.root / f"loop_{tag}", args.root / "loop_data" / f"{tag}.json")
+            own, _, after = tag.partition("_after-")       # a continued loop: the earlier loop's labelled frames
+            human = f"{after}{own.removeprefix(r['candidate'])}" if after else tag
+            extra = training_labels(args.root / f"loop_{tag}", args.root / "loop_data" / f"{human}.json")
             atomic.write_json(p, {**r, **extra})
     elif not args.merge_only:
         for seed in args.seeds:
             for n in args.n:
                 for method in args.methods:
-                    res = run_one(args.candidate, method, n, seed, args.rounds, args.root)
-                    atomic.write_json(OUT_DIR / f"{args.candidate}_{method}_n{n}_seed{seed}.json", res)
+                    after = f"{args.after}_{method}_n{n}_seed{seed}" if args.after else None
+                    res = run_one(args.candidate, method, n, seed, args.rounds, args.root, after)
+                    atomic.write_json(OUT_DIR / (f"{args.candidate}_{method}_n{n}_seed{seed}"
+                                                 + (f"_after-{args.after}" if after else "") + ".json"), res)
                     print(f"{method} n={n} seed {seed}: {res['seconds'] / 60:.1f} min", flush=True)
     runs = [json.loads(p.read_text()) for p in sorted(OUT_DIR.glob("*.json"))]
     print(atomic.write_text(RESULT, report(runs)))

@@ -267,8 +267,9 @@ class LabelSection(PickFields):
     """The labelling loop (``rgb2thermal label pick`` / ``label import``, README "The labelling loop").
 
     - ``pick_n``: with ``pick_n > 0`` the plan ends with a ``pick`` step that chooses that many thermal
-      adapt frames to label (the most uncertain ones; :mod:`tasks.label_pick`: ``seed``, ``band``,
-      ``weights``, ``balance_daynight``) and exports them as a CVAT / Label Studio task.
+      adapt frames to label (the most uncertain ones, or with ``purpose: val`` a random draw for a val
+      split; :mod:`tasks.label_pick`: ``seed``, ``band``, ``weights``, ``balance_daynight``, ``purpose``)
+      and exports them as a CVAT / Label Studio task.
     - ``override``: each student trains on its labels with the boxes of the frames a person labelled
       (``label import --as-training``) in place of their pseudo-labels (an ``override`` step per round).
     """

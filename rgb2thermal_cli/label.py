@@ -23,9 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "export them as a labelling task (COCO, CVAT XML, Label Studio JSON). import: "
                                    "bring the corrected labels back into the dataset as a labelled split.")
     ls = p.add_subparsers(dest="label_cmd", metavar="{pick,import}")
-    pk = ls.add_parser("pick", help="export the N most uncertain thermal adapt frames as a labelling task",
+    pk = ls.add_parser("pick", help="export N thermal adapt frames as a labelling task (the most uncertain, or "
+                                    "with --for val a random draw)",
                        description="Runs the pipeline's `pick` step on a finished run's outputs (never test or val "
-                                   "frames, balanced day/night, deterministic for a seed) and writes WORKSPACE/"
+                                   "frames, balanced day/night, deterministic for a seed): the N most uncertain "
+                                   "frames (--for training) or N frames at random (--for val), and writes WORKSPACE/"
                                    "stages/pick/: images/, tasks.json (COCO), cvat.xml, label_studio.json, "
                                    "label_studio_config.xml, picked.json.")
     pk.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="PARAMS_YAML",
@@ -36,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="the run's workspace (default: ./workspace)")
     pk.add_argument("--n", type=int, default=None, help="frames to pick (default: label.pick_n, else 20)")
     pk.add_argument("--seed", type=int, default=None, help="tie-break seed (default: label.seed)")
+    pk.add_argument("--for", dest="purpose", choices=("training", "val"), default=None,
+                    help="training: the most uncertain frames, to correct and import with --as-training; val: a "
+                         "random draw balanced over day/night, for the val split that decisions read (an uncertain "
+                         "pick is the hardest frames, a biased yardstick) (default: label.purpose, else training)")
     pk.set_defaults(func=pick)
 
     im = ls.add_parser("import", help="import corrected labels (COCO 1.0, CVAT for images 1.1, Label Studio JSON)",
@@ -62,14 +68,18 @@ def pick(args: argparse.Namespace) -> int:
 
     params = load_params(args.params, args.overrides)
     n = args.n if args.n is not None else (params.label.pick_n or 20)
-    sets = [f"label.pick_n={n}", *([f"label.seed={args.seed}"] if args.seed is not None else [])]
+    sets = [f"label.pick_n={n}", *([f"label.seed={args.seed}"] if args.seed is not None else []),
+            *([f"label.purpose={args.purpose}"] if args.purpose else [])]
     params = load_params(args.params, [*args.overrides, *sets])
     run_pipeline(params, args.workspace, flow="label", only="pick")
     out = args.workspace / "stages" / "pick"
-    print(f"picked {n} frames -> {out}\n"
+    then = ("rgb2thermal label import <exported file> --dataset <dataset root>   (the val split; set data.val_split: val)"
+            if params.label.purpose == "val" else
+            "rgb2thermal label import <exported file> --dataset <dataset root> --as-training   (set label.override: true)")
+    print(f"picked {n} frames ({params.label.purpose}) -> {out}\n"
           f"  CVAT: create a task with {out / 'images'}, then Upload annotations -> COCO 1.0 -> {out / 'tasks.json'}\n"
           f"  Label Studio: import {out / 'label_studio.json'} (labelling config: {out / 'label_studio_config.xml'})\n"
-          "  then: rgb2thermal label import <exported file> --dataset <dataset root>")
+          f"  then: {then}")
     return 0
 
 

@@ -22,8 +22,10 @@ with five doubtful people is worth more than a frame with one doubtful car):
 
 The score is the weighted sum; the pick is greedy by score, balanced over day/night (the group with
 the fewest picks so far goes next, the better candidate first) and ties are broken by a seeded
-permutation of the pool, so a pick is deterministic for a seed. Boxes are COCO ``xywh`` pixels in the
-files and ``xyxy`` pixels inside.
+permutation of the pool, so a pick is deterministic for a seed. A pick for a val split
+(``purpose: val``) leaves the scores out: the seeded permutation alone orders each day/night group,
+a random draw that looks like the data (see :class:`PickFields`). Boxes are COCO ``xywh`` pixels in
+the files and ``xyxy`` pixels inside.
 
 Measured (msrs-bench adapt frames, round 1 without RGB labels, 20 frames, the frames' thermal labels
 put in their place; ``benchmarks/RESULTS.md``): the same criteria as shares of the frame's boxes
@@ -37,6 +39,7 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,6 +73,13 @@ class PickFields(BaseModel):
     - ``band``: score distance to a class threshold that counts as "near" it, in [0, 1].
     - ``weights``: per criterion (see the module docstring).
     - ``balance_daynight``: alternate day and night frames (and frames of unknown time) when both exist.
+    - ``purpose``: ``training`` (default): the most uncertain frames first, the frames worth correcting
+      (``label import --as-training``); ``val``: a seeded random draw, balanced over day/night like the
+      other, for a val split (``label import``'s default). Why two: a yardstick must look like the data
+      the model meets, and the uncertain frames are the hardest ones: on msrs-bench the 20 most uncertain
+      frames, used as val to choose among four rounds' students, chose round 1 on all 3 seeds (test mAP_50
+      0.736 ± 0.007, all classes) where the val draw of 20 chose rounds 2-4 (0.764 ± 0.018)
+      (``benchmarks/label_decisions.py``, RESULTS "Without RGB labels", section 4).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -78,6 +88,7 @@ class PickFields(BaseModel):
     band: float = Field(default=0.1, ge=0, le=1)
     weights: PickWeights = Field(default_factory=PickWeights)
     balance_daynight: bool = True
+    purpose: Literal["training", "val"] = "training"
 
 
 class PickParams(PickFields, StageParams):
@@ -195,7 +206,8 @@ def frame_scores(labels: Mapping, sources: Mapping[str, Mapping], pool: list[dic
 
 def pick_frames(labels: Mapping, sources: Mapping[str, Mapping], pool: list[dict], threshold: Threshold,
                 params: PickParams) -> list[Picked]:
-    """Choose the ``params.n`` most uncertain frames of ``pool``, balanced over day/night.
+    """Choose the ``params.n`` most uncertain frames of ``pool`` (``purpose: val``: ``n`` frames at random,
+    the scores kept for the export), balanced over day/night.
 
     Only frames of ``pool`` can be picked, whatever the label files hold: the caller passes the thermal
     adapt frames (the index's ``thermal_adapt_images``: no test frame, no val frame) minus the frames a
@@ -215,18 +227,21 @@ def pick_frames(labels: Mapping, sources: Mapping[str, Mapping], pool: list[dict
     pool = sorted(pool, key=lambda im: im["id"])
     scores = frame_scores(labels, sources, pool, threshold, params)
     rank = {im["id"]: int(r) for im, r in zip(pool, np.random.default_rng(params.seed).permutation(len(pool)))}
-    order = sorted(pool, key=lambda im: (-scores[im["id"]][0], rank[im["id"]]))
+    by_score = params.purpose == "training"
+
+    def first(im: dict) -> tuple[float, int]:       # the better candidate sorts first
+        return (-scores[im["id"]][0] if by_score else 0.0, rank[im["id"]])
+
     groups: dict[str, list[dict]] = {}
-    for im in order:
+    for im in sorted(pool, key=first):
         groups.setdefault((im.get("daynight") or "unknown") if params.balance_daynight else "all", []).append(im)
     taken: dict[str, int] = dict.fromkeys(groups, 0)
     chosen: list[dict] = []
     while len(chosen) < params.n and any(taken[g] < len(groups[g]) for g in groups):
         open_groups = [g for g in groups if taken[g] < len(groups[g])]
-        g = min(open_groups, key=lambda g: (taken[g], -scores[groups[g][taken[g]]["id"]][0],
-                                            rank[groups[g][taken[g]]["id"]]))
+        g = min(open_groups, key=lambda g: (taken[g], *first(groups[g][taken[g]])))
         chosen.append(groups[g][taken[g]])
         taken[g] += 1
-    chosen.sort(key=lambda im: (-scores[im["id"]][0], rank[im["id"]]))
+    chosen.sort(key=first)
     return [Picked(im["id"], scores[im["id"]][0], scores[im["id"]][1], im.get("daynight"), str(im["file_name"]))
             for im in chosen]

@@ -77,6 +77,29 @@ def test_pick_is_deterministic_for_a_seed_balanced_and_never_takes_test_or_val_f
     assert len(ties) > 1                                        # the seed decides the tie
 
 
+def test_a_val_pick_is_the_seeded_draw_whatever_the_scores_balanced_and_never_test_or_val() -> None:
+    """``purpose: val``: the frames the seed's permutation puts first in each day/night group, whatever
+    their uncertainty (a yardstick must look like the data, not be its hardest frames)."""
+    fused, sources, images = _pick_case()
+    pool = [im for im in images if im["split"] == "adapt"]
+    params = PickParams(n=4, seed=0, purpose="val")
+    got = pick_frames(fused, sources, pool, _flat, params)
+    rank = dict(zip(range(1, 9), np.random.default_rng(0).permutation(8).tolist(), strict=True))
+    want = sorted(range(1, 5), key=rank.get)[:2] + sorted(range(5, 9), key=rank.get)[:2]
+    assert [p.image_id for p in got] == sorted(want, key=rank.get)
+    assert sorted(p.daynight for p in got) == ["day", "day", "night", "night"]
+    # the same draw when every frame agrees (no score at all), and the reasons still go to the export
+    agree = {"rgb": sources["rgb"], "thermal": sources["rgb"]}
+    assert [p.image_id for p in pick_frames(fused, agree, pool, _flat, params)] == [p.image_id for p in got]
+    assert {p.image_id: p.reasons["disagreement"] for p in got} == {i: float(i in (2, 3, 6)) for i in want}
+    # a training pick of the same seed leads with the three disagreeing frames instead (frame 2 is not drawn)
+    assert {p.image_id for p in pick_frames(fused, sources, pool, _flat, params.replace(purpose="training"))[:3]} \
+        == {2, 3, 6} and 2 not in want
+    # test (9) and val (10) are never drawn either
+    every = pick_frames(fused, sources, pool, _flat, params.replace(n=50))
+    assert sorted(p.image_id for p in every) == list(range(1, 9))
+
+
 def test_pick_scores_near_threshold_and_rare_classes() -> None:
     images = [_im(i) for i in range(1, 4)]
     labels = _ds(images, {1: [(1, [0.0, 0, 5, 5], 0.55)], 2: [(1, [0.0, 0, 5, 5], 0.95)], 3: [(2, [0.0, 0, 5, 5], 0.95)]})
@@ -354,6 +377,15 @@ def test_the_pick_step_runs_through_the_executor_into_its_stage_folder_and_the_r
         load_dataset(ws / "index" / "thermal_adapt.json")["annotations"]
     again = run_pipeline(p, tmp_path / "ws", steps=steps)           # unchanged: reused, same pick
     assert again.stage("pick").reused and json.loads((out / "picked.json").read_text()) == picked
+    # a pick for the val split (`label pick --for val`) is another step key: picked again, the seeded draw
+    val = run_pipeline(p.model_copy(update={"label": p.label.model_copy(update={"purpose": "val"})}),
+                       tmp_path / "ws", steps=steps)
+    pool = json.loads((ws / "index" / "thermal_adapt_images.json").read_text())["images"]
+    draw = pick_frames(new_dataset(pool, [], categories_from_names(CLASSES)), {}, pool, _flat,
+                       PickParams(n=3, seed=0, purpose="val"))
+    assert not val.stage("pick").reused
+    assert [x["file_name"] for x in json.loads((out / "picked.json").read_text())] == \
+        [Path(p.file_name).name for p in draw]
 
 
 def test_label_import_cli_versions_a_dvc_tracked_dataset_and_refuses_bad_input_with_exit_2(loop: dict, capsys) -> None:
