@@ -385,7 +385,7 @@ def test_the_pick_step_runs_through_the_executor_into_its_stage_folder_and_the_r
                        PickParams(n=3, seed=0, purpose="val"))
     assert not val.stage("pick").reused
     assert [x["file_name"] for x in json.loads((out / "picked.json").read_text())] == \
-        [Path(p.file_name).name for p in draw]
+        [Path(d.file_name).name for d in draw]
 
 
 def test_label_import_cli_versions_a_dvc_tracked_dataset_and_refuses_bad_input_with_exit_2(loop: dict, capsys) -> None:
