@@ -47,7 +47,7 @@ def students(params) -> list[str]:
     return ["student"] + [f"student@round{k}" for k in range(2, params.self_training.rounds + 1)]
 
 
-def labelled_sets(ws: Path, seed: int, ns: list[int], params) -> dict[str, set[int]]:
+def labelled_sets(ws: Path, seed: int, ns: list[int]) -> dict[str, set[int]]:
     """Image ids of the labelled frames, for each N: ``pick N`` (the product's pick for training: the most
     uncertain), ``val pick N`` (its pick for a val split: ``label pick --for val``), ``random N`` (uniform);
     and ``all 170``."""
@@ -59,7 +59,7 @@ def labelled_sets(ws: Path, seed: int, ns: list[int], params) -> dict[str, set[i
                "thermal": atomic.read_json(st / "pseudo@thermal" / "pseudo.json")}
     pool = atomic.read_json(st / "index" / "thermal_adapt_images.json")["images"]
     by_name = {os.path.basename(im["file_name"]): im["id"] for im in pool}
-    one = recipe_params(seed, 1)
+    one = recipe_params(seed, 1)        # round 1's parameters: the same in rgbpred, rgbpredtta and rgbpredtta4
     out: dict[str, set[int]] = {}
     for n in ns:
         pick = pick_frames(lab, sources, pool, one.stage_params("fuse").threshold, one.pick_params().replace(n=n, seed=seed))
@@ -98,7 +98,7 @@ def score_students(ws: Path, ids: set[int], out: Path, params) -> dict[str, dict
     return {col: {c: res.evaluation.metrics[col][c]["mAP_50"] for c in [*CLASSES, "all"]} for col in models}
 
 
-def test_scores(candidate: str, seed: int, rounds: int) -> dict[str, dict[str, float]]:
+def scores_on_test(candidate: str, seed: int, rounds: int) -> dict[str, dict[str, float]]:
     """Test mAP_50 of every round's student (per class and all classes, all frames), from the candidate's
     measured run (``benchmarks.msrs_adaptation``): read for the report only, never for a choice."""
     grouped = atomic.read_json(CAND_DIR / f"cand_{candidate}_seed{seed}.json")["grouped"]
@@ -111,11 +111,11 @@ def run_seed(candidate: str, seed: int, ns: list[int], root: Path) -> dict[str, 
     ws = root / f"cand_{candidate}_seed{seed}"
     params = recipe_params(seed, int(_rounds(candidate)), candidate)
     probe = root / "decisions" / f"{candidate}_seed{seed}"
-    sets = labelled_sets(ws, seed, ns, params)
+    sets = labelled_sets(ws, seed, ns)
     val = {name: score_students(ws, ids, probe / name.replace(" ", "_"), params) for name, ids in sets.items()}
     chosen = {name: max(v, key=lambda col: (v[col]["all"], col)) for name, v in val.items()}
     return {"candidate": candidate, "seed": seed, "val": val, "chosen": chosen,
-            "test": test_scores(candidate, seed, len(students(params)))}
+            "test": scores_on_test(candidate, seed, len(students(params)))}
 
 
 def _rounds(candidate: str) -> str:
