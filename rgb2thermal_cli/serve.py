@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ORDER = 60
 DEFAULT_CRON = "0 2 * * *"
 DEFAULT_NAME = "nightly"
+#: Seconds the serve loop may take to shut down after Ctrl-C before the process ends itself (exit code 130).
+SHUTDOWN_GRACE_S = 20.0
 
 
 def build_deployment(params: str | Path = "params.yaml", workspace: str | Path = "workspace", *,
@@ -149,5 +157,47 @@ def serve(args: argparse.Namespace) -> int:
         return 0
     from prefect import serve as prefect_serve
 
-    prefect_serve(dep)
+    previous = signal.signal(signal.SIGINT, bounded_shutdown(SHUTDOWN_GRACE_S))
+    try:
+        prefect_serve(dep)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return 0
+
+
+def bounded_shutdown(grace_s: float) -> Callable[[int, Any], None]:
+    """A SIGINT handler that interrupts as Python does (``KeyboardInterrupt``) and, from the first Ctrl-C
+    on, gives the process ``grace_s`` seconds to finish: one still alive then is ended with exit code 130,
+    said at WARNING.
+
+    Why: on Ctrl-C Prefect's runner cancels its loops and pauses its deployments through the API, and in
+    the full test suite it was seen to outlive two Ctrl-Cs by a minute, every thread idle in asyncio's
+    select (waiting on a reply or a retry back-off; docs/RELIABILITY.md). A served process must stop when
+    asked. What it leaves is safe: every output is written atomically and the next night resumes; the
+    deployment may stay unpaused, so the server queues its runs until ``serve`` runs again.
+
+    Args:
+        grace_s: seconds from the first SIGINT to the forced exit.
+
+    Returns:
+        The handler, for ``signal.signal(signal.SIGINT, ...)`` in the main thread. Installed, it also keeps
+        asyncio from installing its own SIGINT handler (which turns the first Ctrl-C into a cancellation).
+    """
+    started: list[threading.Timer] = []
+
+    def end() -> None:
+        logging.getLogger(__name__).warning(
+            "rgb2thermal serve: Prefect's shutdown did not finish within %.0f s of Ctrl-C; exiting now (code 130). "
+            "Outputs are complete (atomic writes); the deployment may not be paused", grace_s)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+    def handler(signum: int, frame: Any) -> None:
+        if not started:
+            started.append(threading.Timer(grace_s, end))
+            started[0].daemon = True
+            started[0].start()
+        raise KeyboardInterrupt
+
+    return handler

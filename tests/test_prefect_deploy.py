@@ -254,3 +254,30 @@ def test_serve_loop_registers_the_schedule_and_runs_a_triggered_night(prefect_ha
         assert _stop(proc, log) in (0, 130, -signal.SIGINT), log.read_text()
     finally:
         _kill_group(proc)
+
+
+def test_serve_ends_itself_when_a_shutdown_outlives_the_grace_after_ctrl_c(tmp_path: Path) -> None:
+    """``rgb2thermal serve``'s SIGINT handler (:func:`rgb2thermal_cli.serve.bounded_shutdown`): Ctrl-C
+    interrupts as usual, and a process whose shutdown then hangs (here: a loop that swallows every
+    KeyboardInterrupt, as a stuck shutdown would) is ended 1 s later with exit code 130 and a warning."""
+    code = ("import signal, time\n"
+            "from rgb2thermal_cli.serve import bounded_shutdown\n"
+            "signal.signal(signal.SIGINT, bounded_shutdown(1.0))\n"
+            "print('ready', flush=True)\n"
+            "while True:\n"
+            "    try:\n"
+            "        time.sleep(0.05)\n"
+            "    except KeyboardInterrupt:\n"
+            "        print('interrupted', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    assert out.strip() == "interrupted"                  # the first Ctrl-C still raised KeyboardInterrupt
+    assert "shutdown did not finish within 1 s of Ctrl-C; exiting now (code 130)" in err
