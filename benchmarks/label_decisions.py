@@ -43,8 +43,10 @@ CLASSES = ["person", "car"]
 
 
 def students(params) -> list[str]:
-    """The students' step names, round 1 first."""
-    return ["student"] + [f"student@round{k}" for k in range(2, params.self_training.rounds + 1)]
+    """The students' step names, round 1 first (the plan's training steps of the self-training rounds)."""
+    from pipeline.plan import plan
+
+    return [s.name for s in plan(params) if s.kind == "train" and s.name.startswith("student")]
 
 
 def labelled_sets(ws: Path, seed: int, ns: list[int]) -> dict[str, set[int]]:
@@ -80,19 +82,17 @@ def recipe_params(seed: int, rounds: int, candidate: str = "rgbpredtta"):
 
 def score_students(ws: Path, ids: set[int], out: Path, params) -> dict[str, dict[str, float]]:
     """mAP_50 per class and over all classes of every student on the frames ``ids`` (the ``val`` step's way)."""
-    from pipeline.params import set_values
     from tasks.compare import evaluate_columns
 
     gt = atomic.read_json(ws / "stages" / "index" / "thermal_adapt.json")
     subset = {**gt, "images": [im for im in gt["images"] if im["id"] in ids],
               "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
     gt_file = atomic.write_json(out / "gt.json", subset)
-    infer = {**set_values(params.thermal_source.infer), "batch_size": params.eval.batch_size, "device": "cpu"}
     models = {}
     for k, name in enumerate(students(params), start=1):
         train = ws / "stages" / name / "train"
-        models[f"round{k}"] = params.stage_params("infer", infer, config=str(train / "config.py"),
-                                                  checkpoint=str(train / "best_slim.pth"), source="thermal_student")
+        models[f"round{k}"] = params.eval_infer_params(str(train / "config.py"), str(train / "best_slim.pth"),
+                                                       "thermal_student")
     res = evaluate_columns(gt_file, models, out, ["mAP_50"], columns=list(models), cache_dir=out.parent.parent / "cache",
                            image_root=ws)
     return {col: {c: res.evaluation.metrics[col][c]["mAP_50"] for c in [*CLASSES, "all"]} for col in models}

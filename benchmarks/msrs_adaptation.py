@@ -62,6 +62,10 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
 #: (``benchmarks/rgb_levers.py``; the student thresholds by ``benchmarks/label_rule.py`` on student 1).
 UNLABELLED = ["thermal_source.infer.input_size=[640, 640]", "rgb_source.boxes=predictions", "refine.classes=[person]",
               "pseudo.thresholds={person: 0.5, car: 0.4}", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.4}"]
+#: UNLABELLED with the students labelling at 640 + 960 px, at the label rule's thresholds for that
+#: (``benchmarks/student_scales.py``): the settings of ``rgbpredtta`` and ``rgbpredtta4`` but their rounds.
+STUDENTS_TTA = [*UNLABELLED, "self_training.pseudo={thresholds: {person: 0.2, car: 0.35}}",
+                "self_training.infer={tta_sizes: [[960, 960]]}"]
 #: Candidate recipes: the recipe with these settings, over several seeds, reported beside the previous
 #: recipe's row of the same seeds (the third item names it: a seed-results row such as ``round1``, or
 #: ``cand:NAME``, the runs of an earlier candidate on the same seeds; empty: none).
@@ -99,16 +103,12 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
     "rgbpredtta": ("rgbpred with the students labelling at two test sizes (640 + 960 px fused, "
                    "`self_training.infer.tta_sizes`) at the thresholds of the label rule on student 1 labelling so "
                    "(person ≥ 0.2, car ≥ 0.35); round 1 unchanged: **shipped** in `params/real_unlabelled.yaml`",
-                   [*UNLABELLED, "self_training.pseudo={thresholds: {person: 0.2, car: 0.35}}",
-                    "self_training.infer={tta_sizes: [[960, 960]]}", "self_training.rounds=3",
-                    "eval.baselines=[source_only, oracle]"], "cand:rgbpred"),
+                   [*STUDENTS_TTA, "self_training.rounds=3", "eval.baselines=[source_only, oracle]"], "cand:rgbpred"),
     "rgbpredtta4": ("rgbpredtta with a fourth round (student 3 labels the thermal frames, same settings): asked for "
                     "by the rounds rule on seed 0 (round-4 fused F1 person 0.787 -> 0.812, car 0.697 -> 0.699), not "
                     "on seeds 1 and 2 (cars -0.021, -0.020) nor on the 3-seed mean (person +0.013, car -0.013): "
                     "measured, not shipped",
-                    [*UNLABELLED, "self_training.pseudo={thresholds: {person: 0.2, car: 0.35}}",
-                     "self_training.infer={tta_sizes: [[960, 960]]}", "self_training.rounds=4",
-                     "eval.baselines=[source_only, oracle]"], "cand:rgbpredtta"),
+                    [*STUDENTS_TTA, "self_training.rounds=4", "eval.baselines=[source_only, oracle]"], "cand:rgbpredtta"),
 }
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),

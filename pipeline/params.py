@@ -255,12 +255,17 @@ class SelfTrainingSection(_Strict):
     def round_pseudo(self, thermal: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
         """The pseudo-label overrides of a student's round (``thermal``: ``thermal_source.pseudo``):
         the keys set in either, this section's winning, as plain JSON values."""
-        return {**set_values(thermal), **set_values(self.pseudo)}
+        return _over(thermal, self.pseudo)
 
     def round_infer(self, thermal: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
         """The inference overrides of a student labelling the thermal adapt frames (rounds >= 2;
         ``thermal``: ``thermal_source.infer``): the keys set in either, this section's winning."""
-        return {**set_values(thermal), **set_values(self.infer)}
+        return _over(thermal, self.infer)
+
+
+def _over(base: Mapping[str, Any] | BaseModel, own: BaseModel) -> dict[str, Any]:
+    """The keys set in ``base`` or ``own``, ``own``'s winning, as plain JSON values."""
+    return {**set_values(base), **set_values(own)}
 
 
 class LabelSection(PickFields):
@@ -325,6 +330,13 @@ class PipelineParams(_Strict):
         section = set_values(getattr(self, spec.section)) if spec.section is not None else {}
         classes = {name: tuple(self.data.classes) for name, wire in spec.wired.items() if wire == "classes"}
         return _stage_params(spec, section, overrides, {**classes, **wired})
+
+    def eval_infer_params(self, config: Any, checkpoint: Any, source: str) -> StageParams:
+        """How the ``val`` and ``eval`` steps run a model: as it pseudo-labels (the ``infer`` section with
+        ``thermal_source.infer``: test size, TTA), at ``eval.batch_size`` on ``eval.device``; ``source``:
+        ``thermal_teacher`` or ``thermal_student``."""
+        return self.stage_params("infer", {**set_values(self.thermal_source.infer), "batch_size": self.eval.batch_size,
+                                           "device": self.eval.device}, config=config, checkpoint=checkpoint, source=source)
 
     def pick_params(self) -> PickParams:
         """The ``pick`` step's parameters (``label`` section; ``n`` = ``label.pick_n``)."""

@@ -24,7 +24,6 @@ from pipeline.kinds import run_stage, stage_spec
 from pipeline.kinds_data import data_step, index_step
 from pipeline.kinds_label import label_override_step, label_pick_step
 from pipeline.models import model_of, required_model, write_model
-from pipeline.params import set_values
 from pipeline.step import PipelineContext, Step, StepOutput
 
 log = logging.getLogger(__name__)
@@ -116,9 +115,8 @@ def _eval(ctx: PipelineContext, step: Step, out: Path) -> StepOutput:
         if model is None:                     # an optional model (the oracle without thermal labels)
             notes.append(f"column {column} left out: {atomic.read_json(ctx.input(step, f'model:{column}'))['absent']}")
             continue
-        params[column] = p.stage_params(
-            "infer", {**set_values(p.thermal_source.infer), "batch_size": p.eval.batch_size, "device": p.eval.device},
-            config=model[0], checkpoint=model[1], source="thermal_teacher" if column == "source_only" else "thermal_student")
+        params[column] = p.eval_infer_params(model[0], model[1],
+                                             "thermal_teacher" if column == "source_only" else "thermal_student")
     res = evaluate_columns(gt, params, out, p.eval.metrics, columns=step.options["columns"],
                            cache_dir=ctx.cache_dir("infer"), hash_memo=ctx.memo, image_root=ctx.image_root,
                            describe=step.options.get("describe"), decisions=(decisions := _decisions(ctx, step, gt)),
