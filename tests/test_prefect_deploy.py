@@ -261,7 +261,7 @@ def test_serve_ends_itself_when_a_shutdown_outlives_the_grace_after_ctrl_c(tmp_p
     KeyboardInterrupt, as a stuck shutdown would) is ended 1 s later with exit code 130 and a warning."""
     # 'ready' is printed inside the try, and the sleep loop is inside it too, so the one SIGINT is caught
     # wherever it lands. (A loop with the try around the sleep alone let a SIGINT that landed on the
-    # loop's back-jump escape on a loaded CI machine: Python then re-raised it, exit -2, not 130.)
+    # loop's back-jump escape on a loaded CI machine: the uncaught KeyboardInterrupt ended it, exit -2.)
     code = ("import signal, time\n"
             "from rgb2thermal_cli.serve import bounded_shutdown\n"
             "signal.signal(signal.SIGINT, bounded_shutdown(1.0))\n"
