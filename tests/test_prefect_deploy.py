@@ -282,8 +282,7 @@ def test_serve_ends_itself_when_a_shutdown_outlives_the_grace_after_ctrl_c(tmp_p
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc)
     assert proc.returncode == 130
     assert out.strip() == "interrupted"                  # the first Ctrl-C still raised KeyboardInterrupt
     assert "shutdown did not finish within 1 s of Ctrl-C; exiting now (code 130)" in err
