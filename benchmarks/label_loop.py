@@ -189,12 +189,16 @@ def _ms(values: list[float], fmt: str = ".3f") -> str:
 
 
 def _zero_and_oracle(cand: str, seeds: list[int], key: str) -> tuple[list[dict], list[dict]]:
-    """The candidate's own runs of ``seeds``: its round ``key`` (N = 0) and its oracle, per seed."""
+    """The candidate's own runs of ``seeds``: its round ``key`` (N = 0) and its oracle, per seed.
+
+    Its last round is ``adapted``: taken for ``key`` only when the candidate ran that many rounds (a
+    1-round candidate has no N = 0 row for a 3-round loop)."""
+    last = next(f"round{v.split('=')[1]}" for v in CANDIDATES[cand][1] if v.startswith("self_training.rounds="))
     zero, oracle = [], []
     for s in seeds:
         p = CAND_DIR / f"cand_{cand}_seed{s}.json"
         g = json.loads(p.read_text())["grouped"] if p.is_file() else {}
-        if key in g or "adapted" in g:
+        if key in g or (key == last and "adapted" in g):
             zero.append(g.get(key) or g["adapted"])
         if "oracle" in g:
             oracle.append(g["oracle"])
@@ -239,12 +243,15 @@ def _method(run: dict[str, Any]) -> str:
 
 
 def _label_lines(runs: list[dict[str, Any]]) -> list[str]:
-    """Per method: the training labels' F1 after the override and the boxes on the labelled frames (seed means)."""
+    """Per method: the training labels' F1 after the override and the boxes on the labelled frames, per seed.
+
+    A continued loop (``--after``) is left out: its round-1 labels are those of the loop it continues."""
     out = ["", "Round-1 training labels after the override (F1 on the adapt frames' thermal labels, person / car; "
-           "N = 0: the fused labels) and the boxes a person drew on the labelled frames (person / car), per seed:", ""]
-    for (cand, n, method) in sorted({(r["candidate"], r["n"], r["method"]) for r in runs if "train_label_f1" in r}):
-        rs = sorted((r for r in runs if (r["candidate"], r["n"], r["method"]) == (cand, n, method) and "train_label_f1" in r),
-                    key=lambda r: r["seed"])
+           "N = 0: the fused labels) and the boxes a person drew on the labelled frames (person / car), per seed "
+           "(a loop continued to more rounds has the labels of the loop it continues):", ""]
+    runs = [r for r in runs if "train_label_f1" in r and r.get("labelled_after", r["rounds"]) == r["rounds"]]
+    for (cand, n, method) in sorted({(r["candidate"], r["n"], r["method"]) for r in runs}):
+        rs = sorted((r for r in runs if (r["candidate"], r["n"], r["method"]) == (cand, n, method)), key=lambda r: r["seed"])
         out.append(f"- {cand}, {method} {n}: " + "; ".join(
             f"seed {r['seed']}: F1 {r['train_label_f1']['person']:.3f} / {r['train_label_f1']['car']:.3f}, boxes "
             f"{r['labelled_boxes']['person']} / {r['labelled_boxes']['car']}" for r in rs))

@@ -89,6 +89,14 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                    ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
                     "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=3",
                     "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}"], "cand:rgblabels2"),
+    "rgblabels1": ("`params/real.yaml` as shipped (rgblabels3: the RGB frames' own labels) cut to round 1, scored at "
+                   "640 px (eval since 2026-12-06): N = 0 of the labelling loop with RGB labels. Each seed's workspace "
+                   "started as a copy of rgbpred's (same seed), so its oracle and source-only are those runs' models "
+                   "(same keys, reused)",
+                   ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
+                    "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=1",
+                    "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}", "eval.baselines=[source_only, oracle]"],
+                   ""),     # scored at 640 px: the rgblabels3 rows above were scored at the teacher's test size
     "mixrgb1": ("round 1 of rgblabels3 with mixed training (`student.mix_rgb`: the student also sees the labelled RGB "
                 "adapt frames with their RGB ground truth)",
                 ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
@@ -153,13 +161,14 @@ def measure(stages: Path) -> dict[str, Any]:
     preds = {p.stem.removeprefix("predictions_"): atomic.read_json(p) for p in sorted((stages / "eval").glob("predictions_*.json"))}
     grouped = evaluate_grouped(gt, preds)
     adapt_gt = atomic.read_json(stages / "index" / "thermal_adapt.json")
-    labels = {}
-    for rel, name in LABEL_SETS:
-        if (stages / rel).is_file():
-            res, _ = label_quality(adapt_gt, atomic.read_json(stages / rel), classes=["person", "car"])
-            labels[name] = res.table
     record = max((stages.parent / "runs").glob("*/record.json"), key=lambda p: p.stat().st_mtime)
     rec = json.loads(record.read_text())
+    ran = {s["name"] for s in rec.get("stages", [])}     # a copied workspace also holds steps of other plans
+    labels = {}
+    for rel, name in LABEL_SETS:
+        if rel.split("/")[0] in ran and (stages / rel).is_file():
+            res, _ = label_quality(adapt_gt, atomic.read_json(stages / rel), classes=["person", "car"])
+            labels[name] = res.table
     return {"grouped": grouped, "labels": labels, "models": rec.get("models", {}),
             "fallbacks": rec.get("fallbacks", []), "timings": {s["name"]: s.get("seconds") for s in rec.get("stages", [])}}
 

@@ -14,7 +14,8 @@ side as the pipeline fuses them (``benchmarks.label_rule.fused_f1``), and the ru
 the highest threshold within 0.01 of the best F1. Nothing is trained.
 
 Run: ``python -m benchmarks.student_scales [--seeds 0 1] [--models student1 ...] [--views 640 640+960 ...]``;
-the table goes to ``benchmarks/results/student_scales.md``.
+the table goes to ``benchmarks/results/student_scales.md`` (``student_scales_<candidate>.md`` for a
+``--candidate`` other than ``rgbpred``).
 """
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(f"| {seed} | {model} | {view} | " + " | ".join(
                     f"{ch[c]:.2f} ({scores[ch[c]][c]:.4f})" for c in CLASSES) + " |")
                 print(rows[-1], flush=True)
-    print(atomic.write_text(REPO / "benchmarks" / "results" / "student_scales.md", "\n".join(rows) + "\n"))
+    name = "student_scales.md" if a.candidate == "rgbpred" else f"student_scales_{a.candidate}.md"
+    print(atomic.write_text(REPO / "benchmarks" / "results" / name, "\n".join(rows) + "\n"))
     return 0
 
 
