@@ -191,13 +191,13 @@ def _ms(values: list[float], fmt: str = ".3f") -> str:
 def _zero_and_oracle(cand: str, seeds: list[int], key: str) -> tuple[list[dict], list[dict]]:
     """The candidate's own runs of ``seeds``: its round ``key`` (N = 0) and its oracle, per seed.
 
-    Its last round is ``adapted``: taken for ``key`` only when the candidate ran that many rounds (a
-    1-round candidate has no N = 0 row for a 3-round loop)."""
-    last = next(f"round{v.split('=')[1]}" for v in CANDIDATES[cand][1] if v.startswith("self_training.rounds="))
+    A run's last round is ``adapted`` (its earlier ones ``round1``, ``round2`` ...): taken for ``key`` only
+    when that run had that many rounds (a 1-round candidate has no N = 0 row for a 3-round loop)."""
     zero, oracle = [], []
     for s in seeds:
         p = CAND_DIR / f"cand_{cand}_seed{s}.json"
         g = json.loads(p.read_text())["grouped"] if p.is_file() else {}
+        last = f"round{1 + sum(k.startswith('round') for k in g)}"
         if key in g or (key == last and "adapted" in g):
             zero.append(g.get(key) or g["adapted"])
         if "oracle" in g:
