@@ -62,6 +62,9 @@ LEVERS: dict[str, tuple[str, list[str]]] = {
 #: (``benchmarks/rgb_levers.py``; the student thresholds by ``benchmarks/label_rule.py`` on student 1).
 UNLABELLED = ["thermal_source.infer.input_size=[640, 640]", "rgb_source.boxes=predictions", "refine.classes=[person]",
               "pseudo.thresholds={person: 0.5, car: 0.4}", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.4}"]
+#: The labelled-RGB path's round-1 settings, as ``params/real.yaml`` ships them (rgblabels3's).
+LABELLED = ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
+            "rgb_source.boxes=labels", "refine.classes=[person]"]
 #: UNLABELLED with the students labelling at 640 + 960 px, at the label rule's thresholds for that
 #: (``benchmarks/student_scales.py``): the settings of ``rgbpredtta`` and ``rgbpredtta4`` but their rounds.
 STUDENTS_TTA = [*UNLABELLED, "self_training.pseudo={thresholds: {person: 0.2, car: 0.35}}",
@@ -85,7 +88,7 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                     "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=2",
                     "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}"], "cand:thermal640"),
     "rgblabels3": ("rgblabels2 with a third round (student 2 labels the thermal frames, at the same thresholds): "
-                   "**shipped** in `params/real.yaml`",
+                   "shipped in `params/real.yaml` until 2026-12-07",
                    ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
                     "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=3",
                     "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}"], "cand:rgblabels2"),
@@ -93,10 +96,18 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                    "640 px (eval since 2026-12-06): N = 0 of the labelling loop with RGB labels. Each seed's workspace "
                    "started as a copy of rgbpred's (same seed), so its oracle and source-only are those runs' models "
                    "(same keys, reused)",
-                   ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
-                    "rgb_source.boxes=labels", "refine.classes=[person]", "self_training.rounds=1",
-                    "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}", "eval.baselines=[source_only, oracle]"],
+                   [*LABELLED, "self_training.rounds=1", "self_training.pseudo={thresholds: {person: 0.35, car: 0.7}}",
+                    "eval.baselines=[source_only, oracle]"],
                    ""),     # scored at 640 px: the rgblabels3 rows above were scored at the teacher's test size
+    "rgblabelstta": ("`params/real.yaml` (rgblabels3) with the students labelling at two test sizes (640 + 960 px "
+                     "fused, `self_training.infer.tta_sizes`) at the label rule's thresholds on seed 0's student 1 "
+                     "labelling so (person ≥ 0.2, car ≥ 0.6; `benchmarks/student_scales.py --candidate rgblabels1`); "
+                     "round 1 unchanged: **shipped** in `params/real.yaml` since 2026-12-07. Each seed's workspace "
+                     "started as a copy of rgblabels1's (same seed): its student 1, oracle and source-only are "
+                     "those runs' models (same keys, reused)",
+                     [*LABELLED, "self_training.pseudo={thresholds: {person: 0.2, car: 0.6}}",
+                      "self_training.infer={tta_sizes: [[960, 960]]}", "self_training.rounds=3",
+                      "eval.baselines=[source_only, oracle]"], "cand:rgblabels1"),
     "mixrgb1": ("round 1 of rgblabels3 with mixed training (`student.mix_rgb`: the student also sees the labelled RGB "
                 "adapt frames with their RGB ground truth)",
                 ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",

@@ -200,6 +200,21 @@ def test_shipped_real_data_recipe_is_valid_once_the_user_paths_are_given(tmp_pat
     assert "infer" not in step_names(p) and "warp" in step_names(p)
 
 
+def test_shipped_labelled_recipe_is_the_one_measured() -> None:
+    """params/real.yaml is the settings benchmarks/msrs_adaptation.py measured as its ``rgblabelstta``
+    candidate (all but the eval baselines): the students label at 640 + 960 px at the label rule's thresholds."""
+    from benchmarks.msrs_adaptation import CANDIDATES
+
+    shipped = load_params(REPO / "params" / "real.yaml")
+    sets = [s for s in CANDIDATES["rgblabelstta"][1] if not s.startswith("eval.")]
+    measured = load_params(REPO / "params" / "real.yaml", sets)
+    assert shipped.model_dump(mode="json") == measured.model_dump(mode="json")
+    assert shipped.self_training.rounds == 3
+    assert shipped.self_training.round_pseudo(shipped.thermal_source.pseudo)["thresholds"] == {"person": 0.2, "car": 0.6}
+    assert shipped.self_training.round_infer(shipped.thermal_source.infer) == {"input_size": [640, 640],
+                                                                              "tta_sizes": [[960, 960]]}
+
+
 def test_shipped_unlabelled_recipe_is_the_one_measured() -> None:
     """params/real_unlabelled.yaml is params/real.yaml with the settings benchmarks/msrs_adaptation.py
     measured as its ``rgbpredtta`` candidate (all but the eval baselines): a change to either file without
