@@ -128,6 +128,14 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                     "on seeds 1 and 2 (cars -0.021, -0.020) nor on the 3-seed mean (person +0.013, car -0.013): "
                     "measured, not shipped",
                     [*STUDENTS_TTA, "self_training.rounds=4", "eval.baselines=[source_only, oracle]"], "cand:rgbpredtta"),
+    # A training lever, so the label rule can judge it only after a training: its rule, fixed before the runs,
+    # reads student 2's fused labels (round 3's set, the first the lever changes) on the adapt frames.
+    "rgbpredttaprev": ("rgbpredtta with students 2 and 3 starting from the previous student's weights "
+                       "(`self_training.init: previous`) instead of the teacher's; the rule, fixed before the runs: "
+                       "taken if the fused round-3 label F1 on the adapt frames (3-seed mean) rises by more than "
+                       "0.01 for a class and falls for none by more than 0.01",
+                       [*STUDENTS_TTA, "self_training.rounds=3", "self_training.init=previous",
+                        "eval.baselines=[source_only, oracle]"], "cand:rgbpredtta"),
 }
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),
