@@ -232,7 +232,8 @@ class SelfTrainingSection(_Strict):
     """Self-training: round k's student labels the thermal adapt frames, fused with the RGB labels,
     for student k+1. ``init``: student k+1 starts from the teacher's weights or from student k's
     (``previous``: on msrs-bench without RGB labels it lowered student 2's fused label F1 on the adapt
-    frames, person -0.014 and car -0.012 over 3 seeds, so the shipped recipes start from the teacher).
+    frames, person -0.014 and car -0.012 over 3 seeds, so ``params/real_unlabelled.yaml`` starts from
+    the teacher; not measured with RGB labels).
     ``pseudo``: pseudo-label parameters of the students' own predictions (rounds 2 and later),
     merged over ``thermal_source.pseudo`` (a key given here replaces that key, e.g. the whole
     ``thresholds`` mapping). Why: a student's scores are not calibrated like the teacher's
