@@ -24,7 +24,9 @@ that candidate's row of the same round and seeds. Results go to
 ``--after CANDIDATE`` continues the finished loops of an earlier, shorter run (``--rounds`` 1 of a candidate
 with the same round 1) to ``--rounds`` rounds of ``--candidate``: the person labelled the frames picked after
 round 1, and the later students train with those frames overridden in every round. The run starts from a copy
-of that loop's workspace and uses its data copy, so its student 1 is reused (same labels, same key).
+of that loop's workspace and uses its data copy, so its student 1 is reused (same labels, same key); where that
+workspace is gone (another machine), the frames of the loop's result file are labelled again into a new data
+copy and student 1 is trained again (the same labels and seed: its test scores should repeat the loop's).
 
 Rows ``pick-shares`` are the product's pick before it counted boxes (its criteria were shares of a
 frame's boxes; measured 2026-12-06 morning, results kept under that name).
@@ -46,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +98,30 @@ def simulated_person(names: list[str], base_ws: Path, out: Path) -> Path:
     return atomic.write_json(out, {"images": list(keep.values()), "annotations": anns, "categories": gt["categories"]})
 
 
+def labelled_copy(names: list[str], data: Path, human: Path, index_ws: Callable[[], Path]) -> None:
+    """A hard-linked copy of msrs-bench at ``data`` into which the simulated person's labels of ``names``
+    (written to ``human``) are imported as training labels. ``index_ws``: gives a workspace whose index step
+    has run on msrs-bench (called after the copy is made, before the import)."""
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.copytree(DATA, data, copy_function=os.link)
+    simulated_person(names, index_ws(), human)
+    subprocess.run([*CLI, "label", "import", str(human), "--dataset", str(data), "--as-training", "--no-dvc"],
+                   check=True, cwd=REPO)
+
+
+def _on_copy(sets: list[str], data: Path) -> list[str]:
+    """``sets`` run on the data copy ``data`` with the person's boxes in place of the pseudo-labels."""
+    return [s for s in sets if not s.startswith("data.roots=")] + [f"data.roots=[{{path: {data}, version: msrs}}]",
+                                                                   "label.override=true"]
+
+
+def _index_only(ws: Path, root: Path, data: Path, sets: list[str]) -> Path:
+    """``ws`` with the index of the data copy ``data`` only (the import after it re-keys every later step)."""
+    subprocess.run([*CLI, "run", "--params", str(PARAMS), "--workspace", str(ws), "--cache-dir", str(root / "cache"),
+                    "--until", "index", *_sets(_on_copy(sets, data))], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    return ws
+
+
 def run_one(candidate: str, method: str, n: int, seed: int, rounds: int, root: Path,
             after: str | None = None) -> dict[str, Any]:
     """One loop: pick, simulated labelling, import into a copy of the data, retrain, score on test.
@@ -109,21 +136,21 @@ def run_one(candidate: str, method: str, n: int, seed: int, rounds: int, root: P
     if after:
         earlier = atomic.read_json(OUT_DIR / f"{after}.json")
         names, data, human = earlier["frames"], root / "loop_data" / after, root / "loop_data" / f"{after}.json"
-        if not ws.exists():
+        if not ws.exists() and (root / f"loop_{after}").exists():
             shutil.copytree(root / f"loop_{after}", ws, symlinks=True)     # datasets/: links to the data
+        elif not ws.exists():
+            # that loop ran on another machine: the same frames labelled again (from its result file), in a
+            # fresh workspace whose first step indexes the copy, so student 1 is trained again, not reused
+            print(f"loop_{after} is not in {root}: labelling its {len(names)} frames again, student 1 trained again",
+                  flush=True)
+            labelled_copy(names, data, human, lambda: _index_only(ws, root, data, sets))
     else:
         base_ws = root / f"cand_{candidate}_seed{seed}"
         names = picked_frames(method, n, seed, base_ws, sets)
-        data = root / "loop_data" / tag
-        shutil.rmtree(data, ignore_errors=True)
-        shutil.copytree(DATA, data, copy_function=os.link)
-        human = simulated_person(names, base_ws, root / "loop_data" / f"{tag}.json")
-        subprocess.run([*CLI, "label", "import", str(human), "--dataset", str(data), "--as-training", "--no-dvc"],
-                       check=True, cwd=REPO)
-    sets = [s for s in sets if not s.startswith("data.roots=")] + [f"data.roots=[{{path: {data}, version: msrs}}]",
-                                                                   "label.override=true"]
+        data, human = root / "loop_data" / tag, root / "loop_data" / f"{tag}.json"
+        labelled_copy(names, data, human, lambda: base_ws)
     subprocess.run([*CLI, "run", "--params", str(PARAMS), "--workspace", str(ws), "--cache-dir", str(root / "cache"),
-                    *_sets(sets)], check=True, cwd=REPO)
+                    *_sets(_on_copy(sets, data))], check=True, cwd=REPO)
     return {"candidate": candidate, "method": method, "n": n, "seed": seed, "rounds": rounds, "frames": sorted(names),
             "labelled_after": earlier["rounds"] if after else rounds,
             "seconds": round(time.perf_counter() - t0, 1), **measure(ws / "stages"), **training_labels(ws, human)}
