@@ -71,7 +71,7 @@ def band_counts(gt: Boxes, student: Boxes, fused: Boxes, cls: str, low: float, h
 
 
 def run_seed(ws: Path, seed: int, candidate: str, floors: list[float]) -> list[str]:
-    """The table rows of one seed's workspace: one per class and band floor (``None``: the infer floor)."""
+    """The table rows of one seed's workspace: one per band floor and class."""
     params = recipe_params(seed, 2, candidate)
     pseudo = params.self_training.round_pseudo(params.thermal_source.pseudo)
     st = ws / "stages"
