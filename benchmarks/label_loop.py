@@ -159,8 +159,11 @@ def run_one(candidate: str, method: str, n: int, seed: int, rounds: int, root: P
 def training_labels(ws: Path, human: Path) -> dict[str, Any]:
     """Why a pick helps or not: the round-1 training labels after the override, scored like every label set
     (F1 per class on the adapt frames' thermal labels), and the boxes per class on the labelled frames."""
-    scores = label_scores(atomic.read_json(ws / "stages" / "index" / "thermal_adapt.json"),
-                          atomic.read_json(ws / "stages" / "override" / "labels.json"), ["person", "car"])
+    lab = atomic.read_json(ws / "stages" / "override" / "labels.json")
+    copies = {im["id"] for im in lab["images"] if "copy_of" in im}       # label.human_repeat's copies: once
+    lab = {**lab, "images": [im for im in lab["images"] if im["id"] not in copies],
+           "annotations": [a for a in lab["annotations"] if a["image_id"] not in copies]}
+    scores = label_scores(atomic.read_json(ws / "stages" / "index" / "thermal_adapt.json"), lab, ["person", "car"])
     f1 = {c: m["F1"] for c, m in scores.items()}
     labelled = atomic.read_json(human)
     names = {c["id"]: c["name"] for c in labelled["categories"]}
@@ -219,8 +222,13 @@ def _zero_and_oracle(cand: str, seeds: list[int], key: str) -> tuple[list[dict],
     """The candidate's own runs of ``seeds``: its round ``key`` (N = 0) and its oracle, per seed.
 
     A run's last round is ``adapted`` (its earlier ones ``round1``, ``round2`` ...): taken for ``key`` only
-    when that run had that many rounds (a 1-round candidate has no N = 0 row for a 3-round loop)."""
+    when that run had that many rounds (a 1-round candidate has no N = 0 row for a 3-round loop). A lever of
+    the loop alone (``rgbpredttarep3``: never run without labelled frames, where it changes nothing) takes the
+    runs of the candidate it is compared with (``cand:NAME``)."""
     zero, oracle = [], []
+    if not any((CAND_DIR / f"cand_{cand}_seed{s}.json").is_file() for s in seeds) and \
+            CANDIDATES[cand][2].startswith("cand:"):
+        cand = CANDIDATES[cand][2].split(":")[1]
     for s in seeds:
         p = CAND_DIR / f"cand_{cand}_seed{s}.json"
         g = json.loads(p.read_text())["grouped"] if p.is_file() else {}

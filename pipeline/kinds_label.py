@@ -33,5 +33,5 @@ def label_override_step(ctx: PipelineContext, step: Step, out: Path) -> StepOutp
     from tasks.label_import import run_override
 
     path, counts = run_override(ctx.input(step, "labels"), ctx.input(step, "human"), ctx.input(step, "index"),
-                                out / "labels.json")
+                                out / "labels.json", ctx.params.label.human_repeat)
     return StepOutput(files={"coco": path}, info={"counts": counts})

@@ -280,10 +280,16 @@ class LabelSection(PickFields):
       and exports them as a CVAT / Label Studio task.
     - ``override``: each student trains on its labels with the boxes of the frames a person labelled
       (``label import --as-training``) in place of their pseudo-labels (an ``override`` step per round).
+    - ``human_repeat``: with ``override``, each frame a person labelled is in the students' training set
+      this many times (copies with the same boxes), so that a few trusted frames weigh more against many
+      pseudo-labelled ones; 1 (default): once, like any frame. A recipe may set it before anyone labelled
+      (it acts once ``override`` is on). Keyed only when set, so runs that leave it alone keep their keys
+      (``benchmarks/RESULTS.md`` "Without RGB labels", section 3, measured 3).
     """
 
     pick_n: int = Field(default=0, ge=0)
     override: bool = False
+    human_repeat: int = Field(default=1, ge=1, le=20)
 
 
 class PipelineParams(_Strict):
@@ -343,7 +349,7 @@ class PipelineParams(_Strict):
 
     def pick_params(self) -> PickParams:
         """The ``pick`` step's parameters (``label`` section; ``n`` = ``label.pick_n``)."""
-        lab = self.label.model_dump(exclude={"pick_n", "override"})
+        lab = self.label.model_dump(exclude={"pick_n", "override", "human_repeat"})
         return PickParams.validated({**lab, "n": max(1, self.label.pick_n)}, "params label", prefix="label")
 
     def train_fields(self, role: Literal["teacher", "student"]) -> TrainFields:

@@ -123,7 +123,8 @@ def _students(params: PipelineParams, steps: list[Step], datasets: dict[str, Ref
         if k > 1 or params.thermal_source.enabled:
             labels = _thermal_round(params, steps, datasets, k, students[-1] if k > 1 else "teacher", label_sets)
         if params.label.override:       # a person's boxes in place of the pseudo-labels on their frames
-            steps.append(Step(f"override{'' if k == 1 else f'@round{k}'}", "label_override", (), needs={
+            repeat = ("label.human_repeat",) if "human_repeat" in params.label.model_fields_set else ()
+            steps.append(Step(f"override{'' if k == 1 else f'@round{k}'}", "label_override", repeat, needs={
                 "labels": labels, "human": Ref("index", "thermal_adapt"), "index": Ref("index", "index")}))
             labels = Ref(steps[-1].name, "coco")
         init = _model(students[-1]) if (k > 1 and params.self_training.init == "previous") else teacher

@@ -331,7 +331,7 @@ def import_labels(path: str | os.PathLike[str], root: str | os.PathLike[str], cl
 # ---------------------------------------------------------------------------------------------
 # training labels
 # ---------------------------------------------------------------------------------------------
-def override_labels(labels: Mapping, human: Mapping, human_ids: set[int] | frozenset[int]) -> dict:
+def override_labels(labels: Mapping, human: Mapping, human_ids: set[int] | frozenset[int], repeat: int = 1) -> dict:
     """``labels`` with the boxes of the frames ``human_ids`` replaced by the human ones (score 1).
 
     Why: a frame a person corrected must train on the person's boxes, not on the pseudo-labels (nor on
@@ -341,10 +341,23 @@ def override_labels(labels: Mapping, human: Mapping, human_ids: set[int] | froze
         labels: COCO training labels of the thermal adapt frames (``xywh`` pixels).
         human: COCO thermal labels holding the human frames' boxes (same image ids, same classes).
         human_ids: image ids of the frames a person labelled.
+        repeat: how many times each human frame is in the set (``label.human_repeat``): copies 2..repeat
+            are new images (new ids after the last one, ``copy_of`` = the frame's id, same ``file_name``)
+            with the same human boxes, so that training sees the trusted frames ``repeat`` times per
+            epoch. 1: once, like any frame.
 
     Returns:
         The new COCO data set: the kept annotations unchanged (ids too), the human ones after them with
-        new ids, score 1 and ``source: human``.
+        new ids, score 1 and ``source: human``, then the copies' images and boxes.
+
+    Examples:
+        >>> lab = {"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1, "name": "person"}],
+        ...        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]}]}
+        >>> hum = {"categories": [{"id": 1, "name": "person"}],
+        ...        "annotations": [{"id": 9, "image_id": 2, "category_id": 1, "bbox": [1, 1, 2, 2]}]}
+        >>> new = override_labels(lab, hum, {2}, repeat=2)
+        >>> [(im["id"], im.get("copy_of")) for im in new["images"]], [a["image_id"] for a in new["annotations"]]
+        ([(1, None), (2, None), (3, 2)], [1, 2, 3])
     """
     names = {c["id"]: c["name"] for c in human["categories"]}
     cat = {c["name"]: c["id"] for c in labels["categories"]}
@@ -355,10 +368,28 @@ def override_labels(labels: Mapping, human: Mapping, human_ids: set[int] | froze
     anns = kept + coco_annotations(first, [a["image_id"] for a in new], [cat[names[a["category_id"]]] for a in new],
                                    xywh_to_xyxy([a["bbox"] for a in new]).reshape(-1, 4),
                                    [{"score": 1.0} for _ in new], source=HUMAN)
-    return {**labels, "annotations": anns}
+    images = list(labels["images"])
+    if repeat > 1:
+        images, anns = _repeated(images, anns, sorted(ids), repeat)
+    return {**labels, "images": images, "annotations": anns}
 
 
-def run_override(labels: Path, human: Path, index: Path, out: Path) -> tuple[Path, dict[str, int]]:
+def _repeated(images: list[dict], anns: list[dict], ids: list[int], repeat: int) -> tuple[list[dict], list[dict]]:
+    """``images`` and ``anns`` with copies 2..``repeat`` of the frames ``ids`` (new image and box ids)."""
+    by_id = {im["id"]: im for im in images}
+    next_im = max((im["id"] for im in images), default=0) + 1
+    next_ann = max((a["id"] for a in anns), default=0) + 1
+    images, anns = list(images), list(anns)
+    for i in ids:
+        own = [a for a in anns if a["image_id"] == i]
+        for _ in range(repeat - 1):
+            images.append({**by_id[i], "id": next_im, "copy_of": i})
+            anns += [{**a, "id": next_ann + j, "image_id": next_im} for j, a in enumerate(own)]
+            next_im, next_ann = next_im + 1, next_ann + len(own)
+    return images, anns
+
+
+def run_override(labels: Path, human: Path, index: Path, out: Path, repeat: int = 1) -> tuple[Path, dict[str, int]]:
     """The pipeline's ``override`` step: the training labels with the human frames' boxes in place.
 
     Args:
@@ -367,15 +398,18 @@ def run_override(labels: Path, human: Path, index: Path, out: Path) -> tuple[Pat
             frames' boxes are taken from it.
         index: the paired index (which frames a person labelled: ``label_source = human``).
         out: the COCO file to write.
+        repeat: each human frame is in the training set this many times (:func:`override_labels`).
 
     Returns:
-        The written file and counts (frames overridden, boxes before and after).
+        The written file and counts (frames overridden, boxes before and after, images after).
     """
     from tasks.label_export import human_labelled_ids
 
     lab = load_dataset(labels)
     ids = human_labelled_ids(index) & {im["id"] for im in lab["images"]}
-    new = override_labels(lab, load_dataset(human), ids)
-    new["info"] = {**(lab.get("info") or {}), "override": "human labels on the frames a person labelled"}
+    new = override_labels(lab, load_dataset(human), ids, repeat)
+    new["info"] = {**(lab.get("info") or {}), "override": "human labels on the frames a person labelled",
+                   **({"human_repeat": repeat} if repeat > 1 else {})}
     path = save_dataset(out, new)
-    return path, {"frames_overridden": len(ids), "boxes_in": len(lab["annotations"]), "boxes_out": len(new["annotations"])}
+    return path, {"frames_overridden": len(ids), "boxes_in": len(lab["annotations"]),
+                  "boxes_out": len(new["annotations"]), "images_out": len(new["images"])}

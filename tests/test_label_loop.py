@@ -321,6 +321,49 @@ def test_human_training_labels_override_pseudo_labels_on_their_frames_only(loop:
     assert override_labels(fused, human, frozenset()) == fused
 
 
+def test_human_repeat_copies_the_human_frames_and_nothing_else(loop: dict) -> None:
+    from tasks.label_import import override_labels
+
+    fused, picked = loop["fused"], sorted(p.image_id for p in loop["picked"])
+    human = {**fused, "annotations": [{**a, "bbox": [a["bbox"][0] + 1.0, *a["bbox"][1:]]} for a in fused["annotations"]]}
+    once, thrice = override_labels(fused, human, set(picked)), override_labels(fused, human, set(picked), repeat=3)
+    assert thrice["images"][:len(once["images"])] == once["images"]
+    assert thrice["annotations"][:len(once["annotations"])] == once["annotations"]
+    copies = thrice["images"][len(once["images"]):]
+    first = max(im["id"] for im in once["images"]) + 1
+    assert [(im["id"], im["copy_of"]) for im in copies] == list(zip(range(first, first + 2 * len(picked)), sorted(picked * 2)))
+    by_copy = {im["id"]: im["copy_of"] for im in copies}
+    for im in copies:
+        assert {k: v for k, v in im.items() if k not in ("id", "copy_of")} == \
+            {k: v for k, v in next(o for o in once["images"] if o["id"] == im["copy_of"]).items() if k != "id"}
+
+    def boxes(d: dict, i: int) -> list:
+        return sorted([a["category_id"], a["bbox"], a["source"]] for a in d["annotations"] if a["image_id"] == i)
+
+    extra = thrice["annotations"][len(once["annotations"]):]
+    assert len(extra) == 2 * sum(a["image_id"] in set(picked) for a in once["annotations"])
+    assert all(boxes(thrice, c) == boxes(once, o) for c, o in by_copy.items())
+    assert len({a["id"] for a in thrice["annotations"]}) == len(thrice["annotations"])
+
+
+def test_human_repeat_keys_the_override_steps_only_when_set() -> None:
+    from pipeline.params import params_from_dict
+    from pipeline.plan import plan
+
+    base = {"data": {"synthetic": {"n_pairs": 8}}, "teacher": {"config": "yolox_tiny_8xb8-300e_coco"},
+            "thermal_source": {"enabled": True}, "self_training": {"rounds": 2}}
+    with pytest.raises(InputError) as err:
+        params_from_dict({**base, "label": {"human_repeat": 0}})
+    assert "label.human_repeat" in err.value.what
+    assert not [s for s in plan(params_from_dict({**base, "label": {"human_repeat": 3}})) if s.kind == "label_override"]
+    sections = {s.name: s.sections for s in plan(params_from_dict({**base, "label": {"override": True}}))}
+    assert sections["override"] == sections["override@round2"] == ()
+    p = params_from_dict({**base, "label": {"override": True, "human_repeat": 3}})
+    assert {s.name: s.sections for s in plan(p) if s.kind == "label_override"} == {
+        "override": ("label.human_repeat",), "override@round2": ("label.human_repeat",)}
+    assert p.section("label.human_repeat") == 3
+
+
 def test_plan_has_pick_last_and_override_before_each_student() -> None:
     from pipeline.params import params_from_dict
     from pipeline.plan import plan

@@ -217,12 +217,15 @@ def test_shipped_labelled_recipe_is_the_one_measured() -> None:
 
 def test_shipped_unlabelled_recipe_is_the_one_measured() -> None:
     """params/real_unlabelled.yaml is params/real.yaml with the settings benchmarks/msrs_adaptation.py
-    measured as its ``rgbpredtta`` candidate (all but the eval baselines): a change to either file without
-    the other would ship numbers nobody measured."""
+    measured as its ``rgbpredtta`` candidate and, for the labelling loop, ``rgbpredttarep3``'s (that one +
+    ``label.human_repeat``; all but the eval baselines): a change to either file without the other would
+    ship numbers nobody measured."""
     from benchmarks.msrs_adaptation import CANDIDATES
     from pipeline.plan import step_names
 
-    sets = [s for s in CANDIDATES["rgbpredtta"][1] if not s.startswith("eval.")]
+    tta = [s for s in CANDIDATES["rgbpredtta"][1] if not s.startswith("eval.")]
+    sets = [s for s in CANDIDATES["rgbpredttarep3"][1] if not s.startswith("eval.")]
+    assert sorted(sets) == sorted([*tta, "label.human_repeat=3"])       # the loop's lever on the same recipe
     measured = load_params(REPO / "params" / "real.yaml", sets)
     shipped = load_params(REPO / "params" / "real_unlabelled.yaml")
     assert shipped.model_dump(mode="json") == measured.model_dump(mode="json")
@@ -231,6 +234,7 @@ def test_shipped_unlabelled_recipe_is_the_one_measured() -> None:
     assert shipped.self_training.round_pseudo(shipped.thermal_source.pseudo)["thresholds"] == {"person": 0.2, "car": 0.35}
     assert shipped.self_training.round_infer(shipped.thermal_source.infer) == {"input_size": [640, 640],
                                                                               "tta_sizes": [[960, 960]]}
+    assert shipped.label.human_repeat == 3 and not shipped.label.override    # acts once frames are imported
 
 
 def test_no_path_enters_a_key_section(tmp_path: Path) -> None:
