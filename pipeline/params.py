@@ -283,8 +283,9 @@ class LabelSection(PickFields):
     - ``human_repeat``: with ``override``, each frame a person labelled is in the students' training set
       this many times (copies with the same boxes), so that a few trusted frames weigh more against many
       pseudo-labelled ones; 1 (default): once, like any frame. A recipe may set it before anyone labelled
-      (it acts once ``override`` is on). Keyed only when set, so runs that leave it alone keep their keys
-      (``benchmarks/RESULTS.md`` "Without RGB labels", section 3, measured 3).
+      (it acts once ``override`` is on). The ``override`` steps are keyed on it only when it is set, so
+      runs that leave it alone keep their students (``benchmarks/RESULTS.md`` "Without RGB labels",
+      section 3, measured 3).
     """
 
     pick_n: int = Field(default=0, ge=0)

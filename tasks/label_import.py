@@ -376,12 +376,16 @@ def override_labels(labels: Mapping, human: Mapping, human_ids: set[int] | froze
 
 def _repeated(images: list[dict], anns: list[dict], ids: list[int], repeat: int) -> tuple[list[dict], list[dict]]:
     """``images`` and ``anns`` with copies 2..``repeat`` of the frames ``ids`` (new image and box ids)."""
-    by_id = {im["id"]: im for im in images}
+    by_id, wanted = {im["id"]: im for im in images}, set(ids)
+    own_of: dict[int, list[dict]] = {i: [] for i in ids}
+    for a in anns:                          # one pass: a data set may hold 10^5 boxes
+        if a["image_id"] in wanted:
+            own_of[a["image_id"]].append(a)
     next_im = max((im["id"] for im in images), default=0) + 1
     next_ann = max((a["id"] for a in anns), default=0) + 1
     images, anns = list(images), list(anns)
     for i in ids:
-        own = [a for a in anns if a["image_id"] == i]
+        own = own_of[i]
         for _ in range(repeat - 1):
             images.append({**by_id[i], "id": next_im, "copy_of": i})
             anns += [{**a, "id": next_ann + j, "image_id": next_im} for j, a in enumerate(own)]
