@@ -28,6 +28,7 @@ import io
 import json
 import os
 import xml.etree.ElementTree as ET
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,32 +366,32 @@ def override_labels(labels: Mapping, human: Mapping, human_ids: set[int] | froze
     kept = [a for a in labels["annotations"] if a["image_id"] not in ids]
     new = [a for a in human["annotations"] if a["image_id"] in ids]
     first = max((a["id"] for a in labels["annotations"]), default=0) + 1
-    anns = kept + coco_annotations(first, [a["image_id"] for a in new], [cat[names[a["category_id"]]] for a in new],
-                                   xywh_to_xyxy([a["bbox"] for a in new]).reshape(-1, 4),
-                                   [{"score": 1.0} for _ in new], source=HUMAN)
-    images = list(labels["images"])
-    if repeat > 1:
-        images, anns = _repeated(images, anns, sorted(ids), repeat)
-    return {**labels, "images": images, "annotations": anns}
+    ours = coco_annotations(first, [a["image_id"] for a in new], [cat[names[a["category_id"]]] for a in new],
+                            xywh_to_xyxy([a["bbox"] for a in new]).reshape(-1, 4),
+                            [{"score": 1.0} for _ in new], source=HUMAN)
+    if repeat == 1:
+        return {**labels, "annotations": kept + ours}
+    images, copies = _copies(labels["images"], ours, sorted(ids), repeat, first + len(ours))
+    return {**labels, "images": [*labels["images"], *images], "annotations": kept + ours + copies}
 
 
-def _repeated(images: list[dict], anns: list[dict], ids: list[int], repeat: int) -> tuple[list[dict], list[dict]]:
-    """``images`` and ``anns`` with copies 2..``repeat`` of the frames ``ids`` (new image and box ids)."""
-    by_id, wanted = {im["id"]: im for im in images}, set(ids)
-    own_of: dict[int, list[dict]] = {i: [] for i in ids}
-    for a in anns:                          # one pass: a data set may hold 10^5 boxes
-        if a["image_id"] in wanted:
-            own_of[a["image_id"]].append(a)
+def _copies(images: list[dict], human: list[dict], ids: list[int], repeat: int,
+            first_ann: int) -> tuple[list[dict], list[dict]]:
+    """Copies 2..``repeat`` of the frames ``ids`` with their ``human`` boxes: the new images (ids after the
+    last of ``images``, ``copy_of`` = the frame's id) and boxes (ids from ``first_ann``)."""
+    by_id, own_of = {im["id"]: im for im in images}, defaultdict(list)
+    for a in human:
+        own_of[a["image_id"]].append(a)
     next_im = max((im["id"] for im in images), default=0) + 1
-    next_ann = max((a["id"] for a in anns), default=0) + 1
-    images, anns = list(images), list(anns)
+    out_images: list[dict] = []
+    out_anns: list[dict] = []
     for i in ids:
-        own = own_of[i]
         for _ in range(repeat - 1):
-            images.append({**by_id[i], "id": next_im, "copy_of": i})
-            anns += [{**a, "id": next_ann + j, "image_id": next_im} for j, a in enumerate(own)]
-            next_im, next_ann = next_im + 1, next_ann + len(own)
-    return images, anns
+            out_images.append({**by_id[i], "id": next_im, "copy_of": i})
+            base = first_ann + len(out_anns)
+            out_anns += [{**a, "id": base + j, "image_id": next_im} for j, a in enumerate(own_of[i])]
+            next_im += 1
+    return out_images, out_anns
 
 
 def run_override(labels: Path, human: Path, index: Path, out: Path, repeat: int = 1) -> tuple[Path, dict[str, int]]:
