@@ -137,13 +137,22 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                        [*STUDENTS_TTA, "self_training.rounds=3", "self_training.init=previous",
                         "eval.baselines=[source_only, oracle]"], "cand:rgbpredtta"),
     # A lever of the labelling loop only (it acts on the frames a person labelled): run through
-    # benchmarks.label_loop, never alone. Its rule, fixed before the runs, as rgbpredttaprev's.
+    # benchmarks.label_loop, never alone. Its rule, fixed before the runs, as rgbpredttaprev's. The same lever
+    # on each recipe: the unlabelled one (rgbpredttarep3) and the labelled one (rgblabelsttarep3).
     "rgbpredttarep3": ("rgbpredtta with each frame a person labelled in the students' training set three times "
                        "(`label.human_repeat: 3`); the rule, fixed before the runs: taken if the fused round-3 label "
                        "F1 on the adapt frames (3-seed mean) rises by more than 0.01 for a class and falls for none "
                        "by more than 0.01 against the loop without it",
                        [*STUDENTS_TTA, "self_training.rounds=3", "label.human_repeat=3",
                         "eval.baselines=[source_only, oracle]"], "cand:rgbpredtta"),
+    "rgblabelsttarep3": ("rgblabelstta (`params/real.yaml`, the RGB frames' own labels) with each frame a person "
+                         "labelled in the students' training set three times (`label.human_repeat: 3`); the rule, "
+                         "fixed before the runs, as rgbpredttarep3's: taken if the fused round-3 label F1 on the adapt "
+                         "frames (3-seed mean) rises by more than 0.01 for a class and falls for none by more than "
+                         "0.01 against the loop without it",
+                         [*LABELLED, "self_training.pseudo={thresholds: {person: 0.2, car: 0.6}}",
+                          "self_training.infer={tta_sizes: [[960, 960]]}", "self_training.rounds=3",
+                          "label.human_repeat=3", "eval.baselines=[source_only, oracle]"], "cand:rgblabelstta"),
 }
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),

@@ -202,13 +202,18 @@ def test_shipped_real_data_recipe_is_valid_once_the_user_paths_are_given(tmp_pat
 
 def test_shipped_labelled_recipe_is_the_one_measured() -> None:
     """params/real.yaml is the settings benchmarks/msrs_adaptation.py measured as its ``rgblabelstta``
-    candidate (all but the eval baselines): the students label at 640 + 960 px at the label rule's thresholds."""
+    candidate and, for the labelling loop, ``rgblabelsttarep3``'s (that one + ``label.human_repeat``; all but
+    the eval baselines): the students label at 640 + 960 px at the label rule's thresholds, and a labelled frame
+    counts three times. Each measured setting set over the file must change nothing: one dropped from it is caught."""
     from benchmarks.msrs_adaptation import CANDIDATES
 
+    tta = [s for s in CANDIDATES["rgblabelstta"][1] if not s.startswith("eval.")]
+    sets = [s for s in CANDIDATES["rgblabelsttarep3"][1] if not s.startswith("eval.")]
+    assert sorted(sets) == sorted([*tta, "label.human_repeat=3"])       # the loop's lever on the same recipe
     shipped = load_params(REPO / "params" / "real.yaml")
-    sets = [s for s in CANDIDATES["rgblabelstta"][1] if not s.startswith("eval.")]
     measured = load_params(REPO / "params" / "real.yaml", sets)
     assert shipped.model_dump(mode="json") == measured.model_dump(mode="json")
+    assert shipped.label.human_repeat == 3 and not shipped.label.override    # acts once frames are imported
     assert shipped.self_training.rounds == 3
     assert shipped.self_training.round_pseudo(shipped.thermal_source.pseudo)["thresholds"] == {"person": 0.2, "car": 0.6}
     assert shipped.self_training.round_infer(shipped.thermal_source.infer) == {"input_size": [640, 640],
