@@ -69,6 +69,10 @@ LABELLED = ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo
 #: (``benchmarks/student_scales.py``): the settings of ``rgbpredtta`` and ``rgbpredtta4`` but their rounds.
 STUDENTS_TTA = [*UNLABELLED, "self_training.pseudo={thresholds: {person: 0.2, car: 0.35}}",
                 "self_training.infer={tta_sizes: [[960, 960]]}"]
+#: LABELLED with the students labelling at 640 + 960 px, at the label rule's thresholds for that on the labelled
+#: recipe (``benchmarks/student_scales.py --candidate rgblabels1``): rgblabelstta's and rgblabelsttarep3's but their rounds.
+LABELLED_TTA = [*LABELLED, "self_training.pseudo={thresholds: {person: 0.2, car: 0.6}}",
+                "self_training.infer={tta_sizes: [[960, 960]]}"]
 #: Candidate recipes: the recipe with these settings, over several seeds, reported beside the previous
 #: recipe's row of the same seeds (the third item names it: a seed-results row such as ``round1``, or
 #: ``cand:NAME``, the runs of an earlier candidate on the same seeds; empty: none).
@@ -105,9 +109,7 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                      "round 1 unchanged: **shipped** in `params/real.yaml` since 2026-12-07. Each seed's workspace "
                      "started as a copy of rgblabels1's (same seed): its student 1, oracle and source-only are "
                      "those runs' models (same keys, reused)",
-                     [*LABELLED, "self_training.pseudo={thresholds: {person: 0.2, car: 0.6}}",
-                      "self_training.infer={tta_sizes: [[960, 960]]}", "self_training.rounds=3",
-                      "eval.baselines=[source_only, oracle]"], "cand:rgblabels1"),
+                     [*LABELLED_TTA, "self_training.rounds=3", "eval.baselines=[source_only, oracle]"], "cand:rgblabels1"),
     "mixrgb1": ("round 1 of rgblabels3 with mixed training (`student.mix_rgb`: the student also sees the labelled RGB "
                 "adapt frames with their RGB ground truth)",
                 ["thermal_source.infer.input_size=[640, 640]", "thermal_source.pseudo.thresholds={person: 0.15, car: 0.7}",
@@ -150,9 +152,8 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
                          "fixed before the runs, as rgbpredttarep3's: taken if the fused round-3 label F1 on the adapt "
                          "frames (3-seed mean) rises by more than 0.01 for a class and falls for none by more than "
                          "0.01 against the loop without it",
-                         [*LABELLED, "self_training.pseudo={thresholds: {person: 0.2, car: 0.6}}",
-                          "self_training.infer={tta_sizes: [[960, 960]]}", "self_training.rounds=3",
-                          "label.human_repeat=3", "eval.baselines=[source_only, oracle]"], "cand:rgblabelstta"),
+                         [*LABELLED_TTA, "self_training.rounds=3", "label.human_repeat=3",
+                          "eval.baselines=[source_only, oracle]"], "cand:rgblabelstta"),
 }
 LABEL_SETS = [("refine/refined.json", "RGB (warped, refined)"), ("pseudo@thermal/pseudo.json", "teacher on thermal"),
               ("fuse/fused.json", "fused, round 1"), ("pseudo@round2/pseudo.json", "student 1 on thermal"),
