@@ -223,8 +223,8 @@ def _zero_and_oracle(cand: str, seeds: list[int], key: str) -> tuple[list[dict],
 
     A run's last round is ``adapted`` (its earlier ones ``round1``, ``round2`` ...): taken for ``key`` only
     when that run had that many rounds (a 1-round candidate has no N = 0 row for a 3-round loop). A lever of
-    the loop alone (``rgbpredttarep3``: never run without labelled frames, where it changes nothing) takes the
-    runs of the candidate it is compared with (``cand:NAME``)."""
+    the loop alone (``rgbpredttarep3``, ``rgblabelsttarep3``: never run without labelled frames, where they change
+    nothing) takes the runs of the candidate it is compared with (``cand:NAME``)."""
     zero, oracle = [], []
     if not any((CAND_DIR / f"cand_{cand}_seed{s}.json").is_file() for s in seeds) and \
             CANDIDATES[cand][2].startswith("cand:"):
